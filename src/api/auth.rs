@@ -1,0 +1,144 @@
+//! `POST /admin/login` and bearer-token authentication of org-admin requests.
+
+use super::{json_body, ApiResult, Reply, Request, RequestLog};
+use crate::app::AppState;
+use crate::auth::{Claims, VerifyError};
+use crate::catalog::{AdminRecord, OrgRecord};
+use crate::domain::Email;
+use crate::error::ApiError;
+use crate::telemetry::metrics;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct LoginReply {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    organization_id: String,
+    admin_id: String,
+}
+
+/// `POST /admin/login`: every failure gets the same 401 body and costs one argon2 verify.
+pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let body: LoginBody = json_body(req)?;
+    let admin = match Email::parse(&body.email) {
+        Ok(email) => state
+            .catalog()
+            .admin_by_email(&email)
+            .await
+            .map_err(|e| internal("admin lookup", e))?,
+        Err(_) => None,
+    };
+    let password_ok = body.password.len() <= 1024
+        && state
+            .hasher
+            .verify(
+                &body.password,
+                admin.as_ref().map(|a| a.password_hash.as_str()),
+            )
+            .await;
+    let admin = match (admin, password_ok) {
+        (Some(a), true) => a,
+        _ => {
+            metrics::LOGINS.with_label_values(&["failure"]).inc();
+            return Err(ApiError::bad_credentials());
+        }
+    };
+    metrics::LOGINS.with_label_values(&["success"]).inc();
+    log.org_id = Some(admin.org_id);
+    let token = state
+        .jwt
+        .issue(admin.id, admin.org_id, admin.credential_version);
+    Ok(Reply::json(
+        StatusCode::OK,
+        &LoginReply {
+            access_token: token,
+            token_type: "bearer",
+            expires_in: state.jwt.ttl_seconds(),
+            organization_id: admin.org_id.to_string(),
+            admin_id: admin.id.to_string(),
+        },
+    ))
+}
+
+/// An authenticated org admin.
+pub struct Authenticated {
+    /// Verified claims.
+    pub claims: Claims,
+    /// The admin (current record).
+    pub admin: Arc<AdminRecord>,
+    /// The admin's organization (current record).
+    pub org: Arc<OrgRecord>,
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn reject(reason: VerifyError) -> ApiError {
+    metrics::JWT_FAILURES
+        .with_label_values(&[reason.label()])
+        .inc();
+    ApiError::unauthorized()
+}
+
+/// Verifies the bearer token and that its admin, credential version and organization are
+/// still current. `Ok(None)` when no Authorization header was sent and `required` is false.
+pub async fn authenticate_opt(
+    state: &AppState,
+    req: &Request,
+    required: bool,
+) -> Result<Option<Authenticated>, ApiError> {
+    let Some(token) = bearer(req) else {
+        if required || req.headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(reject(VerifyError::Missing));
+        }
+        return Ok(None);
+    };
+    let claims = state.jwt.verify(token).map_err(reject)?;
+    let admin = state
+        .router
+        .admin(claims.sub)
+        .await
+        .map_err(|e| internal("admin lookup", e))?
+        .ok_or_else(|| reject(VerifyError::Revoked))?;
+    if admin.org_id != claims.org || admin.credential_version != claims.cv {
+        return Err(reject(VerifyError::Revoked));
+    }
+    let org = state
+        .router
+        .org(claims.org)
+        .await
+        .map_err(|e| internal("org lookup", e))?
+        .ok_or_else(|| reject(VerifyError::Revoked))?;
+    Ok(Some(Authenticated { claims, admin, org }))
+}
+
+/// Like [`authenticate_opt`] with a token required.
+pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticated, ApiError> {
+    authenticate_opt(state, req, true)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Logs an unexpected failure and turns it into a 500 (or 503 for store outages).
+pub fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "{what} failed");
+    ApiError::internal()
+}

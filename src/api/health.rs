@@ -1,0 +1,58 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use super::{ApiResult, Reply, Request};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::telemetry::metrics;
+use http::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+/// Liveness: the process answers.
+pub async fn healthz(state: &AppState) -> ApiResult {
+    Ok(Reply::json(
+        StatusCode::OK,
+        &json!({"status": "ok", "uptime_seconds": state.started.elapsed().as_secs()}),
+    ))
+}
+
+/// Readiness: the catalog and each shard answer. 503 if the catalog or every shard is down.
+pub async fn readyz(state: &AppState) -> ApiResult {
+    let catalog_ok = state.catalog().get_setting("readiness-probe").await.is_ok();
+    let mut shards = Vec::new();
+    let mut any_up = false;
+    for shard in state.shards.all() {
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(3), shard.store.ping()).await,
+            Ok(Ok(()))
+        );
+        shard.set_up(ok);
+        any_up |= ok;
+        shards.push(json!({"id": shard.id(), "kind": shard.config.kind, "up": ok}));
+    }
+    let ready = catalog_ok && any_up;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(Reply::json(
+        status,
+        &json!({"ready": ready, "catalog": {"up": catalog_ok}, "shards": shards}),
+    ))
+}
+
+/// Prometheus exposition; bearer-protected when `ops.metrics_token` is set.
+pub async fn metrics(state: &AppState, req: &Request) -> ApiResult {
+    let token = &state.config.ops.metrics_token;
+    if !token.is_empty() && !super::ops::bearer_matches(req, token) {
+        return Err(ApiError::unauthorized());
+    }
+    metrics::CACHE_ENTRIES.set(state.router.cached_tenants() as i64);
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: metrics::render(),
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        headers: Vec::new(),
+    })
+}

@@ -1,0 +1,130 @@
+//! HTTP handlers. The listener (`crate::listener`) turns a pingora session into a [`Request`],
+//! calls [`handle`], and writes the [`Reply`] or the [`ApiError`] as problem+json.
+
+pub mod auth;
+pub mod health;
+pub mod ops;
+pub mod orgs;
+pub mod routes;
+
+use crate::app::AppState;
+use crate::domain::OrgId;
+use crate::error::ApiError;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use routes::Route;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// A parsed request with its whole body.
+#[derive(Debug)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string (without `?`).
+    pub query: String,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The body (bounded by `max_body_bytes`).
+    pub body: Bytes,
+    /// The request id echoed in `X-Request-Id`.
+    pub request_id: String,
+    /// Client address, when known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// What the handler learned that the access log should show.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    /// The organization the request acted for, once known.
+    pub org_id: Option<OrgId>,
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// A JSON reply.
+    pub fn json(status: StatusCode, value: &impl Serialize) -> Self {
+        Self {
+            status,
+            body: serde_json::to_vec(value).expect("response serializes"),
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult = Result<Reply, ApiError>;
+
+/// Runs the handler for a matched route.
+pub async fn handle(
+    state: &AppState,
+    route: Route,
+    req: &Request,
+    log: &mut RequestLog,
+) -> ApiResult {
+    match route {
+        Route::Healthz => health::healthz(state).await,
+        Route::Readyz => health::readyz(state).await,
+        Route::Metrics => health::metrics(state, req).await,
+        Route::OrgCreate => orgs::create(state, req, log).await,
+        Route::OrgGet => orgs::get(state, req, log).await,
+        Route::OrgUpdate => orgs::update(state, req, log).await,
+        Route::OrgDelete => orgs::delete(state, req, log).await,
+        Route::AdminLogin => auth::login(state, req, log).await,
+        Route::OpsShards | Route::OpsShardAdd | Route::OpsPlacement => {
+            ops::handle(state, route, req).await
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, with a 400 that says what was wrong. The content type is not
+/// checked: clients that forget the header still get their JSON parsed.
+pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    if req.body.is_empty() {
+        return Err(ApiError::invalid(
+            "invalid_json",
+            "request body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_body"
+        } else {
+            "invalid_json"
+        };
+        ApiError::invalid(code, format!("invalid request body: {e}"))
+    })
+}
+
+/// Reads a single query parameter (percent-decoded). Repeated parameters are refused.
+pub fn query_param(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for (k, v) in url::form_urlencoded::parse(req.query.as_bytes()) {
+        if k == name {
+            if found.is_some() {
+                return Err(ApiError::invalid(
+                    "invalid_query",
+                    format!("query parameter `{name}` given more than once"),
+                ));
+            }
+            found = Some(v.into_owned());
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,215 @@
+//! Operator routes on the ops listener, behind `ops.token` (Bearer, compared in constant
+//! time). An org admin's JWT is never accepted here.
+
+use super::auth::internal;
+use super::orgs::PlacementView;
+use super::routes::Route;
+use super::{json_body, ApiResult, Reply, Request};
+use crate::app::{open_store, AppState};
+use crate::catalog::Catalog;
+use crate::config::{ShardConfig, StoreKind};
+use crate::domain::OrgName;
+use crate::error::ApiError;
+use crate::placement::{capacity_state, Shard};
+use crate::telemetry::metrics;
+use http::StatusCode;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+const SHARDS_SETTING: &str = "runtime_shards";
+
+/// True when the request carries `Authorization: Bearer <expected>`.
+pub fn bearer_matches(req: &Request, expected: &str) -> bool {
+    let Some(value) = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Shards added through the operator API, persisted in the catalog.
+pub async fn persisted_shards(catalog: &dyn Catalog) -> anyhow::Result<Vec<ShardConfig>> {
+    match catalog.get_setting(SHARDS_SETTING).await {
+        Ok(Some(v)) => Ok(serde_json::from_value(v)?),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("cannot read persisted shards: {e}")),
+    }
+}
+
+/// Dispatches an operator route after checking the operator token.
+pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult {
+    let token = &state.config.ops.token;
+    if token.is_empty() {
+        return Err(ApiError::forbidden(
+            "operator routes are disabled: set ops.token in the configuration",
+        ));
+    }
+    if !bearer_matches(req, token) {
+        return Err(ApiError::unauthorized());
+    }
+    match route {
+        Route::OpsShards => list_shards(state).await,
+        Route::OpsShardAdd => add_shard(state, req).await,
+        Route::OpsPlacement => placement(state, req).await,
+        _ => Err(ApiError::route_not_found()),
+    }
+}
+
+async fn list_shards(state: &AppState) -> ApiResult {
+    let counts = state
+        .catalog()
+        .collection_counts()
+        .await
+        .map_err(|e| internal("catalog", e))?;
+    let mut per_shard: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (shard, db, n) in counts {
+        per_shard
+            .entry(shard.to_string())
+            .or_default()
+            .push((db.to_string(), n));
+    }
+    let mut out = Vec::new();
+    for shard in state.shards.all() {
+        let cfg = &shard.config;
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(3), shard.store.ping()).await,
+            Ok(Ok(()))
+        );
+        shard.set_up(up);
+        let mut dbs = per_shard.remove(shard.id().as_str()).unwrap_or_default();
+        dbs.retain(|(_, n)| *n > 0);
+        dbs.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
+        let max = cfg.max_collections_per_database;
+        let databases: Vec<_> = dbs
+            .iter()
+            .map(|(name, n)| {
+                let ratio = *n as f64 / max as f64;
+                metrics::DB_COLLECTIONS
+                    .with_label_values(&[shard.id().as_str(), name])
+                    .set(*n as i64);
+                metrics::DB_COLLECTIONS_MAX
+                    .with_label_values(&[shard.id().as_str(), name])
+                    .set(max as i64);
+                metrics::DB_COLLECTIONS_RATIO
+                    .with_label_values(&[shard.id().as_str(), name])
+                    .set(ratio);
+                json!({
+                    "name": name,
+                    "collections": n,
+                    "max_collections": max,
+                    "ratio": ratio,
+                    "state": capacity_state(*n, cfg),
+                })
+            })
+            .collect();
+        metrics::SHARD_DATABASES
+            .with_label_values(&[shard.id().as_str()])
+            .set(databases.len() as i64);
+        out.push(json!({
+            "id": shard.id(),
+            "kind": cfg.kind,
+            "uri": shard.display_uri(),
+            "state": cfg.state,
+            "up": up,
+            "region": cfg.region,
+            "weight": cfg.weight,
+            "max_collections_per_database": max,
+            "alert_ratio": cfg.alert_ratio,
+            "split_ratio": cfg.split_ratio,
+            "databases": databases,
+        }));
+    }
+    Ok(Reply::json(StatusCode::OK, &json!({ "shards": out })))
+}
+
+async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
+    let cfg: ShardConfig = json_body(req)?;
+    cfg.validate()
+        .map_err(|e| ApiError::invalid("invalid_shard", e))?;
+    if state.shards.get(&cfg.id).is_some() {
+        return Err(ApiError::conflict(
+            "shard_exists",
+            format!("shard {} already exists", cfg.id),
+        ));
+    }
+    if cfg.kind == StoreKind::Embedded {
+        if let Some(p) = &cfg.path {
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(ApiError::invalid(
+                    "invalid_shard",
+                    "an embedded shard's path must be relative to the data dir",
+                ));
+            }
+        }
+    }
+    let store = open_store(&state.config, &cfg)
+        .await
+        .map_err(|e| ApiError::invalid("invalid_shard", format!("cannot open shard: {e}")))?;
+    if let Err(e) = tokio::time::timeout(
+        Duration::from_millis(cfg.server_selection_timeout_ms + 1000),
+        store.ping(),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        return Err(ApiError::unavailable(
+            "shard_unreachable",
+            format!("shard {} does not answer: {e}", cfg.id),
+            5,
+        ));
+    }
+    let mut persisted = persisted_shards(state.catalog().as_ref())
+        .await
+        .map_err(|e| internal("catalog", e))?;
+    persisted.retain(|s| s.id != cfg.id);
+    persisted.push(cfg.clone());
+    state
+        .catalog()
+        .put_setting(
+            SHARDS_SETTING,
+            &serde_json::to_value(&persisted).expect("serializable"),
+        )
+        .await
+        .map_err(|e| internal("catalog", e))?;
+    let shard = Shard::new(cfg, store);
+    let body = json!({"id": shard.id(), "kind": shard.config.kind, "uri": shard.display_uri(), "state": shard.config.state});
+    tracing::info!(shard = %shard.id(), uri = %shard.display_uri(), "shard added");
+    state.shards.insert(shard);
+    Ok(Reply::json(StatusCode::CREATED, &body))
+}
+
+async fn placement(state: &AppState, req: &Request) -> ApiResult {
+    let raw = req.path.trim_start_matches("/ops/placements/");
+    let decoded = url::form_urlencoded::parse(format!("n={raw}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let name = OrgName::parse(&decoded)?;
+    let org = state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| internal("catalog", e))?
+        .ok_or_else(ApiError::org_not_found)?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &json!({
+            "organization_id": org.id.to_string(),
+            "organization_name": org.name.to_string(),
+            "placement": PlacementView::of(&org),
+        }),
+    ))
+}

@@ -1,0 +1,378 @@
+//! The organization routes: create, get, update (incl. rename with data migration), delete.
+
+use super::auth::{authenticate, authenticate_opt, internal};
+use super::{json_body, query_param, ApiResult, Reply, Request, RequestLog};
+use crate::app::AppState;
+use crate::catalog::{AdminRecord, CatalogError, OrgRecord, OrgState, Placement, Taken};
+use crate::domain::{AdminId, Email, OrgId, OrgName, Password};
+use crate::error::ApiError;
+use crate::movers::{self, MoveError};
+use crate::placement::choose_placement;
+use crate::store::{Namespace, StoreError};
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Public view of an organization.
+#[derive(Serialize)]
+pub struct OrgView {
+    organization_id: String,
+    organization_name: String,
+    collection_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_email: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<PlacementView>,
+}
+
+/// Where the organization's data lives.
+#[derive(Serialize)]
+pub struct PlacementView {
+    shard: String,
+    database: String,
+    collection: String,
+    epoch: u64,
+    state: &'static str,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl PlacementView {
+    /// The placement of `org`.
+    pub fn of(org: &OrgRecord) -> Self {
+        let p: &Placement = &org.placement;
+        Self {
+            shard: p.shard.to_string(),
+            database: p.database.to_string(),
+            collection: p.collection.to_string(),
+            epoch: p.epoch,
+            state: match org.state {
+                OrgState::Active => "active",
+                OrgState::Creating => "creating",
+                OrgState::Renaming { .. } => "moving",
+            },
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+fn view(org: &OrgRecord, admin_email: Option<&Email>, with_placement: bool) -> OrgView {
+    OrgView {
+        organization_id: org.id.to_string(),
+        organization_name: org.name.to_string(),
+        collection_name: org.placement.collection.to_string(),
+        admin_email: admin_email.map(|e| e.to_string()),
+        created_at: org.created_at,
+        updated_at: org.updated_at,
+        placement: with_placement.then(|| PlacementView::of(org)),
+    }
+}
+
+fn conflict(taken: Taken) -> ApiError {
+    match taken {
+        Taken::OrgName => {
+            ApiError::conflict("organization_exists", "organization name already taken")
+        }
+        Taken::Collection => ApiError::conflict(
+            "organization_exists",
+            "organization name maps to a collection already in use by another organization",
+        ),
+        Taken::Email => ApiError::conflict("email_taken", "email already registered"),
+    }
+}
+
+fn catalog_error(e: CatalogError) -> ApiError {
+    match e {
+        CatalogError::Conflict(t) => conflict(t),
+        CatalogError::NotFound => ApiError::conflict(
+            "organization_busy",
+            "the organization changed concurrently; retry",
+        ),
+        CatalogError::Backend(e) => internal("catalog", e),
+    }
+}
+
+/// Maps shard failures to 503 so clients retry, everything else to 500.
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(detail) => {
+            tracing::warn!(%detail, "shard unavailable");
+            ApiError::unavailable(
+                "shard_unavailable",
+                "the organization's shard is unavailable",
+                2,
+            )
+        }
+        other => internal("store", other),
+    }
+}
+
+fn move_error(e: MoveError) -> ApiError {
+    match e {
+        MoveError::Catalog(c) => catalog_error(c),
+        MoveError::Store(s) => store_error(s),
+        MoveError::UnknownShard(s) => internal("placement", format!("unknown shard {s}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    organization_name: String,
+    email: String,
+    password: String,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// `POST /org/create`.
+pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let body: CreateBody = json_body(req)?;
+    let name = OrgName::parse(&body.organization_name)?;
+    let email = Email::parse(&body.email)?;
+    let password = Password::parse(&body.password)?;
+    // Cheap pre-checks before the expensive hash; the catalog re-checks atomically.
+    if state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| internal("org lookup", e))?
+        .is_some()
+    {
+        return Err(conflict(Taken::OrgName));
+    }
+    let hash = state
+        .hasher
+        .hash(&password)
+        .await
+        .map_err(|e| internal("hash", e))?;
+    let now = Utc::now();
+    let org_id = OrgId::generate();
+    log.org_id = Some(org_id);
+    let admin = AdminRecord {
+        id: AdminId::generate(),
+        org_id,
+        email: email.clone(),
+        password_hash: hash,
+        credential_version: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut org = {
+        let _guard = state.placement_lock.lock().await;
+        let counts: HashMap<_, _> = state
+            .catalog()
+            .collection_counts()
+            .await
+            .map_err(catalog_error)?
+            .into_iter()
+            .map(|(s, d, n)| ((s, d), n))
+            .collect();
+        let choice = choose_placement(
+            org_id,
+            body.region.as_deref(),
+            &state.shards.configs(),
+            &counts,
+        )
+        .ok_or_else(|| match &body.region {
+            Some(r) => ApiError::invalid(
+                "no_shard_in_region",
+                format!("no active shard in region {r:?}"),
+            ),
+            None => ApiError::unavailable(
+                "no_active_shard",
+                "no active shard accepts new organizations",
+                30,
+            ),
+        })?;
+        let org = OrgRecord {
+            id: org_id,
+            placement: Placement {
+                shard: choice.shard,
+                database: choice.database,
+                collection: name.collection_name(),
+                epoch: 1,
+                created_at: now,
+                updated_at: now,
+            },
+            name,
+            state: OrgState::Creating,
+            created_at: now,
+            updated_at: now,
+        };
+        state
+            .catalog()
+            .insert_org(&org, &admin)
+            .await
+            .map_err(catalog_error)?;
+        org
+    };
+    let ns = Namespace {
+        database: org.placement.database.clone(),
+        collection: org.placement.collection.clone(),
+    };
+    let shard = state
+        .shards
+        .get(&org.placement.shard)
+        .ok_or_else(|| internal("placement", "chosen shard vanished"))?;
+    if let Err(e) = shard.store.create_collection(&ns).await {
+        // Roll back so the name is free again; the drop is journaled if it fails too.
+        if let Err(undo) = movers::delete(state, &org).await {
+            tracing::error!(error = %undo, "rollback of failed create deferred");
+        }
+        return Err(store_error(e));
+    }
+    org.state = OrgState::Active;
+    state.catalog().put_org(&org).await.map_err(catalog_error)?;
+    tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        &view(&org, Some(&email), true),
+    ))
+}
+
+fn name_param(req: &Request) -> Result<OrgName, ApiError> {
+    let raw = query_param(req, "organization_name")?.ok_or_else(|| {
+        ApiError::invalid(
+            "validation_failed",
+            "query parameter `organization_name` is required",
+        )
+    })?;
+    Ok(OrgName::parse(&raw)?)
+}
+
+/// `GET /org/get?organization_name=`: public metadata; the admin email and placement only
+/// for that organization's own admins.
+pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let name = name_param(req)?;
+    let caller = authenticate_opt(state, req, false).await?;
+    let org = state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| internal("org lookup", e))?
+        .ok_or_else(ApiError::org_not_found)?;
+    log.org_id = Some(org.id);
+    let own = caller.as_ref().filter(|c| c.org.id == org.id);
+    Ok(Reply::json(
+        StatusCode::OK,
+        &view(&org, own.map(|c| &c.admin.email), own.is_some()),
+    ))
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    organization_name: String,
+    #[serde(default)]
+    new_organization_name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// Resolves the organization named in the request and checks the caller administers it.
+async fn own_org(
+    state: &AppState,
+    req: &Request,
+    name: &OrgName,
+) -> Result<(super::auth::Authenticated, std::sync::Arc<OrgRecord>), ApiError> {
+    let caller = authenticate(state, req).await?;
+    let org = state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| internal("org lookup", e))?
+        .ok_or_else(ApiError::org_not_found)?;
+    if org.id != caller.org.id {
+        return Err(ApiError::forbidden(
+            "the token belongs to another organization",
+        ));
+    }
+    Ok((caller, org))
+}
+
+/// `PUT /org/update`: email, password and/or name; a rename moves the data.
+pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let body: UpdateBody = json_body(req)?;
+    let name = OrgName::parse(&body.organization_name)?;
+    let new_name = body
+        .new_organization_name
+        .as_deref()
+        .map(OrgName::parse)
+        .transpose()?;
+    let email = body.email.as_deref().map(Email::parse).transpose()?;
+    let password = body.password.as_deref().map(Password::parse).transpose()?;
+    if new_name.is_none() && email.is_none() && password.is_none() {
+        return Err(ApiError::invalid(
+            "nothing_to_update",
+            "give at least one of new_organization_name, email, password",
+        ));
+    }
+    let (caller, org) = own_org(state, req, &name).await?;
+    log.org_id = Some(org.id);
+    if org.state != OrgState::Active {
+        return Err(ApiError::unavailable(
+            "organization_busy",
+            "the organization is being moved; retry shortly",
+            1,
+        ));
+    }
+    let mut admin = (*caller.admin).clone();
+    if email.is_some() || password.is_some() {
+        if let Some(e) = &email {
+            admin.email = e.clone();
+        }
+        if let Some(p) = &password {
+            admin.password_hash = state
+                .hasher
+                .hash(p)
+                .await
+                .map_err(|e| internal("hash", e))?;
+            admin.credential_version += 1;
+        }
+        admin.updated_at = Utc::now();
+        state
+            .catalog()
+            .update_admin(&admin)
+            .await
+            .map_err(catalog_error)?;
+        state.router.invalidate_admin(admin.id).await;
+    }
+    let org = match new_name {
+        Some(to) if to != org.name => movers::rename(state, &org, &to).await.map_err(move_error)?,
+        _ => (*org).clone(),
+    };
+    state.router.invalidate_org(&org).await;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &view(&org, Some(&admin.email), true),
+    ))
+}
+
+/// `DELETE /org/delete?organization_name=`.
+pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let name = name_param(req)?;
+    let (_caller, org) = own_org(state, req, &name).await?;
+    log.org_id = Some(org.id);
+    if org.state != OrgState::Active {
+        return Err(ApiError::unavailable(
+            "organization_busy",
+            "the organization is being moved; retry shortly",
+            1,
+        ));
+    }
+    movers::delete(state, &org).await.map_err(move_error)?;
+    tracing::info!(org_id = %org.id, "organization deleted");
+    Ok(Reply::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "deleted": true,
+            "organization_id": org.id.to_string(),
+            "organization_name": org.name.to_string(),
+        }),
+    ))
+}

@@ -1,0 +1,127 @@
+//! The route table: method + path -> [`Route`]. Templates (not raw paths) label metrics.
+
+use crate::error::ApiError;
+use http::Method;
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public API.
+    Public,
+    /// The operator listener.
+    Ops,
+}
+
+/// Every route the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz` (both listeners).
+    Healthz,
+    /// `GET /readyz` (ops).
+    Readyz,
+    /// `GET /metrics` (ops).
+    Metrics,
+    /// `POST /org/create`.
+    OrgCreate,
+    /// `GET /org/get`.
+    OrgGet,
+    /// `PUT /org/update`.
+    OrgUpdate,
+    /// `DELETE /org/delete`.
+    OrgDelete,
+    /// `POST /admin/login`.
+    AdminLogin,
+    /// `GET /ops/shards`.
+    OpsShards,
+    /// `POST /ops/shards`.
+    OpsShardAdd,
+    /// `GET /ops/placements/{organization}`.
+    OpsPlacement,
+}
+
+impl Route {
+    /// The path template, used as the metrics label.
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OrgCreate => "/org/create",
+            Route::OrgGet => "/org/get",
+            Route::OrgUpdate => "/org/update",
+            Route::OrgDelete => "/org/delete",
+            Route::AdminLogin => "/admin/login",
+            Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
+            Route::OpsPlacement => "/ops/placements/{organization}",
+        }
+    }
+
+    /// Whether the route reads a request body.
+    pub fn takes_body(self) -> bool {
+        matches!(
+            self,
+            Route::OrgCreate | Route::OrgUpdate | Route::AdminLogin | Route::OpsShardAdd
+        )
+    }
+}
+
+/// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
+/// method.
+pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Route, ApiError> {
+    let candidates: &[(Method, Route)] = match (listener, path) {
+        (_, "/healthz") => &[(Method::GET, Route::Healthz)],
+        (Listener::Ops, "/readyz") => &[(Method::GET, Route::Readyz)],
+        (Listener::Ops, "/metrics") => &[(Method::GET, Route::Metrics)],
+        (Listener::Public, "/org/create") => &[(Method::POST, Route::OrgCreate)],
+        (Listener::Public, "/org/get") => &[(Method::GET, Route::OrgGet)],
+        (Listener::Public, "/org/update") => &[(Method::PUT, Route::OrgUpdate)],
+        (Listener::Public, "/org/delete") => &[(Method::DELETE, Route::OrgDelete)],
+        (Listener::Public, "/admin/login") => &[(Method::POST, Route::AdminLogin)],
+        (Listener::Ops, "/ops/shards") => &[
+            (Method::GET, Route::OpsShards),
+            (Method::POST, Route::OpsShardAdd),
+        ],
+        (Listener::Ops, p) if p.starts_with("/ops/placements/") => {
+            &[(Method::GET, Route::OpsPlacement)]
+        }
+        _ => return Err(ApiError::route_not_found()),
+    };
+    // HEAD is answered like GET by HTTP semantics; we keep it simple and only match exactly.
+    candidates
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, r)| *r)
+        .ok_or_else(ApiError::method_not_allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_and_rejects() {
+        assert_eq!(
+            match_route(Listener::Public, &Method::POST, "/org/create").unwrap(),
+            Route::OrgCreate
+        );
+        assert_eq!(
+            match_route(Listener::Public, &Method::GET, "/org/create")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            match_route(Listener::Public, &Method::GET, "/nope")
+                .unwrap_err()
+                .status,
+            404
+        );
+        // operator routes are not on the public listener
+        assert_eq!(
+            match_route(Listener::Public, &Method::GET, "/ops/shards")
+                .unwrap_err()
+                .status,
+            404
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! The shared state every request handler sees, and how it is built at startup.
+
+use crate::auth::jwt::SecretSource;
+use crate::auth::{JwtKeys, PasswordHasher};
+use crate::catalog::embedded::EmbeddedCatalog;
+use crate::catalog::Catalog;
+use crate::config::{Config, ShardConfig, StoreKind};
+use crate::placement::{Shard, ShardSet};
+use crate::router::TenantRouter;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::TenantStore;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a handler needs; shared by both listeners.
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Config,
+    /// Tenant and admin lookups (moka in front of the catalog).
+    pub router: TenantRouter,
+    /// Shards and their stores.
+    pub shards: ShardSet,
+    /// argon2id on a bounded pool.
+    pub hasher: PasswordHasher,
+    /// JWT keys.
+    pub jwt: JwtKeys,
+    /// Serializes placement decisions of this instance so capacity counts stay exact.
+    pub placement_lock: tokio::sync::Mutex<()>,
+    /// Process start, for uptime.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The catalog.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        self.router.catalog()
+    }
+
+    /// Opens the catalog, the shards and the keys described by `config`.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+        })?;
+        let catalog: Arc<dyn Catalog> = match config.catalog.kind {
+            StoreKind::Embedded => Arc::new(
+                EmbeddedCatalog::open(&config.data_dir.join("catalog.redb"))
+                    .map_err(|e| anyhow::anyhow!("cannot open catalog: {e}"))?,
+            ),
+            StoreKind::Mongodb => open_mongo_catalog(&config).await?,
+        };
+        let shards = ShardSet::default();
+        for shard in config.effective_shards() {
+            let store = open_store(&config, &shard).await?;
+            shards.insert(Shard::new(shard, store));
+        }
+        for shard in crate::api::ops::persisted_shards(catalog.as_ref()).await? {
+            if shards.get(&shard.id).is_none() {
+                let store = open_store(&config, &shard).await?;
+                shards.insert(Shard::new(shard, store));
+            }
+        }
+        let (secret, source) = JwtKeys::load_secret(&config.auth.jwt_secret, &config.data_dir)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        match source {
+            SecretSource::Generated => tracing::warn!(
+                path = %config.data_dir.join("jwt_secret").display(),
+                "no auth.jwt_secret configured: generated a 256-bit signing secret and stored it (mode 0600)"
+            ),
+            SecretSource::DataDir => tracing::info!(
+                path = %config.data_dir.join("jwt_secret").display(),
+                "using the signing secret stored in the data dir"
+            ),
+            SecretSource::Configured => tracing::info!("using the configured signing secret"),
+        }
+        let a = &config.auth;
+        let jwt = JwtKeys::new(
+            &secret,
+            &a.jwt_kid,
+            &a.issuer,
+            &a.audience,
+            a.token_ttl_seconds,
+            a.leeway_seconds,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        let hasher = PasswordHasher::new(
+            a.argon2_memory_kib,
+            a.argon2_iterations,
+            a.argon2_parallelism,
+            a.hash_concurrency,
+        )?;
+        let router = TenantRouter::new(
+            catalog,
+            config.cache.max_entries,
+            Duration::from_secs(config.cache.ttl_seconds),
+        );
+        Ok(Arc::new(Self {
+            config,
+            router,
+            shards,
+            hasher,
+            jwt,
+            placement_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        }))
+    }
+}
+
+/// Opens the store of one shard.
+pub async fn open_store(
+    config: &Config,
+    shard: &ShardConfig,
+) -> anyhow::Result<Arc<dyn TenantStore>> {
+    match shard.kind {
+        StoreKind::Embedded => {
+            let path = shard.path.clone().unwrap_or_default();
+            let path = if path.is_absolute() {
+                path
+            } else {
+                config.data_dir.join(path)
+            };
+            Ok(Arc::new(EmbeddedStore::open(&path).map_err(|e| {
+                anyhow::anyhow!("shard {}: cannot open {}: {e}", shard.id, path.display())
+            })?))
+        }
+        StoreKind::Mongodb => open_mongo_store(shard).await,
+    }
+}
+
+async fn open_mongo_store(shard: &ShardConfig) -> anyhow::Result<Arc<dyn TenantStore>> {
+    anyhow::bail!(
+        "shard {}: MongoDB shards are not supported by this build yet",
+        shard.id
+    )
+}
+
+async fn open_mongo_catalog(_config: &Config) -> anyhow::Result<Arc<dyn Catalog>> {
+    anyhow::bail!("catalog.kind = \"mongodb\" is not supported by this build yet")
+}

@@ -1,0 +1,574 @@
+//! The catalog in a redb file: one ACID write transaction per method, fsync on commit.
+//! Unique keys are explicit index tables checked and written in the same transaction.
+
+use super::{
+    AdminRecord, Catalog, CatalogError, CatalogResult, OrgRecord, OrgState, PendingDrop, Taken,
+};
+use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
+use async_trait::async_trait;
+use chrono::Utc;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+
+type Json = TableDefinition<'static, &'static str, &'static [u8]>;
+type Index = TableDefinition<'static, &'static str, &'static str>;
+
+const ORGS: Json = TableDefinition::new("orgs");
+const ORG_NAMES: Index = TableDefinition::new("org_names");
+const COLLECTIONS: Index = TableDefinition::new("collections");
+const ADMINS: Json = TableDefinition::new("admins");
+const ADMIN_EMAILS: Index = TableDefinition::new("admin_emails");
+/// `"<org id>/<admin id>"` -> admin id: admins by organization, scanned by prefix.
+const ADMINS_BY_ORG: Index = TableDefinition::new("admins_by_org");
+const PENDING_DROPS: Json = TableDefinition::new("pending_drops");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("collection_counts");
+const SETTINGS: Json = TableDefinition::new("settings");
+
+fn backend(e: impl std::fmt::Display) -> CatalogError {
+    CatalogError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> CatalogResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> CatalogResult<T> {
+    serde_json::from_slice(b).map_err(backend)
+}
+
+fn count_key(shard: &ShardId, db: &DatabaseName) -> String {
+    format!("{shard}/{db}")
+}
+
+/// The redb-backed [`Catalog`].
+#[derive(Clone)]
+pub struct EmbeddedCatalog {
+    db: Arc<Database>,
+}
+
+impl EmbeddedCatalog {
+    /// Opens (or creates) the catalog file and its tables.
+    pub fn open(path: &Path) -> CatalogResult<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(backend)?;
+        }
+        let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            for t in [ORGS, ADMINS, PENDING_DROPS, SETTINGS] {
+                txn.open_table(t).map_err(backend)?;
+            }
+            for t in [ORG_NAMES, COLLECTIONS, ADMIN_EMAILS, ADMINS_BY_ORG] {
+                txn.open_table(t).map_err(backend)?;
+            }
+            txn.open_table(COUNTS).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn read<T, F>(&self, f: F) -> CatalogResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> CatalogResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            f(&txn)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    /// Runs `f` in a write transaction, committed only if `f` succeeds.
+    async fn write<T, F>(&self, f: F) -> CatalogResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> CatalogResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> CatalogResult<Option<T>> {
+    match table.get(key).map_err(backend)? {
+        Some(v) => decode(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn lookup(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> CatalogResult<Option<String>> {
+    Ok(table
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value().to_owned()))
+}
+
+fn add_count(txn: &WriteTransaction, key: &str, delta: i64) -> CatalogResult<()> {
+    let mut counts = txn.open_table(COUNTS).map_err(backend)?;
+    let current = counts
+        .get(key)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let next = (current as i64 + delta).max(0) as u64;
+    counts.insert(key, next).map_err(backend)?;
+    Ok(())
+}
+
+fn load_org(txn: &WriteTransaction, id: OrgId) -> CatalogResult<OrgRecord> {
+    let orgs = txn.open_table(ORGS).map_err(backend)?;
+    get_json(&orgs, &id.to_string())?.ok_or(CatalogError::NotFound)
+}
+
+fn store_org(txn: &WriteTransaction, org: &OrgRecord) -> CatalogResult<()> {
+    let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+    orgs.insert(org.id.to_string().as_str(), encode(org)?.as_slice())
+        .map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Catalog for EmbeddedCatalog {
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
+        let (org, admin) = (org.clone(), admin.clone());
+        self.write(move |txn| {
+            let id = org.id.to_string();
+            let name = org.normalized_name();
+            let coll = org.placement.collection.as_str();
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                if names.get(name.as_str()).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::OrgName));
+                }
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                if colls.get(coll).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::Collection));
+                }
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::Email));
+                }
+                names.insert(name.as_str(), id.as_str()).map_err(backend)?;
+                colls.insert(coll, id.as_str()).map_err(backend)?;
+                let admin_id = admin.id.to_string();
+                emails
+                    .insert(admin.email.as_str(), admin_id.as_str())
+                    .map_err(backend)?;
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                admins
+                    .insert(admin_id.as_str(), encode(&admin)?.as_slice())
+                    .map_err(backend)?;
+                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+                by_org
+                    .insert(format!("{id}/{admin_id}").as_str(), admin_id.as_str())
+                    .map_err(backend)?;
+            }
+            store_org(txn, &org)?;
+            add_count(
+                txn,
+                &count_key(&org.placement.shard, &org.placement.database),
+                1,
+            )
+        })
+        .await
+    }
+
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()> {
+        let org = org.clone();
+        self.write(move |txn| {
+            let old = load_org(txn, org.id)?;
+            if old.name != org.name || old.placement.collection != org.placement.collection {
+                return Err(CatalogError::Backend(
+                    "put_org cannot change name or collection".into(),
+                ));
+            }
+            store_org(txn, &org)
+        })
+        .await
+    }
+
+    async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
+        self.read(move |txn| {
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            get_json(&orgs, &id.to_string())
+        })
+        .await
+    }
+
+    async fn org_by_name(&self, name: &NormalizedOrgName) -> CatalogResult<Option<OrgRecord>> {
+        let name = name.clone();
+        self.read(move |txn| {
+            let names = txn.open_table(ORG_NAMES).map_err(backend)?;
+            let Some(id) = lookup(&names, name.as_str())? else {
+                return Ok(None);
+            };
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            let org: Option<OrgRecord> = get_json(&orgs, &id)?;
+            // The name index also holds names reserved by an in-progress rename.
+            Ok(org.filter(|o| o.normalized_name() == name))
+        })
+        .await
+    }
+
+    async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
+        self.read(|txn| {
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in orgs.iter().map_err(backend)? {
+                let (_, v) = row.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn admin_by_email(&self, email: &Email) -> CatalogResult<Option<AdminRecord>> {
+        let email = email.clone();
+        self.read(move |txn| {
+            let emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+            let Some(id) = lookup(&emails, email.as_str())? else {
+                return Ok(None);
+            };
+            let admins = txn.open_table(ADMINS).map_err(backend)?;
+            get_json(&admins, &id)
+        })
+        .await
+    }
+
+    async fn admin_by_id(&self, id: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        self.read(move |txn| {
+            let admins = txn.open_table(ADMINS).map_err(backend)?;
+            get_json(&admins, &id.to_string())
+        })
+        .await
+    }
+
+    async fn admins_of_org(&self, org: OrgId) -> CatalogResult<Vec<AdminRecord>> {
+        self.read(move |txn| {
+            let by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            let admins = txn.open_table(ADMINS).map_err(backend)?;
+            let prefix = format!("{org}/");
+            let mut out = Vec::new();
+            for row in by_org.range(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                if let Some(a) = get_json(&admins, v.value())? {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()> {
+        let admin = admin.clone();
+        self.write(move |txn| {
+            let id = admin.id.to_string();
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
+            if old.email != admin.email {
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::Email));
+                }
+                emails.remove(old.email.as_str()).map_err(backend)?;
+                emails
+                    .insert(admin.email.as_str(), id.as_str())
+                    .map_err(backend)?;
+            }
+            admins
+                .insert(id.as_str(), encode(&admin)?.as_slice())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord> {
+        let to_name = to_name.clone();
+        self.write(move |txn| {
+            let mut org = load_org(txn, id)?;
+            if org.state != OrgState::Active {
+                return Err(CatalogError::NotFound);
+            }
+            let key = id.to_string();
+            let to_norm = to_name.normalized();
+            let to_coll = to_name.collection_name();
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                match lookup(&names, to_norm.as_str())? {
+                    Some(owner) if owner != key => {
+                        return Err(CatalogError::Conflict(Taken::OrgName))
+                    }
+                    _ => {}
+                }
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                match lookup(&colls, to_coll.as_str())? {
+                    Some(owner) if owner != key => {
+                        return Err(CatalogError::Conflict(Taken::Collection))
+                    }
+                    _ => {}
+                }
+                names
+                    .insert(to_norm.as_str(), key.as_str())
+                    .map_err(backend)?;
+                colls
+                    .insert(to_coll.as_str(), key.as_str())
+                    .map_err(backend)?;
+            }
+            org.state = OrgState::Renaming {
+                to_name,
+                to_collection: to_coll,
+            };
+            org.updated_at = Utc::now();
+            store_org(txn, &org)?;
+            Ok(org)
+        })
+        .await
+    }
+
+    async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
+        self.write(move |txn| {
+            let mut org = load_org(txn, id)?;
+            let OrgState::Renaming {
+                to_name,
+                to_collection,
+            } = org.state.clone()
+            else {
+                return Err(CatalogError::NotFound);
+            };
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                if org.normalized_name() != to_name.normalized() {
+                    names
+                        .remove(org.normalized_name().as_str())
+                        .map_err(backend)?;
+                }
+                if org.placement.collection != to_collection {
+                    colls
+                        .remove(org.placement.collection.as_str())
+                        .map_err(backend)?;
+                }
+            }
+            let now = Utc::now();
+            org.name = to_name;
+            org.placement.collection = to_collection;
+            org.placement.epoch += 1;
+            org.placement.updated_at = now;
+            org.updated_at = now;
+            org.state = OrgState::Active;
+            store_org(txn, &org)?;
+            Ok(org)
+        })
+        .await
+    }
+
+    async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
+        self.write(move |txn| {
+            let mut org = load_org(txn, id)?;
+            let OrgState::Renaming {
+                to_name,
+                to_collection,
+            } = org.state.clone()
+            else {
+                return Err(CatalogError::NotFound);
+            };
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                if org.normalized_name() != to_name.normalized() {
+                    names
+                        .remove(to_name.normalized().as_str())
+                        .map_err(backend)?;
+                }
+                if org.placement.collection != to_collection {
+                    colls.remove(to_collection.as_str()).map_err(backend)?;
+                }
+            }
+            org.state = OrgState::Active;
+            org.updated_at = Utc::now();
+            store_org(txn, &org)?;
+            Ok(org)
+        })
+        .await
+    }
+
+    async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
+        self.write(move |txn| {
+            let org = match load_org(txn, id) {
+                Ok(o) => o,
+                Err(CatalogError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let key = id.to_string();
+            let mut drops = vec![PendingDrop {
+                shard: org.placement.shard.clone(),
+                database: org.placement.database.clone(),
+                collection: org.placement.collection.clone(),
+            }];
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                names
+                    .remove(org.normalized_name().as_str())
+                    .map_err(backend)?;
+                colls
+                    .remove(org.placement.collection.as_str())
+                    .map_err(backend)?;
+                if let OrgState::Renaming {
+                    to_name,
+                    to_collection,
+                } = &org.state
+                {
+                    names
+                        .remove(to_name.normalized().as_str())
+                        .map_err(backend)?;
+                    colls.remove(to_collection.as_str()).map_err(backend)?;
+                    drops.push(PendingDrop {
+                        collection: to_collection.clone(),
+                        ..drops[0].clone()
+                    });
+                }
+                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+                let prefix = format!("{key}/");
+                let mut admin_ids = Vec::new();
+                for row in by_org.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    admin_ids.push((k.value().to_owned(), v.value().to_owned()));
+                }
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                for (index_key, admin_id) in admin_ids {
+                    by_org.remove(index_key.as_str()).map_err(backend)?;
+                    let admin: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+                    if let Some(a) = admin {
+                        emails.remove(a.email.as_str()).map_err(backend)?;
+                    }
+                    admins.remove(admin_id.as_str()).map_err(backend)?;
+                }
+                let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+                orgs.remove(key.as_str()).map_err(backend)?;
+                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+                for d in &drops {
+                    pending
+                        .insert(d.key().as_str(), encode(d)?.as_slice())
+                        .map_err(backend)?;
+                }
+            }
+            add_count(
+                txn,
+                &count_key(&org.placement.shard, &org.placement.database),
+                -1,
+            )?;
+            Ok(Some(org))
+        })
+        .await
+    }
+
+    async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {
+        self.read(|txn| {
+            let t = txn.open_table(PENDING_DROPS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(backend)? {
+                let (_, v) = row.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn clear_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
+        let key = drop.key();
+        self.write(move |txn| {
+            let mut t = txn.open_table(PENDING_DROPS).map_err(backend)?;
+            t.remove(key.as_str()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn collection_counts(&self) -> CatalogResult<Vec<(ShardId, DatabaseName, u64)>> {
+        self.read(|txn| {
+            let t = txn.open_table(COUNTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let Some((shard, db)) = k.value().split_once('/') else {
+                    continue;
+                };
+                let Ok(shard) = ShardId::parse(shard) else {
+                    continue;
+                };
+                let db: DatabaseName = serde_json::from_value(serde_json::Value::String(db.into()))
+                    .map_err(backend)?;
+                out.push((shard, db, v.value()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        count: u64,
+    ) -> CatalogResult<()> {
+        let key = count_key(shard, database);
+        self.write(move |txn| {
+            let mut t = txn.open_table(COUNTS).map_err(backend)?;
+            t.insert(key.as_str(), count).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_setting(&self, key: &str) -> CatalogResult<Option<serde_json::Value>> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            let t = txn.open_table(SETTINGS).map_err(backend)?;
+            get_json(&t, &key)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()> {
+        let (key, value) = (key.to_owned(), encode(value)?);
+        self.write(move |txn| {
+            let mut t = txn.open_table(SETTINGS).map_err(backend)?;
+            t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,219 @@
+//! The catalog: organizations, admins, placements, pending collection drops and per-database
+//! collection counts. [`Catalog`] is the interface; [`embedded::EmbeddedCatalog`] keeps it in a
+//! redb file in the data dir, `mongo::MongoCatalog` in a MongoDB database.
+//!
+//! Uniqueness (normalized org name, collection name, admin email) is enforced here, atomically,
+//! so concurrent creates of one name yield exactly one winner.
+
+pub mod embedded;
+
+use crate::domain::{
+    AdminId, CollectionName, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of an organization record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OrgState {
+    /// Written by a create that has not finished; rolled back at startup if still here.
+    Creating,
+    /// Normal.
+    Active,
+    /// A rename is in progress: the new name and collection are reserved. Finished at startup
+    /// if interrupted.
+    Renaming {
+        /// The name being moved to.
+        to_name: OrgName,
+        /// The collection being moved to.
+        to_collection: CollectionName,
+    },
+}
+
+/// Where an organization's data lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Shard holding the collection.
+    pub shard: ShardId,
+    /// Database on the shard.
+    pub database: DatabaseName,
+    /// The tenant collection.
+    pub collection: CollectionName,
+    /// Incremented on every change, so caches can tell stale entries.
+    pub epoch: u64,
+    /// When first placed.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    /// Stable id.
+    pub id: OrgId,
+    /// Display name.
+    pub name: OrgName,
+    /// Placement (shard, database, collection).
+    pub placement: Placement,
+    /// Lifecycle state.
+    pub state: OrgState,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last update.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrgRecord {
+    /// The unique key of the current name.
+    pub fn normalized_name(&self) -> NormalizedOrgName {
+        self.name.normalized()
+    }
+}
+
+/// An admin account of one organization.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    /// Stable id (the JWT `sub`).
+    pub id: AdminId,
+    /// The organization administered.
+    pub org_id: OrgId,
+    /// Login email, unique across the gateway.
+    pub email: Email,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Bumped when the password changes; tokens carrying an older version are refused.
+    pub credential_version: u32,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last update.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for AdminRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("email", &self.email)
+            .field("credential_version", &self.credential_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A collection the catalog no longer references that still has to be dropped from its shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDrop {
+    /// Shard holding it.
+    pub shard: ShardId,
+    /// Database on the shard.
+    pub database: DatabaseName,
+    /// Collection to drop.
+    pub collection: CollectionName,
+}
+
+impl PendingDrop {
+    /// A stable key for this drop.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.shard, self.database, self.collection)
+    }
+}
+
+/// Which unique key a write collided with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The normalized organization name.
+    OrgName,
+    /// The derived collection name.
+    Collection,
+    /// The admin email.
+    Email,
+}
+
+/// Catalog failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A unique key is already used.
+    #[error("already taken: {0:?}")]
+    Conflict(Taken),
+    /// The record to change does not exist (or is not in the expected state).
+    #[error("not found")]
+    NotFound,
+    /// The catalog store failed.
+    #[error("catalog store error: {0}")]
+    Backend(String),
+}
+
+/// Result alias for catalog operations.
+pub type CatalogResult<T> = Result<T, CatalogError>;
+
+/// The catalog interface. Each method is atomic with respect to the unique keys it touches.
+#[async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// Inserts a new organization (in `Creating` or `Active` state) with its first admin and
+    /// counts its collection in the placement's database.
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()>;
+
+    /// Replaces an organization record whose name and collection are unchanged (state changes).
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()>;
+
+    /// Looks an organization up by id.
+    async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
+
+    /// Looks an organization up by its normalized current name.
+    async fn org_by_name(&self, name: &NormalizedOrgName) -> CatalogResult<Option<OrgRecord>>;
+
+    /// Every organization (startup recovery and reconciliation).
+    async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>>;
+
+    /// Looks an admin up by email.
+    async fn admin_by_email(&self, email: &Email) -> CatalogResult<Option<AdminRecord>>;
+
+    /// Looks an admin up by id.
+    async fn admin_by_id(&self, id: AdminId) -> CatalogResult<Option<AdminRecord>>;
+
+    /// Admins of one organization.
+    async fn admins_of_org(&self, org: OrgId) -> CatalogResult<Vec<AdminRecord>>;
+
+    /// Replaces an admin (email and/or password change); the new email must be free.
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()>;
+
+    /// Reserves `to_name` and its collection for the org and marks it `Renaming`.
+    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord>;
+
+    /// Switches a `Renaming` org to its new name and collection, releases the old keys and
+    /// bumps the placement epoch.
+    async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
+
+    /// Releases the reserved keys of a `Renaming` org and marks it `Active` again.
+    async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
+
+    /// Removes the organization, its admins and its keys, uncounts its collection and records
+    /// the collection as a [`PendingDrop`]. Returns the removed record.
+    async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
+
+    /// Collections still to drop.
+    async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>>;
+
+    /// Forgets a pending drop once done.
+    async fn clear_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()>;
+
+    /// Tenant collections counted per (shard, database).
+    async fn collection_counts(&self) -> CatalogResult<Vec<(ShardId, DatabaseName, u64)>>;
+
+    /// Overwrites one count (startup reconciliation).
+    async fn set_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        count: u64,
+    ) -> CatalogResult<()>;
+
+    /// A small named value (e.g. runtime-added shards), JSON-encoded.
+    async fn get_setting(&self, key: &str) -> CatalogResult<Option<serde_json::Value>>;
+
+    /// Stores a small named value.
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()>;
+}

@@ -1,0 +1,492 @@
+//! Gateway configuration. Sources, lowest to highest precedence: built-in defaults, environment
+//! (`ORG_GATEWAY_*`, nested keys joined by `__`), the TOML config file, command-line flags.
+//! `config/gateway.toml` documents every key with its default.
+
+use crate::domain::ShardId;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the public API listener.
+    pub listen: SocketAddr,
+    /// Address of the operator listener (health, readiness, metrics, operator routes).
+    pub ops_listen: SocketAddr,
+    /// Directory holding the catalog, the embedded store and the generated signing key.
+    pub data_dir: PathBuf,
+    /// Worker threads per listener.
+    pub threads: usize,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Time allowed per request before it is answered with 503.
+    pub request_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests get to finish.
+    pub shutdown_grace_seconds: u64,
+    /// JWT and password hashing.
+    pub auth: AuthConfig,
+    /// The tenant metadata cache.
+    pub cache: CacheConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Where the catalog lives.
+    pub catalog: CatalogConfig,
+    /// Operator API settings.
+    pub ops: OpsConfig,
+    /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
+    pub shards: Vec<ShardConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            ops_listen: "127.0.0.1:9090".parse().expect("static address"),
+            data_dir: PathBuf::from("data"),
+            threads: 2,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 10_000,
+            shutdown_grace_seconds: 3,
+            auth: AuthConfig::default(),
+            cache: CacheConfig::default(),
+            log: LogConfig::default(),
+            catalog: CatalogConfig::default(),
+            ops: OpsConfig::default(),
+            shards: Vec::new(),
+        }
+    }
+}
+
+/// JWT signing and password hashing settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 signing secret (at least 32 bytes). Empty: generated on first start and kept in
+    /// `<data_dir>/jwt_secret` with mode 0600.
+    pub jwt_secret: String,
+    /// Key id written to the JWT header.
+    pub jwt_kid: String,
+    /// `iss` claim issued and required.
+    pub issuer: String,
+    /// `aud` claim issued and required.
+    pub audience: String,
+    /// Token lifetime.
+    pub token_ttl_seconds: u64,
+    /// Clock skew tolerated on exp/nbf.
+    pub leeway_seconds: u64,
+    /// Concurrent argon2 hash/verify operations (bounded blocking pool).
+    pub hash_concurrency: usize,
+    /// argon2id memory cost in KiB (OWASP minimum 19456).
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations (OWASP minimum 2).
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            jwt_kid: "k1".into(),
+            issuer: "org-gateway".into(),
+            audience: "org-gateway".into(),
+            token_ttl_seconds: 3600,
+            leeway_seconds: 5,
+            hash_concurrency: 2,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+/// Tenant metadata cache (moka).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Entries expire this long after being loaded.
+    pub ttl_seconds: u64,
+    /// Upper bound on cached tenants.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 300,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `org_gateway=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the catalog (orgs, admins, placements) lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// `embedded` (a file in the data dir) or `mongodb`.
+    pub kind: StoreKind,
+    /// MongoDB URI when `kind = "mongodb"`.
+    pub uri: Option<String>,
+    /// MongoDB database holding the catalog.
+    pub database: String,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Embedded,
+            uri: None,
+            database: "org_gateway_catalog".into(),
+        }
+    }
+}
+
+/// Operator API settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Bearer token required on `/ops/*` routes. Empty: operator routes are disabled (403).
+    pub token: String,
+    /// Optional bearer token for `/metrics`; empty means unauthenticated.
+    pub metrics_token: String,
+}
+
+/// Backend kind of a shard or of the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The built-in durable store (redb).
+    Embedded,
+    /// A MongoDB deployment.
+    Mongodb,
+}
+
+/// Whether new organizations may be placed on a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    /// Accepts new organizations.
+    Active,
+    /// Serves its tenants but receives no new ones.
+    Draining,
+}
+
+/// One shard: a MongoDB deployment or an embedded store file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Unique id, referenced by placements.
+    pub id: ShardId,
+    /// Backend kind.
+    pub kind: StoreKind,
+    /// MongoDB connection string (kind = mongodb).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Store file (kind = embedded); relative paths are under the data dir.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Connection pool maximum.
+    #[serde(default = "defaults::max_pool_size")]
+    pub max_pool_size: u32,
+    /// Connection pool minimum.
+    #[serde(default = "defaults::min_pool_size")]
+    pub min_pool_size: u32,
+    /// Idle connections are closed after this long.
+    #[serde(default = "defaults::max_idle_time_ms")]
+    pub max_idle_time_ms: u64,
+    /// How long to look for a usable server before failing a request (503).
+    #[serde(default = "defaults::server_selection_timeout_ms")]
+    pub server_selection_timeout_ms: u64,
+    /// `primary`, `primaryPreferred`, `secondary`, `secondaryPreferred`, `nearest`.
+    #[serde(default = "defaults::read_preference")]
+    pub read_preference: String,
+    /// Write concern `w`: `majority` or a number.
+    #[serde(default = "defaults::write_concern")]
+    pub write_concern: String,
+    /// Wait for the journal on writes.
+    #[serde(default = "defaults::journal")]
+    pub journal: bool,
+    /// Databases on this shard are named `<prefix>_<n>`.
+    #[serde(default = "defaults::database_prefix")]
+    pub database_prefix: String,
+    /// Tenant collections per database.
+    #[serde(default = "defaults::max_collections")]
+    pub max_collections_per_database: u32,
+    /// Share of the maximum at which a database is reported `alert`.
+    #[serde(default = "defaults::alert_ratio")]
+    pub alert_ratio: f64,
+    /// Share of the maximum at which new organizations go to the next database.
+    #[serde(default = "defaults::split_ratio")]
+    pub split_ratio: f64,
+    /// Relative share of new organizations (rendezvous weight).
+    #[serde(default = "defaults::weight")]
+    pub weight: f64,
+    /// Optional region; a create request may ask for one.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `active` or `draining`.
+    #[serde(default = "defaults::state")]
+    pub state: ShardState,
+}
+
+mod defaults {
+    use super::ShardState;
+    pub fn max_pool_size() -> u32 {
+        100
+    }
+    pub fn min_pool_size() -> u32 {
+        10
+    }
+    pub fn max_idle_time_ms() -> u64 {
+        30_000
+    }
+    pub fn server_selection_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn read_preference() -> String {
+        "primaryPreferred".into()
+    }
+    pub fn write_concern() -> String {
+        "majority".into()
+    }
+    pub fn journal() -> bool {
+        true
+    }
+    pub fn database_prefix() -> String {
+        "db".into()
+    }
+    pub fn max_collections() -> u32 {
+        10_000
+    }
+    pub fn alert_ratio() -> f64 {
+        0.8
+    }
+    pub fn split_ratio() -> f64 {
+        0.9
+    }
+    pub fn weight() -> f64 {
+        1.0
+    }
+    pub fn state() -> ShardState {
+        ShardState::Active
+    }
+}
+
+impl ShardConfig {
+    /// The default shard: embedded store `local` in the data dir.
+    pub fn local_embedded() -> Self {
+        Self {
+            id: ShardId::parse("local").expect("static id"),
+            kind: StoreKind::Embedded,
+            uri: None,
+            path: Some(PathBuf::from("shards/local.redb")),
+            max_pool_size: defaults::max_pool_size(),
+            min_pool_size: defaults::min_pool_size(),
+            max_idle_time_ms: defaults::max_idle_time_ms(),
+            server_selection_timeout_ms: defaults::server_selection_timeout_ms(),
+            read_preference: defaults::read_preference(),
+            write_concern: defaults::write_concern(),
+            journal: defaults::journal(),
+            database_prefix: defaults::database_prefix(),
+            max_collections_per_database: defaults::max_collections(),
+            alert_ratio: defaults::alert_ratio(),
+            split_ratio: defaults::split_ratio(),
+            weight: defaults::weight(),
+            region: None,
+            state: ShardState::Active,
+        }
+    }
+
+    /// Checks values the type system does not.
+    pub fn validate(&self) -> Result<(), String> {
+        let id = &self.id;
+        match self.kind {
+            StoreKind::Mongodb if self.uri.is_none() => {
+                return Err(format!("shard {id}: kind = \"mongodb\" needs a uri"))
+            }
+            StoreKind::Embedded if self.path.is_none() => {
+                return Err(format!("shard {id}: kind = \"embedded\" needs a path"))
+            }
+            _ => {}
+        }
+        let prefix_ok = (1..=20).contains(&self.database_prefix.len())
+            && self
+                .database_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !prefix_ok {
+            return Err(format!(
+                "shard {id}: database_prefix must be 1 to 20 of a-z, A-Z, 0-9, '_'"
+            ));
+        }
+        if self.max_collections_per_database == 0 {
+            return Err(format!(
+                "shard {id}: max_collections_per_database must be > 0"
+            ));
+        }
+        if !(0.0 < self.alert_ratio
+            && self.alert_ratio <= self.split_ratio
+            && self.split_ratio <= 1.0)
+        {
+            return Err(format!(
+                "shard {id}: need 0 < alert_ratio <= split_ratio <= 1"
+            ));
+        }
+        if !(self.weight > 0.0 && self.weight.is_finite()) {
+            return Err(format!("shard {id}: weight must be a positive number"));
+        }
+        if self.min_pool_size > self.max_pool_size {
+            return Err(format!("shard {id}: min_pool_size > max_pool_size"));
+        }
+        Ok(())
+    }
+}
+
+/// Values given on the command line; `None` leaves lower layers in charge.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--ops-listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_listen: Option<SocketAddr>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Builds the configuration from all layers and validates it.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Env::prefixed("ORG_GATEWAY_").split("__"));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let config: Config = fig
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_body_bytes == 0 || self.threads == 0 || self.auth.hash_concurrency == 0 {
+            return Err("max_body_bytes, threads and auth.hash_concurrency must be > 0".into());
+        }
+        if self.auth.argon2_memory_kib < 19_456 || self.auth.argon2_iterations < 2 {
+            return Err(
+                "auth.argon2_memory_kib must be >= 19456 and auth.argon2_iterations >= 2 (OWASP)"
+                    .into(),
+            );
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return Err("auth.jwt_secret must be at least 32 bytes".into());
+        }
+        if self.catalog.kind == StoreKind::Mongodb && self.catalog.uri.is_none() {
+            return Err("catalog.kind = \"mongodb\" needs catalog.uri".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for shard in &self.shards {
+            shard.validate()?;
+            if !seen.insert(shard.id.clone()) {
+                return Err(format!("shard id {} appears twice", shard.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured shards, or the default embedded shard when none are configured.
+    pub fn effective_shards(&self) -> Vec<ShardConfig> {
+        if self.shards.is_empty() {
+            vec![ShardConfig::local_embedded()]
+        } else {
+            self.shards.clone()
+        }
+    }
+}
+
+/// Replaces the password in a connection string's userinfo with `***`, so URIs can be logged
+/// and shown to operators.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &uri[..scheme_end], user, &rest[at + 1..])
+        }
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact_uri("mongodb://u:p%40ss@h:27017/db?x=1"),
+            "mongodb://u:***@h:27017/db?x=1"
+        );
+        assert_eq!(redact_uri("mongodb://h:1"), "mongodb://h:1");
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::default().effective_shards().len(), 1);
+    }
+
+    #[test]
+    fn short_secret_refused() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = "short".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The HTTP layer on pingora: one [`GatewayApp`] per listener. It assigns the request id,
+//! enforces the body limit and the per-request timeout, dispatches to `crate::api`, renders
+//! errors as problem+json, writes the access log line and records HTTP metrics.
+
+use crate::api::routes::{match_route, Listener, Route};
+use crate::api::{self, Reply, Request, RequestLog};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::telemetry::metrics;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest incoming `X-Request-Id` echoed back; longer or odd ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A pingora HTTP application serving one listener.
+pub struct GatewayApp {
+    state: Arc<AppState>,
+    listener: Listener,
+}
+
+impl GatewayApp {
+    /// An app for the public or the operator listener.
+    pub fn new(state: Arc<AppState>, listener: Listener) -> Self {
+        Self { state, listener }
+    }
+}
+
+fn request_id(session: &ServerSession) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413).
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::payload_too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err(ApiError::invalid(
+                    "invalid_body",
+                    format!("could not read request body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+fn build_response(
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+    request_id: &str,
+    headers: &[(&'static str, String)],
+) -> Response<Vec<u8>> {
+    let mut b = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header("x-request-id", request_id)
+        .header(http::header::CACHE_CONTROL, "no-store");
+    for (k, v) in headers {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(body).expect("valid response parts")
+}
+
+fn error_response(e: &ApiError, request_id: &str) -> Response<Vec<u8>> {
+    let mut headers = e.extra_headers.clone();
+    if let Some(s) = e.retry_after {
+        headers.push(("retry-after", s.to_string()));
+    }
+    build_response(
+        e.status,
+        "application/problem+json",
+        e.body(Some(request_id)),
+        request_id,
+        &headers,
+    )
+}
+
+impl GatewayApp {
+    async fn serve(
+        &self,
+        session: &mut ServerSession,
+        route: Route,
+        request_id: &str,
+        log: &mut RequestLog,
+    ) -> Result<Reply, ApiError> {
+        let limit = self.state.config.max_body_bytes;
+        let body = if route.takes_body() {
+            match read_body(session, limit).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The rest of the body is unread: the connection cannot be reused.
+                    session.set_keepalive(None);
+                    return Err(e);
+                }
+            }
+        } else {
+            Bytes::new()
+        };
+        metrics::HTTP_REQUEST_BYTES
+            .with_label_values(&[route.template()])
+            .inc_by(body.len() as u64);
+        let head = session.req_header();
+        let req = Request {
+            method: head.method.clone(),
+            path: head.uri.path().to_owned(),
+            query: head.uri.query().unwrap_or("").to_owned(),
+            headers: head.headers.clone(),
+            body,
+            request_id: request_id.to_owned(),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        };
+        api::handle(&self.state, route, &req, log).await
+    }
+}
+
+#[async_trait]
+impl ServeHttp for GatewayApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = Instant::now();
+        metrics::HTTP_IN_FLIGHT.inc();
+        let request_id = request_id(session);
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let mut log = RequestLog::default();
+        let matched = match_route(self.listener, &method, &path);
+        let template = matched
+            .as_ref()
+            .map(|r| r.template())
+            .unwrap_or("unmatched");
+        let outcome = match matched {
+            Ok(route) => {
+                let timeout = Duration::from_millis(self.state.config.request_timeout_ms);
+                match tokio::time::timeout(
+                    timeout,
+                    self.serve(session, route, &request_id, &mut log),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        session.set_keepalive(None);
+                        Err(ApiError::unavailable(
+                            "request_timeout",
+                            "the request took too long and was abandoned",
+                            1,
+                        ))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let response = match &outcome {
+            Ok(reply) => build_response(
+                reply.status,
+                reply.content_type,
+                reply.body.clone(),
+                &request_id,
+                &reply.headers,
+            ),
+            Err(e) => error_response(e, &request_id),
+        };
+        let status = response.status();
+        let elapsed = started.elapsed();
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        metrics::HTTP_REQUESTS
+            .with_label_values(&[template, method.as_str(), class])
+            .inc();
+        metrics::HTTP_DURATION
+            .with_label_values(&[template, method.as_str()])
+            .observe(elapsed.as_secs_f64());
+        metrics::HTTP_RESPONSE_BYTES
+            .with_label_values(&[template])
+            .inc_by(response.body().len() as u64);
+        metrics::HTTP_IN_FLIGHT.dec();
+        let org = log.org_id.map(|o| o.to_string());
+        let code = outcome.as_ref().err().map(|e| e.code);
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            method = %method,
+            route = template,
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            org_id = org.as_deref().unwrap_or("-"),
+            error = code.unwrap_or("-"),
+            "request"
+        );
+        response
+    }
+}

@@ -1,0 +1,25 @@
+use clap::Parser;
+use org_gateway::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.load_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("org-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match org_gateway::server::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("org-gateway: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

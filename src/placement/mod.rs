@@ -1,0 +1,8 @@
+//! Placement: the shards tenants can live on ([`ShardSet`]), the policy that places a new
+//! organization (weighted rendezvous hashing, then the open database), and capacity states.
+
+mod policy;
+mod shards;
+
+pub use policy::{capacity_state, choose_placement, CapacityState, PlacementChoice};
+pub use shards::{Shard, ShardSet};

@@ -1,0 +1,128 @@
+//! Process lifecycle: build the state on a background runtime, run startup recovery, start the
+//! two pingora listeners, and shut down gracefully on SIGTERM or SIGINT.
+
+use crate::api::routes::Listener;
+use crate::app::AppState;
+use crate::config::Config;
+use crate::listener::GatewayApp;
+use crate::movers;
+use crate::telemetry::{self, metrics};
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Treats SIGINT like SIGTERM: stop accepting, let in-flight requests finish, exit.
+struct GracefulOnSignal;
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: finishing in-flight requests"),
+            _ = int.recv() => tracing::info!("SIGINT received: finishing in-flight requests"),
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// How often interrupted renames, creates and drops are retried in the background.
+const RESUME_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the gateway until a shutdown signal. Blocks the calling thread.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init_tracing(&config.log);
+    metrics::init();
+    // Store clients and background work live on their own runtime, which outlives the
+    // listeners' runtimes so in-flight store calls can finish during shutdown.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("org-gateway-bg")
+        .enable_all()
+        .build()?;
+    let state = background.block_on(async {
+        let state = AppState::build(config.clone()).await?;
+        // The embedded catalog is single-process (file lock), so nothing else can be mid-way
+        // through an operation: resume everything. A shared catalog leaves recent work alone.
+        let grace = match config.catalog.kind {
+            crate::config::StoreKind::Embedded => Duration::ZERO,
+            crate::config::StoreKind::Mongodb => Duration::from_secs(30),
+        };
+        match movers::resume_interrupted(&state, grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(operations = n, "finished interrupted operations from a previous run"),
+            Err(e) => tracing::error!(error = %e, "startup recovery incomplete; will retry in the background"),
+        }
+        if let Err(e) = movers::reconcile_capacity(&state).await {
+            tracing::error!(error = %e, "capacity reconciliation failed");
+        }
+        if let Ok(orgs) = state.catalog().list_orgs().await {
+            metrics::ORGANIZATIONS.set(orgs.len() as i64);
+        }
+        anyhow::Ok(state)
+    })?;
+    {
+        let state = state.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(RESUME_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = movers::resume_interrupted(&state, Duration::from_secs(30)).await {
+                    tracing::warn!(error = %e, "background resume failed; retrying later");
+                }
+            }
+        });
+    }
+
+    let mut conf = ServerConf::default();
+    conf.threads = config.threads;
+    conf.grace_period_seconds = Some(config.shutdown_grace_seconds);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    conf.pid_file = config
+        .data_dir
+        .join("org-gateway.pid")
+        .display()
+        .to_string();
+    conf.upgrade_sock = config
+        .data_dir
+        .join("org-gateway-upgrade.sock")
+        .display()
+        .to_string();
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut public = Service::new(
+        "public API".to_string(),
+        GatewayApp::new(Arc::clone(&state), Listener::Public),
+    );
+    public.add_tcp(&config.listen.to_string());
+    let mut ops = Service::new(
+        "operator API".to_string(),
+        GatewayApp::new(Arc::clone(&state), Listener::Ops),
+    );
+    ops.add_tcp(&config.ops_listen.to_string());
+    server.add_service(public);
+    server.add_service(ops);
+
+    tracing::info!(
+        listen = %config.listen,
+        ops_listen = %config.ops_listen,
+        data_dir = %config.data_dir.display(),
+        shards = state.shards.all().len(),
+        "org-gateway listening"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulOnSignal),
+    });
+    tracing::info!("listeners stopped; closing stores");
+    drop(state);
+    background.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("org-gateway stopped");
+    Ok(())
+}

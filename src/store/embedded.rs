@@ -1,0 +1,211 @@
+//! The embedded backend: tenant collections as tables in a redb file. ACID, fsync on every
+//! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
+//! document as JSON bytes; a side table keeps byte counts for quotas.
+
+use super::{Document, Namespace, StoreError, StoreResult, TenantStore};
+use crate::domain::DatabaseName;
+use async_trait::async_trait;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Per-collection stored bytes, keyed by table name.
+const BYTES: TableDefinition<&str, u64> = TableDefinition::new("__bytes");
+
+fn table_name(ns: &Namespace) -> String {
+    format!("{}.{}", ns.database, ns.collection)
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A redb-backed [`TenantStore`].
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(backend)?;
+        }
+        let db = Database::create(path).map_err(backend)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking redb work off the event loop.
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
+    }
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Document> {
+    serde_json::from_slice(bytes).map_err(backend)
+}
+
+fn table_exists(db: &Database, name: &str) -> StoreResult<bool> {
+    let txn = db.begin_read().map_err(backend)?;
+    let found = txn
+        .list_tables()
+        .map_err(backend)?
+        .any(|t| t.name() == name);
+    Ok(found)
+}
+
+#[async_trait]
+impl TenantStore for EmbeddedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(backend))
+            .await
+    }
+
+    async fn create_collection(&self, ns: &Namespace) -> StoreResult<()> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                txn.open_table(def).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn drop_collection(&self, ns: &Namespace) -> StoreResult<()> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                txn.delete_table(def).map_err(backend)?;
+                let mut bytes = txn.open_table(BYTES).map_err(backend)?;
+                bytes.remove(name.as_str()).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn rename_collection(&self, from: &Namespace, to: &Namespace) -> StoreResult<u64> {
+        let (from, to) = (table_name(from), table_name(to));
+        self.blocking(move |db| {
+            let from_exists = table_exists(db, &from)?;
+            let to_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&to);
+            let txn = db.begin_write().map_err(backend)?;
+            if from_exists {
+                let from_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&from);
+                // An empty target may exist from an earlier interrupted attempt.
+                txn.delete_table(to_def).map_err(backend)?;
+                txn.rename_table(from_def, to_def).map_err(backend)?;
+                let mut bytes = txn.open_table(BYTES).map_err(backend)?;
+                let moved = bytes
+                    .remove(from.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                bytes.insert(to.as_str(), moved).map_err(backend)?;
+            }
+            let count = txn
+                .open_table(to_def)
+                .map_err(backend)?
+                .len()
+                .map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn list_collections(&self, database: &DatabaseName) -> StoreResult<Vec<String>> {
+        let prefix = format!("{database}.");
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let names = txn
+                .list_tables()
+                .map_err(backend)?
+                .filter_map(|t| t.name().strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn insert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let mut added = 0u64;
+            {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let mut table = txn.open_table(def).map_err(backend)?;
+                for doc in &docs {
+                    let id = doc
+                        .get("_id")
+                        .and_then(|v| v.as_str())
+                        .ok_or_else(|| StoreError::Backend("document without string _id".into()))?;
+                    let bytes = serde_json::to_vec(doc).map_err(backend)?;
+                    if table.get(id).map_err(backend)?.is_some() {
+                        // Dropping the transaction without commit rolls every insert back.
+                        return Err(StoreError::DuplicateId(id.to_owned()));
+                    }
+                    table.insert(id, bytes.as_slice()).map_err(backend)?;
+                    added += bytes.len() as u64;
+                }
+                let mut bytes = txn.open_table(BYTES).map_err(backend)?;
+                let current = bytes
+                    .get(name.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                bytes
+                    .insert(name.as_str(), current + added)
+                    .map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get(&self, ns: &Namespace, id: &str) -> StoreResult<Option<Document>> {
+        let (name, id) = (table_name(ns), id.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            let table = match txn.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(backend(e)),
+            };
+            let found = table.get(id.as_str()).map_err(backend)?;
+            found.map(|g| decode(g.value())).transpose()
+        })
+        .await
+    }
+
+    async fn count_all(&self, ns: &Namespace) -> StoreResult<u64> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            match txn.open_table(def) {
+                Ok(t) => t.len().map_err(backend),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+}

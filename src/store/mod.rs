@@ -1,0 +1,81 @@
+//! Tenant collection backends. [`TenantStore`] is the one interface the rest of the gateway
+//! uses; [`embedded::EmbeddedStore`] (redb) and [`mongo::MongoStore`] implement it, and both
+//! pass the same conformance suite (`tests/api/store_conformance.rs`).
+
+pub mod embedded;
+
+use crate::domain::{CollectionName, DatabaseName};
+use async_trait::async_trait;
+use std::fmt;
+
+/// A JSON document as stored: always an object with a string `_id`.
+pub type Document = serde_json::Map<String, serde_json::Value>;
+
+/// Where a tenant's documents live on a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace {
+    /// Database on the shard.
+    pub database: DatabaseName,
+    /// The tenant's collection.
+    pub collection: CollectionName,
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.database, self.collection)
+    }
+}
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The shard cannot be reached or selected in time: clients get 503.
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+    /// An insert reused an `_id` already in the collection.
+    #[error("duplicate _id {0:?}")]
+    DuplicateId(String),
+    /// Anything else the backend reported.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One backend holding tenant collections (a shard).
+///
+/// Every method is idempotent where it can be, because the movers retry them after a crash.
+#[async_trait]
+pub trait TenantStore: Send + Sync + 'static {
+    /// Checks the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates the collection if it does not exist.
+    async fn create_collection(&self, ns: &Namespace) -> StoreResult<()>;
+
+    /// Drops the collection and its documents; succeeds if it does not exist.
+    async fn drop_collection(&self, ns: &Namespace) -> StoreResult<()>;
+
+    /// Moves every document of `from` into `to` (same database) and removes `from`.
+    /// Crash-safe and idempotent: when `from` is gone and `to` exists, it has already happened.
+    /// Returns the number of documents in `to` afterwards.
+    async fn rename_collection(&self, from: &Namespace, to: &Namespace) -> StoreResult<u64>;
+
+    /// Names of the collections in a database (tenant collections and any others).
+    async fn list_collections(&self, database: &DatabaseName) -> StoreResult<Vec<String>>;
+
+    /// Inserts documents that already carry their `_id`, all or nothing.
+    async fn insert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()>;
+
+    /// The document with this `_id`, if any.
+    async fn get(&self, ns: &Namespace, id: &str) -> StoreResult<Option<Document>>;
+
+    /// Number of documents in the collection.
+    async fn count_all(&self, ns: &Namespace) -> StoreResult<u64>;
+}
+
+/// Generates a document id in MongoDB ObjectId form (24 hex digits), time-ordered.
+pub fn new_object_id() -> String {
+    bson::oid::ObjectId::new().to_hex()
+}

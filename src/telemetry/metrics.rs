@@ -1,0 +1,331 @@
+//! Every metric the gateway exports, registered in one registry. Label values come from
+//! closed sets (route templates, status classes, shard ids from config), never from request
+//! data, so cardinality stays bounded.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The registry behind `GET /metrics`.
+pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
+    REGISTRY
+        .register(Box::new(m.clone()))
+        .expect("metric registers once");
+    m
+}
+
+/// Latency buckets from 100 µs to ~10 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 18).expect("static buckets")
+}
+
+/// Requests by route template, method and status class.
+pub static HTTP_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new("org_gateway_http_requests_total", "HTTP requests answered"),
+        &["route", "method", "status_class"],
+    )
+    .unwrap())
+});
+
+/// Request duration by route template.
+pub static HTTP_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    reg(HistogramVec::new(
+        HistogramOpts::new(
+            "org_gateway_http_request_duration_seconds",
+            "Time from request head to response, by route",
+        )
+        .buckets(latency_buckets()),
+        &["route", "method"],
+    )
+    .unwrap())
+});
+
+/// Requests being handled now.
+pub static HTTP_IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_http_requests_in_flight",
+        "Requests being handled",
+    )
+    .unwrap())
+});
+
+/// Request body bytes received.
+pub static HTTP_REQUEST_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_http_request_body_bytes_total",
+            "Request body bytes received",
+        ),
+        &["route"],
+    )
+    .unwrap())
+});
+
+/// Response body bytes sent.
+pub static HTTP_RESPONSE_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_http_response_body_bytes_total",
+            "Response body bytes sent",
+        ),
+        &["route"],
+    )
+    .unwrap())
+});
+
+/// JWT verification failures by reason.
+pub static JWT_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_jwt_verification_failures_total",
+            "Rejected bearer tokens",
+        ),
+        &["reason"],
+    )
+    .unwrap())
+});
+
+/// Logins by outcome (`success`, `failure`, `throttled`).
+pub static LOGINS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new("org_gateway_logins_total", "Admin logins by outcome"),
+        &["outcome"],
+    )
+    .unwrap())
+});
+
+/// argon2 operations waiting for a permit.
+pub static ARGON2_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_argon2_queue_depth",
+        "Password hash operations waiting for a worker",
+    )
+    .unwrap())
+});
+
+/// Time argon2 operations wait for a permit.
+pub static ARGON2_WAIT_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_argon2_wait_seconds",
+            "Time a password hash operation waited for a worker",
+        )
+        .buckets(latency_buckets()),
+    )
+    .unwrap())
+});
+
+/// Tenant cache lookups by result (`hit`, `miss`).
+pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_tenant_cache_lookups_total",
+            "Tenant metadata cache lookups",
+        ),
+        &["result"],
+    )
+    .unwrap())
+});
+
+/// Entries in the tenant cache.
+pub static CACHE_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_tenant_cache_entries",
+        "Tenants in the metadata cache",
+    )
+    .unwrap())
+});
+
+/// Time to resolve a tenant's placement.
+pub static PLACEMENT_RESOLVE_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_placement_resolution_seconds",
+            "Time to resolve a tenant to its placement",
+        )
+        .buckets(exponential_buckets(0.000001, 4.0, 12).unwrap()),
+    )
+    .unwrap())
+});
+
+/// Requests rejected by the per-org rate limiter, by window.
+pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_rate_limited_requests_total",
+            "Requests rejected with 429",
+        ),
+        &["limiter"],
+    )
+    .unwrap())
+});
+
+/// Organizations over the quota alert ratio.
+pub static QUOTA_ALERTS: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_quota_alert_organizations",
+        "Organizations using more than the alert share of their storage quota",
+    )
+    .unwrap())
+});
+
+/// Writes rejected for exceeding quota.
+pub static QUOTA_REJECTIONS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_quota_rejections_total",
+        "Writes rejected with 507 quota_exceeded",
+    )
+    .unwrap())
+});
+
+/// Store operation duration by shard and operation.
+pub static SHARD_OP_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    reg(HistogramVec::new(
+        HistogramOpts::new(
+            "org_gateway_shard_operation_duration_seconds",
+            "Store operation time",
+        )
+        .buckets(latency_buckets()),
+        &["shard", "operation"],
+    )
+    .unwrap())
+});
+
+/// Store operation errors by shard and operation.
+pub static SHARD_OP_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_shard_operation_errors_total",
+            "Failed store operations",
+        ),
+        &["shard", "operation"],
+    )
+    .unwrap())
+});
+
+/// 1 when the shard answered its last health check.
+pub static SHARD_UP: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_shard_up",
+            "1 if the shard answered its last health check",
+        ),
+        &["shard"],
+    )
+    .unwrap())
+});
+
+/// Organizations in the catalog.
+pub static ORGANIZATIONS: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new("org_gateway_organizations", "Organizations in the catalog").unwrap())
+});
+
+/// Tenant collections per database.
+pub static DB_COLLECTIONS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_database_collections",
+            "Tenant collections in a database",
+        ),
+        &["shard", "database"],
+    )
+    .unwrap())
+});
+
+/// Maximum tenant collections per database.
+pub static DB_COLLECTIONS_MAX: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_database_collections_max",
+            "Configured maximum tenant collections in a database",
+        ),
+        &["shard", "database"],
+    )
+    .unwrap())
+});
+
+/// Collections over maximum, per database.
+pub static DB_COLLECTIONS_RATIO: Lazy<GaugeVec> = Lazy::new(|| {
+    reg(GaugeVec::new(
+        Opts::new(
+            "org_gateway_database_collections_ratio",
+            "Tenant collections in a database over its maximum",
+        ),
+        &["shard", "database"],
+    )
+    .unwrap())
+});
+
+/// Databases per shard.
+pub static SHARD_DATABASES: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new("org_gateway_shard_databases", "Tenant databases on a shard"),
+        &["shard"],
+    )
+    .unwrap())
+});
+
+/// Build information (always 1).
+pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_build_info",
+            "Build information; value is always 1",
+        ),
+        &["version", "revision"],
+    )
+    .unwrap())
+});
+
+/// Touches every metric so all series families appear from the first scrape.
+pub fn init() {
+    Lazy::force(&HTTP_REQUESTS);
+    Lazy::force(&HTTP_DURATION);
+    Lazy::force(&HTTP_IN_FLIGHT);
+    Lazy::force(&HTTP_REQUEST_BYTES);
+    Lazy::force(&HTTP_RESPONSE_BYTES);
+    Lazy::force(&JWT_FAILURES);
+    Lazy::force(&LOGINS);
+    Lazy::force(&ARGON2_QUEUE_DEPTH);
+    Lazy::force(&ARGON2_WAIT_SECONDS);
+    Lazy::force(&CACHE_LOOKUPS);
+    Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&PLACEMENT_RESOLVE_SECONDS);
+    Lazy::force(&RATE_LIMITED);
+    Lazy::force(&QUOTA_ALERTS);
+    Lazy::force(&QUOTA_REJECTIONS);
+    Lazy::force(&SHARD_OP_SECONDS);
+    Lazy::force(&SHARD_OP_ERRORS);
+    Lazy::force(&SHARD_UP);
+    Lazy::force(&ORGANIZATIONS);
+    Lazy::force(&DB_COLLECTIONS);
+    Lazy::force(&DB_COLLECTIONS_MAX);
+    Lazy::force(&DB_COLLECTIONS_RATIO);
+    Lazy::force(&SHARD_DATABASES);
+    BUILD_INFO
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            option_env!("ORG_GATEWAY_GIT_REV").unwrap_or("unknown"),
+        ])
+        .set(1);
+    for outcome in ["success", "failure", "throttled"] {
+        LOGINS.with_label_values(&[outcome]);
+    }
+    for result in ["hit", "miss"] {
+        CACHE_LOOKUPS.with_label_values(&[result]);
+    }
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    buf
+}
