@@ -4,12 +4,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Keep build output outside the clone so fresh clones on one machine build incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/org-gateway/target}"
 
+apt_install() { # package names...
+    echo "==> installing $* (Debian packages)" >&2
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# cmake builds pingora's C dependencies.
 ensure_cmake() {
-    if command -v cmake >/dev/null 2>&1; then return; fi
-    echo "==> installing cmake (needed to build pingora)" >&2
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
-    else
-        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null
-    fi
+    command -v cmake >/dev/null 2>&1 || apt_install cmake
+}
+
+# promtool validates the metrics exposition, alert rules and dashboards in the test suite.
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 || apt_install prometheus
 }

@@ -5,6 +5,9 @@ use crate::auth::{JwtKeys, PasswordHasher};
 use crate::catalog::embedded::EmbeddedCatalog;
 use crate::catalog::Catalog;
 use crate::config::{Config, ShardConfig, StoreKind};
+use crate::limits::login::LoginThrottle;
+use crate::limits::quota::Quotas;
+use crate::limits::rate::RateLimits;
 use crate::placement::{Shard, ShardSet};
 use crate::router::TenantRouter;
 use crate::store::embedded::EmbeddedStore;
@@ -26,6 +29,12 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// Serializes placement decisions of this instance so capacity counts stay exact.
     pub placement_lock: tokio::sync::Mutex<()>,
+    /// Per-organization request limits.
+    pub rate_limits: RateLimits,
+    /// Failed-login counters.
+    pub login_throttle: LoginThrottle,
+    /// Storage usage per organization.
+    pub quotas: Quotas,
     /// Process start, for uptime.
     pub started: Instant,
 }
@@ -93,17 +102,47 @@ impl AppState {
             config.cache.max_entries,
             Duration::from_secs(config.cache.ttl_seconds),
         );
-        Ok(Arc::new(Self {
-            config,
+        let state = Arc::new(Self {
+            config: config.clone(),
             router,
             shards,
             hasher,
             jwt,
             placement_lock: tokio::sync::Mutex::new(()),
+            rate_limits: RateLimits::new(
+                config.limits.requests_per_minute,
+                config.limits.requests_per_hour,
+            ),
+            login_throttle: LoginThrottle::new(config.limits.login_failures_per_minute),
+            quotas: Quotas::new(
+                config.limits.storage_quota_bytes,
+                config.limits.quota_alert_ratio,
+            ),
             started: Instant::now(),
-        }))
+        });
+        state.load_rate_overrides().await;
+        Ok(state)
+    }
+
+    /// Loads per-organization rate-limit overrides from the catalog.
+    pub async fn load_rate_overrides(&self) {
+        match self.catalog().get_setting(RATE_OVERRIDES_SETTING).await {
+            Ok(Some(v)) => {
+                let map: std::collections::HashMap<crate::domain::OrgId, crate::limits::RateOverride> =
+                    serde_json::from_value(v).unwrap_or_default();
+                for (org, limits) in map {
+                    self.rate_limits.set_override(org, Some(limits));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot load rate-limit overrides"),
+        }
     }
 }
+
+/// Catalog setting holding per-organization rate-limit overrides.
+pub const RATE_OVERRIDES_SETTING: &str = "rate_limit_overrides";
+
 
 /// Opens the store of one shard.
 pub async fn open_store(

@@ -37,8 +37,46 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Operator API settings.
     pub ops: OpsConfig,
+    /// Rate limits, login throttling and quotas.
+    pub limits: crate::limits::LimitsConfig,
+    /// Tenant data API bounds.
+    pub data: DataConfig,
     /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
     pub shards: Vec<ShardConfig>,
+}
+
+/// Bounds of the tenant data API (`[data]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Largest stored document, in bytes of JSON.
+    pub max_document_bytes: usize,
+    /// Documents per bulk insert.
+    pub max_batch: usize,
+    /// Page size when a query names none.
+    pub default_limit: u64,
+    /// Largest page size.
+    pub max_limit: u64,
+    /// Deepest nesting of filter operators.
+    pub max_filter_depth: usize,
+    /// Most nodes in one filter.
+    pub max_filter_nodes: usize,
+    /// Longest `$in` / `$nin` list.
+    pub max_in_len: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 1024 * 1024,
+            max_batch: 1000,
+            default_limit: 100,
+            max_limit: 1000,
+            max_filter_depth: 8,
+            max_filter_nodes: 256,
+            max_in_len: 1000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,6 +94,8 @@ impl Default for Config {
             log: LogConfig::default(),
             catalog: CatalogConfig::default(),
             ops: OpsConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
+            data: DataConfig::default(),
             shards: Vec::new(),
         }
     }
@@ -422,6 +462,14 @@ impl Config {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return Err("auth.jwt_secret must be at least 32 bytes".into());
+        }
+        let l = &self.limits;
+        if l.requests_per_minute == 0 || l.requests_per_hour == 0 || l.login_failures_per_minute == 0 {
+            return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
+        }
+        let d = &self.data;
+        if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {
+            return Err("data.max_batch must be > 0 and 0 < data.default_limit <= data.max_limit".into());
         }
         if self.catalog.kind == StoreKind::Mongodb && self.catalog.uri.is_none() {
             return Err("catalog.kind = \"mongodb\" needs catalog.uri".into());

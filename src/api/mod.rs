@@ -2,6 +2,7 @@
 //! calls [`handle`], and writes the [`Reply`] or the [`ApiError`] as problem+json.
 
 pub mod auth;
+pub mod data;
 pub mod health;
 pub mod ops;
 pub mod orgs;
@@ -87,9 +88,17 @@ pub async fn handle(
         Route::OrgUpdate => orgs::update(state, req, log).await,
         Route::OrgDelete => orgs::delete(state, req, log).await,
         Route::AdminLogin => auth::login(state, req, log).await,
-        Route::OpsShards | Route::OpsShardAdd | Route::OpsPlacement => {
-            ops::handle(state, route, req).await
-        }
+        Route::OpsShards
+        | Route::OpsShardAdd
+        | Route::OpsPlacement
+        | Route::OpsLimits
+        | Route::OpsQuotas => ops::handle(state, route, req).await,
+        Route::DataInsert => data::insert(state, req, log).await,
+        Route::DataQuery => data::query(state, req, log).await,
+        Route::DataCount => data::count(state, req, log).await,
+        Route::DataGet => data::get(state, req, log).await,
+        Route::DataPatch => data::patch(state, req, log).await,
+        Route::DataDelete => data::delete(state, req, log).await,
     }
 }
 

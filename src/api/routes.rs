@@ -37,6 +37,22 @@ pub enum Route {
     OpsShardAdd,
     /// `GET /ops/placements/{organization}`.
     OpsPlacement,
+    /// `PUT /ops/orgs/{organization}/limits`.
+    OpsLimits,
+    /// `GET /ops/quotas`.
+    OpsQuotas,
+    /// `POST /data`.
+    DataInsert,
+    /// `POST /data/query`.
+    DataQuery,
+    /// `POST /data/count`.
+    DataCount,
+    /// `GET /data/{id}`.
+    DataGet,
+    /// `PATCH /data/{id}`.
+    DataPatch,
+    /// `DELETE /data/{id}`.
+    DataDelete,
 }
 
 impl Route {
@@ -53,6 +69,12 @@ impl Route {
             Route::AdminLogin => "/admin/login",
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
+            Route::OpsLimits => "/ops/orgs/{organization}/limits",
+            Route::OpsQuotas => "/ops/quotas",
+            Route::DataInsert => "/data",
+            Route::DataQuery => "/data/query",
+            Route::DataCount => "/data/count",
+            Route::DataGet | Route::DataPatch | Route::DataDelete => "/data/{id}",
         }
     }
 
@@ -60,7 +82,15 @@ impl Route {
     pub fn takes_body(self) -> bool {
         matches!(
             self,
-            Route::OrgCreate | Route::OrgUpdate | Route::AdminLogin | Route::OpsShardAdd
+            Route::OrgCreate
+                | Route::OrgUpdate
+                | Route::AdminLogin
+                | Route::OpsShardAdd
+                | Route::OpsLimits
+                | Route::DataInsert
+                | Route::DataQuery
+                | Route::DataCount
+                | Route::DataPatch
         )
     }
 }
@@ -84,6 +114,28 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Ops, p) if p.starts_with("/ops/placements/") => {
             &[(Method::GET, Route::OpsPlacement)]
         }
+        (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
+        (Listener::Ops, p) if p.starts_with("/ops/orgs/") && p.ends_with("/limits") => {
+            &[(Method::PUT, Route::OpsLimits)]
+        }
+        (Listener::Public, "/data") => &[(Method::POST, Route::DataInsert)],
+        (Listener::Public, "/data/query") => &[
+            (Method::POST, Route::DataQuery),
+            (Method::GET, Route::DataGet),
+            (Method::PATCH, Route::DataPatch),
+            (Method::DELETE, Route::DataDelete),
+        ],
+        (Listener::Public, "/data/count") => &[
+            (Method::POST, Route::DataCount),
+            (Method::GET, Route::DataGet),
+            (Method::PATCH, Route::DataPatch),
+            (Method::DELETE, Route::DataDelete),
+        ],
+        (Listener::Public, p) if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 => &[
+            (Method::GET, Route::DataGet),
+            (Method::PATCH, Route::DataPatch),
+            (Method::DELETE, Route::DataDelete),
+        ],
         _ => return Err(ApiError::route_not_found()),
     };
     // HEAD is answered like GET by HTTP semantics; we keep it simple and only match exactly.

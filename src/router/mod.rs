@@ -96,6 +96,13 @@ impl TenantRouter {
         Ok(found)
     }
 
+    /// Puts a known-current record in the cache (warm-up and benchmarks).
+    pub async fn prime(&self, org: OrgRecord) {
+        let org = Arc::new(org);
+        self.names.insert(org.normalized_name(), org.id).await;
+        self.orgs.insert(org.id, org).await;
+    }
+
     /// Drops cached state of an organization after this instance changed it.
     pub async fn invalidate_org(&self, org: &OrgRecord) {
         self.orgs.invalidate(&org.id).await;

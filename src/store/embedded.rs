@@ -2,7 +2,8 @@
 //! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
 //! document as JSON bytes; a side table keeps byte counts for quotas.
 
-use super::{Document, Namespace, StoreError, StoreResult, TenantStore};
+use super::query::{validate_document, Filter, QueryLimits, Update};
+use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
 use crate::domain::DatabaseName;
 use async_trait::async_trait;
 use redb::{
@@ -202,6 +203,155 @@ impl TenantStore for EmbeddedStore {
             let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
             match txn.open_table(def) {
                 Ok(t) => t.len().map_err(backend),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>> {
+        let (name, query) = (table_name(ns), query.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            let table = match txn.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(backend(e)),
+            };
+            let (skip, limit) = (query.skip as usize, query.limit as usize);
+            let mut out = Vec::new();
+            if query.sort.is_empty() {
+                // Keys are `_id`s in byte order, which is the default order: stop early.
+                for row in table.iter().map_err(backend)? {
+                    let (_, v) = row.map_err(backend)?;
+                    let doc = decode(v.value())?;
+                    if query.filter.matches(&doc) {
+                        out.push(doc);
+                        if out.len() >= skip + limit {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                for row in table.iter().map_err(backend)? {
+                    let (_, v) = row.map_err(backend)?;
+                    let doc = decode(v.value())?;
+                    if query.filter.matches(&doc) {
+                        out.push(doc);
+                    }
+                }
+                out.sort_by(|a, b| query.sort.compare(a, b));
+            }
+            Ok(out
+                .into_iter()
+                .skip(skip)
+                .take(limit)
+                .map(|d| query.projection.apply(&d))
+                .collect())
+        })
+        .await
+    }
+
+    async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64> {
+        if filter.is_empty() {
+            return self.count_all(ns).await;
+        }
+        let (name, filter) = (table_name(ns), filter.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            let table = match txn.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(backend(e)),
+            };
+            let mut n = 0;
+            for row in table.iter().map_err(backend)? {
+                let (_, v) = row.map_err(backend)?;
+                if filter.matches(&decode(v.value())?) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn update_by_id(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        update: &Update,
+        max_document_bytes: usize,
+    ) -> StoreResult<Option<Document>> {
+        let (name, id, update) = (table_name(ns), id.to_owned(), update.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let updated = {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let mut table = txn.open_table(def).map_err(backend)?;
+                let Some(current) = table.get(id.as_str()).map_err(backend)?.map(|g| g.value().to_vec())
+                else {
+                    return Ok(None);
+                };
+                let mut doc = decode(&current)?;
+                update.apply(&mut doc).map_err(StoreError::InvalidUpdate)?;
+                validate_document(&doc, &QueryLimits::default()).map_err(StoreError::InvalidUpdate)?;
+                let bytes = serde_json::to_vec(&doc).map_err(backend)?;
+                if bytes.len() > max_document_bytes {
+                    return Err(StoreError::InvalidUpdate(super::query::QueryError {
+                        code: "document_too_large",
+                        path: String::new(),
+                        operator: None,
+                        message: format!("updated document exceeds {max_document_bytes} bytes"),
+                    }));
+                }
+                table.insert(id.as_str(), bytes.as_slice()).map_err(backend)?;
+                let mut sizes = txn.open_table(BYTES).map_err(backend)?;
+                let total = sizes.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                let next = (total + bytes.len() as u64).saturating_sub(current.len() as u64);
+                sizes.insert(name.as_str(), next).map_err(backend)?;
+                doc
+            };
+            txn.commit().map_err(backend)?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+
+    async fn delete_by_id(&self, ns: &Namespace, id: &str) -> StoreResult<bool> {
+        let (name, id) = (table_name(ns), id.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let removed = {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let mut table = match txn.open_table(def) {
+                    Ok(t) => t,
+                    Err(e) => return Err(backend(e)),
+                };
+                let removed = table.remove(id.as_str()).map_err(backend)?.map(|g| g.value().len() as u64);
+                if let Some(len) = removed {
+                    let mut sizes = txn.open_table(BYTES).map_err(backend)?;
+                    let total = sizes.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                    sizes.insert(name.as_str(), total.saturating_sub(len)).map_err(backend)?;
+                }
+                removed.is_some()
+            };
+            txn.commit().map_err(backend)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn collection_bytes(&self, ns: &Namespace) -> StoreResult<u64> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let sizes = txn.open_table(BYTES);
+            match sizes {
+                Ok(t) => Ok(t.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0)),
                 Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(backend(e)),
             }

@@ -3,9 +3,11 @@
 //! pass the same conformance suite (`tests/api/store_conformance.rs`).
 
 pub mod embedded;
+pub mod query;
 
 use crate::domain::{CollectionName, DatabaseName};
 use async_trait::async_trait;
+use query::{Filter, Projection, Sort, Update};
 use std::fmt;
 
 /// A JSON document as stored: always an object with a string `_id`.
@@ -35,9 +37,27 @@ pub enum StoreError {
     /// An insert reused an `_id` already in the collection.
     #[error("duplicate _id {0:?}")]
     DuplicateId(String),
+    /// The update produced a document the gateway refuses to store.
+    #[error("invalid update: {0}")]
+    InvalidUpdate(query::QueryError),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
+}
+
+/// A validated query: filter, order, projection and the page to return.
+#[derive(Debug, Clone)]
+pub struct FindQuery {
+    /// Which documents.
+    pub filter: Filter,
+    /// Their order (always total: ties broken by `_id`).
+    pub sort: Sort,
+    /// Which fields to return.
+    pub projection: Projection,
+    /// Documents to skip.
+    pub skip: u64,
+    /// Documents to return at most.
+    pub limit: u64,
 }
 
 /// Result alias for store operations.
@@ -73,6 +93,29 @@ pub trait TenantStore: Send + Sync + 'static {
 
     /// Number of documents in the collection.
     async fn count_all(&self, ns: &Namespace) -> StoreResult<u64>;
+
+    /// Documents matching the query, sorted, projected and paged.
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>>;
+
+    /// Number of documents matching the filter.
+    async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64>;
+
+    /// Applies an update to the document with this `_id`; returns the updated document, or
+    /// `None` when there is no such document. The update has been validated; the result must
+    /// still pass [`query::validate_document`] and fit `max_document_bytes`.
+    async fn update_by_id(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        update: &Update,
+        max_document_bytes: usize,
+    ) -> StoreResult<Option<Document>>;
+
+    /// Deletes the document with this `_id`; false when there was none.
+    async fn delete_by_id(&self, ns: &Namespace, id: &str) -> StoreResult<bool>;
+
+    /// Bytes the collection's documents occupy (for quotas).
+    async fn collection_bytes(&self, ns: &Namespace) -> StoreResult<u64>;
 }
 
 /// Generates a document id in MongoDB ObjectId form (24 hex digits), time-ordered.

@@ -1,0 +1,428 @@
+//! Tenant data routes. The tenant is always the token's organization: nothing in the URL or
+//! body can name another, so isolation holds by construction.
+
+use super::auth::{authenticate, internal};
+use super::orgs::store_error;
+use super::{ApiResult, Reply, Request, RequestLog};
+use crate::app::AppState;
+use crate::catalog::OrgState;
+use crate::domain::OrgId;
+use crate::error::ApiError;
+use crate::placement::Shard;
+use crate::store::query::{validate_document, Filter, Projection, QueryError, QueryLimits, Sort, Update};
+use crate::store::{new_object_id, Document, FindQuery, Namespace, StoreError, StoreResult};
+use crate::telemetry::metrics;
+use base64::Engine;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Longest accepted `_id`.
+const MAX_ID_LEN: usize = 128;
+
+/// A resolved tenant request: where to go and the rate-limit headers to return.
+struct Tenant {
+    org: OrgId,
+    shard: Arc<Shard>,
+    ns: Namespace,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Tenant {
+    fn reply(&self, status: StatusCode, body: &impl Serialize) -> Reply {
+        let mut r = Reply::json(status, body);
+        r.headers.extend(self.headers.iter().cloned());
+        r
+    }
+
+    /// Runs a store call with metrics, shard health tracking and 503 on outages.
+    async fn run<T>(&self, op: &'static str, fut: impl Future<Output = StoreResult<T>>) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let shard_id = self.shard.id().as_str();
+        let out = fut.await;
+        metrics::SHARD_OP_SECONDS
+            .with_label_values(&[shard_id, op])
+            .observe(started.elapsed().as_secs_f64());
+        match out {
+            Ok(v) => {
+                if !self.shard.is_up() {
+                    self.shard.set_up(true);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                metrics::SHARD_OP_ERRORS.with_label_values(&[shard_id, op]).inc();
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.shard.set_up(false);
+                }
+                Err(match e {
+                    StoreError::DuplicateId(id) => ApiError::conflict(
+                        "duplicate_id",
+                        format!("a document with _id {id:?} already exists"),
+                    ),
+                    StoreError::InvalidUpdate(q) => query_error(q),
+                    other => with_headers(store_error(other), &self.headers),
+                })
+            }
+        }
+    }
+}
+
+fn with_headers(mut e: ApiError, headers: &[(&'static str, String)]) -> ApiError {
+    e.extra_headers.extend(headers.iter().cloned());
+    e
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    ApiError::invalid(e.code, e.to_string())
+}
+
+/// Authenticates, applies the org's rate limit and resolves its placement.
+async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result<Tenant, ApiError> {
+    let caller = authenticate(state, req).await?;
+    let org = caller.org;
+    log.org_id = Some(org.id);
+    let decision = state.rate_limits.check(org.id);
+    if !decision.allowed {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "request rate limit exceeded for this organization",
+        );
+        e.retry_after = Some(decision.retry_after);
+        e.extra_headers = decision.headers;
+        return Err(e);
+    }
+    if org.state != OrgState::Active {
+        return Err(with_headers(
+            ApiError::unavailable(
+                "organization_busy",
+                "the organization's data is being moved; retry shortly",
+                1,
+            ),
+            &decision.headers,
+        ));
+    }
+    let shard = state
+        .shards
+        .get(&org.placement.shard)
+        .ok_or_else(|| internal("placement", format!("unknown shard {}", org.placement.shard)))?;
+    Ok(Tenant {
+        org: org.id,
+        shard,
+        ns: Namespace {
+            database: org.placement.database.clone(),
+            collection: org.placement.collection.clone(),
+        },
+        headers: decision.headers,
+    })
+}
+
+fn limits(state: &AppState) -> QueryLimits {
+    let d = &state.config.data;
+    QueryLimits {
+        max_depth: d.max_filter_depth,
+        max_nodes: d.max_filter_nodes,
+        max_in_len: d.max_in_len,
+    }
+}
+
+fn body_json(req: &Request) -> Result<Value, ApiError> {
+    super::json_body::<Value>(req)
+}
+
+fn doc_id(req: &Request) -> Result<String, ApiError> {
+    let raw = req.path.trim_start_matches("/data/");
+    let id = url::form_urlencoded::parse(format!("i={raw}").replace('+', "%2B").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    check_id(&id)?;
+    Ok(id)
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN || id.contains('\0') {
+        return Err(ApiError::invalid(
+            "invalid_id",
+            format!("_id must be a string of 1 to {MAX_ID_LEN} bytes without NUL"),
+        ));
+    }
+    Ok(())
+}
+
+/// Measured-or-cached usage, then a quota check for `extra` bytes.
+async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), ApiError> {
+    let used = match state.quotas.cached(t.org) {
+        Some(u) => u,
+        None => {
+            let measured = t.run("collection_bytes", t.shard.store.collection_bytes(&t.ns)).await?;
+            state.quotas.set_measured(t.org, measured);
+            measured
+        }
+    };
+    if !state.quotas.fits(used, extra) {
+        metrics::QUOTA_REJECTIONS.inc();
+        return Err(with_headers(
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                format!(
+                    "storage quota of {} bytes would be exceeded ({} used, {} more requested)",
+                    state.quotas.limit_bytes, used, extra
+                ),
+            ),
+            &t.headers,
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /data`: one object or an array of up to `max_batch`, inserted in one round trip.
+pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log).await?;
+    let body = body_json(req)?;
+    let raw_docs = match body {
+        Value::Object(o) => vec![o],
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > state.config.data.max_batch {
+                return Err(ApiError::invalid(
+                    "invalid_batch",
+                    format!("a batch holds 1 to {} documents", state.config.data.max_batch),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::Object(o) => Ok(o),
+                    _ => Err(ApiError::invalid(
+                        "invalid_document",
+                        format!("item {i} is not a JSON object"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_document",
+                "body must be a JSON object or an array of objects",
+            ))
+        }
+    };
+    let lim = limits(state);
+    let mut docs: Vec<Document> = Vec::with_capacity(raw_docs.len());
+    let mut ids = Vec::with_capacity(raw_docs.len());
+    let mut bytes = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for (i, mut doc) in raw_docs.into_iter().enumerate() {
+        let id = match doc.get("_id") {
+            None => new_object_id(),
+            Some(Value::String(s)) => {
+                check_id(s)?;
+                s.clone()
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "invalid_id",
+                    format!("document {i}: _id must be a string"),
+                ))
+            }
+        };
+        if !seen.insert(id.clone()) {
+            return Err(ApiError::invalid(
+                "duplicate_id",
+                format!("_id {id:?} appears twice in the batch"),
+            ));
+        }
+        doc.shift_remove("_id");
+        let mut with_id = Document::with_capacity(doc.len() + 1);
+        with_id.insert("_id".into(), Value::String(id.clone()));
+        with_id.extend(doc);
+        validate_document(&with_id, &lim).map_err(|e| {
+            ApiError::invalid(e.code, format!("document {i}: {e}"))
+        })?;
+        let size = serde_json::to_vec(&with_id).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > state.config.data.max_document_bytes {
+            return Err(ApiError::invalid(
+                "document_too_large",
+                format!(
+                    "document {i} is {size} bytes; the limit is {}",
+                    state.config.data.max_document_bytes
+                ),
+            ));
+        }
+        bytes += size as u64;
+        ids.push(id);
+        docs.push(with_id);
+    }
+    check_quota(state, &t, bytes).await?;
+    t.run("insert_many", t.shard.store.insert_many(&t.ns, docs)).await?;
+    state.quotas.add(t.org, bytes as i64);
+    Ok(t.reply(StatusCode::CREATED, &json!({ "inserted_ids": ids })))
+}
+
+/// `GET /data/{id}`.
+pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log).await?;
+    let id = doc_id(req)?;
+    match t.run("get", t.shard.store.get(&t.ns, &id)).await? {
+        Some(doc) => Ok(t.reply(StatusCode::OK, &doc)),
+        None => Err(not_found(&t)),
+    }
+}
+
+fn not_found(t: &Tenant) -> ApiError {
+    with_headers(
+        ApiError::new(StatusCode::NOT_FOUND, "document_not_found", "no document with that _id"),
+        &t.headers,
+    )
+}
+
+/// `PATCH /data/{id}`: `$set`/`$unset`/`$inc` operators, or a JSON merge patch.
+pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log).await?;
+    let id = doc_id(req)?;
+    let body = body_json(req)?;
+    if !body.is_object() {
+        return Err(ApiError::invalid("invalid_update", "an update must be a JSON object"));
+    }
+    let update = Update::parse(&body, &limits(state)).map_err(query_error)?;
+    check_quota(state, &t, 0).await?;
+    let max = state.config.data.max_document_bytes;
+    match t
+        .run("update", t.shard.store.update_by_id(&t.ns, &id, &update, max))
+        .await?
+    {
+        Some(doc) => Ok(t.reply(StatusCode::OK, &doc)),
+        None => Err(not_found(&t)),
+    }
+}
+
+/// `DELETE /data/{id}`.
+pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log).await?;
+    let id = doc_id(req)?;
+    if t.run("delete", t.shard.store.delete_by_id(&t.ns, &id)).await? {
+        // Usage is re-measured later; drop the cached figure so the next write measures.
+        state.quotas.forget(t.org);
+        Ok(t.reply(StatusCode::OK, &json!({ "deleted": true, "_id": id })))
+    } else {
+        Err(not_found(&t))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    #[serde(default)]
+    filter: Value,
+    #[serde(default)]
+    sort: Value,
+    #[serde(default)]
+    projection: Value,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    skip: Option<u64>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    /// Offset of the next page.
+    o: u64,
+    /// Fingerprint of the query the cursor belongs to.
+    h: String,
+}
+
+fn fingerprint(filter: &Filter, sort: &Sort, projection: &Projection) -> String {
+    let text = json!([filter.to_json(), sort.to_json(), projection.to_json()]).to_string();
+    // FNV-1a is enough to catch a cursor reused with another query.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `POST /data/query`: `{filter, sort, projection, limit, skip, cursor}` ->
+/// `{documents, next_cursor}`.
+pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log).await?;
+    let body: QueryBody = super::json_body(req)?;
+    let lim = limits(state);
+    let filter = Filter::parse(&body.filter, &lim).map_err(query_error)?;
+    let sort = Sort::parse(&body.sort).map_err(query_error)?;
+    let projection = Projection::parse(&body.projection).map_err(query_error)?;
+    let d = &state.config.data;
+    let limit = body.limit.unwrap_or(d.default_limit);
+    if limit == 0 || limit > d.max_limit {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            format!("limit must be 1 to {}", d.max_limit),
+        ));
+    }
+    let hash = fingerprint(&filter, &sort, &projection);
+    let offset = match (&body.cursor, body.skip) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("invalid_cursor", "give either cursor or skip, not both"))
+        }
+        (Some(c), None) => {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+                .ok_or_else(|| ApiError::invalid("invalid_cursor", "cursor is malformed"))?;
+            if decoded.h != hash {
+                return Err(ApiError::invalid(
+                    "invalid_cursor",
+                    "cursor belongs to a different filter, sort or projection",
+                ));
+            }
+            decoded.o
+        }
+        (None, skip) => skip.unwrap_or(0),
+    };
+    let q = FindQuery {
+        filter,
+        sort,
+        projection,
+        skip: offset,
+        limit: limit + 1,
+    };
+    let mut docs = t.run("find", t.shard.store.find(&t.ns, &q)).await?;
+    let more = docs.len() as u64 > limit;
+    docs.truncate(limit as usize);
+    let next = more.then(|| {
+        let c = Cursor {
+            o: offset + limit,
+            h: hash,
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
+    });
+    Ok(t.reply(
+        StatusCode::OK,
+        &json!({ "documents": docs, "next_cursor": next }),
+    ))
+}
+
+/// `POST /data/count`: `{filter}` -> `{count}`.
+pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CountBody {
+        #[serde(default)]
+        filter: Value,
+    }
+    let t = tenant(state, req, log).await?;
+    let body: CountBody = super::json_body(req)?;
+    let filter = Filter::parse(&body.filter, &limits(state)).map_err(query_error)?;
+    let n = t.run("count", t.shard.store.count(&t.ns, &filter)).await?;
+    Ok(t.reply(StatusCode::OK, &json!({ "count": n })))
+}

@@ -1,0 +1,105 @@
+use crate::gateway::{assert_problem, Options, TestGateway};
+use reqwest::Method;
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn login_returns_a_bearer_token() {
+    let gw = TestGateway::start();
+    let created: Value = gw
+        .create_org("Login Co", "login@example.com", "password123")
+        .json()
+        .unwrap();
+    let r = gw.login("  LOGIN@example.com ", "password123");
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().unwrap();
+    assert_eq!(b["token_type"], "bearer");
+    assert_eq!(b["expires_in"], 3600);
+    assert_eq!(b["organization_id"], created["organization_id"]);
+    assert!(b["admin_id"].is_string());
+    assert_eq!(b["access_token"].as_str().unwrap().split('.').count(), 3);
+}
+
+#[test]
+fn every_login_failure_looks_the_same() {
+    let gw = TestGateway::start();
+    gw.create_org("Same Co", "same@example.com", "password123");
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("request_id");
+        v
+    };
+    let wrong_password = strip(assert_problem(
+        gw.login("same@example.com", "wrong-password"),
+        401,
+        "invalid_credentials",
+    ));
+    let unknown_email = strip(assert_problem(
+        gw.login("nobody@example.com", "password123"),
+        401,
+        "invalid_credentials",
+    ));
+    let bad_email = strip(assert_problem(
+        gw.login("not-an-email", "password123"),
+        401,
+        "invalid_credentials",
+    ));
+    assert_eq!(wrong_password, unknown_email);
+    assert_eq!(wrong_password, bad_email);
+}
+
+#[test]
+fn expired_tokens_are_refused() {
+    let gw = TestGateway::start_with(Options {
+        config: "[auth]\ntoken_ttl_seconds = 1\nleeway_seconds = 0\n".into(),
+        ..Default::default()
+    });
+    let token = gw.org_with_token("Short Lived", "short@example.com");
+    let get = || {
+        gw.req(Method::GET, "/org/get?organization_name=Short%20Lived")
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(get().status(), 200);
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_problem(get(), 401, "unauthorized");
+}
+
+#[test]
+fn tokens_signed_with_another_key_are_refused() {
+    let a = TestGateway::start();
+    let b = TestGateway::start();
+    let token_from_a = a.org_with_token("Key Test", "key@example.com");
+    b.org_with_token("Key Test", "key@example.com");
+    let r = b
+        .req(Method::GET, "/org/get?organization_name=Key%20Test")
+        .bearer_auth(&token_from_a)
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+}
+
+#[test]
+fn configured_secret_must_be_long_enough() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_org-gateway"))
+        .args(["serve", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("ORG_GATEWAY_AUTH__JWT_SECRET", "too-short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+}
+
+#[test]
+fn generated_secret_is_stored_privately() {
+    let gw = TestGateway::start();
+    let meta = std::fs::metadata(gw.data_dir().join("jwt_secret")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let log = gw.log();
+    assert!(log.contains("generated a 256-bit signing secret"), "{log}");
+    let secret = std::fs::read_to_string(gw.data_dir().join("jwt_secret")).unwrap();
+    assert!(!log.contains(secret.trim()), "secret leaked into the log");
+}

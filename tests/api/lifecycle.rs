@@ -1,0 +1,131 @@
+use crate::gateway::{assert_problem, TestGateway};
+use reqwest::Method;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn fifty_parallel_creates_of_one_name_yield_one_winner() {
+    let gw = Arc::new(TestGateway::start());
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                let name = if i % 2 == 0 {
+                    "Race Corp"
+                } else {
+                    "race   CORP"
+                };
+                gw.create_org(name, &format!("racer{i}@example.com"), "password123")
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        49,
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn restart_on_the_same_data_dir_keeps_everything() {
+    let mut gw = TestGateway::start();
+    let token = gw.org_with_token("Durable", "durable@example.com");
+    let created: Value = gw
+        .req(Method::GET, "/org/get?organization_name=Durable")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    gw.restart();
+    let after: Value = gw
+        .req(Method::GET, "/org/get?organization_name=Durable")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(created, after);
+    // the signing key persisted, so old tokens still verify
+    let r = gw
+        .req(Method::GET, "/org/get?organization_name=Durable")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().unwrap()["admin_email"],
+        "durable@example.com"
+    );
+    assert_eq!(gw.login("durable@example.com", "password123").status(), 200);
+    let r = gw.create_org("durable", "other@example.com", "password123");
+    assert_problem(r, 409, "organization_exists");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_exits_promptly() {
+    let mut gw = TestGateway::start();
+    gw.create_org("Graceful", "graceful@example.com", "password123");
+    // A login spends an argon2 verify: start several, then SIGTERM while they run.
+    let base = gw.base.clone();
+    let inflight: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{base}/admin/login");
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::new()
+                    .post(url)
+                    .json(&serde_json::json!({"email": "graceful@example.com", "password": "password123"}))
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    let (took, code) = gw.terminate();
+    assert_eq!(code, Some(0), "exit code");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    for h in inflight {
+        // Each request either completed (200) or was never accepted; none is cut mid-way.
+        match h.join().unwrap() {
+            Ok(status) => assert_eq!(status, 200),
+            Err(e) => assert!(e.is_connect() || e.is_request(), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn health_and_readiness() {
+    let gw = TestGateway::start();
+    let r = gw
+        .client
+        .get(format!("{}/healthz", gw.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw.client.get(format!("{}/readyz", gw.ops)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().unwrap();
+    assert_eq!(b["ready"], true);
+    assert_eq!(b["shards"][0]["id"], "local");
+    assert_eq!(b["shards"][0]["up"], true);
+}
+
+#[test]
+fn secrets_never_reach_the_log() {
+    let gw = TestGateway::start();
+    let token = gw.org_with_token("Quiet", "quiet@example.com");
+    let log = gw.log();
+    assert!(!log.contains("password123"));
+    assert!(!log.contains(&token));
+    assert!(!log.contains("$argon2id$"));
+    assert!(
+        log.contains("route=\"/org/create\"") || log.contains("route=/org/create"),
+        "{log}"
+    );
+}
