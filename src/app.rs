@@ -128,13 +128,13 @@ impl AppState {
     pub async fn load_rate_overrides(&self) {
         match self.catalog().get_setting(RATE_OVERRIDES_SETTING).await {
             Ok(Some(v)) => {
-                let map: std::collections::HashMap<crate::domain::OrgId, crate::limits::RateOverride> =
-                    serde_json::from_value(v).unwrap_or_default();
-                for (org, limits) in map {
-                    self.rate_limits.set_override(org, Some(limits));
-                }
+                let map: std::collections::HashMap<
+                    crate::domain::OrgId,
+                    crate::limits::RateOverride,
+                > = serde_json::from_value(v).unwrap_or_default();
+                self.rate_limits.sync_overrides(&map);
             }
-            Ok(None) => {}
+            Ok(None) => self.rate_limits.sync_overrides(&Default::default()),
             Err(e) => tracing::warn!(error = %e, "cannot load rate-limit overrides"),
         }
     }
@@ -142,7 +142,6 @@ impl AppState {
 
 /// Catalog setting holding per-organization rate-limit overrides.
 pub const RATE_OVERRIDES_SETTING: &str = "rate_limit_overrides";
-
 
 /// Opens the store of one shard.
 pub async fn open_store(

@@ -464,12 +464,17 @@ impl Config {
             return Err("auth.jwt_secret must be at least 32 bytes".into());
         }
         let l = &self.limits;
-        if l.requests_per_minute == 0 || l.requests_per_hour == 0 || l.login_failures_per_minute == 0 {
+        if l.requests_per_minute == 0
+            || l.requests_per_hour == 0
+            || l.login_failures_per_minute == 0
+        {
             return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
         }
         let d = &self.data;
         if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {
-            return Err("data.max_batch must be > 0 and 0 < data.default_limit <= data.max_limit".into());
+            return Err(
+                "data.max_batch must be > 0 and 0 < data.default_limit <= data.max_limit".into(),
+            );
         }
         if self.catalog.kind == StoreKind::Mongodb && self.catalog.uri.is_none() {
             return Err("catalog.kind = \"mongodb\" needs catalog.uri".into());

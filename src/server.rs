@@ -31,6 +31,9 @@ impl ShutdownSignalWatch for GracefulOnSignal {
     }
 }
 
+/// How often limiter state is trimmed, overrides reloaded and capacity gauges refreshed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(15);
+
 /// How often interrupted renames, creates and drops are retried in the background.
 const RESUME_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -69,6 +72,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     {
         let state = state.clone();
         background.spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            loop {
+                tick.tick().await;
+                state.rate_limits.evict_idle();
+                state.login_throttle.evict_expired();
+                state.load_rate_overrides().await;
+                metrics::QUOTA_ALERTS.set(state.quotas.over_alert().len() as i64);
+                metrics::CACHE_ENTRIES.set(state.router.cached_tenants() as i64);
+                if let Err(e) = crate::api::ops::capacity_report(&state, true).await {
+                    tracing::warn!(error = %e, "capacity metrics refresh failed");
+                }
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        background.spawn(async move {
             let mut tick = tokio::time::interval(RESUME_INTERVAL);
             tick.tick().await;
             loop {
@@ -84,7 +104,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         threads: config.threads,
         grace_period_seconds: Some(config.shutdown_grace_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: config.data_dir.join("org-gateway.pid").display().to_string(),
+        pid_file: config
+            .data_dir
+            .join("org-gateway.pid")
+            .display()
+            .to_string(),
         upgrade_sock: config
             .data_dir
             .join("org-gateway-upgrade.sock")

@@ -7,7 +7,7 @@
 //! - a live gateway's `GET /metrics` passes `promtool check metrics` without a complaint.
 //!
 //! Without `promtool` the promtool steps print a notice and are skipped, unless
-//! `ORG_GATEWAY_REQUIRE_MONGODB=1` (the full-suite flag) is set: then they fail.
+//! `REQUIRE_FULL_SUITE=1` (the full-suite flag) is set: then they fail.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -48,8 +48,8 @@ fn promtool_available(step: &str) -> bool {
     if ok {
         return true;
     }
-    if std::env::var("ORG_GATEWAY_REQUIRE_MONGODB").as_deref() == Ok("1") {
-        panic!("promtool is not installed but ORG_GATEWAY_REQUIRE_MONGODB=1 requires it ({step})");
+    if std::env::var("REQUIRE_FULL_SUITE").as_deref() == Ok("1") {
+        panic!("promtool is not installed but REQUIRE_FULL_SUITE=1 requires it ({step})");
     }
     eprintln!("notice: promtool not found on PATH; skipping {step}");
     false

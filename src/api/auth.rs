@@ -29,6 +29,20 @@ struct LoginReply {
 /// `POST /admin/login`: every failure gets the same 401 body and costs one argon2 verify.
 pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: LoginBody = json_body(req)?;
+    let mut keys = vec![format!("email:{}", body.email.trim().to_lowercase())];
+    if let Some(ip) = req.client_ip {
+        keys.push(format!("ip:{ip}"));
+    }
+    if let Some(wait) = state.login_throttle.blocked(&keys) {
+        metrics::LOGINS.with_label_values(&["throttled"]).inc();
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_login_attempts",
+            "too many failed logins; try again later",
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
+    }
     let admin = match Email::parse(&body.email) {
         Ok(email) => state
             .catalog()
@@ -48,6 +62,7 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let admin = match (admin, password_ok) {
         (Some(a), true) => a,
         _ => {
+            state.login_throttle.record_failure(&keys);
             metrics::LOGINS.with_label_values(&["failure"]).inc();
             return Err(ApiError::bad_credentials());
         }

@@ -9,7 +9,9 @@ use crate::catalog::OrgState;
 use crate::domain::OrgId;
 use crate::error::ApiError;
 use crate::placement::Shard;
-use crate::store::query::{validate_document, Filter, Projection, QueryError, QueryLimits, Sort, Update};
+use crate::store::query::{
+    validate_document, Filter, Projection, QueryError, QueryLimits, Sort, Update,
+};
 use crate::store::{new_object_id, Document, FindQuery, Namespace, StoreError, StoreResult};
 use crate::telemetry::metrics;
 use base64::Engine;
@@ -39,7 +41,11 @@ impl Tenant {
     }
 
     /// Runs a store call with metrics, shard health tracking and 503 on outages.
-    async fn run<T>(&self, op: &'static str, fut: impl Future<Output = StoreResult<T>>) -> Result<T, ApiError> {
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> Result<T, ApiError> {
         let started = Instant::now();
         let shard_id = self.shard.id().as_str();
         let out = fut.await;
@@ -54,7 +60,9 @@ impl Tenant {
                 Ok(v)
             }
             Err(e) => {
-                metrics::SHARD_OP_ERRORS.with_label_values(&[shard_id, op]).inc();
+                metrics::SHARD_OP_ERRORS
+                    .with_label_values(&[shard_id, op])
+                    .inc();
                 if matches!(e, StoreError::Unavailable(_)) {
                     self.shard.set_up(false);
                 }
@@ -106,10 +114,12 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
             &decision.headers,
         ));
     }
-    let shard = state
-        .shards
-        .get(&org.placement.shard)
-        .ok_or_else(|| internal("placement", format!("unknown shard {}", org.placement.shard)))?;
+    let shard = state.shards.get(&org.placement.shard).ok_or_else(|| {
+        internal(
+            "placement",
+            format!("unknown shard {}", org.placement.shard),
+        )
+    })?;
     Ok(Tenant {
         org: org.id,
         shard,
@@ -159,7 +169,9 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
     let used = match state.quotas.cached(t.org) {
         Some(u) => u,
         None => {
-            let measured = t.run("collection_bytes", t.shard.store.collection_bytes(&t.ns)).await?;
+            let measured = t
+                .run("collection_bytes", t.shard.store.collection_bytes(&t.ns))
+                .await?;
             state.quotas.set_measured(t.org, measured);
             measured
         }
@@ -191,7 +203,10 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
             if items.is_empty() || items.len() > state.config.data.max_batch {
                 return Err(ApiError::invalid(
                     "invalid_batch",
-                    format!("a batch holds 1 to {} documents", state.config.data.max_batch),
+                    format!(
+                        "a batch holds 1 to {} documents",
+                        state.config.data.max_batch
+                    ),
                 ));
             }
             items
@@ -242,10 +257,11 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         let mut with_id = Document::with_capacity(doc.len() + 1);
         with_id.insert("_id".into(), Value::String(id.clone()));
         with_id.extend(doc);
-        validate_document(&with_id, &lim).map_err(|e| {
-            ApiError::invalid(e.code, format!("document {i}: {e}"))
-        })?;
-        let size = serde_json::to_vec(&with_id).map(|v| v.len()).unwrap_or(usize::MAX);
+        validate_document(&with_id, &lim)
+            .map_err(|e| ApiError::invalid(e.code, format!("document {i}: {e}")))?;
+        let size = serde_json::to_vec(&with_id)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > state.config.data.max_document_bytes {
             return Err(ApiError::invalid(
                 "document_too_large",
@@ -260,7 +276,8 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         docs.push(with_id);
     }
     check_quota(state, &t, bytes).await?;
-    t.run("insert_many", t.shard.store.insert_many(&t.ns, docs)).await?;
+    t.run("insert_many", t.shard.store.insert_many(&t.ns, docs))
+        .await?;
     state.quotas.add(t.org, bytes as i64);
     Ok(t.reply(StatusCode::CREATED, &json!({ "inserted_ids": ids })))
 }
@@ -277,7 +294,11 @@ pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiRe
 
 fn not_found(t: &Tenant) -> ApiError {
     with_headers(
-        ApiError::new(StatusCode::NOT_FOUND, "document_not_found", "no document with that _id"),
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "document_not_found",
+            "no document with that _id",
+        ),
         &t.headers,
     )
 }
@@ -288,13 +309,19 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let id = doc_id(req)?;
     let body = body_json(req)?;
     if !body.is_object() {
-        return Err(ApiError::invalid("invalid_update", "an update must be a JSON object"));
+        return Err(ApiError::invalid(
+            "invalid_update",
+            "an update must be a JSON object",
+        ));
     }
     let update = Update::parse(&body, &limits(state)).map_err(query_error)?;
     check_quota(state, &t, 0).await?;
     let max = state.config.data.max_document_bytes;
     match t
-        .run("update", t.shard.store.update_by_id(&t.ns, &id, &update, max))
+        .run(
+            "update",
+            t.shard.store.update_by_id(&t.ns, &id, &update, max),
+        )
         .await?
     {
         Some(doc) => Ok(t.reply(StatusCode::OK, &doc)),
@@ -306,7 +333,9 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
-    if t.run("delete", t.shard.store.delete_by_id(&t.ns, &id)).await? {
+    if t.run("delete", t.shard.store.delete_by_id(&t.ns, &id))
+        .await?
+    {
         // Usage is re-measured later; drop the cached figure so the next write measures.
         state.quotas.forget(t.org);
         Ok(t.reply(StatusCode::OK, &json!({ "deleted": true, "_id": id })))
@@ -371,7 +400,10 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let hash = fingerprint(&filter, &sort, &projection);
     let offset = match (&body.cursor, body.skip) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("invalid_cursor", "give either cursor or skip, not both"))
+            return Err(ApiError::invalid(
+                "invalid_cursor",
+                "give either cursor or skip, not both",
+            ))
         }
         (Some(c), None) => {
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -5,16 +5,20 @@ use super::auth::internal;
 use super::orgs::PlacementView;
 use super::routes::Route;
 use super::{json_body, ApiResult, Reply, Request};
-use crate::app::{open_store, AppState};
+use crate::app::{open_store, AppState, RATE_OVERRIDES_SETTING};
 use crate::catalog::Catalog;
 use crate::config::{ShardConfig, StoreKind};
+use crate::domain::OrgId;
 use crate::domain::OrgName;
 use crate::error::ApiError;
+use crate::limits::RateOverride;
 use crate::placement::{capacity_state, Shard};
 use crate::telemetry::metrics;
 use http::StatusCode;
 use serde_json::json;
+use serde_json::Value;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
@@ -60,47 +64,65 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsShards => list_shards(state).await,
         Route::OpsShardAdd => add_shard(state, req).await,
         Route::OpsPlacement => placement(state, req).await,
+        Route::OpsLimits => set_limits(state, req).await,
+        Route::OpsQuotas => quotas(state).await,
         _ => Err(ApiError::route_not_found()),
     }
 }
 
 async fn list_shards(state: &AppState) -> ApiResult {
+    let shards = capacity_report(state, true).await?;
+    Ok(Reply::json(StatusCode::OK, &json!({ "shards": shards })))
+}
+
+/// Each shard with its databases, counts, ratios and capacity states; refreshes the capacity
+/// gauges as a side effect. With `probe`, pings every shard first.
+pub async fn capacity_report(state: &AppState, probe: bool) -> Result<Vec<Value>, ApiError> {
     let counts = state
         .catalog()
         .collection_counts()
         .await
         .map_err(|e| internal("catalog", e))?;
     let mut per_shard: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    let mut organizations = 0u64;
     for (shard, db, n) in counts {
+        organizations += n;
         per_shard
             .entry(shard.to_string())
             .or_default()
             .push((db.to_string(), n));
     }
+    metrics::ORGANIZATIONS.set(organizations as i64);
     let mut out = Vec::new();
     for shard in state.shards.all() {
         let cfg = &shard.config;
-        let up = matches!(
-            tokio::time::timeout(Duration::from_secs(3), shard.store.ping()).await,
-            Ok(Ok(()))
-        );
-        shard.set_up(up);
+        let up = if probe {
+            let up = matches!(
+                tokio::time::timeout(Duration::from_secs(3), shard.store.ping()).await,
+                Ok(Ok(()))
+            );
+            shard.set_up(up);
+            up
+        } else {
+            shard.is_up()
+        };
         let mut dbs = per_shard.remove(shard.id().as_str()).unwrap_or_default();
         dbs.retain(|(_, n)| *n > 0);
         dbs.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
         let max = cfg.max_collections_per_database;
+        let id = shard.id().as_str();
         let databases: Vec<_> = dbs
             .iter()
             .map(|(name, n)| {
                 let ratio = *n as f64 / max as f64;
                 metrics::DB_COLLECTIONS
-                    .with_label_values(&[shard.id().as_str(), name])
+                    .with_label_values(&[id, name])
                     .set(*n as i64);
                 metrics::DB_COLLECTIONS_MAX
-                    .with_label_values(&[shard.id().as_str(), name])
-                    .set(max as i64);
+                    .with_label_values(&[id, name])
+                    .set(i64::from(max));
                 metrics::DB_COLLECTIONS_RATIO
-                    .with_label_values(&[shard.id().as_str(), name])
+                    .with_label_values(&[id, name])
                     .set(ratio);
                 json!({
                     "name": name,
@@ -112,7 +134,7 @@ async fn list_shards(state: &AppState) -> ApiResult {
             })
             .collect();
         metrics::SHARD_DATABASES
-            .with_label_values(&[shard.id().as_str()])
+            .with_label_values(&[id])
             .set(databases.len() as i64);
         out.push(json!({
             "id": shard.id(),
@@ -128,7 +150,99 @@ async fn list_shards(state: &AppState) -> ApiResult {
             "databases": databases,
         }));
     }
-    Ok(Reply::json(StatusCode::OK, &json!({ "shards": out })))
+    Ok(out)
+}
+
+fn org_from_path(path: &str, prefix: &str, suffix: &str) -> Result<OrgName, ApiError> {
+    let raw = path
+        .strip_prefix(prefix)
+        .and_then(|p| p.strip_suffix(suffix))
+        .unwrap_or("");
+    let decoded = url::form_urlencoded::parse(format!("n={raw}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    Ok(OrgName::parse(&decoded)?)
+}
+
+async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
+    let name = org_from_path(&req.path, "/ops/orgs/", "/limits")?;
+    let org = state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| internal("catalog", e))?
+        .ok_or_else(ApiError::org_not_found)?;
+    // `null` removes the override.
+    let body: Option<RateOverride> = json_body(req)?;
+    if let Some(l) = &body {
+        if l.requests_per_minute == 0 || l.requests_per_hour == 0 {
+            return Err(ApiError::invalid(
+                "invalid_limits",
+                "requests_per_minute and requests_per_hour must be > 0",
+            ));
+        }
+    }
+    let catalog = state.catalog();
+    let mut all: HashMap<OrgId, RateOverride> = match catalog
+        .get_setting(RATE_OVERRIDES_SETTING)
+        .await
+        .map_err(|e| internal("catalog", e))?
+    {
+        Some(v) => serde_json::from_value(v).unwrap_or_default(),
+        None => HashMap::new(),
+    };
+    match body {
+        Some(l) => all.insert(org.id, l),
+        None => all.remove(&org.id),
+    };
+    catalog
+        .put_setting(
+            RATE_OVERRIDES_SETTING,
+            &serde_json::to_value(&all).expect("serializable"),
+        )
+        .await
+        .map_err(|e| internal("catalog", e))?;
+    state.rate_limits.set_override(org.id, body);
+    let effective = state.rate_limits.limits_of(org.id);
+    Ok(Reply::json(
+        StatusCode::OK,
+        &json!({
+            "organization_id": org.id.to_string(),
+            "organization_name": org.name.to_string(),
+            "overridden": body.is_some(),
+            "limits": effective,
+        }),
+    ))
+}
+
+async fn quotas(state: &AppState) -> ApiResult {
+    let mut orgs = Vec::new();
+    for (id, used) in state.quotas.over_alert() {
+        let name = state
+            .router
+            .org(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| o.name.to_string());
+        orgs.push(json!({
+            "organization_id": id.to_string(),
+            "organization_name": name,
+            "used_bytes": used,
+            "quota_bytes": state.quotas.limit_bytes,
+            "ratio": used as f64 / state.quotas.limit_bytes.max(1) as f64,
+        }));
+    }
+    metrics::QUOTA_ALERTS.set(orgs.len() as i64);
+    Ok(Reply::json(
+        StatusCode::OK,
+        &json!({
+            "quota_bytes": state.quotas.limit_bytes,
+            "alert_ratio": state.quotas.alert_ratio,
+            "organizations": orgs,
+        }),
+    ))
 }
 
 async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
@@ -192,12 +306,7 @@ async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
 }
 
 async fn placement(state: &AppState, req: &Request) -> ApiResult {
-    let raw = req.path.trim_start_matches("/ops/placements/");
-    let decoded = url::form_urlencoded::parse(format!("n={raw}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    let name = OrgName::parse(&decoded)?;
+    let name = org_from_path(&req.path, "/ops/placements/", "")?;
     let org = state
         .router
         .org_by_name(&name.normalized())

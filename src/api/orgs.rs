@@ -227,6 +227,7 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     }
     org.state = OrgState::Active;
     state.catalog().put_org(&org).await.map_err(catalog_error)?;
+    crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
     Ok(Reply::json(
         StatusCode::CREATED,
@@ -366,6 +367,9 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         ));
     }
     movers::delete(state, &org).await.map_err(move_error)?;
+    state.quotas.forget(org.id);
+    state.rate_limits.set_override(org.id, None);
+    crate::telemetry::metrics::ORGANIZATIONS.dec();
     tracing::info!(org_id = %org.id, "organization deleted");
     Ok(Reply::json(
         StatusCode::OK,

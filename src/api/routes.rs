@@ -131,11 +131,15 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             (Method::PATCH, Route::DataPatch),
             (Method::DELETE, Route::DataDelete),
         ],
-        (Listener::Public, p) if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 => &[
-            (Method::GET, Route::DataGet),
-            (Method::PATCH, Route::DataPatch),
-            (Method::DELETE, Route::DataDelete),
-        ],
+        (Listener::Public, p)
+            if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 =>
+        {
+            &[
+                (Method::GET, Route::DataGet),
+                (Method::PATCH, Route::DataPatch),
+                (Method::DELETE, Route::DataDelete),
+            ]
+        }
         _ => return Err(ApiError::route_not_found()),
     };
     // HEAD is answered like GET by HTTP semantics; we keep it simple and only match exactly.

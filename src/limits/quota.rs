@@ -73,7 +73,7 @@ impl Quotas {
             .filter(|e| e.bytes >= threshold)
             .map(|e| (*e.key(), e.bytes))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 

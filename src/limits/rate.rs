@@ -70,10 +70,24 @@ impl RateLimits {
         }
     }
 
-    /// Replaces (or with `None` removes) an organization's override.
+    /// Makes the overrides exactly `all`, keeping the state of unchanged ones.
+    pub fn sync_overrides(&self, all: &std::collections::HashMap<OrgId, RateOverride>) {
+        self.overrides.retain(|org, _| all.contains_key(org));
+        for (org, limits) in all {
+            self.set_override(*org, Some(*limits));
+        }
+    }
+
+    /// Replaces (or with `None` removes) an organization's override. Setting the same limits
+    /// again keeps the current budget.
     pub fn set_override(&self, org: OrgId, limits: Option<RateOverride>) {
         match limits {
             Some(l) => {
+                if let Some(w) = self.overrides.get(&org) {
+                    if w.per_minute == l.requests_per_minute && w.per_hour == l.requests_per_hour {
+                        return;
+                    }
+                }
                 let w = Windows {
                     minute: RateLimiter::direct(quota(l.requests_per_minute, MINUTE))
                         .with_middleware::<StateInformationMiddleware>(),
@@ -106,7 +120,8 @@ impl RateLimits {
 
     /// Counts one request of `org` against both windows.
     pub fn check(&self, org: OrgId) -> RateDecision {
-        let (minute, hour, per_minute, per_hour) = match self.overrides.get(&org).map(|w| w.clone()) {
+        let (minute, hour, per_minute, per_hour) = match self.overrides.get(&org).map(|w| w.clone())
+        {
             Some(w) => (w.minute.check(), w.hour.check(), w.per_minute, w.per_hour),
             None => (
                 self.default.minute.check_key(&org),
@@ -116,9 +131,7 @@ impl RateLimits {
             ),
         };
         let now = self.clock.now();
-        let policy = format!(
-            "\"minute\";q={per_minute};w=60, \"hour\";q={per_hour};w=3600"
-        );
+        let policy = format!("\"minute\";q={per_minute};w=60, \"hour\";q={per_hour};w=3600");
         let remaining = |s: &Result<StateSnapshot, _>| match s {
             Ok(snap) => snap.remaining_burst_capacity(),
             Err(_) => 0,
@@ -128,15 +141,16 @@ impl RateLimits {
             Err(n) => n.wait_time_from(now).as_secs_f64().ceil() as u64,
         };
         let (rm, rh) = (remaining(&minute), remaining(&hour));
-        let retry_after = wait(&minute).max(wait(&hour)).max(u64::from(minute.is_err() || hour.is_err()));
+        let retry_after = wait(&minute)
+            .max(wait(&hour))
+            .max(u64::from(minute.is_err() || hour.is_err()));
         // The binding window is the one with less budget left, relative to its size.
-        let (name, left, size, window) = if (rm as f64 / per_minute.max(1) as f64)
-            <= (rh as f64 / per_hour.max(1) as f64)
-        {
-            ("minute", rm, per_minute, 60u64)
-        } else {
-            ("hour", rh, per_hour, 3600u64)
-        };
+        let (name, left, size, window) =
+            if (rm as f64 / per_minute.max(1) as f64) <= (rh as f64 / per_hour.max(1) as f64) {
+                ("minute", rm, per_minute, 60u64)
+            } else {
+                ("hour", rh, per_hour, 3600u64)
+            };
         let reset = if retry_after > 0 {
             retry_after
         } else {
@@ -197,7 +211,13 @@ mod tests {
             assert!(l.check(a).allowed);
         }
         assert!(!l.check(a).allowed);
-        l.set_override(a, Some(RateOverride { requests_per_minute: 10, requests_per_hour: 10 }));
+        l.set_override(
+            a,
+            Some(RateOverride {
+                requests_per_minute: 10,
+                requests_per_hour: 10,
+            }),
+        );
         assert!(l.check(a).allowed);
         assert_eq!(l.limits_of(a).requests_per_hour, 10);
     }

@@ -209,11 +209,22 @@ impl ServeHttp for GatewayApp {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        // Unknown methods share one label value so clients cannot grow the series count.
+        let method_label = match method {
+            http::Method::GET
+            | http::Method::POST
+            | http::Method::PUT
+            | http::Method::PATCH
+            | http::Method::DELETE
+            | http::Method::HEAD
+            | http::Method::OPTIONS => method.as_str(),
+            _ => "OTHER",
+        };
         metrics::HTTP_REQUESTS
-            .with_label_values(&[template, method.as_str(), class])
+            .with_label_values(&[template, method_label, class])
             .inc();
         metrics::HTTP_DURATION
-            .with_label_values(&[template, method.as_str()])
+            .with_label_values(&[template, method_label])
             .observe(elapsed.as_secs_f64());
         metrics::HTTP_RESPONSE_BYTES
             .with_label_values(&[template])

@@ -153,7 +153,10 @@ mod tests {
         for _ in 0..100 {
             let id = OrgId::generate();
             assert_ne!(
-                choose_placement(id, None, &shards, &counts).unwrap().shard.as_str(),
+                choose_placement(id, None, &shards, &counts)
+                    .unwrap()
+                    .shard
+                    .as_str(),
                 "b"
             );
             assert_eq!(

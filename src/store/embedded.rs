@@ -292,13 +292,17 @@ impl TenantStore for EmbeddedStore {
             let updated = {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = txn.open_table(def).map_err(backend)?;
-                let Some(current) = table.get(id.as_str()).map_err(backend)?.map(|g| g.value().to_vec())
+                let Some(current) = table
+                    .get(id.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value().to_vec())
                 else {
                     return Ok(None);
                 };
                 let mut doc = decode(&current)?;
                 update.apply(&mut doc).map_err(StoreError::InvalidUpdate)?;
-                validate_document(&doc, &QueryLimits::default()).map_err(StoreError::InvalidUpdate)?;
+                validate_document(&doc, &QueryLimits::default())
+                    .map_err(StoreError::InvalidUpdate)?;
                 let bytes = serde_json::to_vec(&doc).map_err(backend)?;
                 if bytes.len() > max_document_bytes {
                     return Err(StoreError::InvalidUpdate(super::query::QueryError {
@@ -308,9 +312,15 @@ impl TenantStore for EmbeddedStore {
                         message: format!("updated document exceeds {max_document_bytes} bytes"),
                     }));
                 }
-                table.insert(id.as_str(), bytes.as_slice()).map_err(backend)?;
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(backend)?;
                 let mut sizes = txn.open_table(BYTES).map_err(backend)?;
-                let total = sizes.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                let total = sizes
+                    .get(name.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
                 let next = (total + bytes.len() as u64).saturating_sub(current.len() as u64);
                 sizes.insert(name.as_str(), next).map_err(backend)?;
                 doc
@@ -331,11 +341,20 @@ impl TenantStore for EmbeddedStore {
                     Ok(t) => t,
                     Err(e) => return Err(backend(e)),
                 };
-                let removed = table.remove(id.as_str()).map_err(backend)?.map(|g| g.value().len() as u64);
+                let removed = table
+                    .remove(id.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value().len() as u64);
                 if let Some(len) = removed {
                     let mut sizes = txn.open_table(BYTES).map_err(backend)?;
-                    let total = sizes.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
-                    sizes.insert(name.as_str(), total.saturating_sub(len)).map_err(backend)?;
+                    let total = sizes
+                        .get(name.as_str())
+                        .map_err(backend)?
+                        .map(|g| g.value())
+                        .unwrap_or(0);
+                    sizes
+                        .insert(name.as_str(), total.saturating_sub(len))
+                        .map_err(backend)?;
                 }
                 removed.is_some()
             };
@@ -351,7 +370,11 @@ impl TenantStore for EmbeddedStore {
             let txn = db.begin_read().map_err(backend)?;
             let sizes = txn.open_table(BYTES);
             match sizes {
-                Ok(t) => Ok(t.get(name.as_str()).map_err(backend)?.map(|g| g.value()).unwrap_or(0)),
+                Ok(t) => Ok(t
+                    .get(name.as_str())
+                    .map_err(backend)?
+                    .map(|g| g.value())
+                    .unwrap_or(0)),
                 Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(backend(e)),
             }

@@ -4,6 +4,9 @@
 mod gateway;
 
 mod auth;
+mod data;
+mod isolation;
 mod lifecycle;
+mod limits;
 mod orgs;
 mod validation;
