@@ -537,6 +537,23 @@ mod tests {
     }
 
     #[test]
+    fn documented_config_file_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let from_file: Config = Figment::from(Toml::file(&path)).extract().unwrap();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(Config::default()).unwrap()
+        );
+        let multi = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/multi-shard.toml");
+        let multi: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&multi))
+            .extract()
+            .unwrap();
+        multi.validate().unwrap();
+        assert_eq!(multi.shards.len(), 3);
+    }
+
+    #[test]
     fn short_secret_refused() {
         let mut c = Config::default();
         c.auth.jwt_secret = "short".into();

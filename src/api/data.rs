@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Longest accepted `_id`.
 const MAX_ID_LEN: usize = 128;
@@ -48,7 +49,8 @@ impl Tenant {
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let shard_id = self.shard.id().as_str();
-        let out = fut.await;
+        let span = tracing::debug_span!("store", shard = shard_id, op);
+        let out = fut.instrument(span).await;
         metrics::SHARD_OP_SECONDS
             .with_label_values(&[shard_id, op])
             .observe(started.elapsed().as_secs_f64());

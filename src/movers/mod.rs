@@ -38,6 +38,16 @@ fn namespace(org: &OrgRecord) -> Namespace {
     }
 }
 
+/// Crash-test hook: when the environment variable `GATEWAY_FAILPOINT` names this point, the
+/// process aborts here, as if killed. Used by the tests that prove interrupted moves are
+/// finished at the next start; costs one env lookup on the rare paths that call it.
+fn failpoint(name: &str) {
+    if std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint reached: aborting");
+        std::process::abort();
+    }
+}
+
 /// Renames an organization, moving its documents to the new collection.
 pub async fn rename(
     state: &AppState,
@@ -46,6 +56,7 @@ pub async fn rename(
 ) -> Result<OrgRecord, MoveError> {
     let catalog = state.catalog();
     let renaming = catalog.begin_rename(org.id, to).await?;
+    failpoint("rename_after_begin");
     state.router.invalidate_org(org).await;
     let done = finish_rename(state, &renaming).await;
     state.router.invalidate_org(org).await;
@@ -69,6 +80,7 @@ async fn finish_rename(state: &AppState, org: &OrgRecord) -> Result<OrgRecord, M
     if from != to {
         let moved = shard.store.rename_collection(&from, &to).await?;
         tracing::info!(org_id = %org.id, from = %from, to = %to, documents = moved, "renamed tenant collection");
+        failpoint("rename_after_store");
     }
     let renamed = state.catalog().commit_rename(org.id).await?;
     state.router.invalidate_org(&renamed).await;
@@ -78,18 +90,17 @@ async fn finish_rename(state: &AppState, org: &OrgRecord) -> Result<OrgRecord, M
 /// Deletes an organization: catalog first (with a pending drop), then its collection.
 pub async fn delete(state: &AppState, org: &OrgRecord) -> Result<(), MoveError> {
     let removed = state.catalog().delete_org(org.id).await?;
+    failpoint("delete_after_catalog");
     state.router.invalidate_org(org).await;
     if let Some(removed) = removed {
-        for admin_drop in [namespace(&removed)] {
-            let drop = PendingDrop {
-                shard: removed.placement.shard.clone(),
-                database: admin_drop.database,
-                collection: admin_drop.collection,
-            };
-            // A failure here leaves the pending drop for the resume loop; the org is gone.
-            if let Err(e) = run_drop(state, &drop).await {
-                tracing::warn!(error = %e, collection = %drop.collection, "collection drop deferred");
-            }
+        let drop = PendingDrop {
+            shard: removed.placement.shard.clone(),
+            database: removed.placement.database.clone(),
+            collection: removed.placement.collection.clone(),
+        };
+        // A failure here leaves the pending drop for the resume loop; the org is gone.
+        if let Err(e) = run_drop(state, &drop).await {
+            tracing::warn!(error = %e, collection = %drop.collection, "collection drop deferred");
         }
     }
     Ok(())

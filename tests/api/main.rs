@@ -9,4 +9,5 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod orgs;
+mod recovery;
 mod validation;

@@ -28,6 +28,8 @@ pub struct TestGateway {
     /// Data directory (kept by `_tmp` or owned by the caller).
     pub data_dir: PathBuf,
     config_toml: String,
+    /// Environment given to the next launch.
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
     pub client: Client,
 }
@@ -39,6 +41,8 @@ pub struct Options {
     pub config: String,
     /// Reuse this data directory (restart tests).
     pub data_dir: Option<PathBuf>,
+    /// Extra environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestGateway {
@@ -63,6 +67,7 @@ impl TestGateway {
             ops: String::new(),
             data_dir,
             config_toml: opts.config.clone(),
+            env: opts.env.clone(),
             _tmp: tmp,
             client: Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -92,6 +97,7 @@ impl TestGateway {
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .env("RUST_LOG", "info")
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -162,6 +168,21 @@ impl TestGateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the process to exit on its own (e.g. after a failpoint abort).
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.child = None;
+                    return true;
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        false
     }
 
     /// Kills and starts again on the same data dir (new ports).

@@ -1,0 +1,88 @@
+//! Crash safety: a gateway killed in the middle of a rename or delete finishes it at the next
+//! start, and loses no document.
+
+use crate::gateway::{Options, TestGateway};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn crash_during(failpoint: &str, rename: bool) {
+    let mut gw = TestGateway::start_with(Options {
+        env: vec![("GATEWAY_FAILPOINT".into(), failpoint.into())],
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Crashy", "crashy@example.com");
+    let docs: Vec<Value> = (0..500)
+        .map(|i| json!({"_id": format!("d{i}"), "i": i}))
+        .collect();
+    let r = gw
+        .req(Method::POST, "/data")
+        .bearer_auth(&t)
+        .json(&Value::Array(docs))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = if rename {
+        gw.req(Method::PUT, "/org/update")
+            .bearer_auth(&t)
+            .json(&json!({"organization_name": "Crashy", "new_organization_name": "Survivor"}))
+            .send()
+    } else {
+        gw.req(Method::DELETE, "/org/delete?organization_name=Crashy")
+            .bearer_auth(&t)
+            .send()
+    };
+    assert!(r.is_err(), "the process should have died mid-operation");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    gw.env.clear();
+    gw.restart();
+    let get = |name: &str| {
+        gw.req(Method::GET, &format!("/org/get?organization_name={name}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    if rename {
+        assert_eq!(get("Crashy"), 404);
+        assert_eq!(get("Survivor"), 200);
+        let n: Value = gw
+            .req(Method::POST, "/data/count")
+            .bearer_auth(&t)
+            .json(&json!({}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(n["count"], 500);
+        assert!(gw.log().contains("completing an interrupted rename"));
+    } else {
+        assert_eq!(get("Crashy"), 404);
+        // the name is free and the old collection is gone: a new org starts empty
+        let t2 = gw.org_with_token("Crashy", "again@example.com");
+        let n: Value = gw
+            .req(Method::POST, "/data/count")
+            .bearer_auth(&t2)
+            .json(&json!({}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(n["count"], 0);
+    }
+}
+
+#[test]
+fn rename_interrupted_after_reserving_the_name_is_completed() {
+    crash_during("rename_after_begin", true);
+}
+
+#[test]
+fn rename_interrupted_after_moving_the_data_is_completed() {
+    crash_during("rename_after_store", true);
+}
+
+#[test]
+fn delete_interrupted_after_the_catalog_drops_the_collection_at_restart() {
+    crash_during("delete_after_catalog", false);
+}
