@@ -21,7 +21,7 @@ pub struct ApiError {
 }
 
 /// The JSON body of a problem response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProblemBody<'a> {
     #[serde(rename = "type")]
     kind: String,

@@ -11,14 +11,16 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-#[derive(Deserialize)]
-struct LoginBody {
+/// Body of `POST /admin/login`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
-struct LoginReply {
+/// Reply of `POST /admin/login`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoginReply {
     access_token: String,
     token_type: &'static str,
     expires_in: i64,
@@ -27,6 +29,13 @@ struct LoginReply {
 }
 
 /// `POST /admin/login`: every failure gets the same 401 body and costs one argon2 verify.
+#[utoipa::path(post, path = "/admin/login", tag = "auth", request_body = LoginBody,
+    responses(
+        (status = 200, description = "Token issued", body = LoginReply),
+        (status = 400, description = "Malformed body", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Invalid email or password (one generic body)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: LoginBody = json_body(req)?;
     let mut keys = vec![format!("email:{}", body.email.trim().to_lowercase())];

@@ -195,6 +195,18 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
     Ok(())
 }
 
+#[utoipa::path(post, path = "/data", tag = "data", security(("bearer" = [])),
+    request_body(content = serde_json::Value, description = "One JSON object, or an array of up to 1,000"),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 201, description = "Inserted", body = InsertReply),
+        (status = 409, description = "Duplicate _id", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 /// `POST /data`: one object or an array of up to `max_batch`, inserted in one round trip.
 pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
@@ -281,10 +293,20 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     t.run("insert_many", t.shard.store.insert_many(&t.ns, docs))
         .await?;
     state.quotas.add(t.org, bytes as i64);
-    Ok(t.reply(StatusCode::CREATED, &json!({ "inserted_ids": ids })))
+    Ok(t.reply(StatusCode::CREATED, &InsertReply { inserted_ids: ids }))
 }
 
 /// `GET /data/{id}`.
+#[utoipa::path(get, path = "/data/{id}", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id")),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "The document", body = serde_json::Value),
+        (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
@@ -306,6 +328,18 @@ fn not_found(t: &Tenant) -> ApiError {
 }
 
 /// `PATCH /data/{id}`: `$set`/`$unset`/`$inc` operators, or a JSON merge patch.
+#[utoipa::path(patch, path = "/data/{id}", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id")),
+    request_body(content = serde_json::Value, description = "Update operators or a JSON merge patch"),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "The updated document", body = serde_json::Value),
+        (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
@@ -332,6 +366,16 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 }
 
 /// `DELETE /data/{id}`.
+#[utoipa::path(delete, path = "/data/{id}", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id")),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "Deleted", body = DeleteReply),
+        (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
@@ -340,20 +384,27 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     {
         // Usage is re-measured later; drop the cached figure so the next write measures.
         state.quotas.forget(t.org);
-        Ok(t.reply(StatusCode::OK, &json!({ "deleted": true, "_id": id })))
+        Ok(t.reply(StatusCode::OK, &DeleteReply { deleted: true, id }))
     } else {
         Err(not_found(&t))
     }
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /data/query`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
+pub struct QueryBody {
+    /// Filter (MongoDB subset); empty matches all.
     #[serde(default)]
+    #[schema(value_type = Object)]
     filter: Value,
+    /// `{field: 1 | -1}`; ties are broken by `_id`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     sort: Value,
+    /// Inclusion `{a: 1}` or exclusion `{a: 0}`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     projection: Value,
     #[serde(default)]
     limit: Option<u64>,
@@ -384,6 +435,14 @@ fn fingerprint(filter: &Filter, sort: &Sort, projection: &Projection) -> String 
 
 /// `POST /data/query`: `{filter, sort, projection, limit, skip, cursor}` ->
 /// `{documents, next_cursor}`.
+#[utoipa::path(post, path = "/data/query", tag = "data", security(("bearer" = [])), request_body = QueryBody,
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "A page of documents", body = QueryReply),
+    ))]
 pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let body: QueryBody = super::json_body(req)?;
@@ -442,21 +501,67 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     });
     Ok(t.reply(
         StatusCode::OK,
-        &json!({ "documents": docs, "next_cursor": next }),
+        &QueryReply {
+            documents: docs,
+            next_cursor: next,
+        },
     ))
 }
 
 /// `POST /data/count`: `{filter}` -> `{count}`.
+#[utoipa::path(post, path = "/data/count", tag = "data", security(("bearer" = [])), request_body = CountBody,
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "Matching documents", body = CountReply),
+    ))]
 pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CountBody {
-        #[serde(default)]
-        filter: Value,
-    }
     let t = tenant(state, req, log).await?;
     let body: CountBody = super::json_body(req)?;
     let filter = Filter::parse(&body.filter, &limits(state)).map_err(query_error)?;
     let n = t.run("count", t.shard.store.count(&t.ns, &filter)).await?;
-    Ok(t.reply(StatusCode::OK, &json!({ "count": n })))
+    Ok(t.reply(StatusCode::OK, &CountReply { count: n }))
+}
+
+/// Body of `POST /data/count`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CountBody {
+    /// Filter (MongoDB subset); empty matches all.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    filter: Value,
+}
+
+/// Reply of `POST /data`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InsertReply {
+    /// `_id`s in request order.
+    inserted_ids: Vec<String>,
+}
+
+/// Reply of `DELETE /data/{id}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeleteReply {
+    deleted: bool,
+    #[serde(rename = "_id")]
+    id: String,
+}
+
+/// Reply of `POST /data/query`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QueryReply {
+    /// The page.
+    #[schema(value_type = Vec<Object>)]
+    documents: Vec<Document>,
+    /// Pass back as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Reply of `POST /data/count`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CountReply {
+    count: u64,
 }

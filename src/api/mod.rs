@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod data;
 pub mod health;
+pub mod openapi;
 pub mod ops;
 pub mod orgs;
 pub mod routes;
@@ -81,6 +82,7 @@ pub async fn handle(
 ) -> ApiResult {
     match route {
         Route::Healthz => health::healthz(state).await,
+        Route::OpenApi => openapi::openapi_json().await,
         Route::Readyz => health::readyz(state).await,
         Route::Metrics => health::metrics(state, req).await,
         Route::OrgCreate => orgs::create(state, req, log).await,

@@ -70,7 +70,13 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
     }
 }
 
-async fn list_shards(state: &AppState) -> ApiResult {
+/// `GET /ops/shards`.
+#[utoipa::path(get, path = "/ops/shards", tag = "operator", security(("operator" = [])),
+    responses((status = 200, description = "Shards with per-database capacity", body = Object),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn list_shards(state: &AppState) -> ApiResult {
     let shards = capacity_report(state, true).await?;
     Ok(Reply::json(StatusCode::OK, &json!({ "shards": shards })))
 }
@@ -165,7 +171,17 @@ fn org_from_path(path: &str, prefix: &str, suffix: &str) -> Result<OrgName, ApiE
     Ok(OrgName::parse(&decoded)?)
 }
 
-async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
+/// `PUT /ops/orgs/{organization}/limits`.
+#[utoipa::path(put, path = "/ops/orgs/{organization}/limits", tag = "operator", security(("operator" = [])),
+    params(("organization" = String, Path, description = "Organization name")),
+    request_body(content = Option<RateOverride>, description = "New limits, or null to remove the override"),
+    responses((status = 200, description = "Limits in force", body = Object),
+        (status = 400, description = "Invalid limits", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
     let name = org_from_path(&req.path, "/ops/orgs/", "/limits")?;
     let org = state
         .router
@@ -216,7 +232,13 @@ async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
     ))
 }
 
-async fn quotas(state: &AppState) -> ApiResult {
+/// `GET /ops/quotas`.
+#[utoipa::path(get, path = "/ops/quotas", tag = "operator", security(("operator" = [])),
+    responses((status = 200, description = "Organizations above the quota alert ratio", body = Object),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn quotas(state: &AppState) -> ApiResult {
     let mut orgs = Vec::new();
     for (id, used) in state.quotas.over_alert() {
         let name = state
@@ -245,7 +267,17 @@ async fn quotas(state: &AppState) -> ApiResult {
     ))
 }
 
-async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
+/// `POST /ops/shards`.
+#[utoipa::path(post, path = "/ops/shards", tag = "operator", security(("operator" = [])),
+    request_body(content = Object, description = "A shard, with the keys of a [[shards]] table"),
+    responses((status = 201, description = "Shard added", body = Object),
+        (status = 400, description = "Invalid shard", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Shard id exists", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unreachable", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
     let cfg: ShardConfig = json_body(req)?;
     cfg.validate()
         .map_err(|e| ApiError::invalid("invalid_shard", e))?;
@@ -305,7 +337,15 @@ async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
     Ok(Reply::json(StatusCode::CREATED, &body))
 }
 
-async fn placement(state: &AppState, req: &Request) -> ApiResult {
+/// `GET /ops/placements/{organization}`.
+#[utoipa::path(get, path = "/ops/placements/{organization}", tag = "operator", security(("operator" = [])),
+    params(("organization" = String, Path, description = "Organization name")),
+    responses((status = 200, description = "The placement", body = Object),
+        (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn placement(state: &AppState, req: &Request) -> ApiResult {
     let name = org_from_path(&req.path, "/ops/placements/", "")?;
     let org = state
         .router

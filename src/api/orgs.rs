@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Public view of an organization.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OrgView {
     organization_id: String,
     organization_name: String,
@@ -29,7 +29,7 @@ pub struct OrgView {
 }
 
 /// Where the organization's data lives.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PlacementView {
     shard: String,
     database: String,
@@ -119,8 +119,9 @@ fn move_error(e: MoveError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
-struct CreateBody {
+/// Body of `POST /org/create`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CreateBody {
     organization_name: String,
     email: String,
     password: String,
@@ -129,6 +130,14 @@ struct CreateBody {
 }
 
 /// `POST /org/create`.
+#[utoipa::path(post, path = "/org/create", tag = "organizations", request_body = CreateBody,
+    responses(
+        (status = 201, description = "Organization created", body = OrgView),
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "No shard available", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: CreateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
@@ -247,6 +256,15 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
 
 /// `GET /org/get?organization_name=`: public metadata; the admin email and placement only
 /// for that organization's own admins.
+#[utoipa::path(get, path = "/org/get", tag = "organizations",
+    params(("organization_name" = String, Query, description = "Organization name")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Organization metadata", body = OrgView),
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "A token was sent and is invalid", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let name = name_param(req)?;
     let caller = authenticate_opt(state, req, false).await?;
@@ -264,8 +282,9 @@ pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiRe
     ))
 }
 
-#[derive(Deserialize)]
-struct UpdateBody {
+/// Body of `PUT /org/update`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct UpdateBody {
     organization_name: String,
     #[serde(default)]
     new_organization_name: Option<String>,
@@ -297,6 +316,18 @@ async fn own_org(
 }
 
 /// `PUT /org/update`: email, password and/or name; a rename moves the data.
+#[utoipa::path(put, path = "/org/update", tag = "organizations", request_body = UpdateBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "Updated organization", body = OrgView),
+        (status = 403, description = "Token of another organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: UpdateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
@@ -355,6 +386,18 @@ pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
 }
 
 /// `DELETE /org/delete?organization_name=`.
+#[utoipa::path(delete, path = "/org/delete", tag = "organizations",
+    params(("organization_name" = String, Query, description = "Organization name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "Deleted", body = DeletedOrg),
+        (status = 403, description = "Token of another organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let name = name_param(req)?;
     let (_caller, org) = own_org(state, req, &name).await?;
@@ -373,10 +416,18 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     tracing::info!(org_id = %org.id, "organization deleted");
     Ok(Reply::json(
         StatusCode::OK,
-        &serde_json::json!({
-            "deleted": true,
-            "organization_id": org.id.to_string(),
-            "organization_name": org.name.to_string(),
-        }),
+        &DeletedOrg {
+            deleted: true,
+            organization_id: org.id.to_string(),
+            organization_name: org.name.to_string(),
+        },
     ))
+}
+
+/// Reply of `DELETE /org/delete`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeletedOrg {
+    deleted: bool,
+    organization_id: String,
+    organization_name: String,
 }

@@ -17,6 +17,8 @@ pub enum Listener {
 pub enum Route {
     /// `GET /healthz` (both listeners).
     Healthz,
+    /// `GET /openapi.json` (both listeners).
+    OpenApi,
     /// `GET /readyz` (ops).
     Readyz,
     /// `GET /metrics` (ops).
@@ -60,6 +62,7 @@ impl Route {
     pub fn template(self) -> &'static str {
         match self {
             Route::Healthz => "/healthz",
+            Route::OpenApi => "/openapi.json",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::OrgCreate => "/org/create",
@@ -95,11 +98,39 @@ impl Route {
     }
 }
 
+/// Every route served: (listener, method, path template). `/healthz` and `/openapi.json` are
+/// served on both listeners. The OpenAPI test checks the document lists exactly these.
+pub const ALL: &[(Listener, &str, &str)] = &[
+    (Listener::Public, "GET", "/healthz"),
+    (Listener::Public, "GET", "/openapi.json"),
+    (Listener::Public, "POST", "/org/create"),
+    (Listener::Public, "GET", "/org/get"),
+    (Listener::Public, "PUT", "/org/update"),
+    (Listener::Public, "DELETE", "/org/delete"),
+    (Listener::Public, "POST", "/admin/login"),
+    (Listener::Public, "POST", "/data"),
+    (Listener::Public, "POST", "/data/query"),
+    (Listener::Public, "POST", "/data/count"),
+    (Listener::Public, "GET", "/data/{id}"),
+    (Listener::Public, "PATCH", "/data/{id}"),
+    (Listener::Public, "DELETE", "/data/{id}"),
+    (Listener::Ops, "GET", "/healthz"),
+    (Listener::Ops, "GET", "/openapi.json"),
+    (Listener::Ops, "GET", "/readyz"),
+    (Listener::Ops, "GET", "/metrics"),
+    (Listener::Ops, "GET", "/ops/shards"),
+    (Listener::Ops, "POST", "/ops/shards"),
+    (Listener::Ops, "GET", "/ops/placements/{organization}"),
+    (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
+    (Listener::Ops, "GET", "/ops/quotas"),
+];
+
 /// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
 /// method.
 pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Route, ApiError> {
     let candidates: &[(Method, Route)] = match (listener, path) {
         (_, "/healthz") => &[(Method::GET, Route::Healthz)],
+        (_, "/openapi.json") => &[(Method::GET, Route::OpenApi)],
         (Listener::Ops, "/readyz") => &[(Method::GET, Route::Readyz)],
         (Listener::Ops, "/metrics") => &[(Method::GET, Route::Metrics)],
         (Listener::Public, "/org/create") => &[(Method::POST, Route::OrgCreate)],
@@ -153,6 +184,19 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_route_matches_its_template() {
+        for (listener, method, template) in ALL {
+            let path = template
+                .replace("{id}", "abc123")
+                .replace("{organization}", "Acme%20Corp");
+            let method: Method = method.parse().unwrap();
+            let route = match_route(*listener, &method, &path)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            assert_eq!(route.template(), *template);
+        }
+    }
 
     #[test]
     fn matches_and_rejects() {

@@ -40,7 +40,7 @@ impl Default for LimitsConfig {
 }
 
 /// A per-organization override of the request limits, set through the operator API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
     /// Requests per minute.

@@ -13,8 +13,8 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tracing::Instrument;
+use std::time::{Duration, Instant};
 
 /// Longest incoming `X-Request-Id` echoed back; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -172,9 +172,12 @@ impl ServeHttp for GatewayApp {
         let outcome = match matched {
             Ok(route) => {
                 let timeout = Duration::from_millis(self.state.config.request_timeout_ms);
+                // Every log line of the request carries its id.
+                let span = tracing::info_span!("request", request_id = %request_id);
                 match tokio::time::timeout(
                     timeout,
-                    self.serve(session, route, &request_id, &mut log),
+                    self.serve(session, route, &request_id, &mut log)
+                        .instrument(span),
                 )
                 .await
                 {

@@ -8,6 +8,7 @@ mod data;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod orgs;
 mod recovery;
 mod validation;
