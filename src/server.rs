@@ -80,20 +80,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.threads;
-    conf.grace_period_seconds = Some(config.shutdown_grace_seconds);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
-    conf.pid_file = config
-        .data_dir
-        .join("org-gateway.pid")
-        .display()
-        .to_string();
-    conf.upgrade_sock = config
-        .data_dir
-        .join("org-gateway-upgrade.sock")
-        .display()
-        .to_string();
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: config
+            .data_dir
+            .join("org-gateway.pid")
+            .display()
+            .to_string(),
+        upgrade_sock: config
+            .data_dir
+            .join("org-gateway-upgrade.sock")
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

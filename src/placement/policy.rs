@@ -152,13 +152,12 @@ mod tests {
         shards[2].region = Some("eu".into());
         for _ in 0..100 {
             let id = OrgId::generate();
-            assert_eq!(
+            assert_ne!(
                 choose_placement(id, None, &shards, &counts)
                     .unwrap()
                     .shard
-                    .as_str()
-                    == "b",
-                false
+                    .as_str(),
+                "b"
             );
             assert_eq!(
                 choose_placement(id, Some("eu"), &shards, &counts)
