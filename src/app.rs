@@ -3,6 +3,7 @@
 use crate::auth::jwt::SecretSource;
 use crate::auth::{JwtKeys, PasswordHasher};
 use crate::catalog::embedded::EmbeddedCatalog;
+use crate::catalog::mongo::MongoCatalog;
 use crate::catalog::Catalog;
 use crate::config::{Config, ShardConfig, StoreKind};
 use crate::placement::{Shard, ShardSet};
@@ -136,6 +137,15 @@ async fn open_mongo_store(shard: &ShardConfig) -> anyhow::Result<Arc<dyn TenantS
     Ok(Arc::new(store))
 }
 
-async fn open_mongo_catalog(_config: &Config) -> anyhow::Result<Arc<dyn Catalog>> {
-    anyhow::bail!("catalog.kind = \"mongodb\" is not supported by this build yet")
+/// Connects to the MongoDB catalog; unlike a shard it must answer at startup.
+async fn open_mongo_catalog(config: &Config) -> anyhow::Result<Arc<dyn Catalog>> {
+    let uri = config
+        .catalog
+        .uri
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("catalog.kind = \"mongodb\" needs catalog.uri"))?;
+    let catalog = MongoCatalog::open(uri, &config.catalog.database)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open catalog: {e}"))?;
+    Ok(Arc::new(catalog))
 }

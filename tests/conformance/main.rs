@@ -7,4 +7,6 @@
 #[path = "../common/mongo.rs"]
 mod mongo_env;
 
+mod catalog;
+mod startup;
 mod store;
