@@ -3,6 +3,7 @@
 use crate::auth::jwt::SecretSource;
 use crate::auth::{JwtKeys, PasswordHasher};
 use crate::catalog::embedded::EmbeddedCatalog;
+use crate::catalog::mongo::MongoCatalog;
 use crate::catalog::Catalog;
 use crate::config::{Config, ShardConfig, StoreKind};
 use crate::limits::login::LoginThrottle;
@@ -11,6 +12,8 @@ use crate::limits::rate::RateLimits;
 use crate::placement::{Shard, ShardSet};
 use crate::router::TenantRouter;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::mongo::MongoStore;
+use crate::store::observed::Observed;
 use crate::store::TenantStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -148,7 +151,7 @@ pub async fn open_store(
     config: &Config,
     shard: &ShardConfig,
 ) -> anyhow::Result<Arc<dyn TenantStore>> {
-    match shard.kind {
+    let store: Arc<dyn TenantStore> = match shard.kind {
         StoreKind::Embedded => {
             let path = shard.path.clone().unwrap_or_default();
             let path = if path.is_absolute() {
@@ -156,21 +159,33 @@ pub async fn open_store(
             } else {
                 config.data_dir.join(path)
             };
-            Ok(Arc::new(EmbeddedStore::open(&path).map_err(|e| {
+            Arc::new(EmbeddedStore::open(&path).map_err(|e| {
                 anyhow::anyhow!("shard {}: cannot open {}: {e}", shard.id, path.display())
-            })?))
+            })?)
         }
-        StoreKind::Mongodb => open_mongo_store(shard).await,
-    }
+        StoreKind::Mongodb => open_mongo_store(shard).await?,
+    };
+    Ok(Arc::new(Observed::new(shard.id.as_str(), store)))
 }
 
+/// Opens a MongoDB shard without waiting for it: a shard that is down at startup only makes
+/// its own tenants' requests fail with 503 until it is back.
 async fn open_mongo_store(shard: &ShardConfig) -> anyhow::Result<Arc<dyn TenantStore>> {
-    anyhow::bail!(
-        "shard {}: MongoDB shards are not supported by this build yet",
-        shard.id
-    )
+    let store = MongoStore::open(shard)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Arc::new(store))
 }
 
-async fn open_mongo_catalog(_config: &Config) -> anyhow::Result<Arc<dyn Catalog>> {
-    anyhow::bail!("catalog.kind = \"mongodb\" is not supported by this build yet")
+/// Connects to the MongoDB catalog; unlike a shard it must answer at startup.
+async fn open_mongo_catalog(config: &Config) -> anyhow::Result<Arc<dyn Catalog>> {
+    let uri = config
+        .catalog
+        .uri
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("catalog.kind = \"mongodb\" needs catalog.uri"))?;
+    let catalog = MongoCatalog::open(uri, &config.catalog.database)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open catalog: {e}"))?;
+    Ok(Arc::new(catalog))
 }

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 use tracing::Instrument;
 
 /// Longest accepted `_id`.
@@ -41,20 +40,15 @@ impl Tenant {
         r
     }
 
-    /// Runs a store call with metrics, shard health tracking and 503 on outages.
+    /// Runs a store call with shard health tracking and 503 on outages (metrics are recorded
+    /// by the store wrapper).
     async fn run<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, ApiError> {
-        let started = Instant::now();
-        let shard_id = self.shard.id().as_str();
-        let span = tracing::debug_span!("store", shard = shard_id, op);
-        let out = fut.instrument(span).await;
-        metrics::SHARD_OP_SECONDS
-            .with_label_values(&[shard_id, op])
-            .observe(started.elapsed().as_secs_f64());
-        match out {
+        let span = tracing::debug_span!("store", shard = self.shard.id().as_str(), op);
+        match fut.instrument(span).await {
             Ok(v) => {
                 if !self.shard.is_up() {
                     self.shard.set_up(true);
@@ -62,9 +56,6 @@ impl Tenant {
                 Ok(v)
             }
             Err(e) => {
-                metrics::SHARD_OP_ERRORS
-                    .with_label_values(&[shard_id, op])
-                    .inc();
                 if matches!(e, StoreError::Unavailable(_)) {
                     self.shard.set_up(false);
                 }
@@ -156,6 +147,30 @@ fn doc_id(req: &Request) -> Result<String, ApiError> {
     Ok(id)
 }
 
+/// Integers must fit a signed 64-bit integer, as MongoDB stores them; both backends then
+/// hold the same values.
+fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
+    match v {
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::invalid(
+            "number_out_of_range",
+            format!("integer at `{path}` does not fit a signed 64-bit integer"),
+        )),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| check_numbers(x, &format!("{path}.{i}"))),
+        Value::Object(map) => map.iter().try_for_each(|(k, x)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            check_numbers(x, &p)
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn check_id(id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_LEN || id.contains('\0') {
         return Err(ApiError::invalid(
@@ -211,6 +226,7 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
 pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let body = body_json(req)?;
+    check_numbers(&body, "")?;
     let raw_docs = match body {
         Value::Object(o) => vec![o],
         Value::Array(items) => {
@@ -344,6 +360,7 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
     let body = body_json(req)?;
+    check_numbers(&body, "")?;
     if !body.is_object() {
         return Err(ApiError::invalid(
             "invalid_update",

@@ -1,11 +1,12 @@
 //! The catalog: organizations, admins, placements, pending collection drops and per-database
 //! collection counts. [`Catalog`] is the interface; [`embedded::EmbeddedCatalog`] keeps it in a
-//! redb file in the data dir, `mongo::MongoCatalog` in a MongoDB database.
+//! redb file in the data dir, [`mongo::MongoCatalog`] in a MongoDB database.
 //!
 //! Uniqueness (normalized org name, collection name, admin email) is enforced here, atomically,
 //! so concurrent creates of one name yield exactly one winner.
 
 pub mod embedded;
+pub mod mongo;
 
 use crate::domain::{
     AdminId, CollectionName, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId,

@@ -13,8 +13,8 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
-use tracing::Instrument;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Longest incoming `X-Request-Id` echoed back; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;

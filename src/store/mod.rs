@@ -1,8 +1,10 @@
 //! Tenant collection backends. [`TenantStore`] is the one interface the rest of the gateway
 //! uses; [`embedded::EmbeddedStore`] (redb) and [`mongo::MongoStore`] implement it, and both
-//! pass the same conformance suite (`tests/api/store_conformance.rs`).
+//! pass the same conformance suite (`tests/conformance/store.rs`).
 
 pub mod embedded;
+pub mod mongo;
+pub mod observed;
 pub mod query;
 
 use crate::domain::{CollectionName, DatabaseName};

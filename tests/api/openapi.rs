@@ -6,10 +6,18 @@ use std::collections::BTreeSet;
 #[test]
 fn openapi_document_lists_exactly_the_routes_served() {
     let gw = TestGateway::start();
-    let r = gw.client.get(format!("{}/openapi.json", gw.base)).send().unwrap();
+    let r = gw
+        .client
+        .get(format!("{}/openapi.json", gw.base))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in ["get", "put", "post", "delete", "patch"] {
@@ -26,7 +34,13 @@ fn openapi_document_lists_exactly_the_routes_served() {
     assert_eq!(documented, served);
     // problem+json errors and the request/response schemas are described
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for name in ["ProblemBody", "OrgView", "CreateBody", "LoginReply", "QueryBody"] {
+    for name in [
+        "ProblemBody",
+        "OrgView",
+        "CreateBody",
+        "LoginReply",
+        "QueryBody",
+    ] {
         assert!(schemas.contains_key(name), "missing schema {name}");
     }
     // every route the table lists is actually answered (not 404 route_not_found)

@@ -1,0 +1,746 @@
+//! The catalog in a MongoDB database, for gateways that share one catalog.
+//!
+//! Collections:
+//! - `organizations`: `{_id: org id, names: [...], collections: [...], rev, record}`. `names`
+//!   holds the normalized current name plus, during a rename, the reserved new one; likewise
+//!   `collections`. Unique multikey indexes on both make every reservation atomic.
+//! - `admins`: `{_id: admin id, email, org_id, record}`, unique on `email`, indexed on `org_id`.
+//! - `pending_drops`: `{_id: drop key, org_id, drop}`.
+//! - `collection_counts`: `{_id: "shard/database", shard, database, count}`.
+//! - `settings`: `{_id: key, json}` (the value as JSON text, so any JSON round-trips).
+//!
+//! No multi-document transactions: every method orders its single-document writes so that a
+//! crash in between leaves only a state the startup recovery (`crate::movers`) handles:
+//! - insert: the org is written first, always as `Creating` (rolled back at startup), then its
+//!   collection is counted, then the admin; an email conflict deletes the org again.
+//! - delete: the pending drops are written first (tagged with the org id: the delete is
+//!   decided), then the admins and the org are removed. [`Catalog::pending_drops`] finishes the
+//!   removal of any org whose drops are recorded but which is still present.
+//!
+//! A crash between a count update and the write it accompanies can leave a collection count
+//! off by one; the startup capacity reconciliation recounts from the shards.
+
+use super::{
+    AdminRecord, Catalog, CatalogError, CatalogResult, OrgRecord, OrgState, PendingDrop, Taken,
+};
+use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
+use crate::store::mongo::{
+    bson_to_json, classify, json_to_bson, parse_write_concern, ClientTuning, Failure, LazyClient,
+    Secrets,
+};
+use async_trait::async_trait;
+use bson::{doc, Bson, Document};
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use mongodb::options::{IndexOptions, ReadPreference};
+use mongodb::{Collection, IndexModel};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const NAMES_INDEX: &str = "names_unique";
+const COLLECTIONS_INDEX: &str = "collections_unique";
+const EMAIL_INDEX: &str = "email_unique";
+/// How often `delete_org` re-reads an organization that keeps changing under it.
+const DELETE_ATTEMPTS: usize = 10;
+
+fn backend_msg(m: impl Into<String>) -> CatalogError {
+    CatalogError::Backend(m.into())
+}
+
+/// JSON-encodes a value and converts it to a BSON document.
+fn to_doc<T: Serialize>(v: &T) -> CatalogResult<Document> {
+    let json = serde_json::to_value(v).map_err(|e| backend_msg(e.to_string()))?;
+    match json_to_bson(&json).map_err(backend_msg)? {
+        Bson::Document(d) => Ok(d),
+        _ => Err(backend_msg("record is not an object")),
+    }
+}
+
+/// The inverse of [`to_doc`] for a field of a stored document.
+fn from_field<T: DeserializeOwned>(d: &Document, field: &str) -> CatalogResult<T> {
+    let value = d
+        .get(field)
+        .cloned()
+        .ok_or_else(|| backend_msg(format!("stored document lacks {field:?}")))?;
+    serde_json::from_value(bson_to_json(value)).map_err(|e| backend_msg(e.to_string()))
+}
+
+/// The unique keys an organization record holds: its names and collections, including those
+/// reserved by an in-progress rename.
+fn keys(org: &OrgRecord) -> (Vec<String>, Vec<String>) {
+    let mut names = vec![org.normalized_name().as_str().to_owned()];
+    let mut colls = vec![org.placement.collection.as_str().to_owned()];
+    if let OrgState::Renaming {
+        to_name,
+        to_collection,
+    } = &org.state
+    {
+        names.push(to_name.normalized().as_str().to_owned());
+        colls.push(to_collection.as_str().to_owned());
+    }
+    names.dedup();
+    colls.dedup();
+    (names, colls)
+}
+
+fn count_key(shard: &ShardId, db: &DatabaseName) -> String {
+    format!("{shard}/{db}")
+}
+
+fn int(d: &Document, field: &str) -> i64 {
+    match d.get(field) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Double(f)) => *f as i64,
+        _ => 0,
+    }
+}
+
+/// The MongoDB-backed [`Catalog`].
+pub struct MongoCatalog {
+    secrets: Secrets,
+    orgs: Collection<Document>,
+    admins: Collection<Document>,
+    pending: Collection<Document>,
+    counts: Collection<Document>,
+    settings: Collection<Document>,
+    _client: LazyClient,
+}
+
+impl MongoCatalog {
+    /// Connects to the catalog database and creates its indexes. Unlike a shard, the catalog
+    /// must answer at startup.
+    pub async fn open(uri: &str, database: &str) -> Result<Self, String> {
+        let tuning = ClientTuning {
+            // Uniqueness checks and read-your-writes need the primary.
+            read_preference: Some(ReadPreference::Primary),
+            default_write_concern: Some(parse_write_concern("majority", true)?),
+            ..ClientTuning::default()
+        };
+        let lazy = LazyClient::new(uri, tuning).await?;
+        let secrets = lazy.secrets().clone();
+        let client = lazy
+            .get()
+            .await
+            .map_err(|f| format!("catalog: {}", f.message()))?;
+        let db = client.database(database);
+        let catalog = Self {
+            orgs: db.collection("organizations"),
+            admins: db.collection("admins"),
+            pending: db.collection("pending_drops"),
+            counts: db.collection("collection_counts"),
+            settings: db.collection("settings"),
+            secrets,
+            _client: lazy,
+        };
+        catalog
+            .create_indexes()
+            .await
+            .map_err(|e| format!("catalog: cannot create indexes: {e}"))?;
+        Ok(catalog)
+    }
+
+    async fn create_indexes(&self) -> CatalogResult<()> {
+        let unique = |name: &str| {
+            IndexOptions::builder()
+                .unique(true)
+                .name(name.to_owned())
+                .build()
+        };
+        self.orgs
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "names": 1 })
+                    .options(unique(NAMES_INDEX))
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "collections": 1 })
+                    .options(unique(COLLECTIONS_INDEX))
+                    .build(),
+            ])
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.admins
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "email": 1 })
+                    .options(unique(EMAIL_INDEX))
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "org_id": 1 })
+                    .options(IndexOptions::builder().name("org_id".to_owned()).build())
+                    .build(),
+            ])
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.pending
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "org_id": 1 })
+                    .options(IndexOptions::builder().name("org_id".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    fn classify(&self, e: &mongodb::error::Error) -> Failure {
+        classify(e, &self.secrets)
+    }
+
+    fn err(&self, e: &mongodb::error::Error) -> CatalogError {
+        CatalogError::Backend(self.classify(e).message().to_owned())
+    }
+
+    /// The organization document and its revision.
+    async fn load(&self, id: OrgId) -> CatalogResult<Option<(OrgRecord, i64)>> {
+        let found = self
+            .orgs
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        found
+            .map(|d| Ok((from_field(&d, "record")?, int(&d, "rev"))))
+            .transpose()
+    }
+
+    async fn find_orgs(&self, filter: Document) -> CatalogResult<Vec<OrgRecord>> {
+        let docs: Vec<Document> = self
+            .orgs
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
+    }
+
+    /// Which key a duplicate-key error on `organizations` was about: the name wins, as in the
+    /// embedded catalog, when both are taken.
+    async fn org_conflict(
+        &self,
+        except: Option<OrgId>,
+        name: &NormalizedOrgName,
+        collection: &str,
+        message: &str,
+    ) -> CatalogResult<CatalogError> {
+        let mut by_name = doc! { "names": name.as_str() };
+        let mut by_coll = doc! { "collections": collection };
+        if let Some(id) = except {
+            by_name.insert("_id", doc! { "$ne": id.to_string() });
+            by_coll.insert("_id", doc! { "$ne": id.to_string() });
+        }
+        let exists = |filter: Document| async move {
+            self.orgs
+                .find_one(filter)
+                .projection(doc! { "_id": 1 })
+                .await
+                .map(|d| d.is_some())
+                .map_err(|e| self.err(&e))
+        };
+        let taken = if exists(by_name).await? {
+            Taken::OrgName
+        } else if message.contains(COLLECTIONS_INDEX) || exists(by_coll).await? {
+            Taken::Collection
+        } else if message.contains(NAMES_INDEX) {
+            Taken::OrgName
+        } else {
+            return Ok(backend_msg(message.to_owned()));
+        };
+        Ok(CatalogError::Conflict(taken))
+    }
+
+    async fn add_count(&self, shard: &ShardId, db: &DatabaseName, delta: i64) -> CatalogResult<()> {
+        let key = count_key(shard, db);
+        let on_insert = doc! { "shard": shard.as_str(), "database": db.as_str() };
+        if delta < 0 {
+            // Never below zero, as in the embedded catalog.
+            let r = self
+                .counts
+                .update_one(
+                    doc! { "_id": &key, "count": { "$gt": 0 } },
+                    doc! { "$inc": { "count": delta } },
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            if r.matched_count > 0 {
+                return Ok(());
+            }
+            let mut zero = on_insert;
+            zero.insert("count", 0_i64);
+            return self.upsert_count(&key, doc! { "$setOnInsert": zero }).await;
+        }
+        self.upsert_count(
+            &key,
+            doc! { "$inc": { "count": delta }, "$setOnInsert": on_insert },
+        )
+        .await
+    }
+
+    async fn upsert_count(&self, key: &str, update: Document) -> CatalogResult<()> {
+        // Two concurrent upserts of a new key may collide on `_id`; the second try updates.
+        for attempt in 0..2 {
+            match self
+                .counts
+                .update_one(doc! { "_id": key }, update.clone())
+                .upsert(true)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => match self.classify(&e) {
+                    Failure::Duplicate { .. } if attempt == 0 => continue,
+                    f => return Err(backend_msg(f.message())),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the admins and the document of an org whose delete is decided; uncounts its
+    /// collection if this call removed the document. `Ok(false)` if the document changed
+    /// (revision mismatch) and is still there.
+    async fn remove_org(&self, org: &OrgRecord, rev: Option<i64>) -> CatalogResult<bool> {
+        let id = org.id.to_string();
+        self.admins
+            .delete_many(doc! { "org_id": &id })
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut filter = doc! { "_id": &id };
+        if let Some(rev) = rev {
+            filter.insert("rev", rev);
+        }
+        let removed = self
+            .orgs
+            .delete_one(filter)
+            .await
+            .map_err(|e| self.err(&e))?;
+        if removed.deleted_count == 1 {
+            self.add_count(&org.placement.shard, &org.placement.database, -1)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn record_drops(&self, org: &OrgRecord) -> CatalogResult<()> {
+        let mut drops = vec![PendingDrop {
+            shard: org.placement.shard.clone(),
+            database: org.placement.database.clone(),
+            collection: org.placement.collection.clone(),
+        }];
+        if let OrgState::Renaming { to_collection, .. } = &org.state {
+            drops.push(PendingDrop {
+                collection: to_collection.clone(),
+                ..drops[0].clone()
+            });
+        }
+        for d in drops {
+            let key = d.key();
+            self.pending
+                .replace_one(
+                    doc! { "_id": &key },
+                    doc! { "_id": &key, "org_id": org.id.to_string(), "drop": to_doc(&d)? },
+                )
+                .upsert(true)
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Applies `update` plus the new `record` to the organization matching `filter` (which
+    /// pins the expected revision); `Ok(false)` if none matched. Duplicate keys come back as
+    /// [`Failure::Duplicate`].
+    async fn update_org(
+        &self,
+        filter: Document,
+        mut update: Document,
+        record: &OrgRecord,
+    ) -> Result<bool, Failure> {
+        let record = to_doc(record).map_err(|e| Failure::Other {
+            code: None,
+            message: e.to_string(),
+        })?;
+        match update.get_mut("$set") {
+            Some(Bson::Document(set)) => {
+                set.insert("record", record);
+            }
+            _ => {
+                update.insert("$set", doc! { "record": record });
+            }
+        }
+        update.insert("$inc", doc! { "rev": 1_i64 });
+        let r = self
+            .orgs
+            .update_one(filter, update)
+            .await
+            .map_err(|e| self.classify(&e))?;
+        Ok(r.matched_count == 1)
+    }
+
+    /// [`Self::update_org`] where a duplicate key cannot happen.
+    async fn update_org_plain(
+        &self,
+        filter: Document,
+        update: Document,
+        record: &OrgRecord,
+    ) -> CatalogResult<bool> {
+        self.update_org(filter, update, record)
+            .await
+            .map_err(|f| backend_msg(f.message()))
+    }
+}
+
+#[async_trait]
+impl Catalog for MongoCatalog {
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
+        let id = org.id.to_string();
+        let mut creating = org.clone();
+        creating.state = OrgState::Creating;
+        let (names, colls) = keys(org);
+        let org_doc = doc! {
+            "_id": &id,
+            "names": names,
+            "collections": colls,
+            "rev": 0_i64,
+            "record": to_doc(&creating)?,
+        };
+        if let Err(e) = self.orgs.insert_one(org_doc).await {
+            return Err(match self.classify(&e) {
+                Failure::Duplicate { message, .. } => {
+                    self.org_conflict(
+                        None,
+                        &org.normalized_name(),
+                        org.placement.collection.as_str(),
+                        &message,
+                    )
+                    .await?
+                }
+                f => backend_msg(f.message()),
+            });
+        }
+        let placement = &org.placement;
+        let admin_doc = doc! {
+            "_id": admin.id.to_string(),
+            "email": admin.email.as_str(),
+            "org_id": &id,
+            "record": to_doc(admin)?,
+        };
+        let added = match self
+            .add_count(&placement.shard, &placement.database, 1)
+            .await
+        {
+            Ok(()) => self.admins.insert_one(admin_doc).await.map_err(|e| {
+                match self.classify(&e) {
+                    // Only the email is unique besides `_id` (a fresh admin id).
+                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
+                        CatalogError::Conflict(Taken::Email)
+                    }
+                    f => backend_msg(f.message()),
+                }
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
+            // Undo; if this fails too, the org stays `Creating` and startup recovery removes it.
+            let undo = async {
+                let r = self
+                    .orgs
+                    .delete_one(doc! { "_id": &id })
+                    .await
+                    .map_err(|e| self.err(&e))?;
+                if r.deleted_count == 1 {
+                    self.add_count(&placement.shard, &placement.database, -1)
+                        .await?;
+                }
+                CatalogResult::Ok(())
+            };
+            if let Err(undo) = undo.await {
+                tracing::warn!(org_id = %id, error = %undo, "could not undo a failed org insert; startup recovery will");
+            }
+            return Err(e);
+        }
+        if org.state != OrgState::Creating
+            && !self
+                .update_org_plain(doc! { "_id": &id }, Document::new(), org)
+                .await?
+        {
+            return Err(CatalogError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()> {
+        let (old, rev) = self.load(org.id).await?.ok_or(CatalogError::NotFound)?;
+        if old.name != org.name || old.placement.collection != org.placement.collection {
+            return Err(backend_msg("put_org cannot change name or collection"));
+        }
+        let filter = doc! { "_id": org.id.to_string(), "rev": rev };
+        if self.update_org_plain(filter, Document::new(), org).await? {
+            Ok(())
+        } else {
+            Err(CatalogError::NotFound)
+        }
+    }
+
+    async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
+        Ok(self.load(id).await?.map(|(org, _)| org))
+    }
+
+    async fn org_by_name(&self, name: &NormalizedOrgName) -> CatalogResult<Option<OrgRecord>> {
+        let found = self.find_orgs(doc! { "names": name.as_str() }).await?;
+        // `names` also holds names reserved by an in-progress rename.
+        Ok(found.into_iter().find(|o| &o.normalized_name() == name))
+    }
+
+    async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
+        self.find_orgs(doc! {}).await
+    }
+
+    async fn admin_by_email(&self, email: &Email) -> CatalogResult<Option<AdminRecord>> {
+        let found = self
+            .admins
+            .find_one(doc! { "email": email.as_str() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        found.map(|d| from_field(&d, "record")).transpose()
+    }
+
+    async fn admin_by_id(&self, id: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        let found = self
+            .admins
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        found.map(|d| from_field(&d, "record")).transpose()
+    }
+
+    async fn admins_of_org(&self, org: OrgId) -> CatalogResult<Vec<AdminRecord>> {
+        let docs: Vec<Document> = self
+            .admins
+            .find(doc! { "org_id": org.to_string() })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
+    }
+
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()> {
+        let update = doc! { "$set": { "email": admin.email.as_str(), "record": to_doc(admin)? } };
+        match self
+            .admins
+            .update_one(doc! { "_id": admin.id.to_string() }, update)
+            .await
+        {
+            Ok(r) if r.matched_count == 1 => Ok(()),
+            Ok(_) => Err(CatalogError::NotFound),
+            Err(e) => Err(match self.classify(&e) {
+                Failure::Duplicate { .. } => CatalogError::Conflict(Taken::Email),
+                f => backend_msg(f.message()),
+            }),
+        }
+    }
+
+    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord> {
+        let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
+        if org.state != OrgState::Active {
+            return Err(CatalogError::NotFound);
+        }
+        let to_norm = to_name.normalized();
+        let to_coll = to_name.collection_name();
+        org.state = OrgState::Renaming {
+            to_name: to_name.clone(),
+            to_collection: to_coll.clone(),
+        };
+        org.updated_at = Utc::now();
+        // One atomic write reserves both keys (the unique indexes arbitrate races) and changes
+        // the state, provided nothing changed since the read.
+        let filter = doc! { "_id": id.to_string(), "rev": rev };
+        let update = doc! {
+            "$addToSet": { "names": to_norm.as_str(), "collections": to_coll.as_str() },
+        };
+        match self.update_org(filter, update, &org).await {
+            Ok(true) => Ok(org),
+            Ok(false) => Err(CatalogError::NotFound),
+            Err(Failure::Duplicate { message, .. }) => Err(self
+                .org_conflict(Some(id), &to_norm, to_coll.as_str(), &message)
+                .await?),
+            Err(f) => Err(backend_msg(f.message())),
+        }
+    }
+
+    async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
+        let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
+        let OrgState::Renaming {
+            to_name,
+            to_collection,
+        } = org.state.clone()
+        else {
+            return Err(CatalogError::NotFound);
+        };
+        let now = Utc::now();
+        org.name = to_name;
+        org.placement.collection = to_collection;
+        org.placement.epoch += 1;
+        org.placement.updated_at = now;
+        org.updated_at = now;
+        org.state = OrgState::Active;
+        let (names, colls) = keys(&org);
+        let filter = doc! { "_id": id.to_string(), "rev": rev };
+        let update = doc! { "$set": { "names": names, "collections": colls } };
+        if self.update_org_plain(filter, update, &org).await? {
+            Ok(org)
+        } else {
+            Err(CatalogError::NotFound)
+        }
+    }
+
+    async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
+        let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
+        if !matches!(org.state, OrgState::Renaming { .. }) {
+            return Err(CatalogError::NotFound);
+        }
+        org.state = OrgState::Active;
+        org.updated_at = Utc::now();
+        let (names, colls) = keys(&org);
+        let filter = doc! { "_id": id.to_string(), "rev": rev };
+        let update = doc! { "$set": { "names": names, "collections": colls } };
+        if self.update_org_plain(filter, update, &org).await? {
+            Ok(org)
+        } else {
+            Err(CatalogError::NotFound)
+        }
+    }
+
+    async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
+        let Some((mut org, mut rev)) = self.load(id).await? else {
+            return Ok(None);
+        };
+        for _ in 0..DELETE_ATTEMPTS {
+            // Decided from here on: the drops name the org, so recovery finishes the removal.
+            self.record_drops(&org).await?;
+            if self.remove_org(&org, Some(rev)).await? {
+                return Ok(Some(org));
+            }
+            match self.load(id).await? {
+                // Someone else (recovery) finished it.
+                None => return Ok(Some(org)),
+                // Changed under us (e.g. a rename began): record its drops too and retry.
+                Some((o, r)) => (org, rev) = (o, r),
+            }
+        }
+        Err(backend_msg(
+            "organization kept changing while being deleted; retry",
+        ))
+    }
+
+    async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {
+        let docs: Vec<Document> = self
+            .pending
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut out = Vec::with_capacity(docs.len());
+        let mut finished = std::collections::HashSet::new();
+        for d in &docs {
+            // A drop whose org is still there is an interrupted delete: finish it first, so
+            // the collection is never dropped under a live organization.
+            if let Ok(org_id) = d.get_str("org_id") {
+                if finished.insert(org_id.to_owned()) {
+                    if let Ok(id) = org_id.parse::<OrgId>() {
+                        if let Some((org, _)) = self.load(id).await? {
+                            tracing::warn!(org_id = %id, "finishing an interrupted organization delete");
+                            self.record_drops(&org).await?;
+                            self.remove_org(&org, None).await?;
+                        }
+                    }
+                }
+            }
+            out.push(from_field(d, "drop")?);
+        }
+        Ok(out)
+    }
+
+    async fn clear_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
+        self.pending
+            .delete_one(doc! { "_id": drop.key() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn collection_counts(&self) -> CatalogResult<Vec<(ShardId, DatabaseName, u64)>> {
+        let docs: Vec<Document> = self
+            .counts
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut out = Vec::with_capacity(docs.len());
+        for d in &docs {
+            let (Ok(shard), Ok(db)) = (d.get_str("shard"), d.get_str("database")) else {
+                continue;
+            };
+            let Ok(shard) = ShardId::parse(shard) else {
+                continue;
+            };
+            let db: DatabaseName = serde_json::from_value(serde_json::Value::String(db.into()))
+                .map_err(|e| backend_msg(e.to_string()))?;
+            out.push((shard, db, int(d, "count").max(0) as u64));
+        }
+        Ok(out)
+    }
+
+    async fn set_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        count: u64,
+    ) -> CatalogResult<()> {
+        let count = i64::try_from(count).map_err(|_| backend_msg("count out of range"))?;
+        let update = doc! { "$set": {
+            "shard": shard.as_str(),
+            "database": database.as_str(),
+            "count": count,
+        } };
+        self.upsert_count(&count_key(shard, database), update).await
+    }
+
+    async fn get_setting(&self, key: &str) -> CatalogResult<Option<serde_json::Value>> {
+        let found = self
+            .settings
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        let Some(d) = found else { return Ok(None) };
+        let text = d
+            .get_str("json")
+            .map_err(|_| backend_msg(format!("setting {key:?} is malformed")))?;
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| backend_msg(e.to_string()))
+    }
+
+    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()> {
+        let text = serde_json::to_string(value).map_err(|e| backend_msg(e.to_string()))?;
+        self.settings
+            .replace_one(doc! { "_id": key }, doc! { "_id": key, "json": text })
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+}

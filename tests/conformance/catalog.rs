@@ -1,0 +1,707 @@
+//! The catalog conformance suite: every test runs against the embedded and the MongoDB catalog.
+
+use crate::mongo_env;
+use chrono::Utc;
+use org_gateway::catalog::embedded::EmbeddedCatalog;
+use org_gateway::catalog::mongo::MongoCatalog;
+use org_gateway::catalog::{
+    AdminRecord, Catalog, CatalogError, OrgRecord, OrgState, PendingDrop, Placement, Taken,
+};
+use org_gateway::domain::{AdminId, DatabaseName, Email, OrgId, OrgName, ShardId};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A catalog under test plus what it needs to clean up.
+pub struct Fixture {
+    pub catalog: Arc<dyn Catalog>,
+    _dir: Option<tempfile::TempDir>,
+    mongo: Option<(String, String)>,
+}
+
+impl Fixture {
+    pub fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).expect("open");
+        Self {
+            catalog: Arc::new(catalog),
+            _dir: Some(dir),
+            mongo: None,
+        }
+    }
+
+    pub async fn mongo() -> Option<Self> {
+        let uri = mongo_env::uri()?;
+        let db = mongo_env::unique_db("cat");
+        let catalog = MongoCatalog::open(&uri, &db)
+            .await
+            .expect("open MongoDB catalog");
+        Some(Self {
+            catalog: Arc::new(catalog),
+            _dir: None,
+            mongo: Some((uri, db)),
+        })
+    }
+
+    pub async fn cleanup(self) {
+        if let Some((uri, db)) = &self.mongo {
+            mongo_env::drop_db(uri, db).await;
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let f = super::Fixture::embedded();
+                    super::$test(f.catalog.clone()).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(f) = super::Fixture::mongo().await else { return };
+                    super::$test(f.catalog.clone()).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    insert_and_look_up,
+    put_org_changes_state_only,
+    unique_keys_conflict,
+    email_conflict_leaves_nothing_behind,
+    concurrent_creates_of_one_name_have_one_winner,
+    concurrent_creates_with_one_email_have_one_winner,
+    rename_commit,
+    rename_abort,
+    rename_conflicts,
+    concurrent_renames_to_one_name_have_one_winner,
+    rename_with_case_change_only,
+    delete_records_pending_drops,
+    delete_during_rename_drops_both_collections,
+    admin_updates,
+    collection_counts,
+    settings_round_trip,
+);
+
+fn shard() -> ShardId {
+    ShardId::parse("s1").unwrap()
+}
+
+fn db(n: u32) -> DatabaseName {
+    DatabaseName::numbered("db", n)
+}
+
+fn org(name: &str) -> OrgRecord {
+    org_in(name, 1)
+}
+
+fn org_in(name: &str, database: u32) -> OrgRecord {
+    let name = OrgName::parse(name).unwrap();
+    let now = Utc::now();
+    OrgRecord {
+        id: OrgId::generate(),
+        placement: Placement {
+            shard: shard(),
+            database: db(database),
+            collection: name.collection_name(),
+            epoch: 1,
+            created_at: now,
+            updated_at: now,
+        },
+        name,
+        state: OrgState::Creating,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn admin(org: &OrgRecord, email: &str) -> AdminRecord {
+    let now = Utc::now();
+    AdminRecord {
+        id: AdminId::generate(),
+        org_id: org.id,
+        email: Email::parse(email).unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        credential_version: 0,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn email(raw: &str) -> Email {
+    Email::parse(raw).unwrap()
+}
+
+fn name(raw: &str) -> OrgName {
+    OrgName::parse(raw).unwrap()
+}
+
+async fn count_of(c: &dyn Catalog, database: u32) -> u64 {
+    c.collection_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(s, d, _)| *s == shard() && *d == db(database))
+        .map(|(_, _, n)| n)
+        .unwrap_or(0)
+}
+
+fn conflict(r: Result<impl std::fmt::Debug, CatalogError>) -> Taken {
+    match r {
+        Err(CatalogError::Conflict(t)) => t,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn not_found(r: Result<impl std::fmt::Debug, CatalogError>) {
+    match r {
+        Err(CatalogError::NotFound) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+async fn create(c: &dyn Catalog, org_name: &str, mail: &str) -> OrgRecord {
+    let o = org(org_name);
+    c.insert_org(&o, &admin(&o, mail)).await.unwrap();
+    let mut active = o.clone();
+    active.state = OrgState::Active;
+    c.put_org(&active).await.unwrap();
+    active
+}
+
+async fn insert_and_look_up(c: Arc<dyn Catalog>) {
+    let o = org("Acme  Corp");
+    let a = admin(&o, "Admin@Acme.example");
+    c.insert_org(&o, &a).await.unwrap();
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(o.clone()));
+    let by_name = c
+        .org_by_name(&name("acme corp").normalized())
+        .await
+        .unwrap();
+    assert_eq!(by_name, Some(o.clone()));
+    assert_eq!(
+        c.org_by_name(&name("acme").normalized()).await.unwrap(),
+        None
+    );
+    assert_eq!(c.org_by_id(OrgId::generate()).await.unwrap(), None);
+    assert_eq!(c.list_orgs().await.unwrap(), vec![o.clone()]);
+    assert_eq!(
+        c.admin_by_email(&email("admin@acme.example"))
+            .await
+            .unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(c.admin_by_id(AdminId::generate()).await.unwrap(), None);
+    assert_eq!(c.admins_of_org(o.id).await.unwrap(), vec![a.clone()]);
+    assert!(c.admins_of_org(OrgId::generate()).await.unwrap().is_empty());
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    // Inserting directly as Active works too.
+    let mut b = org("Beta");
+    b.state = OrgState::Active;
+    c.insert_org(&b, &admin(&b, "b@beta.example"))
+        .await
+        .unwrap();
+    assert_eq!(c.org_by_id(b.id).await.unwrap(), Some(b.clone()));
+    let mut all = c.list_orgs().await.unwrap();
+    all.sort_by_key(|o| o.id);
+    let mut want = vec![o, b];
+    want.sort_by_key(|o| o.id);
+    assert_eq!(all, want);
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+}
+
+async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
+    let o = org("Stateful");
+    c.insert_org(&o, &admin(&o, "s@s.example")).await.unwrap();
+    let mut active = o.clone();
+    active.state = OrgState::Active;
+    active.updated_at = Utc::now();
+    c.put_org(&active).await.unwrap();
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active.clone()));
+    let mut renamed = active.clone();
+    renamed.name = name("Other");
+    renamed.placement.collection = renamed.name.collection_name();
+    assert!(matches!(
+        c.put_org(&renamed).await,
+        Err(CatalogError::Backend(_))
+    ));
+    not_found(c.put_org(&org("Ghost")).await);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active));
+}
+
+async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
+    create(c.as_ref(), "My-Org", "first@x.example").await;
+    // Same name after normalization.
+    let o = org("  MY-ORG ");
+    assert_eq!(
+        conflict(c.insert_org(&o, &admin(&o, "second@x.example")).await),
+        Taken::OrgName
+    );
+    // Another name mapping to the same collection (`-` and `_` both become `_`).
+    let o = org("my_org");
+    assert_eq!(
+        conflict(c.insert_org(&o, &admin(&o, "third@x.example")).await),
+        Taken::Collection
+    );
+    // Name wins over email when both are taken.
+    let o = org("my-org");
+    assert_eq!(
+        conflict(c.insert_org(&o, &admin(&o, "first@x.example")).await),
+        Taken::OrgName
+    );
+    let o = org("Fresh");
+    assert_eq!(
+        conflict(c.insert_org(&o, &admin(&o, "FIRST@x.example")).await),
+        Taken::Email
+    );
+    assert_eq!(c.list_orgs().await.unwrap().len(), 1);
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+}
+
+async fn email_conflict_leaves_nothing_behind(c: Arc<dyn Catalog>) {
+    create(c.as_ref(), "Holder", "taken@x.example").await;
+    let o = org("Loser");
+    assert_eq!(
+        conflict(c.insert_org(&o, &admin(&o, "taken@x.example")).await),
+        Taken::Email
+    );
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), None);
+    assert_eq!(c.org_by_name(&o.normalized_name()).await.unwrap(), None);
+    assert!(c.admins_of_org(o.id).await.unwrap().is_empty());
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    // The name is free for the next try.
+    let again = org("Loser");
+    c.insert_org(&again, &admin(&again, "new@x.example"))
+        .await
+        .unwrap();
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+}
+
+async fn concurrent_creates_of_one_name_have_one_winner(c: Arc<dyn Catalog>) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let spelled = if i % 2 == 0 {
+                    "Race Corp"
+                } else {
+                    "race  CORP"
+                };
+                let o = org(spelled);
+                let r = c
+                    .insert_org(&o, &admin(&o, &format!("a{i}@race.example")))
+                    .await;
+                (o, r)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (o, Ok(())) => winners.push(o),
+            (_, Err(CatalogError::Conflict(Taken::OrgName))) => {}
+            (_, Err(e)) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins");
+    let orgs = c.list_orgs().await.unwrap();
+    assert_eq!(orgs, winners);
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    assert_eq!(c.admins_of_org(winners[0].id).await.unwrap().len(), 1);
+}
+
+async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) {
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let o = org(&format!("Mail Race {i}"));
+                let r = c.insert_org(&o, &admin(&o, "same@race.example")).await;
+                (o, r)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (o, Ok(())) => winners.push(o),
+            (_, Err(CatalogError::Conflict(Taken::Email))) => {}
+            (_, Err(e)) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins");
+    assert_eq!(c.list_orgs().await.unwrap(), winners);
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    let owner = c
+        .admin_by_email(&email("same@race.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.org_id, winners[0].id);
+}
+
+async fn rename_commit(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Old Name", "o@o.example").await;
+    let renaming = c.begin_rename(o.id, &name("New Name")).await.unwrap();
+    let new_coll = name("New Name").collection_name();
+    assert_eq!(
+        renaming.state,
+        OrgState::Renaming {
+            to_name: name("New Name"),
+            to_collection: new_coll.clone(),
+        }
+    );
+    assert_eq!(renaming.name, o.name);
+    assert_eq!(renaming.placement, o.placement);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(renaming.clone()));
+    // The old name still resolves; the reserved one does not, and cannot be taken.
+    assert_eq!(
+        c.org_by_name(&o.normalized_name()).await.unwrap(),
+        Some(renaming.clone())
+    );
+    assert_eq!(
+        c.org_by_name(&name("new name").normalized()).await.unwrap(),
+        None
+    );
+    let other = org("NEW name");
+    assert_eq!(
+        conflict(c.insert_org(&other, &admin(&other, "x@x.example")).await),
+        Taken::OrgName
+    );
+    // Only one rename at a time.
+    not_found(c.begin_rename(o.id, &name("Third")).await);
+    not_found(c.abort_rename(OrgId::generate()).await);
+
+    let done = c.commit_rename(o.id).await.unwrap();
+    assert_eq!(done.name, name("New Name"));
+    assert_eq!(done.placement.collection, new_coll);
+    assert_eq!(done.placement.epoch, o.placement.epoch + 1);
+    assert_eq!(done.placement.shard, o.placement.shard);
+    assert_eq!(done.placement.database, o.placement.database);
+    assert_eq!(done.state, OrgState::Active);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(done.clone()));
+    assert_eq!(
+        c.org_by_name(&name("new name").normalized()).await.unwrap(),
+        Some(done.clone())
+    );
+    assert_eq!(c.org_by_name(&o.normalized_name()).await.unwrap(), None);
+    not_found(c.commit_rename(o.id).await);
+    not_found(c.abort_rename(o.id).await);
+    // The old name and collection are free again.
+    create(c.as_ref(), "old name", "p@p.example").await;
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+    // Admins are untouched by a rename.
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 1);
+}
+
+async fn rename_abort(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Stay", "s@s.example").await;
+    c.begin_rename(o.id, &name("Leave")).await.unwrap();
+    let back = c.abort_rename(o.id).await.unwrap();
+    assert_eq!(back.state, OrgState::Active);
+    assert_eq!(back.name, o.name);
+    assert_eq!(back.placement, o.placement);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(back.clone()));
+    assert_eq!(
+        c.org_by_name(&o.normalized_name()).await.unwrap(),
+        Some(back)
+    );
+    not_found(c.abort_rename(o.id).await);
+    not_found(c.commit_rename(o.id).await);
+    // The reserved name was released.
+    create(c.as_ref(), "leave", "l@l.example").await;
+    // And the org can start another rename.
+    let again = c.begin_rename(o.id, &name("Elsewhere")).await.unwrap();
+    assert!(matches!(again.state, OrgState::Renaming { .. }));
+}
+
+async fn rename_conflicts(c: Arc<dyn Catalog>) {
+    let a = create(c.as_ref(), "Alpha", "a@a.example").await;
+    create(c.as_ref(), "Bravo-Team", "b@b.example").await;
+    assert_eq!(
+        conflict(c.begin_rename(a.id, &name("BRAVO-team")).await),
+        Taken::OrgName
+    );
+    assert_eq!(
+        conflict(c.begin_rename(a.id, &name("bravo team")).await),
+        Taken::Collection
+    );
+    // A name reserved by another org's rename counts as taken.
+    let d = create(c.as_ref(), "Delta", "d@d.example").await;
+    c.begin_rename(d.id, &name("Echo")).await.unwrap();
+    assert_eq!(
+        conflict(c.begin_rename(a.id, &name("echo")).await),
+        Taken::OrgName
+    );
+    // Nothing changed for the refused org.
+    assert_eq!(c.org_by_id(a.id).await.unwrap(), Some(a.clone()));
+    not_found(c.begin_rename(OrgId::generate(), &name("Zulu")).await);
+    // A Creating org cannot be renamed.
+    let creating = org("Pending");
+    c.insert_org(&creating, &admin(&creating, "p@p.example"))
+        .await
+        .unwrap();
+    not_found(c.begin_rename(creating.id, &name("Zulu")).await);
+}
+
+async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
+    let mut orgs = Vec::new();
+    for i in 0..8 {
+        orgs.push(
+            create(
+                c.as_ref(),
+                &format!("Source {i}"),
+                &format!("s{i}@s.example"),
+            )
+            .await,
+        );
+    }
+    let tasks: Vec<_> = orgs
+        .iter()
+        .map(|o| {
+            let (c, id) = (c.clone(), o.id);
+            tokio::spawn(async move { c.begin_rename(id, &name("Target")).await })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(CatalogError::Conflict(Taken::OrgName)) => {}
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "quiet", "q@q.example").await;
+    let r = c.begin_rename(o.id, &name("QUIET")).await.unwrap();
+    assert_eq!(
+        r.state,
+        OrgState::Renaming {
+            to_name: name("QUIET"),
+            to_collection: o.placement.collection.clone(),
+        }
+    );
+    let done = c.commit_rename(o.id).await.unwrap();
+    assert_eq!(done.name.as_str(), "QUIET");
+    assert_eq!(done.placement.collection, o.placement.collection);
+    assert_eq!(done.placement.epoch, 2);
+    // The (unchanged) keys still belong to it.
+    assert_eq!(
+        c.org_by_name(&name("Quiet").normalized()).await.unwrap(),
+        Some(done)
+    );
+    let dup = org("Quiet");
+    assert_eq!(
+        conflict(c.insert_org(&dup, &admin(&dup, "z@z.example")).await),
+        Taken::OrgName
+    );
+    // Same with an abort.
+    c.begin_rename(o.id, &name("Quiet")).await.unwrap();
+    c.abort_rename(o.id).await.unwrap();
+    assert_eq!(
+        conflict(c.insert_org(&dup, &admin(&dup, "z@z.example")).await),
+        Taken::OrgName
+    );
+}
+
+fn drop_of(o: &OrgRecord, collection: &str) -> PendingDrop {
+    PendingDrop {
+        shard: o.placement.shard.clone(),
+        database: o.placement.database.clone(),
+        collection: name(collection).collection_name(),
+    }
+}
+
+async fn delete_records_pending_drops(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Doomed", "d@d.example").await;
+    let keep = create(c.as_ref(), "Keeper", "k@k.example").await;
+    let admin_id = c.admins_of_org(o.id).await.unwrap()[0].id;
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+    let removed = c.delete_org(o.id).await.unwrap();
+    assert_eq!(removed, Some(o.clone()));
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), None);
+    assert_eq!(c.org_by_name(&o.normalized_name()).await.unwrap(), None);
+    assert_eq!(c.admin_by_email(&email("d@d.example")).await.unwrap(), None);
+    assert_eq!(c.admin_by_id(admin_id).await.unwrap(), None);
+    assert!(c.admins_of_org(o.id).await.unwrap().is_empty());
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    assert_eq!(c.list_orgs().await.unwrap(), vec![keep.clone()]);
+    let drops = c.pending_drops().await.unwrap();
+    assert_eq!(drops, vec![drop_of(&o, "Doomed")]);
+    // Deleting again is a no-op.
+    assert_eq!(c.delete_org(o.id).await.unwrap(), None);
+    c.clear_pending_drop(&drops[0]).await.unwrap();
+    c.clear_pending_drop(&drops[0]).await.unwrap();
+    assert!(c.pending_drops().await.unwrap().is_empty());
+    // Name and email can be used again.
+    create(c.as_ref(), "doomed", "d@d.example").await;
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+    // A `Creating` org (interrupted create) can be deleted too.
+    let half = org("Half");
+    c.insert_org(&half, &admin(&half, "h@h.example"))
+        .await
+        .unwrap();
+    assert!(c.delete_org(half.id).await.unwrap().is_some());
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+    assert_eq!(c.admin_by_email(&email("h@h.example")).await.unwrap(), None);
+}
+
+async fn delete_during_rename_drops_both_collections(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Moving", "m@m.example").await;
+    c.begin_rename(o.id, &name("Moved")).await.unwrap();
+    assert!(c.delete_org(o.id).await.unwrap().is_some());
+    let drops: BTreeSet<String> = c
+        .pending_drops()
+        .await
+        .unwrap()
+        .iter()
+        .map(PendingDrop::key)
+        .collect();
+    let want: BTreeSet<String> = [drop_of(&o, "Moving").key(), drop_of(&o, "Moved").key()]
+        .into_iter()
+        .collect();
+    assert_eq!(drops, want);
+    // Both names are free.
+    create(c.as_ref(), "moving", "m2@m.example").await;
+    create(c.as_ref(), "moved", "m3@m.example").await;
+}
+
+async fn admin_updates(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Admins", "one@a.example").await;
+    create(c.as_ref(), "Others", "two@a.example").await;
+    let mut a = c
+        .admin_by_email(&email("one@a.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    a.email = email("uno@a.example");
+    a.password_hash = "$argon2id$changed".into();
+    a.credential_version += 1;
+    a.updated_at = Utc::now();
+    c.update_admin(&a).await.unwrap();
+    assert_eq!(
+        c.admin_by_email(&email("one@a.example")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        c.admin_by_email(&email("uno@a.example")).await.unwrap(),
+        Some(a.clone())
+    );
+    assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(c.admins_of_org(o.id).await.unwrap(), vec![a.clone()]);
+    // Keeping the same email is fine.
+    a.credential_version += 1;
+    c.update_admin(&a).await.unwrap();
+    // Taking another admin's email is not.
+    let mut stolen = a.clone();
+    stolen.email = email("two@a.example");
+    assert_eq!(conflict(c.update_admin(&stolen).await), Taken::Email);
+    assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
+    // The old email is free again.
+    create(c.as_ref(), "Third", "one@a.example").await;
+    let mut ghost = a.clone();
+    ghost.id = AdminId::generate();
+    ghost.email = email("ghost@a.example");
+    not_found(c.update_admin(&ghost).await);
+}
+
+async fn collection_counts(c: Arc<dyn Catalog>) {
+    assert!(c.collection_counts().await.unwrap().is_empty());
+    for (n, database) in [("c1", 1), ("c2", 1), ("c3", 2)] {
+        let o = org_in(n, database);
+        c.insert_org(&o, &admin(&o, &format!("{n}@c.example")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        c.collection_counts().await.unwrap(),
+        vec![(shard(), db(1), 2), (shard(), db(2), 1)]
+    );
+    c.set_collection_count(&shard(), &db(2), 7).await.unwrap();
+    let other = ShardId::parse("s2").unwrap();
+    c.set_collection_count(&other, &db(1), 0).await.unwrap();
+    assert_eq!(
+        c.collection_counts().await.unwrap(),
+        vec![
+            (shard(), db(1), 2),
+            (shard(), db(2), 7),
+            (other.clone(), db(1), 0)
+        ]
+    );
+    // A count never goes below zero.
+    c.set_collection_count(&shard(), &db(1), 0).await.unwrap();
+    for o in c.list_orgs().await.unwrap() {
+        if o.placement.database == db(1) {
+            c.delete_org(o.id).await.unwrap();
+        }
+    }
+    assert_eq!(count_of(c.as_ref(), 1).await, 0);
+    let o = org_in("c4", 1);
+    c.insert_org(&o, &admin(&o, "c4@c.example")).await.unwrap();
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+}
+
+async fn settings_round_trip(c: Arc<dyn Catalog>) {
+    assert_eq!(c.get_setting("shards").await.unwrap(), None);
+    let value = json!({
+        "list": [{"id": "s2", "uri": "mongodb://h:1", "weight": 1.5}],
+        "$odd.key": {"a.b": null, "n": 18_446_744_073_709_551_615_u64},
+        "text": "x",
+    });
+    c.put_setting("shards", &value).await.unwrap();
+    assert_eq!(c.get_setting("shards").await.unwrap(), Some(value));
+    c.put_setting("shards", &json!([])).await.unwrap();
+    assert_eq!(c.get_setting("shards").await.unwrap(), Some(json!([])));
+    assert_eq!(c.get_setting("other").await.unwrap(), None);
+}
+
+// ---- MongoDB-only: recovery of an interrupted delete -------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_pending_drops_finish_an_interrupted_delete() {
+    let Some(f) = Fixture::mongo().await else {
+        return;
+    };
+    let c = f.catalog.clone();
+    let o = create(c.as_ref(), "Interrupted", "i@i.example").await;
+    // What a delete that crashed right after deciding leaves: the drop, tagged with the org.
+    let (uri, db_name) = f.mongo.clone().unwrap();
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let d = drop_of(&o, "Interrupted");
+    client
+        .database(&db_name)
+        .collection::<bson::Document>("pending_drops")
+        .insert_one(bson::doc! {
+            "_id": d.key(),
+            "org_id": o.id.to_string(),
+            "drop": {
+                "shard": d.shard.as_str(),
+                "database": d.database.as_str(),
+                "collection": d.collection.as_str(),
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    assert_eq!(c.pending_drops().await.unwrap(), vec![d]);
+    // Listing the drops finished the delete before handing the collection out.
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), None);
+    assert_eq!(c.admin_by_email(&email("i@i.example")).await.unwrap(), None);
+    assert_eq!(count_of(c.as_ref(), 1).await, 0);
+    f.cleanup().await;
+}

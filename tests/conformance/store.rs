@@ -1,0 +1,404 @@
+//! The store conformance suite: every test runs against the embedded store, the MongoDB store
+//! and the MongoDB store forced to rename by copying.
+
+use crate::mongo_env;
+use org_gateway::config::{ShardConfig, StoreKind};
+use org_gateway::domain::{CollectionName, DatabaseName, ShardId};
+use org_gateway::store::embedded::EmbeddedStore;
+use org_gateway::store::mongo::{MongoStore, RenameStrategy};
+use org_gateway::store::{Document, Namespace, StoreError, TenantStore};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A store under test plus what it needs to clean up.
+pub struct Fixture {
+    pub store: Arc<dyn TenantStore>,
+    /// Unique prefix: the test's databases are `<prefix>_1` and `<prefix>_2`.
+    pub prefix: String,
+    _dir: Option<tempfile::TempDir>,
+    mongo_uri: Option<String>,
+}
+
+impl Fixture {
+    pub fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("shard.redb")).expect("open store");
+        Self {
+            store: Arc::new(store),
+            prefix: "db".into(),
+            _dir: Some(dir),
+            mongo_uri: None,
+        }
+    }
+
+    pub async fn mongo(strategy: RenameStrategy) -> Option<Self> {
+        let uri = mongo_env::uri()?;
+        let mut config = mongo_shard("conformance", &uri);
+        config.max_pool_size = 10;
+        config.min_pool_size = 0;
+        let store = MongoStore::open(&config)
+            .await
+            .expect("open MongoDB store")
+            .with_rename_strategy(strategy);
+        Some(Self {
+            store: Arc::new(store),
+            prefix: mongo_env::unique_db("st"),
+            _dir: None,
+            mongo_uri: Some(uri),
+        })
+    }
+
+    pub fn db(&self, n: u32) -> DatabaseName {
+        DatabaseName::numbered(&self.prefix, n)
+    }
+
+    pub fn ns(&self, n: u32, collection: &str) -> Namespace {
+        Namespace {
+            database: self.db(n),
+            collection: coll(collection),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(uri) = &self.mongo_uri {
+            for n in [1, 2] {
+                mongo_env::drop_db(uri, self.db(n).as_str()).await;
+            }
+        }
+    }
+}
+
+/// A MongoDB shard config with test-friendly timeouts.
+pub fn mongo_shard(id: &str, uri: &str) -> ShardConfig {
+    let mut c = ShardConfig::local_embedded();
+    c.id = ShardId::parse(id).expect("shard id");
+    c.kind = StoreKind::Mongodb;
+    c.uri = Some(uri.to_owned());
+    c.path = None;
+    c.server_selection_timeout_ms = 3_000;
+    c
+}
+
+fn coll(name: &str) -> CollectionName {
+    CollectionName::from_stored(&format!("org_{name}")).expect("collection name")
+}
+
+fn doc(v: serde_json::Value) -> Document {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => panic!("not an object"),
+    }
+}
+
+fn numbered(ids: std::ops::Range<usize>) -> Vec<Document> {
+    ids.map(|i| doc(json!({"_id": format!("d{i:05}"), "i": i, "half": i as f64 / 2.0})))
+        .collect()
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let f = super::Fixture::embedded();
+                    super::$test(&f).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(f) = super::Fixture::mongo(
+                        org_gateway::store::mongo::RenameStrategy::Command,
+                    ).await else { return };
+                    super::$test(&f).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+        mod mongo_copy_rename {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(f) = super::Fixture::mongo(
+                        org_gateway::store::mongo::RenameStrategy::Copy,
+                    ).await else { return };
+                    super::$test(&f).await;
+                    f.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ping_answers,
+    create_is_idempotent_and_listed,
+    documents_round_trip,
+    missing_collection_reads_as_empty,
+    duplicate_id_inserts_nothing,
+    document_without_string_id_is_refused,
+    drop_removes_and_is_idempotent,
+    rename_moves_documents_and_is_idempotent,
+    rename_replaces_empty_leftover_target,
+    rename_resumes_interrupted_copy,
+    rename_of_missing_source_yields_empty_target,
+    rename_moves_many_documents,
+);
+
+async fn ping_answers(f: &Fixture) {
+    f.store.ping().await.expect("ping");
+}
+
+async fn create_is_idempotent_and_listed(f: &Fixture) {
+    let a = f.ns(1, "alpha");
+    f.store.create_collection(&a).await.unwrap();
+    f.store.create_collection(&a).await.unwrap();
+    f.store.create_collection(&f.ns(1, "beta")).await.unwrap();
+    f.store.create_collection(&f.ns(2, "gamma")).await.unwrap();
+    let listed = f.store.list_collections(&f.db(1)).await.unwrap();
+    assert_eq!(listed, vec!["org_alpha".to_owned(), "org_beta".to_owned()]);
+    assert_eq!(
+        f.store.list_collections(&f.db(2)).await.unwrap(),
+        vec!["org_gamma".to_owned()]
+    );
+    assert_eq!(f.store.count_all(&a).await.unwrap(), 0);
+}
+
+async fn documents_round_trip(f: &Fixture) {
+    let ns = f.ns(1, "rt");
+    f.store.create_collection(&ns).await.unwrap();
+    let original = doc(json!({
+        "_id": "65f0c0ffee0000000000beef",
+        "small": 42,
+        "negative": -7,
+        "big": 9_007_199_254_740_993_i64,
+        "min": i64::MIN,
+        "max": i64::MAX,
+        "float": 3.25,
+        "whole_float": 10.0,
+        "tiny": 1e-300,
+        "text": "héllo \u{1F600}",
+        "flag": false,
+        "nothing": null,
+        "list": [1, 2.5, "three", [4], {"five": 5}],
+        "nested": {"deep": {"deeper": {"n": 1}}, "empty": {}, "none": []},
+    }));
+    let second = doc(json!({"_id": "plain", "v": 1}));
+    f.store
+        .insert_many(&ns, vec![original.clone(), second.clone()])
+        .await
+        .unwrap();
+    let got = f.store.get(&ns, "65f0c0ffee0000000000beef").await.unwrap();
+    assert_eq!(got, Some(original));
+    assert_eq!(f.store.get(&ns, "plain").await.unwrap(), Some(second));
+    assert_eq!(f.store.get(&ns, "absent").await.unwrap(), None);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+    // Empty batches are a no-op.
+    f.store.insert_many(&ns, Vec::new()).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+}
+
+async fn missing_collection_reads_as_empty(f: &Fixture) {
+    let ns = f.ns(1, "never");
+    assert_eq!(f.store.get(&ns, "x").await.unwrap(), None);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+    assert!(f.store.list_collections(&f.db(1)).await.unwrap().is_empty());
+}
+
+async fn duplicate_id_inserts_nothing(f: &Fixture) {
+    let ns = f.ns(1, "dups");
+    f.store.create_collection(&ns).await.unwrap();
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "a", "v": 1}))])
+        .await
+        .unwrap();
+    let batch = vec![
+        doc(json!({"_id": "b"})),
+        doc(json!({"_id": "a", "v": 2})),
+        doc(json!({"_id": "c"})),
+    ];
+    match f.store.insert_many(&ns, batch).await {
+        Err(StoreError::DuplicateId(id)) => assert_eq!(id, "a"),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+    assert_eq!(f.store.get(&ns, "b").await.unwrap(), None);
+    assert_eq!(f.store.get(&ns, "c").await.unwrap(), None);
+    assert_eq!(
+        f.store.get(&ns, "a").await.unwrap(),
+        Some(doc(json!({"_id": "a", "v": 1})))
+    );
+    // A duplicate inside one batch.
+    let batch = vec![doc(json!({"_id": "x"})), doc(json!({"_id": "x"}))];
+    assert!(matches!(
+        f.store.insert_many(&ns, batch).await,
+        Err(StoreError::DuplicateId(id)) if id == "x"
+    ));
+    assert_eq!(f.store.get(&ns, "x").await.unwrap(), None);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 1);
+}
+
+async fn document_without_string_id_is_refused(f: &Fixture) {
+    let ns = f.ns(1, "noid");
+    f.store.create_collection(&ns).await.unwrap();
+    for bad in [json!({"v": 1}), json!({"_id": 5})] {
+        let r = f.store.insert_many(&ns, vec![doc(bad)]).await;
+        assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    }
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+}
+
+async fn drop_removes_and_is_idempotent(f: &Fixture) {
+    let ns = f.ns(1, "gone");
+    let keep = f.ns(1, "kept");
+    f.store.insert_many(&ns, numbered(0..3)).await.unwrap();
+    f.store.insert_many(&keep, numbered(0..2)).await.unwrap();
+    f.store.drop_collection(&ns).await.unwrap();
+    f.store.drop_collection(&ns).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+    assert_eq!(f.store.get(&ns, "d00000").await.unwrap(), None);
+    assert_eq!(
+        f.store.list_collections(&f.db(1)).await.unwrap(),
+        vec!["org_kept".to_owned()]
+    );
+    assert_eq!(f.store.count_all(&keep).await.unwrap(), 2);
+    // Recreating starts empty.
+    f.store.create_collection(&ns).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+}
+
+async fn rename_moves_documents_and_is_idempotent(f: &Fixture) {
+    let (from, to) = (f.ns(1, "old_name"), f.ns(1, "new_name"));
+    let docs = numbered(0..3);
+    f.store.insert_many(&from, docs.clone()).await.unwrap();
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 3);
+    let listed = f.store.list_collections(&f.db(1)).await.unwrap();
+    assert_eq!(listed, vec!["org_new_name".to_owned()]);
+    for d in &docs {
+        let id = d["_id"].as_str().unwrap();
+        assert_eq!(f.store.get(&to, id).await.unwrap().as_ref(), Some(d));
+        assert_eq!(f.store.get(&from, id).await.unwrap(), None);
+    }
+    // Running it again (a resumed mover) changes nothing.
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 3);
+    assert_eq!(f.store.count_all(&to).await.unwrap(), 3);
+    assert_eq!(f.store.count_all(&from).await.unwrap(), 0);
+}
+
+async fn rename_replaces_empty_leftover_target(f: &Fixture) {
+    let (from, to) = (f.ns(1, "src"), f.ns(1, "dst"));
+    f.store.insert_many(&from, numbered(0..4)).await.unwrap();
+    f.store.create_collection(&to).await.unwrap();
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 4);
+    assert_eq!(
+        f.store.list_collections(&f.db(1)).await.unwrap(),
+        vec!["org_dst".to_owned()]
+    );
+}
+
+async fn rename_resumes_interrupted_copy(f: &Fixture) {
+    // An earlier attempt copied part of the documents and stopped.
+    let (from, to) = (f.ns(1, "half_src"), f.ns(1, "half_dst"));
+    let docs = numbered(0..10);
+    f.store.insert_many(&from, docs.clone()).await.unwrap();
+    f.store.insert_many(&to, docs[..4].to_vec()).await.unwrap();
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 10);
+    assert_eq!(
+        f.store.list_collections(&f.db(1)).await.unwrap(),
+        vec!["org_half_dst".to_owned()]
+    );
+    for d in &docs {
+        let id = d["_id"].as_str().unwrap();
+        assert_eq!(f.store.get(&to, id).await.unwrap().as_ref(), Some(d));
+    }
+}
+
+async fn rename_of_missing_source_yields_empty_target(f: &Fixture) {
+    let (from, to) = (f.ns(1, "nothing"), f.ns(1, "something"));
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 0);
+    assert_eq!(
+        f.store.list_collections(&f.db(1)).await.unwrap(),
+        vec!["org_something".to_owned()]
+    );
+}
+
+async fn rename_moves_many_documents(f: &Fixture) {
+    // More than one copy batch.
+    let (from, to) = (f.ns(2, "bulk_src"), f.ns(2, "bulk_dst"));
+    let docs = numbered(0..1_234);
+    for chunk in docs.chunks(400) {
+        f.store.insert_many(&from, chunk.to_vec()).await.unwrap();
+    }
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 1_234);
+    assert_eq!(f.store.count_all(&from).await.unwrap(), 0);
+    assert_eq!(
+        f.store.get(&to, "d01233").await.unwrap().as_ref(),
+        Some(&docs[1_233])
+    );
+}
+
+// ---- MongoDB-only behaviour that needs no server ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_down_shard_opens_at_once_and_answers_unavailable() {
+    let port = mongo_env::closed_port();
+    let uri = format!("mongodb://gateway:hunter2-s3cret@127.0.0.1:{port}/?authSource=admin");
+    let mut config = mongo_shard("down-shard", &uri);
+    config.server_selection_timeout_ms = 300;
+    config.min_pool_size = 0;
+    let started = Instant::now();
+    let store = MongoStore::open(&config)
+        .await
+        .expect("opening never waits");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Metrics come from the wrapper every shard gets in the gateway.
+    let store =
+        org_gateway::store::observed::Observed::new("down-shard", std::sync::Arc::new(store));
+    let errors_before = org_gateway::telemetry::metrics::SHARD_OP_ERRORS
+        .with_label_values(&["down-shard", "ping"])
+        .get();
+    let ns = Namespace {
+        database: DatabaseName::numbered("db", 1),
+        collection: coll("x"),
+    };
+    let results = [
+        store.ping().await.map(|_| ()),
+        store.get(&ns, "a").await.map(|_| ()),
+        store.insert_many(&ns, vec![doc(json!({"_id": "a"}))]).await,
+    ];
+    for r in results {
+        match r {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(!m.contains("hunter2"), "credentials leaked: {m}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+    let errors_after = org_gateway::telemetry::metrics::SHARD_OP_ERRORS
+        .with_label_values(&["down-shard", "ping"])
+        .get();
+    assert_eq!(errors_after, errors_before + 1);
+    assert!(
+        org_gateway::telemetry::metrics::SHARD_OP_SECONDS
+            .with_label_values(&["down-shard", "insert_many"])
+            .get_sample_count()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn mongo_invalid_settings_are_refused() {
+    let mut config = mongo_shard("bad", "mongodb://127.0.0.1:1");
+    config.read_preference = "fastest".into();
+    assert!(MongoStore::open(&config).await.is_err());
+    let mut config = mongo_shard("bad", "mongodb://127.0.0.1:1");
+    config.write_concern = "some".into();
+    assert!(MongoStore::open(&config).await.is_err());
+    let config = mongo_shard("bad", "mongodb://u:pw-secret@[bad");
+    let err = MongoStore::open(&config).await.err().expect("invalid uri");
+    assert!(!err.contains("pw-secret"), "{err}");
+}
