@@ -203,6 +203,10 @@ pub struct CatalogConfig {
     pub uri: Option<String>,
     /// MongoDB database holding the catalog.
     pub database: String,
+    /// With a shared (MongoDB) catalog, other instances may be mid-way through a create,
+    /// rename or delete: interrupted operations are only finished once untouched this long.
+    /// (The embedded catalog belongs to one process, which resumes everything at start.)
+    pub recovery_grace_seconds: u64,
 }
 
 impl Default for CatalogConfig {
@@ -211,6 +215,7 @@ impl Default for CatalogConfig {
             kind: StoreKind::Embedded,
             uri: None,
             database: "org_gateway_catalog".into(),
+            recovery_grace_seconds: 30,
         }
     }
 }

@@ -54,7 +54,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         // through an operation: resume everything. A shared catalog leaves recent work alone.
         let grace = match config.catalog.kind {
             crate::config::StoreKind::Embedded => Duration::ZERO,
-            crate::config::StoreKind::Mongodb => Duration::from_secs(30),
+            crate::config::StoreKind::Mongodb => {
+                Duration::from_secs(config.catalog.recovery_grace_seconds)
+            }
         };
         match movers::resume_interrupted(&state, grace).await {
             Ok(0) => {}
@@ -93,7 +95,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = movers::resume_interrupted(&state, Duration::from_secs(30)).await {
+                // Never touch operations this process may still be running (bounded by the
+                // request timeout).
+                let grace = Duration::from_secs(state.config.catalog.recovery_grace_seconds)
+                    .max(Duration::from_millis(state.config.request_timeout_ms * 3))
+                    .max(Duration::from_secs(30));
+                if let Err(e) = movers::resume_interrupted(&state, grace).await {
                     tracing::warn!(error = %e, "background resume failed; retrying later");
                 }
             }

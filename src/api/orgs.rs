@@ -227,12 +227,20 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         .shards
         .get(&org.placement.shard)
         .ok_or_else(|| internal("placement", "chosen shard vanished"))?;
-    if let Err(e) = shard.store.create_collection(&ns).await {
+    let created = match movers::settle_pending_drop(state, &org.placement.shard, &ns).await {
+        Ok(()) => shard
+            .store
+            .create_collection(&ns)
+            .await
+            .map_err(MoveError::Store),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = created {
         // Roll back so the name is free again; the drop is journaled if it fails too.
         if let Err(undo) = movers::delete(state, &org).await {
             tracing::error!(error = %undo, "rollback of failed create deferred");
         }
-        return Err(store_error(e));
+        return Err(move_error(e));
     }
     org.state = OrgState::Active;
     state.catalog().put_org(&org).await.map_err(catalog_error)?;

@@ -106,6 +106,23 @@ pub async fn delete(state: &AppState, org: &OrgRecord) -> Result<(), MoveError> 
     Ok(())
 }
 
+/// Runs a drop still pending for exactly this collection, if any: a deleted organization's
+/// collection whose drop was deferred must be gone before a new organization with the same
+/// collection name starts using it.
+pub async fn settle_pending_drop(
+    state: &AppState,
+    shard: &ShardId,
+    ns: &Namespace,
+) -> Result<(), MoveError> {
+    for drop in state.catalog().pending_drops().await? {
+        if &drop.shard == shard && drop.database == ns.database && drop.collection == ns.collection
+        {
+            run_drop(state, &drop).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn run_drop(state: &AppState, drop: &PendingDrop) -> Result<(), MoveError> {
     let shard = state
         .shards

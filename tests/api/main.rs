@@ -2,6 +2,8 @@
 
 #[path = "../common/gateway.rs"]
 mod gateway;
+#[path = "../common/mongo.rs"]
+mod mongo_env;
 
 mod auth;
 mod data;
@@ -11,4 +13,5 @@ mod limits;
 mod openapi;
 mod orgs;
 mod recovery;
+mod shards;
 mod validation;

@@ -61,12 +61,30 @@ impl TestGateway {
                 (Some(t), d)
             }
         };
+        let mut config = opts.config.clone();
+        // `scripts/test` runs the HTTP suite a second time with the catalog on MongoDB.
+        if std::env::var("TEST_CATALOG_ON_MONGODB").is_ok_and(|v| v == "1")
+            && !config.contains("[catalog]")
+        {
+            let uri =
+                std::env::var("MONGODB_URI").expect("TEST_CATALOG_ON_MONGODB needs MONGODB_URI");
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            config.push_str(&format!(
+                "\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"cat_{}_{n}_{nanos:x}\"\nrecovery_grace_seconds = 0\n",
+                std::process::id()
+            ));
+        }
         let mut gw = TestGateway {
             child: None,
             base: String::new(),
             ops: String::new(),
             data_dir,
-            config_toml: opts.config.clone(),
+            config_toml: config,
             env: opts.env.clone(),
             _tmp: tmp,
             client: Client::builder()

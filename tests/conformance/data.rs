@@ -6,7 +6,7 @@ use crate::mongo_env;
 use crate::store::Fixture;
 use org_gateway::domain::{CollectionName, DatabaseName};
 use org_gateway::store::query::{Filter, Projection, QueryLimits, Sort, Update};
-use org_gateway::store::{Document, FindQuery, Namespace, StoreError, TenantStore};
+use org_gateway::store::{Document, FindQuery, Namespace, StoreError};
 use serde_json::{json, Value};
 
 fn ns(f: &Fixture) -> Namespace {

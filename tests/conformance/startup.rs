@@ -25,6 +25,7 @@ async fn mongo_gateway_starts_with_a_shard_down() {
             kind: StoreKind::Mongodb,
             uri: Some(uri.clone()),
             database: catalog_db.clone(),
+            ..CatalogConfig::default()
         },
         shards: vec![mongo_shard("live", &uri_2), down],
         ..Config::default()
