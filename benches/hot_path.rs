@@ -21,9 +21,9 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
-fn org(i: usize) -> (OrgRecord, AdminRecord) {
+fn org(set: usize, i: usize) -> (OrgRecord, AdminRecord) {
     let now = chrono::Utc::now();
-    let name = OrgName::parse(&format!("Bench Org {i}")).unwrap();
+    let name = OrgName::parse(&format!("Bench Org {set} {i}")).unwrap();
     let id = OrgId::generate();
     let org = OrgRecord {
         id,
@@ -43,7 +43,7 @@ fn org(i: usize) -> (OrgRecord, AdminRecord) {
     let admin = AdminRecord {
         id: AdminId::generate(),
         org_id: id,
-        email: Email::parse(&format!("bench{i}@example.com")).unwrap(),
+        email: Email::parse(&format!("bench{set}-{i}@example.com")).unwrap(),
         password_hash: String::new(),
         credential_version: 0,
         created_at: now,
@@ -66,7 +66,7 @@ fn lookup(c: &mut Criterion) {
     for n in [1_000usize, 100_000] {
         let ids: Vec<OrgId> = rt.block_on(async {
             let mut ids = Vec::with_capacity(n);
-            let orgs: Vec<_> = (0..n).map(org).collect();
+            let orgs: Vec<_> = (0..n).map(|i| org(n, i)).collect();
             // Bulk load through the catalog would fsync per org; benchmark set-up inserts
             // straight into the cache instead, which is what a warm gateway looks like.
             for (o, a) in &orgs[..n.min(200)] {
