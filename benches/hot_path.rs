@@ -89,5 +89,39 @@ fn lookup(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, jwt, lookup);
+fn filters(c: &mut Criterion) {
+    use org_gateway::store::query::{Filter, QueryLimits};
+    use serde_json::json;
+    let raw = json!({"$and": [
+        {"status": {"$in": ["active", "trial"]}},
+        {"$or": [{"plan.tier": {"$gte": 2}}, {"tags": "vip"}]},
+        {"deleted_at": {"$exists": false}}
+    ]});
+    let limits = QueryLimits::default();
+    c.bench_function("filter_validate", |b| {
+        b.iter(|| Filter::parse(std::hint::black_box(&raw), &limits).unwrap())
+    });
+    let filter = Filter::parse(&raw, &limits).unwrap();
+    let doc =
+        json!({"_id": "x", "status": "trial", "plan": {"tier": 1}, "tags": ["a", "vip"], "n": 5});
+    let doc = doc.as_object().unwrap().clone();
+    c.bench_function("filter_evaluate", |b| {
+        b.iter(|| filter.matches(std::hint::black_box(&doc)))
+    });
+}
+
+fn limiter(c: &mut Criterion) {
+    use org_gateway::limits::rate::RateLimits;
+    let limits = RateLimits::new(u32::MAX / 2, u32::MAX / 2);
+    let orgs: Vec<OrgId> = (0..100_000).map(|_| OrgId::generate()).collect();
+    let mut i = 0usize;
+    c.bench_function("rate_limit_check_100k_orgs", |b| {
+        b.iter(|| {
+            i = (i + 7919) % orgs.len();
+            limits.check(orgs[i]).allowed
+        })
+    });
+}
+
+criterion_group!(benches, jwt, lookup, filters, limiter);
 criterion_main!(benches);

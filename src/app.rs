@@ -38,6 +38,8 @@ pub struct AppState {
     pub login_throttle: LoginThrottle,
     /// Storage usage per organization.
     pub quotas: Quotas,
+    /// Requests per organization for `/ops/tenants/top`.
+    pub top_tenants: crate::telemetry::top::TopTenants,
     /// Process start, for uptime.
     pub started: Instant,
 }
@@ -121,6 +123,7 @@ impl AppState {
                 config.limits.storage_quota_bytes,
                 config.limits.quota_alert_ratio,
             ),
+            top_tenants: Default::default(),
             started: Instant::now(),
         });
         state.load_rate_overrides().await;

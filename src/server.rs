@@ -73,6 +73,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     {
         let state = state.clone();
+        let top_state = state.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                top_state.top_tenants.rotate();
+            }
+        });
         background.spawn(async move {
             let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
             loop {

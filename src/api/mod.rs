@@ -94,7 +94,8 @@ pub async fn handle(
         | Route::OpsShardAdd
         | Route::OpsPlacement
         | Route::OpsLimits
-        | Route::OpsQuotas => ops::handle(state, route, req).await,
+        | Route::OpsQuotas
+        | Route::OpsTopTenants => ops::handle(state, route, req).await,
         Route::DataInsert => data::insert(state, req, log).await,
         Route::DataQuery => data::query(state, req, log).await,
         Route::DataCount => data::count(state, req, log).await,

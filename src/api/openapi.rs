@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         super::ops::placement,
         super::ops::set_limits,
         super::ops::quotas,
+        super::ops::top_tenants,
         openapi_json,
     ),
     modifiers(&Security),

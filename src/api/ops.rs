@@ -66,6 +66,7 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsPlacement => placement(state, req).await,
         Route::OpsLimits => set_limits(state, req).await,
         Route::OpsQuotas => quotas(state).await,
+        Route::OpsTopTenants => top_tenants(state, req).await,
         _ => Err(ApiError::route_not_found()),
     }
 }
@@ -229,6 +230,45 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
             "overridden": body.is_some(),
             "limits": effective,
         }),
+    ))
+}
+
+/// `GET /ops/tenants/top?n=10`: the busiest organizations by requests.
+#[utoipa::path(get, path = "/ops/tenants/top", tag = "operator", security(("operator" = [])),
+    params(("n" = Option<usize>, Query, description = "How many (default 10, max 1000)")),
+    responses((status = 200, description = "Busiest organizations of the last minute", body = Object),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn top_tenants(state: &AppState, req: &Request) -> ApiResult {
+    let n = match super::query_param(req, "n")? {
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid("invalid_query", "n must be 1 to 1000"))?,
+        None => 10,
+    };
+    let (top, seconds) = state.top_tenants.top(n);
+    let mut orgs = Vec::with_capacity(top.len());
+    for (id, requests) in top {
+        let name = state
+            .router
+            .org(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| o.name.to_string());
+        orgs.push(json!({
+            "organization_id": id.to_string(),
+            "organization_name": name,
+            "requests": requests,
+            "requests_per_second": requests as f64 / seconds,
+        }));
+    }
+    Ok(Reply::json(
+        StatusCode::OK,
+        &json!({ "window_seconds": seconds, "organizations": orgs }),
     ))
 }
 

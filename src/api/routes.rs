@@ -43,6 +43,8 @@ pub enum Route {
     OpsLimits,
     /// `GET /ops/quotas`.
     OpsQuotas,
+    /// `GET /ops/tenants/top`.
+    OpsTopTenants,
     /// `POST /data`.
     DataInsert,
     /// `POST /data/query`.
@@ -74,6 +76,7 @@ impl Route {
             Route::OpsPlacement => "/ops/placements/{organization}",
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
             Route::OpsQuotas => "/ops/quotas",
+            Route::OpsTopTenants => "/ops/tenants/top",
             Route::DataInsert => "/data",
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
@@ -123,6 +126,7 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "GET", "/ops/placements/{organization}"),
     (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
     (Listener::Ops, "GET", "/ops/quotas"),
+    (Listener::Ops, "GET", "/ops/tenants/top"),
 ];
 
 /// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
@@ -146,6 +150,7 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             &[(Method::GET, Route::OpsPlacement)]
         }
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
+        (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
         (Listener::Ops, p) if p.starts_with("/ops/orgs/") && p.ends_with("/limits") => {
             &[(Method::PUT, Route::OpsLimits)]
         }

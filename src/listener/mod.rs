@@ -234,6 +234,9 @@ impl ServeHttp for GatewayApp {
             .with_label_values(&[template])
             .inc_by(response.body().len() as u64);
         metrics::HTTP_IN_FLIGHT.dec();
+        if let Some(org) = log.org_id {
+            self.state.top_tenants.record(org);
+        }
         let org = log.org_id.map(|o| o.to_string());
         let code = outcome.as_ref().err().map(|e| e.code);
         tracing::info!(

@@ -1,6 +1,7 @@
 //! Telemetry: the Prometheus registry and metrics ([`metrics`]) and tracing set-up.
 
 pub mod metrics;
+pub mod top;
 
 use crate::config::{LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;

@@ -11,6 +11,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod openapi;
+mod ops;
 mod orgs;
 mod recovery;
 mod shards;
