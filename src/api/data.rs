@@ -86,17 +86,7 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
     let caller = authenticate(state, req).await?;
     let org = caller.org;
     log.org_id = Some(org.id);
-    let decision = state.rate_limits.check(org.id);
-    if !decision.allowed {
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "request rate limit exceeded for this organization",
-        );
-        e.retry_after = Some(decision.retry_after);
-        e.extra_headers = decision.headers;
-        return Err(e);
-    }
+    let headers = super::check_rate(state, org.id)?;
     if org.state != OrgState::Active {
         return Err(with_headers(
             ApiError::unavailable(
@@ -104,7 +94,7 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
                 "the organization's data is being moved; retry shortly",
                 1,
             ),
-            &decision.headers,
+            &headers,
         ));
     }
     let shard = state.shards.get(&org.placement.shard).ok_or_else(|| {
@@ -120,7 +110,7 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
             database: org.placement.database.clone(),
             collection: org.placement.collection.clone(),
         },
-        headers: decision.headers,
+        headers,
     })
 }
 

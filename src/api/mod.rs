@@ -140,3 +140,32 @@ pub fn query_param(req: &Request, name: &str) -> Result<Option<String>, ApiError
     }
     Ok(found)
 }
+
+/// The organization currently named `name`, or 404.
+pub async fn org_named(
+    state: &AppState,
+    name: &crate::domain::OrgName,
+) -> Result<std::sync::Arc<crate::catalog::OrgRecord>, ApiError> {
+    state
+        .router
+        .org_by_name(&name.normalized())
+        .await
+        .map_err(|e| auth::internal("org lookup", e))?
+        .ok_or_else(ApiError::org_not_found)
+}
+
+/// Counts one request against the organization's rate limits: the headers to send, or 429.
+pub fn check_rate(state: &AppState, org: OrgId) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let decision = state.rate_limits.check(org);
+    if decision.allowed {
+        return Ok(decision.headers);
+    }
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "request rate limit exceeded for this organization",
+    );
+    e.retry_after = Some(decision.retry_after);
+    e.extra_headers = decision.headers;
+    Err(e)
+}

@@ -184,12 +184,7 @@ fn org_from_path(path: &str, prefix: &str, suffix: &str) -> Result<OrgName, ApiE
     ))]
 pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
     let name = org_from_path(&req.path, "/ops/orgs/", "/limits")?;
-    let org = state
-        .router
-        .org_by_name(&name.normalized())
-        .await
-        .map_err(|e| internal("catalog", e))?
-        .ok_or_else(ApiError::org_not_found)?;
+    let org = super::org_named(state, &name).await?;
     // `null` removes the override.
     let body: Option<RateOverride> = json_body(req)?;
     if let Some(l) = &body {
@@ -387,12 +382,7 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
     ))]
 pub async fn placement(state: &AppState, req: &Request) -> ApiResult {
     let name = org_from_path(&req.path, "/ops/placements/", "")?;
-    let org = state
-        .router
-        .org_by_name(&name.normalized())
-        .await
-        .map_err(|e| internal("catalog", e))?
-        .ok_or_else(ApiError::org_not_found)?;
+    let org = super::org_named(state, &name).await?;
     Ok(Reply::json(
         StatusCode::OK,
         &json!({

@@ -276,12 +276,7 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let name = name_param(req)?;
     let caller = authenticate_opt(state, req, false).await?;
-    let org = state
-        .router
-        .org_by_name(&name.normalized())
-        .await
-        .map_err(|e| internal("org lookup", e))?
-        .ok_or_else(ApiError::org_not_found)?;
+    let org = super::org_named(state, &name).await?;
     log.org_id = Some(org.id);
     let own = caller.as_ref().filter(|c| c.org.id == org.id);
     Ok(Reply::json(
@@ -309,17 +304,13 @@ async fn own_org(
     name: &OrgName,
 ) -> Result<(super::auth::Authenticated, std::sync::Arc<OrgRecord>), ApiError> {
     let caller = authenticate(state, req).await?;
-    let org = state
-        .router
-        .org_by_name(&name.normalized())
-        .await
-        .map_err(|e| internal("org lookup", e))?
-        .ok_or_else(ApiError::org_not_found)?;
+    let org = super::org_named(state, name).await?;
     if org.id != caller.org.id {
         return Err(ApiError::forbidden(
             "the token belongs to another organization",
         ));
     }
+    super::check_rate(state, org.id)?;
     Ok((caller, org))
 }
 

@@ -48,24 +48,30 @@ fn request_id(session: &ServerSession) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// A refused body up to this size is read and discarded, so the client (which is usually still
+/// sending) can read the 413 instead of a connection reset; larger ones just close.
+const MAX_DRAIN_BYTES: usize = 8 * 1024 * 1024;
+
 /// Reads the whole body, refusing more than `limit` bytes (413).
 async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = session
+    let declared = session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(ApiError::payload_too_large(limit));
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        if declared.is_some_and(|len| len <= MAX_DRAIN_BYTES) {
+            drain(session).await;
         }
+        return Err(ApiError::payload_too_large(limit));
     }
     let mut buf = BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > limit {
+                    drain(session).await;
                     return Err(ApiError::payload_too_large(limit));
                 }
                 buf.extend_from_slice(&chunk);
@@ -79,6 +85,20 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, A
             }
         }
     }
+}
+
+/// Discards the rest of a refused body, bounded in bytes and time.
+async fn drain(session: &mut ServerSession) {
+    let work = async {
+        let mut seen = 0usize;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            seen += chunk.len();
+            if seen > MAX_DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
 fn build_response(
