@@ -298,6 +298,8 @@ pub(crate) struct ClientTuning {
     pub(crate) write_concern: Option<WriteConcern>,
     /// Used only when neither `write_concern` nor the URI sets one.
     pub(crate) default_write_concern: Option<WriteConcern>,
+    /// Shard id labelling the connection-pool gauges; `None` reports nothing.
+    pub(crate) pool_metrics_label: Option<String>,
 }
 
 impl ClientTuning {
@@ -333,11 +335,29 @@ fn apply_tuning(o: &mut ClientOptions, t: &ClientTuning) {
     if let Some(rp) = &t.read_preference {
         o.selection_criteria = Some(SelectionCriteria::ReadPreference(rp.clone()));
     }
+    if let Some(shard) = &t.pool_metrics_label {
+        o.cmap_event_handler = Some(pool_metrics(shard));
+    }
     match (&t.write_concern, &t.default_write_concern) {
         (Some(wc), _) => o.write_concern = Some(wc.clone()),
         (None, Some(wc)) if o.write_concern.is_none() => o.write_concern = Some(wc.clone()),
         _ => {}
     }
+}
+
+/// Feeds the driver's connection-pool events into `org_gateway_shard_pool_connections`.
+fn pool_metrics(shard: &str) -> mongodb::event::EventHandler<mongodb::event::cmap::CmapEvent> {
+    use crate::telemetry::metrics::SHARD_POOL_CONNECTIONS;
+    use mongodb::event::cmap::CmapEvent;
+    let open = SHARD_POOL_CONNECTIONS.with_label_values(&[shard, "open"]);
+    let in_use = SHARD_POOL_CONNECTIONS.with_label_values(&[shard, "in_use"]);
+    mongodb::event::EventHandler::callback(move |event: CmapEvent| match event {
+        CmapEvent::ConnectionCreated(_) => open.inc(),
+        CmapEvent::ConnectionClosed(_) => open.dec(),
+        CmapEvent::ConnectionCheckedOut(_) => in_use.inc(),
+        CmapEvent::ConnectionCheckedIn(_) => in_use.dec(),
+        _ => {}
+    })
 }
 
 /// A client built on first use: building one may need DNS (SRV records), which must not block
@@ -507,6 +527,7 @@ impl MongoStore {
             read_preference: Some(read_preference),
             write_concern: Some(write_concern),
             default_write_concern: None,
+            pool_metrics_label: Some(config.id.to_string()),
         };
         let client = LazyClient::new(uri, tuning)
             .await

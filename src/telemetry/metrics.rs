@@ -220,6 +220,18 @@ pub static SHARD_UP: Lazy<IntGaugeVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Driver connection-pool connections per shard: `open` (established) and `in_use` (checked out).
+pub static SHARD_POOL_CONNECTIONS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_shard_pool_connections",
+            "MongoDB driver pool connections per shard, open and in use",
+        ),
+        &["shard", "state"],
+    )
+    .unwrap())
+});
+
 /// Organizations in the catalog.
 pub static ORGANIZATIONS: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new("org_gateway_organizations", "Organizations in the catalog").unwrap())
@@ -302,6 +314,7 @@ pub fn init() {
     Lazy::force(&SHARD_OP_SECONDS);
     Lazy::force(&SHARD_OP_ERRORS);
     Lazy::force(&SHARD_UP);
+    Lazy::force(&SHARD_POOL_CONNECTIONS);
     Lazy::force(&ORGANIZATIONS);
     Lazy::force(&DB_COLLECTIONS);
     Lazy::force(&DB_COLLECTIONS_MAX);
