@@ -114,6 +114,23 @@ fn thirty_orgs_spread_over_three_shards_land_only_where_placed() {
         total += placed[id].len();
     }
     assert_eq!(total, 30);
+    // the driver's pool reports into the metrics
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.ops))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let open = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("org_gateway_shard_pool_connections{shard=\"mongo-a\",state=\"open\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(open >= 1.0, "pool gauge missing or zero");
     for (uri, p) in [(&uri_a, &pa), (&uri_b, &pb)] {
         tokio::runtime::Runtime::new()
             .unwrap()
