@@ -191,7 +191,9 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         }
     );
     let end = scenario::drive(run.clone(), work, args.users).await;
-    let elapsed = end.saturating_duration_since(run.pace.measure_start());
+    // Throughput is counted over the window (a time budget) or until the last request.
+    let window_end = run.pace.window_end().map_or(end, |w| w.min(end));
+    let elapsed = window_end.saturating_duration_since(run.pace.measure_start());
 
     let info = RunInfo {
         run_id,
@@ -207,6 +209,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
     };
     let mut report = Report::build(info, expected_ops, run.stats.snapshot(), elapsed);
     report.unmeasured_rate_limited = run.unmeasured_rate_limited.load(Ordering::Relaxed);
+    report.tail_s = end.saturating_duration_since(window_end).as_secs_f64();
+    report.open_loop_unsent = run.pace.unsent();
 
     let mut to_delete = run.fixtures.clone();
     to_delete.append(&mut run.leftovers.lock());

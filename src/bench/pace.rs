@@ -47,6 +47,7 @@ pub struct Pace {
     /// Nanoseconds between slots in open loop.
     interval_nanos: u64,
     next_slot: AtomicU64,
+    /// Measured slots handed out.
     measured_issued: AtomicU64,
     stopped: AtomicBool,
 }
@@ -86,9 +87,37 @@ impl Pace {
         self.measure_start
     }
 
+    /// End of the measured window, for a time budget.
+    pub fn window_end(&self) -> Option<Instant> {
+        match self.budget {
+            Budget::Time(d) => Some(self.measure_start + d),
+            Budget::Requests(_) => None,
+        }
+    }
+
+    /// Open loop with a time budget: measured slots that fell due but were never sent because
+    /// every user was busy until the window closed (the server fell behind the offered rate).
+    pub fn unsent(&self) -> u64 {
+        let (Mode::Open, Budget::Time(d)) = (self.mode, self.budget) else {
+            return 0;
+        };
+        if self.interval_nanos == 0 {
+            return 0;
+        }
+        let first = (self.measure_start - self.start).as_nanos() as u64;
+        let end = first + d.as_nanos() as u64;
+        let due = end.div_ceil(self.interval_nanos) - first.div_ceil(self.interval_nanos);
+        due.saturating_sub(self.measured_issued.load(Ordering::Relaxed))
+    }
+
     /// The next slot, without waiting: `None` once the budget is spent.
     pub fn claim(&self, now: Instant) -> Option<Slot> {
         if self.stopped.load(Ordering::Relaxed) {
+            return None;
+        }
+        // However far behind an open loop is, nothing is sent after the window closes.
+        if self.window_end().is_some_and(|end| now >= end) {
+            self.stopped.store(true, Ordering::Relaxed);
             return None;
         }
         let intended = match self.mode {
@@ -100,16 +129,20 @@ impl Pace {
         };
         let measured = intended >= self.measure_start;
         if measured {
-            let over = match self.budget {
-                Budget::Time(d) => intended >= self.measure_start + d,
-                Budget::Requests(n) => self.measured_issued.fetch_add(1, Ordering::Relaxed) >= n,
-            };
-            if over {
+            let past_window = self.window_end().is_some_and(|end| intended >= end);
+            if past_window || self.measured_issued.fetch_add(1, Ordering::Relaxed) >= self.cap() {
                 self.stopped.store(true, Ordering::Relaxed);
                 return None;
             }
         }
         Some(Slot { intended, measured })
+    }
+
+    fn cap(&self) -> u64 {
+        match self.budget {
+            Budget::Requests(n) => n,
+            Budget::Time(_) => u64::MAX,
+        }
     }
 
     /// The next slot, waiting for its intended time in open loop.
@@ -182,6 +215,33 @@ mod tests {
         assert_eq!(offsets, vec![0, 10, 20, 30, 40]);
         let measured: Vec<bool> = slots.iter().map(|s| s.measured).collect();
         assert_eq!(measured, vec![false, false, true, true, true]);
+    }
+
+    #[test]
+    fn open_loop_stops_at_the_window_end_and_counts_the_backlog() {
+        let t0 = Instant::now();
+        let p = Pace::starting_at(
+            t0,
+            Mode::Open,
+            Some(100.0),
+            Duration::from_millis(20),
+            Budget::Time(Duration::from_millis(100)),
+        );
+        // 10 measured slots fall due (20..120 ms); the users only got to 2 warm-up + 3 of them.
+        for _ in 0..5 {
+            assert!(p.claim(t0).is_some());
+        }
+        assert!(p.claim(t0 + Duration::from_millis(120)).is_none());
+        assert_eq!(p.unsent(), 7);
+        // A closed loop never has a backlog.
+        let c = Pace::starting_at(
+            t0,
+            Mode::Closed,
+            None,
+            Duration::ZERO,
+            Budget::Time(Duration::from_secs(1)),
+        );
+        assert_eq!(c.unsent(), 0);
     }
 
     #[test]

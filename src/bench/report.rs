@@ -59,8 +59,12 @@ pub struct OpReport {
     pub rate_limited: u64,
     /// errors / count.
     pub error_rate: f64,
-    /// count / measured seconds.
+    /// Requests completed inside the measured window.
+    pub in_window: u64,
+    /// Completions inside the window / window seconds.
     pub throughput_rps: f64,
+    /// 2xx completions inside the window / window seconds.
+    pub goodput_rps: f64,
     /// Latency percentiles.
     pub latency_ms: LatencyMs,
     /// Errors by status code or transport failure.
@@ -73,6 +77,7 @@ impl OpReport {
         let count = stats.count();
         let errors = stats.error_count();
         let secs = elapsed.as_secs_f64();
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         Self {
             op: op.to_owned(),
             count,
@@ -84,7 +89,9 @@ impl OpReport {
             } else {
                 errors as f64 / count as f64
             },
-            throughput_rps: if secs > 0.0 { count as f64 / secs } else { 0.0 },
+            in_window: stats.in_window,
+            throughput_rps: per_sec(stats.in_window),
+            goodput_rps: per_sec(stats.ok_in_window),
             latency_ms: LatencyMs::from_micros(&stats.hist),
             errors_by_kind: stats.errors.clone(),
         }
@@ -133,8 +140,14 @@ pub struct Report {
     /// Run parameters.
     #[serde(flatten)]
     pub info: RunInfo,
-    /// Length of the measured window, seconds.
+    /// Length of the measured window, seconds (the throughput denominator).
     pub measured_s: f64,
+    /// Time after the window closed until the last in-flight request completed, seconds
+    /// (their latencies count; they are not in the throughput).
+    pub tail_s: f64,
+    /// Open loop: requests that fell due in the window but were never sent because every
+    /// user was busy (the server fell behind the offered rate).
+    pub open_loop_unsent: u64,
     /// Per operation, in a fixed order.
     pub operations: Vec<OpReport>,
     /// All operations together.
@@ -178,6 +191,8 @@ impl Report {
         Self {
             info,
             measured_s: elapsed.as_secs_f64(),
+            tail_s: 0.0,
+            open_loop_unsent: 0,
             operations,
             overall,
             unmeasured_rate_limited: 0,
@@ -209,11 +224,27 @@ impl Report {
             self.measured_s,
             i.warmup_s,
         );
+        if self.tail_s >= 0.01 {
+            let _ = writeln!(
+                out,
+                "requests in flight at the end of the window completed {:.2} s later (in the \
+                 latencies, not in req/s)",
+                self.tail_s
+            );
+        }
+        if self.open_loop_unsent > 0 {
+            let _ = writeln!(
+                out,
+                "open loop fell behind: {} requests due in the window were never sent",
+                self.open_loop_unsent
+            );
+        }
         out.push('\n');
         let mut rows = vec![row(&[
             "operation",
             "count",
             "req/s",
+            "2xx/s",
             "p50 ms",
             "p95 ms",
             "p99 ms",
@@ -229,6 +260,7 @@ impl Report {
                 r.op.clone(),
                 r.count.to_string(),
                 format!("{:.1}", r.throughput_rps),
+                format!("{:.1}", r.goodput_rps),
                 ms(l.p50),
                 ms(l.p95),
                 ms(l.p99),
@@ -336,7 +368,7 @@ mod tests {
     fn percentiles_in_ms() {
         let mut s = OpStats::default();
         for us in 1..=1000u64 {
-            s.record(Duration::from_micros(us * 10), &Outcome::Ok);
+            s.record(Duration::from_micros(us * 10), &Outcome::Ok, true);
         }
         let l = LatencyMs::from_micros(&s.hist);
         // 1000 samples, 10 us to 10 ms: percentiles within HdrHistogram's 3 significant digits.
@@ -356,17 +388,22 @@ mod tests {
     fn throughput_and_error_rate() {
         let mut s = OpStats::default();
         for _ in 0..90 {
-            s.record(Duration::from_millis(1), &Outcome::Ok);
+            s.record(Duration::from_millis(1), &Outcome::Ok, true);
         }
         for _ in 0..5 {
-            s.record(Duration::from_millis(1), &Outcome::RateLimited);
+            s.record(Duration::from_millis(1), &Outcome::RateLimited, true);
         }
         for _ in 0..5 {
-            s.record(Duration::from_millis(1), &Outcome::Error("503".into()));
+            s.record(
+                Duration::from_millis(1),
+                &Outcome::Error("503".into()),
+                true,
+            );
         }
         let r = OpReport::new("get", &s, Duration::from_secs(2));
         assert_eq!((r.count, r.ok, r.errors, r.rate_limited), (100, 90, 5, 5));
         assert!((r.throughput_rps - 50.0).abs() < 1e-9);
+        assert!((r.goodput_rps - 45.0).abs() < 1e-9);
         assert!((r.error_rate - 0.05).abs() < 1e-9);
         assert_eq!(r.errors_by_kind["503"], 5);
     }
@@ -374,8 +411,8 @@ mod tests {
     #[test]
     fn report_lists_expected_ops_and_overall() {
         let mut get = OpStats::default();
-        get.record(Duration::from_millis(2), &Outcome::Ok);
-        get.record(Duration::from_millis(4), &Outcome::RateLimited);
+        get.record(Duration::from_millis(2), &Outcome::Ok, true);
+        get.record(Duration::from_millis(4), &Outcome::RateLimited, true);
         let r = Report::build(
             info(),
             &[Op::Get, Op::DataRead],
@@ -400,7 +437,7 @@ mod tests {
     #[test]
     fn text_table_is_aligned() {
         let mut get = OpStats::default();
-        get.record(Duration::from_millis(2), &Outcome::Ok);
+        get.record(Duration::from_millis(2), &Outcome::Ok, true);
         let r = Report::build(
             info(),
             &[Op::Get],

@@ -114,8 +114,10 @@ impl Run {
     ) -> Reply {
         let reply = call.await;
         if slot.measured {
+            let done = Instant::now();
+            let in_window = self.pace.window_end().is_none_or(|end| done <= end);
             self.stats
-                .record(op, slot.intended.elapsed(), &reply.outcome);
+                .record(op, done - slot.intended, &reply.outcome, in_window);
         } else if reply.outcome == Outcome::RateLimited {
             self.unmeasured_rate_limited
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -194,7 +196,8 @@ impl Run {
             )
             .await;
         if created.outcome != Outcome::Ok {
-            if matches!(&created.outcome, Outcome::Error(k) if k == "timeout") {
+            // A create that timed out (here or in the gateway) may still have landed.
+            if matches!(&created.outcome, Outcome::Error(k) if k == "timeout" || k == "503") {
                 self.leave(org);
             }
             return true;
@@ -302,15 +305,18 @@ pub async fn cleanup(api: &Api, password: &str, orgs: Vec<BenchOrg>) -> (u64, u6
         .map(|org| async move {
             let token = match org.token {
                 Some(t) => t,
-                None => match api
-                    .login(&org.email, password)
-                    .await
-                    .str_field("access_token")
-                {
-                    Some(t) => t,
-                    // Never created (e.g. a timed-out create that did not land).
-                    None => return api.get_org(&org.name).await.outcome != Outcome::Ok,
-                },
+                None => {
+                    // Check first: a failed login counts against the gateway's login throttle
+                    // for this client address.
+                    if api.get_org(&org.name).await.outcome != Outcome::Ok {
+                        return true; // never created (a timed-out create that did not land)
+                    }
+                    let login = api.login(&org.email, password).await;
+                    match login.str_field("access_token") {
+                        Some(t) => t,
+                        None => return false,
+                    }
+                }
             };
             api.delete_org(&token, &org.name).await.outcome == Outcome::Ok
         })

@@ -81,6 +81,10 @@ pub struct OpStats {
     pub rate_limited: u64,
     /// Errors by kind (status code or transport failure).
     pub errors: BTreeMap<String, u64>,
+    /// Requests that completed inside the measured window (the throughput numerator).
+    pub in_window: u64,
+    /// 2xx responses that completed inside the measured window.
+    pub ok_in_window: u64,
 }
 
 /// Highest recordable latency: one hour, in microseconds (larger values saturate).
@@ -93,17 +97,25 @@ impl Default for OpStats {
             ok: 0,
             rate_limited: 0,
             errors: BTreeMap::new(),
+            in_window: 0,
+            ok_in_window: 0,
         }
     }
 }
 
 impl OpStats {
-    /// Records one request.
-    pub fn record(&mut self, latency: Duration, outcome: &Outcome) {
+    /// Records one request; `in_window` if it completed before the measured window closed.
+    pub fn record(&mut self, latency: Duration, outcome: &Outcome, in_window: bool) {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         self.hist.saturating_record(micros);
+        if in_window {
+            self.in_window += 1;
+            if *outcome == Outcome::Ok {
+                self.ok_in_window += 1;
+            }
+        }
         match outcome {
             Outcome::Ok => self.ok += 1,
             Outcome::RateLimited => self.rate_limited += 1,
@@ -127,6 +139,8 @@ impl OpStats {
             .add(&other.hist)
             .expect("histograms share their bounds");
         self.ok += other.ok;
+        self.in_window += other.in_window;
+        self.ok_in_window += other.ok_in_window;
         self.rate_limited += other.rate_limited;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_default() += v;
@@ -151,8 +165,10 @@ impl Default for Stats {
 
 impl Stats {
     /// Records one measured request.
-    pub fn record(&self, op: Op, latency: Duration, outcome: &Outcome) {
-        self.ops[op.index()].lock().record(latency, outcome);
+    pub fn record(&self, op: Op, latency: Duration, outcome: &Outcome, in_window: bool) {
+        self.ops[op.index()]
+            .lock()
+            .record(latency, outcome, in_window);
     }
 
     /// A copy of every operation that saw at least one request, in report order.
@@ -172,26 +188,40 @@ mod tests {
     #[test]
     fn counts_outcomes_apart() {
         let mut s = OpStats::default();
-        s.record(Duration::from_millis(1), &Outcome::Ok);
-        s.record(Duration::from_millis(2), &Outcome::RateLimited);
-        s.record(Duration::from_millis(3), &Outcome::Error("500".into()));
-        s.record(Duration::from_millis(4), &Outcome::Error("500".into()));
+        s.record(Duration::from_millis(1), &Outcome::Ok, true);
+        s.record(Duration::from_millis(1), &Outcome::Ok, false);
+        s.record(Duration::from_millis(2), &Outcome::RateLimited, true);
+        s.record(
+            Duration::from_millis(3),
+            &Outcome::Error("500".into()),
+            true,
+        );
+        s.record(
+            Duration::from_millis(4),
+            &Outcome::Error("500".into()),
+            false,
+        );
         assert_eq!(
             (s.ok, s.rate_limited, s.error_count(), s.count()),
-            (1, 1, 2, 4)
+            (2, 1, 2, 5)
         );
+        assert_eq!((s.in_window, s.ok_in_window), (3, 1));
         assert_eq!(s.errors["500"], 2);
-        assert_eq!(s.hist.len(), 4);
+        assert_eq!(s.hist.len(), 5);
     }
 
     #[test]
     fn merge_adds_everything() {
         let mut a = OpStats::default();
-        a.record(Duration::from_micros(10), &Outcome::Ok);
+        a.record(Duration::from_micros(10), &Outcome::Ok, true);
         let mut b = OpStats::default();
-        b.record(Duration::from_secs(7200), &Outcome::Error("timeout".into()));
+        b.record(
+            Duration::from_secs(7200),
+            &Outcome::Error("timeout".into()),
+            true,
+        );
         a.merge(&b);
-        assert_eq!(a.count(), 2);
+        assert_eq!((a.count(), a.in_window, a.ok_in_window), (2, 2, 1));
         assert!(
             a.hist.max() >= MAX_MICROS / 1000 * 999,
             "saturates at the top"
@@ -201,7 +231,7 @@ mod tests {
     #[test]
     fn snapshot_skips_unused_operations() {
         let stats = Stats::default();
-        stats.record(Op::Get, Duration::from_millis(1), &Outcome::Ok);
+        stats.record(Op::Get, Duration::from_millis(1), &Outcome::Ok, true);
         let snap = stats.snapshot();
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].0, Op::Get);

@@ -12,7 +12,7 @@ pub enum Metric {
     P95Ms,
     /// 99th percentile latency, ms (upper bound).
     P99Ms,
-    /// Throughput, requests/s (lower bound).
+    /// Throughput of 2xx responses, requests/s (lower bound).
     Throughput,
     /// Errors / requests (upper bound; 429s are not errors).
     ErrorRate,
@@ -23,7 +23,7 @@ impl Metric {
         match self {
             Metric::P95Ms => "P95",
             Metric::P99Ms => "P99",
-            Metric::Throughput => "throughput",
+            Metric::Throughput => "2xx throughput",
             Metric::ErrorRate => "error rate",
         }
     }
@@ -32,7 +32,7 @@ impl Metric {
         match self {
             Metric::P95Ms => r.latency_ms.p95,
             Metric::P99Ms => r.latency_ms.p99,
-            Metric::Throughput => r.throughput_rps,
+            Metric::Throughput => r.goodput_rps,
             Metric::ErrorRate => r.error_rate,
         }
     }
@@ -172,7 +172,9 @@ mod tests {
             errors: 0,
             rate_limited: 0,
             error_rate: err,
+            in_window: 100,
             throughput_rps: rps,
+            goodput_rps: rps,
             latency_ms: LatencyMs {
                 p50: 1.0,
                 p95,
