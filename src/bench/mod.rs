@@ -223,13 +223,16 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         Cleanup::default()
     } else {
         eprintln!("clean-up: deleting {} organizations", to_delete.len());
-        let (deleted, failed) = scenario::cleanup(&api, &args.password, to_delete).await;
-        if failed > 0 {
-            eprintln!("clean-up: {failed} organizations could not be deleted");
+        let (deleted, reasons) = scenario::cleanup(&api, &args.password, to_delete).await;
+        if let Some(first) = reasons.first() {
+            eprintln!(
+                "clean-up: {} organizations could not be deleted (e.g. {first})",
+                reasons.len()
+            );
         }
         Cleanup {
             deleted,
-            failed,
+            failed: reasons.len() as u64,
             skipped: false,
         }
     };

@@ -298,33 +298,70 @@ fn check(what: &str, name: &str, r: &Reply) -> Result<(), String> {
     }
 }
 
-/// Deletes the given orgs (logging in first where no token is known). Returns
-/// `(deleted, failed)`.
-pub async fn cleanup(api: &Api, password: &str, orgs: Vec<BenchOrg>) -> (u64, u64) {
-    let results: Vec<bool> = stream::iter(orgs)
-        .map(|org| async move {
-            let token = match org.token {
-                Some(t) => t,
-                None => {
-                    // Check first: a failed login counts against the gateway's login throttle
-                    // for this client address.
-                    if api.get_org(&org.name).await.outcome != Outcome::Ok {
-                        return true; // never created (a timed-out create that did not land)
-                    }
-                    let login = api.login(&org.email, password).await;
-                    match login.str_field("access_token") {
-                        Some(t) => t,
-                        None => return false,
-                    }
+/// Deletes the given orgs (logging in first where no token is known), retrying failures
+/// twice. Returns how many are gone and why the others are not.
+pub async fn cleanup(api: &Api, password: &str, orgs: Vec<BenchOrg>) -> (u64, Vec<String>) {
+    let mut pending = orgs;
+    let mut deleted = 0u64;
+    let mut reasons = Vec::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let results: Vec<Result<(), (BenchOrg, String)>> = stream::iter(pending)
+            .map(|org| delete_one(api, password, org))
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .collect()
+            .await;
+        pending = Vec::new();
+        reasons.clear();
+        for r in results {
+            match r {
+                Ok(()) => deleted += 1,
+                Err((org, why)) => {
+                    pending.push(org);
+                    reasons.push(why);
                 }
-            };
-            api.delete_org(&token, &org.name).await.outcome == Outcome::Ok
-        })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .collect()
-        .await;
-    let deleted = results.iter().filter(|ok| **ok).count() as u64;
-    (deleted, results.len() as u64 - deleted)
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+    }
+    (deleted, reasons)
+}
+
+async fn delete_one(
+    api: &Api,
+    password: &str,
+    mut org: BenchOrg,
+) -> Result<(), (BenchOrg, String)> {
+    let token = match org.token.clone() {
+        Some(t) => t,
+        None => {
+            // Check first: a failed login counts against the gateway's login throttle for
+            // this client address.
+            let found = api.get_org(&org.name).await;
+            match found.outcome {
+                Outcome::Ok => {}
+                Outcome::Error(k) if k == "404" => return Ok(()), // the create never landed
+                other => return Err((org, format!("get: {other:?}"))),
+            }
+            let login = api.login(&org.email, password).await;
+            match login.str_field("access_token") {
+                Some(t) => {
+                    org.token = Some(t.clone());
+                    t
+                }
+                None => return Err((org, format!("login: {:?}", login.outcome))),
+            }
+        }
+    };
+    match api.delete_org(&token, &org.name).await.outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::Error(k) if k == "404" => Ok(()), // an earlier delete landed after all
+        other => Err((org, format!("delete: {other:?}"))),
+    }
 }
 
 /// Waits for every user to finish; returns when the last one did.
