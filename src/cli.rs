@@ -1,5 +1,5 @@
 //! Command line: `org-gateway serve [--config FILE] [--listen ADDR] [--ops-listen ADDR]
-//! [--data-dir DIR]`.
+//! [--data-dir DIR]` and `org-gateway bench [--base-url URL] [--scenario ...] ...`.
 
 use crate::config::{Config, Overrides};
 use clap::{Parser, Subcommand};
@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (public API and operator listener).
     Serve(ServeArgs),
+    /// Load-test a running gateway (or any implementation of its API) and report throughput
+    /// and latency percentiles against targets.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `serve`; each overrides the config file, which overrides `ORG_GATEWAY_*` env.

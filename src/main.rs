@@ -21,5 +21,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => match org_gateway::bench::run(args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("org-gateway bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,0 +1,146 @@
+//! `org-gateway bench` against the real gateway binary: a short `original` run must exercise
+//! every operation, see no errors and clean up after itself. No latency is asserted.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_org-gateway");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gateway process with raised rate limits; killed on drop.
+struct Gateway {
+    child: Child,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, ops_port) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--ops-listen", &format!("127.0.0.1:{ops_port}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("ORG_GATEWAY_LIMITS__REQUESTS_PER_MINUTE", "1000000")
+            .env("ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR", "100000000")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        let gw = Gateway {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        gw.wait_healthy();
+        gw
+    }
+
+    fn wait_healthy(&self) {
+        let client = reqwest::blocking::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let up = client
+                .get(format!("{}/healthz", self.base))
+                .timeout(Duration::from_millis(500))
+                .send()
+                .is_ok_and(|r| r.status() == 200);
+            if up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway not healthy:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn original_scenario_exercises_every_operation_without_errors() {
+    let gw = Gateway::start();
+    let report_path = gw.dir.path().join("report.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--base-url", &gw.base])
+        .args(["--users", "8", "--requests", "400", "--warmup", "0s"])
+        .args(["--orgs", "4", "--scenario", "original", "--timeout", "30s"])
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
+        gw.log()
+    );
+    assert!(stdout.contains("overall"), "{stdout}");
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "original");
+    assert_eq!(report["overall"]["count"], 400, "{report:#}");
+    let ops: Vec<&str> = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create",
+            "login",
+            "get",
+            "update",
+            "delete",
+            "data_write",
+            "data_read"
+        ]
+    );
+    for op in report["operations"].as_array().unwrap() {
+        assert!(op["count"].as_u64().unwrap() > 0, "{op:#}");
+        assert_eq!(op["errors"], 0, "{op:#}");
+        // Limits are raised: nothing may be throttled.
+        assert_eq!(op["rate_limited"], 0, "{op:#}");
+        assert_eq!(op["ok"], op["count"], "{op:#}");
+        for key in ["p50", "p95", "p99", "p999", "max"] {
+            assert!(op["latency_ms"][key].is_number(), "{op:#}");
+        }
+    }
+    assert!(!report["targets"].as_array().unwrap().is_empty());
+
+    // Every org the run created is gone.
+    assert_eq!(report["cleanup"]["failed"], 0, "{report:#}");
+    let first = format!("bench-{}-u0-c0", report["run_id"].as_str().unwrap());
+    let status = reqwest::blocking::Client::new()
+        .get(format!("{}/org/get", gw.base))
+        .query(&[("organization_name", first)])
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}
