@@ -15,7 +15,7 @@ async fn main() {
     let dir = std::path::PathBuf::from(args.next().expect("data dir"));
     let count: usize = args.next().expect("count").parse().expect("number");
     let catalog = EmbeddedCatalog::open(&dir.join("catalog.redb")).expect("open catalog");
-    let hasher = PasswordHasher::new(19_456, 2, 1, 1).unwrap();
+    let hasher = PasswordHasher::new(19_456, 2, 1, 1, 1).unwrap();
     let hash = hasher
         .hash(&Password::parse("password123").unwrap())
         .await

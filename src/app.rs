@@ -101,6 +101,7 @@ impl AppState {
             a.argon2_iterations,
             a.argon2_parallelism,
             a.hash_concurrency,
+            a.hash_queue_limit,
         )?;
         let router = TenantRouter::new(
             catalog,
@@ -118,7 +119,10 @@ impl AppState {
                 config.limits.requests_per_minute,
                 config.limits.requests_per_hour,
             ),
-            login_throttle: LoginThrottle::new(config.limits.login_failures_per_minute),
+            login_throttle: LoginThrottle::new(
+                config.limits.login_failures_per_minute,
+                config.limits.login_failures_per_minute_per_address,
+            ),
             quotas: Quotas::new(
                 config.limits.storage_quota_bytes,
                 config.limits.quota_alert_ratio,

@@ -118,8 +118,10 @@ pub struct AuthConfig {
     pub token_ttl_seconds: u64,
     /// Clock skew tolerated on exp/nbf.
     pub leeway_seconds: u64,
-    /// Concurrent argon2 hash/verify operations (bounded blocking pool).
+    /// argon2 hashing threads; each holds one scratch buffer of `argon2_memory_kib`.
     pub hash_concurrency: usize,
+    /// Hash/verify jobs allowed to wait for a thread; beyond that, 503 at once.
+    pub hash_queue_limit: usize,
     /// argon2id memory cost in KiB (OWASP minimum 19456).
     pub argon2_memory_kib: u32,
     /// argon2id iterations (OWASP minimum 2).
@@ -138,6 +140,7 @@ impl Default for AuthConfig {
             token_ttl_seconds: 3600,
             leeway_seconds: 5,
             hash_concurrency: 2,
+            hash_queue_limit: 64,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,

@@ -38,11 +38,7 @@ pub struct LoginReply {
     ))]
 pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: LoginBody = json_body(req)?;
-    let mut keys = vec![format!("email:{}", body.email.trim().to_lowercase())];
-    if let Some(ip) = req.client_ip {
-        keys.push(format!("ip:{ip}"));
-    }
-    if let Some(wait) = state.login_throttle.blocked(&keys) {
+    if let Some(wait) = state.login_throttle.blocked(&body.email, req.client_ip) {
         metrics::LOGINS.with_label_values(&["throttled"]).inc();
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -60,6 +56,7 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
             .map_err(|e| internal("admin lookup", e))?,
         Err(_) => None,
     };
+    // Longer than any valid password: refuse without spending a hash on it.
     let password_ok = body.password.len() <= 1024
         && state
             .hasher
@@ -67,11 +64,14 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
                 &body.password,
                 admin.as_ref().map(|a| a.password_hash.as_str()),
             )
-            .await;
+            .await
+            .map_err(hash_error)?;
     let admin = match (admin, password_ok) {
         (Some(a), true) => a,
         _ => {
-            state.login_throttle.record_failure(&keys);
+            state
+                .login_throttle
+                .record_failure(&body.email, req.client_ip);
             metrics::LOGINS.with_label_values(&["failure"]).inc();
             return Err(ApiError::bad_credentials());
         }
@@ -160,6 +160,18 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticat
     authenticate_opt(state, req, true)
         .await?
         .ok_or_else(ApiError::unauthorized)
+}
+
+/// Maps a hashing failure: overload is a 503 the client retries, anything else a 500.
+pub fn hash_error(e: crate::auth::password::HashError) -> ApiError {
+    match e {
+        crate::auth::password::HashError::Overloaded => ApiError::unavailable(
+            "overloaded",
+            "too many password operations in flight; retry shortly",
+            1,
+        ),
+        other => internal("password hashing", other),
+    }
 }
 
 /// Logs an unexpected failure and turns it into a 500 (or 503 for store outages).

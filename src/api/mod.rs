@@ -75,7 +75,7 @@ pub type ApiResult = Result<Reply, ApiError>;
 
 /// Runs the handler for a matched route.
 pub async fn handle(
-    state: &AppState,
+    state: &std::sync::Arc<AppState>,
     route: Route,
     req: &Request,
     log: &mut RequestLog,

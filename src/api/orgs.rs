@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Public view of an organization.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -138,7 +139,7 @@ pub struct CreateBody {
         (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "No shard available", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: CreateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     let email = Email::parse(&body.email)?;
@@ -157,7 +158,7 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         .hasher
         .hash(&password)
         .await
-        .map_err(|e| internal("hash", e))?;
+        .map_err(super::auth::hash_error)?;
     let now = Utc::now();
     let org_id = OrgId::generate();
     log.org_id = Some(org_id);
@@ -170,6 +171,35 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         created_at: now,
         updated_at: now,
     };
+    // Once the catalog is touched the create runs to completion (or rolls back) even if the
+    // client gives up or the request times out, so no organization is left `Creating`.
+    let task = tokio::spawn(place_and_create(
+        Arc::clone(state),
+        org_id,
+        name,
+        admin,
+        body.region,
+        now,
+    ));
+    let org = task.await.map_err(|e| internal("create task", e))??;
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        &view(&org, Some(&email), true),
+    ))
+}
+
+/// Picks the placement, records the organization, creates its collection and activates it;
+/// rolls back (freeing the name) if the shard fails.
+async fn place_and_create(
+    state: Arc<AppState>,
+    org_id: OrgId,
+    name: OrgName,
+    admin: AdminRecord,
+    region: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<OrgRecord, ApiError> {
+    let state = state.as_ref();
+    let body = CreatePlacement { region };
     let mut org = {
         let _guard = state.placement_lock.lock().await;
         let counts: HashMap<_, _> = state
@@ -246,10 +276,11 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     state.catalog().put_org(&org).await.map_err(catalog_error)?;
     crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
-    Ok(Reply::json(
-        StatusCode::CREATED,
-        &view(&org, Some(&email), true),
-    ))
+    Ok(org)
+}
+
+struct CreatePlacement {
+    region: Option<String>,
 }
 
 fn name_param(req: &Request) -> Result<OrgName, ApiError> {
@@ -327,7 +358,7 @@ async fn own_org(
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: UpdateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     let new_name = body
@@ -362,7 +393,7 @@ pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
                 .hasher
                 .hash(p)
                 .await
-                .map_err(|e| internal("hash", e))?;
+                .map_err(super::auth::hash_error)?;
             admin.credential_version += 1;
         }
         admin.updated_at = Utc::now();
@@ -374,7 +405,14 @@ pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         state.router.invalidate_admin(admin.id).await;
     }
     let org = match new_name {
-        Some(to) if to != org.name => movers::rename(state, &org, &to).await.map_err(move_error)?,
+        Some(to) if to != org.name => {
+            // Runs to completion even if the client goes away mid-rename.
+            let (st, current) = (Arc::clone(state), (*org).clone());
+            tokio::spawn(async move { movers::rename(&st, &current, &to).await })
+                .await
+                .map_err(|e| internal("rename task", e))?
+                .map_err(move_error)?
+        }
         _ => (*org).clone(),
     };
     state.router.invalidate_org(&org).await;
@@ -397,7 +435,7 @@ pub async fn update(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         (status = 403, description = "Token of another organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
-pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
     let name = name_param(req)?;
     let (_caller, org) = own_org(state, req, &name).await?;
     log.org_id = Some(org.id);
@@ -408,7 +446,11 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
             1,
         ));
     }
-    movers::delete(state, &org).await.map_err(move_error)?;
+    let (st, doomed) = (Arc::clone(state), (*org).clone());
+    tokio::spawn(async move { movers::delete(&st, &doomed).await })
+        .await
+        .map_err(|e| internal("delete task", e))?
+        .map_err(move_error)?;
     state.quotas.forget(org.id);
     state.rate_limits.set_override(org.id, None);
     crate::telemetry::metrics::ORGANIZATIONS.dec();

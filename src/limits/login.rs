@@ -1,45 +1,64 @@
 //! Login throttling: failed logins are counted per email and per client address in fixed
-//! one-minute windows; past the limit, logins are refused with 429 before any hash is spent.
+//! one-minute windows; past either limit, logins are refused with 429 before any hash is spent.
+//! The per-address limit is higher, since many users may share one address (a proxy, a NAT).
 
 use dashmap::DashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Email(String),
+    Address(IpAddr),
+}
+
 /// Failure counters.
 pub struct LoginThrottle {
-    max_failures: u32,
-    failures: DashMap<String, (u32, Instant)>,
+    per_email: u32,
+    per_address: u32,
+    failures: DashMap<Key, (u32, Instant)>,
 }
 
 impl LoginThrottle {
-    /// Allows `max_failures` failures per key per minute.
-    pub fn new(max_failures: u32) -> Self {
+    /// Allows `per_email` failures per email and `per_address` per client address, a minute.
+    pub fn new(per_email: u32, per_address: u32) -> Self {
         Self {
-            max_failures,
+            per_email,
+            per_address,
             failures: DashMap::new(),
         }
     }
 
-    /// Seconds to wait if any key is over the limit, else `None`.
-    pub fn blocked(&self, keys: &[String]) -> Option<u64> {
+    fn keys(email: &str, address: Option<IpAddr>) -> Vec<Key> {
+        let mut keys = vec![Key::Email(email.trim().to_lowercase())];
+        keys.extend(address.map(Key::Address));
+        keys
+    }
+
+    /// Seconds to wait if the email or the address is over its limit, else `None`.
+    pub fn blocked(&self, email: &str, address: Option<IpAddr>) -> Option<u64> {
         let now = Instant::now();
-        keys.iter()
+        Self::keys(email, address)
+            .into_iter()
             .filter_map(|k| {
-                let entry = self.failures.get(k)?;
-                let (count, start) = *entry;
+                let max = match k {
+                    Key::Email(_) => self.per_email,
+                    Key::Address(_) => self.per_address,
+                };
+                let (count, start) = *self.failures.get(&k)?;
                 let age = now.duration_since(start);
-                (age < WINDOW && count >= self.max_failures)
-                    .then(|| (WINDOW - age).as_secs().max(1))
+                (age < WINDOW && count >= max).then(|| (WINDOW - age).as_secs().max(1))
             })
             .max()
     }
 
-    /// Records one failure for each key.
-    pub fn record_failure(&self, keys: &[String]) {
+    /// Records one failure for the email and the address.
+    pub fn record_failure(&self, email: &str, address: Option<IpAddr>) {
         let now = Instant::now();
-        for k in keys {
-            let mut e = self.failures.entry(k.clone()).or_insert((0, now));
+        for k in Self::keys(email, address) {
+            let mut e = self.failures.entry(k).or_insert((0, now));
             if now.duration_since(e.1) >= WINDOW {
                 *e = (0, now);
             }
@@ -60,13 +79,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocks_after_the_limit() {
-        let t = LoginThrottle::new(2);
-        let keys = vec!["email:a@b.co".to_string(), "ip:127.0.0.1".to_string()];
-        assert!(t.blocked(&keys).is_none());
-        t.record_failure(&keys);
-        t.record_failure(&keys);
-        assert!(t.blocked(&keys).is_some());
-        assert!(t.blocked(&["email:other@b.co".to_string()]).is_none());
+    fn email_and_address_limits_are_separate() {
+        let t = LoginThrottle::new(2, 3);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(t.blocked("a@b.co", Some(ip)).is_none());
+        t.record_failure("a@b.co", Some(ip));
+        t.record_failure("A@b.co ", Some(ip));
+        assert!(t.blocked("a@b.co", None).is_some());
+        // the address has 2 of its 3
+        assert!(t.blocked("other@b.co", Some(ip)).is_none());
+        t.record_failure("third@b.co", Some(ip));
+        assert!(t.blocked("fourth@b.co", Some(ip)).is_some());
+        assert!(t.blocked("fourth@b.co", None).is_none());
     }
 }

@@ -16,8 +16,10 @@ pub struct LimitsConfig {
     pub requests_per_minute: u32,
     /// Requests per organization per hour.
     pub requests_per_hour: u32,
-    /// Failed logins allowed per email and per client address per minute.
+    /// Failed logins allowed per email per minute.
     pub login_failures_per_minute: u32,
+    /// Failed logins allowed per client address per minute (higher: addresses are shared).
+    pub login_failures_per_minute_per_address: u32,
     /// Storage quota per organization, in bytes.
     pub storage_quota_bytes: u64,
     /// Share of the quota at which an organization is listed at `/ops/quotas`.
@@ -32,6 +34,7 @@ impl Default for LimitsConfig {
             requests_per_minute: 100,
             requests_per_hour: 1000,
             login_failures_per_minute: 5,
+            login_failures_per_minute_per_address: 50,
             storage_quota_bytes: 10 * 1024 * 1024 * 1024,
             quota_alert_ratio: 0.8,
             max_admins_per_org: 100,

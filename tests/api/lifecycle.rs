@@ -129,3 +129,51 @@ fn secrets_never_reach_the_log() {
         "{log}"
     );
 }
+
+#[test]
+fn password_hashing_overload_is_refused_at_once_with_503() {
+    let gw = Arc::new(TestGateway::start_with(crate::gateway::Options {
+        config: "[auth]\nhash_concurrency = 1\nhash_queue_limit = 1\n".into(),
+        ..Default::default()
+    }));
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                let r = gw.create_org(
+                    &format!("Crowd {i}"),
+                    &format!("crowd{i}@example.com"),
+                    "password123",
+                );
+                let retry = r.headers().contains_key("retry-after");
+                let body: Value = r.json().unwrap();
+                (
+                    body["code"].as_str().map(str::to_owned),
+                    retry,
+                    body["organization_name"].is_string(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let refused = results
+        .iter()
+        .filter(|(code, retry, _)| code.as_deref() == Some("overloaded") && *retry)
+        .count();
+    let created = results.iter().filter(|(_, _, ok)| *ok).count();
+    assert!(refused >= 1, "{results:?}");
+    assert!(created >= 1, "{results:?}");
+    assert_eq!(refused + created, 12, "{results:?}");
+    // refused creates left nothing behind: their names are free
+    for (i, (_, _, ok)) in results.iter().enumerate() {
+        let status = gw
+            .req(
+                Method::GET,
+                &format!("/org/get?organization_name=Crowd%20{i}"),
+            )
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status == 200, *ok);
+    }
+}
