@@ -15,6 +15,8 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The body of a 2xx response.
     pub body: Option<Bytes>,
+    /// `Retry-After` of a refusal (429, 503), in seconds.
+    pub retry_after: Option<Duration>,
 }
 
 impl Reply {
@@ -137,9 +139,18 @@ async fn send(rb: RequestBuilder) -> Reply {
     match rb.send().await {
         Ok(resp) => {
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             // Read the whole body: the latency includes it and the connection stays reusable.
             match resp.bytes().await {
-                Ok(body) => classify(status, body),
+                Ok(body) => Reply {
+                    retry_after,
+                    ..classify(status, body)
+                },
                 Err(e) => failure(&e),
             }
         }
@@ -152,16 +163,19 @@ fn classify(status: StatusCode, body: Bytes) -> Reply {
         Reply {
             outcome: Outcome::Ok,
             body: Some(body),
+            retry_after: None,
         }
     } else if status == StatusCode::TOO_MANY_REQUESTS {
         Reply {
             outcome: Outcome::RateLimited,
             body: None,
+            retry_after: None,
         }
     } else {
         Reply {
             outcome: Outcome::Error(status.as_u16().to_string()),
             body: None,
+            retry_after: None,
         }
     }
 }
@@ -179,6 +193,7 @@ fn failure(e: &reqwest::Error) -> Reply {
     Reply {
         outcome: Outcome::Error(kind.into()),
         body: None,
+        retry_after: None,
     }
 }
 

@@ -200,6 +200,10 @@ impl Run {
             if matches!(&created.outcome, Outcome::Error(k) if k == "timeout" || k == "503") {
                 self.leave(org);
             }
+            // A well-behaved client waits as told before trying again.
+            if let Some(wait) = created.retry_after {
+                tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
+            }
             return true;
         }
         let login = step!(Op::Login, self.api.login(&org.email, pw));
@@ -234,6 +238,9 @@ impl Run {
         self.leftovers.lock().push(org);
     }
 }
+
+/// Longest a virtual user honours a `Retry-After` before trying again.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Parallel requests during set-up and clean-up.
 const SETUP_CONCURRENCY: usize = 16;
