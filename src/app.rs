@@ -30,8 +30,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// JWT keys.
     pub jwt: JwtKeys,
-    /// Serializes placement decisions of this instance so capacity counts stay exact.
-    pub placement_lock: tokio::sync::Mutex<()>,
+    /// Collections per database, for placing new organizations without catalog I/O.
+    pub capacity: crate::placement::CapacityCounts,
     /// Per-organization request limits.
     pub rate_limits: RateLimits,
     /// Failed-login counters.
@@ -114,7 +114,7 @@ impl AppState {
             shards,
             hasher,
             jwt,
-            placement_lock: tokio::sync::Mutex::new(()),
+            capacity: Default::default(),
             rate_limits: RateLimits::new(
                 config.limits.requests_per_minute,
                 config.limits.requests_per_hour,
@@ -131,7 +131,16 @@ impl AppState {
             started: Instant::now(),
         });
         state.load_rate_overrides().await;
+        state.refresh_capacity().await;
         Ok(state)
+    }
+
+    /// Re-reads the per-database collection counts from the catalog.
+    pub async fn refresh_capacity(&self) {
+        match self.catalog().collection_counts().await {
+            Ok(counts) => self.capacity.replace(counts),
+            Err(e) => tracing::warn!(error = %e, "cannot read collection counts"),
+        }
     }
 
     /// Loads per-organization rate-limit overrides from the catalog.

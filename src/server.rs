@@ -66,6 +66,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         if let Err(e) = movers::reconcile_capacity(&state).await {
             tracing::error!(error = %e, "capacity reconciliation failed");
         }
+        state.refresh_capacity().await;
         if let Ok(orgs) = state.catalog().list_orgs().await {
             metrics::ORGANIZATIONS.set(orgs.len() as i64);
         }
@@ -89,6 +90,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 state.rate_limits.evict_idle();
                 state.login_throttle.evict_expired();
                 state.load_rate_overrides().await;
+                state.refresh_capacity().await;
                 metrics::QUOTA_ALERTS.set(state.quotas.over_alert().len() as i64);
                 metrics::CACHE_ENTRIES.set(state.router.cached_tenants() as i64);
                 if let Err(e) = crate::api::ops::capacity_report(&state, true).await {

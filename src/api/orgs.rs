@@ -7,12 +7,10 @@ use crate::catalog::{AdminRecord, CatalogError, OrgRecord, OrgState, Placement, 
 use crate::domain::{AdminId, Email, OrgId, OrgName, Password};
 use crate::error::ApiError;
 use crate::movers::{self, MoveError};
-use crate::placement::choose_placement;
 use crate::store::{Namespace, StoreError};
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Public view of an organization.
@@ -201,32 +199,20 @@ async fn place_and_create(
     let state = state.as_ref();
     let body = CreatePlacement { region };
     let mut org = {
-        let _guard = state.placement_lock.lock().await;
-        let counts: HashMap<_, _> = state
-            .catalog()
-            .collection_counts()
-            .await
-            .map_err(catalog_error)?
-            .into_iter()
-            .map(|(s, d, n)| ((s, d), n))
-            .collect();
-        let choice = choose_placement(
-            org_id,
-            body.region.as_deref(),
-            &state.shards.configs(),
-            &counts,
-        )
-        .ok_or_else(|| match &body.region {
-            Some(r) => ApiError::invalid(
-                "no_shard_in_region",
-                format!("no active shard in region {r:?}"),
-            ),
-            None => ApiError::unavailable(
-                "no_active_shard",
-                "no active shard accepts new organizations",
-                30,
-            ),
-        })?;
+        let choice = state
+            .capacity
+            .reserve(org_id, body.region.as_deref(), &state.shards.configs())
+            .ok_or_else(|| match &body.region {
+                Some(r) => ApiError::invalid(
+                    "no_shard_in_region",
+                    format!("no active shard in region {r:?}"),
+                ),
+                None => ApiError::unavailable(
+                    "no_active_shard",
+                    "no active shard accepts new organizations",
+                    30,
+                ),
+            })?;
         let org = OrgRecord {
             id: org_id,
             placement: Placement {
@@ -242,11 +228,12 @@ async fn place_and_create(
             created_at: now,
             updated_at: now,
         };
-        state
-            .catalog()
-            .insert_org(&org, &admin)
-            .await
-            .map_err(catalog_error)?;
+        if let Err(e) = state.catalog().insert_org(&org, &admin).await {
+            state
+                .capacity
+                .release(&org.placement.shard, &org.placement.database);
+            return Err(catalog_error(e));
+        }
         org
     };
     let ns = Namespace {

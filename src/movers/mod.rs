@@ -93,6 +93,9 @@ pub async fn delete(state: &AppState, org: &OrgRecord) -> Result<(), MoveError> 
     failpoint("delete_after_catalog");
     state.router.invalidate_org(org).await;
     if let Some(removed) = removed {
+        state
+            .capacity
+            .release(&removed.placement.shard, &removed.placement.database);
         let drop = PendingDrop {
             shard: removed.placement.shard.clone(),
             database: removed.placement.database.clone(),

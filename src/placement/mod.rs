@@ -1,8 +1,11 @@
 //! Placement: the shards tenants can live on ([`ShardSet`]), the policy that places a new
 //! organization (weighted rendezvous hashing, then the open database), and capacity states.
 
+mod capacity;
 mod policy;
 mod shards;
+
+pub use capacity::CapacityCounts;
 
 pub use policy::{capacity_state, choose_placement, CapacityState, PlacementChoice};
 pub use shards::{Shard, ShardSet};
