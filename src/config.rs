@@ -562,6 +562,38 @@ mod tests {
     }
 
     #[test]
+    fn flags_beat_file_beats_env_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(&file, "max_body_bytes = 222\ndata_dir = \"from-file\"\n").unwrap();
+        // Keys unique to this test, so parallel tests do not see them.
+        std::env::set_var("ORG_GATEWAY_MAX_BODY_BYTES", "111");
+        std::env::set_var("ORG_GATEWAY_REQUEST_TIMEOUT_MS", "333");
+        std::env::set_var("ORG_GATEWAY_AUTH__TOKEN_TTL_SECONDS", "444");
+        let c = Config::load(
+            Some(&file),
+            Overrides {
+                data_dir: Some(PathBuf::from("from-flag")),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        for k in [
+            "ORG_GATEWAY_MAX_BODY_BYTES",
+            "ORG_GATEWAY_REQUEST_TIMEOUT_MS",
+            "ORG_GATEWAY_AUTH__TOKEN_TTL_SECONDS",
+        ] {
+            std::env::remove_var(k);
+        }
+        assert_eq!(c.max_body_bytes, 222, "file beats env");
+        assert_eq!(c.request_timeout_ms, 333, "env beats default");
+        assert_eq!(c.auth.token_ttl_seconds, 444, "nested env keys");
+        assert_eq!(c.data_dir, PathBuf::from("from-flag"), "flag beats file");
+        assert_eq!(c.threads, 2, "default");
+        assert!(Config::load(Some(Path::new("/nonexistent.toml")), Overrides::default()).is_err());
+    }
+
+    #[test]
     fn short_secret_refused() {
         let mut c = Config::default();
         c.auth.jwt_secret = "short".into();

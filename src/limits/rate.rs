@@ -223,14 +223,20 @@ mod tests {
     }
 
     #[test]
-    fn idle_keys_are_evicted() {
-        let l = RateLimits::new(100, 1000);
+    fn idle_keys_are_evicted_so_memory_follows_active_orgs() {
+        // One cell every 10 ms in both windows: a bucket is full again 10 ms after its request.
+        let l = RateLimits::new(6_000, 360_000);
         for _ in 0..100_000 {
             l.check(OrgId::generate());
         }
         assert_eq!(l.tracked_keys(), 100_000);
-        // Nothing is idle yet (buckets not refilled), so nothing is dropped.
+        let busy = OrgId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for _ in 0..50 {
+            l.check(busy);
+        }
         l.evict_idle();
-        assert!(l.tracked_keys() > 0);
+        // Only the org still working through its budget is kept.
+        assert_eq!(l.tracked_keys(), 1);
     }
 }

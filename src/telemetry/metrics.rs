@@ -321,10 +321,7 @@ pub fn init() {
     Lazy::force(&DB_COLLECTIONS_RATIO);
     Lazy::force(&SHARD_DATABASES);
     BUILD_INFO
-        .with_label_values(&[
-            env!("CARGO_PKG_VERSION"),
-            option_env!("ORG_GATEWAY_GIT_REV").unwrap_or("unknown"),
-        ])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_REV")])
         .set(1);
     for outcome in ["success", "failure", "throttled"] {
         LOGINS.with_label_values(&[outcome]);
