@@ -112,7 +112,7 @@ fn health_and_readiness() {
     assert_eq!(r.status(), 200);
     let b: Value = r.json().unwrap();
     assert_eq!(b["ready"], true);
-    assert_eq!(b["shards"][0]["id"], "local");
+    assert_eq!(b["shards"][0]["id"], crate::gateway::default_shard());
     assert_eq!(b["shards"][0]["up"], true);
 }
 

@@ -14,8 +14,13 @@ fn create_returns_metadata_and_placement() {
     assert_eq!(b["admin_email"], "admin@acme.com");
     assert!(b["organization_id"].as_str().unwrap().len() >= 32);
     assert!(b["created_at"].is_string());
-    assert_eq!(b["placement"]["shard"], "local");
-    assert_eq!(b["placement"]["database"], "db_1");
+    assert_eq!(b["placement"]["shard"], crate::gateway::default_shard());
+    let database = b["placement"]["database"].as_str().unwrap();
+    assert!(
+        database == "db_1" || crate::gateway::on_mongodb(),
+        "{database}"
+    );
+    assert!(database.ends_with("_1"), "{database}");
     assert_eq!(b["placement"]["collection"], "org_acme_corp");
     assert_eq!(b["placement"]["state"], "active");
 }

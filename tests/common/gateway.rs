@@ -9,6 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether this run puts the catalog and tenant data on MongoDB (`TEST_ON_MONGODB=1`).
+pub fn on_mongodb() -> bool {
+    std::env::var("TEST_ON_MONGODB").is_ok_and(|v| v == "1")
+}
+
+/// The shard tenants land on when a test configures none.
+pub fn default_shard() -> &'static str {
+    if on_mongodb() {
+        "mongo"
+    } else {
+        "local"
+    }
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -62,22 +76,27 @@ impl TestGateway {
             }
         };
         let mut config = opts.config.clone();
-        // `scripts/test` runs the HTTP suite a second time with the catalog on MongoDB.
-        if std::env::var("TEST_CATALOG_ON_MONGODB").is_ok_and(|v| v == "1")
-            && !config.contains("[catalog]")
-        {
-            let uri =
-                std::env::var("MONGODB_URI").expect("TEST_CATALOG_ON_MONGODB needs MONGODB_URI");
+        // `scripts/test` runs the HTTP suite a second time with the catalog and the tenant
+        // shard on MongoDB (tests that configure their own do not get these).
+        if on_mongodb() {
+            let uri = std::env::var("MONGODB_URI").expect("TEST_ON_MONGODB needs MONGODB_URI");
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0);
-            config.push_str(&format!(
-                "\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"cat_{}_{n}_{nanos:x}\"\nrecovery_grace_seconds = 0\n",
-                std::process::id()
-            ));
+            let unique = format!("{:x}{n}x{:x}", std::process::id(), nanos % 0xfffff);
+            if !config.contains("[catalog]") {
+                config.push_str(&format!(
+                    "\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"cat{unique}\"\nrecovery_grace_seconds = 0\n"
+                ));
+            }
+            if !config.contains("[[shards]]") {
+                config.push_str(&format!(
+                    "\n[[shards]]\nid = \"mongo\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"t{unique}\"\n"
+                ));
+            }
         }
         let mut gw = TestGateway {
             child: None,
