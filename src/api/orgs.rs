@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Public view of an organization.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -171,14 +172,10 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     };
     // Once the catalog is touched the create runs to completion (or rolls back) even if the
     // client gives up or the request times out, so no organization is left `Creating`.
-    let task = tokio::spawn(place_and_create(
-        Arc::clone(state),
-        org_id,
-        name,
-        admin,
-        body.region,
-        now,
-    ));
+    let task = tokio::spawn(
+        place_and_create(Arc::clone(state), org_id, name, admin, body.region, now)
+            .in_current_span(),
+    );
     let org = task.await.map_err(|e| internal("create task", e))??;
     Ok(Reply::json(
         StatusCode::CREATED,
@@ -395,7 +392,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         Some(to) if to != org.name => {
             // Runs to completion even if the client goes away mid-rename.
             let (st, current) = (Arc::clone(state), (*org).clone());
-            tokio::spawn(async move { movers::rename(&st, &current, &to).await })
+            tokio::spawn(async move { movers::rename(&st, &current, &to).await }.in_current_span())
                 .await
                 .map_err(|e| internal("rename task", e))?
                 .map_err(move_error)?
@@ -434,7 +431,7 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         ));
     }
     let (st, doomed) = (Arc::clone(state), (*org).clone());
-    tokio::spawn(async move { movers::delete(&st, &doomed).await })
+    tokio::spawn(async move { movers::delete(&st, &doomed).await }.in_current_span())
         .await
         .map_err(|e| internal("delete task", e))?
         .map_err(move_error)?;

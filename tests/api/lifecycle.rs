@@ -177,3 +177,27 @@ fn password_hashing_overload_is_refused_at_once_with_503() {
         assert_eq!(status == 200, *ok);
     }
 }
+
+#[test]
+fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
+    let gw = TestGateway::start_with(crate::gateway::Options {
+        config: "[log]\nformat = \"json\"\n".into(),
+        ..Default::default()
+    });
+    let r = gw
+        .req(Method::POST, "/org/create")
+        .header("x-request-id", "trace-me-123")
+        .json(&serde_json::json!({"organization_name": "Traced", "email": "traced@example.com", "password": "password123"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let lines: Vec<Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v.to_string().contains("trace-me-123"))
+        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|v| v["message"].as_str()).collect();
+    assert!(messages.contains(&"organization created"), "{messages:?}");
+    assert!(messages.contains(&"request"), "{messages:?}");
+}
