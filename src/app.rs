@@ -73,8 +73,9 @@ impl AppState {
                 shards.insert(Shard::new(shard, store));
             }
         }
-        let (secret, source) = JwtKeys::load_secret(&config.auth.jwt_secret, &config.data_dir)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let (secret, source) =
+            JwtKeys::load_secret(config.auth.jwt_secret.expose(), &config.data_dir)
+                .map_err(|e| anyhow::anyhow!(e))?;
         match source {
             SecretSource::Generated => tracing::warn!(
                 path = %config.data_dir.join("jwt_secret").display(),
@@ -96,6 +97,10 @@ impl AppState {
             a.leeway_seconds,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
+        let jwt = a.verification_keys.iter().try_fold(jwt, |keys, k| {
+            keys.with_verification_key(&k.kid, k.secret.expose().as_bytes())
+                .map_err(|e| anyhow::anyhow!(e))
+        })?;
         let hasher = PasswordHasher::new(
             a.argon2_memory_kib,
             a.argon2_iterations,

@@ -9,6 +9,70 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// A secret from the configuration: serialized as is, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// A MongoDB connection string: used as is, shown (`Debug`, logs, operator API) only with its
+/// password redacted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionUri(String);
+
+impl std::ops::Deref for ConnectionUri {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ConnectionUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_uri(&self.0))
+    }
+}
+
+impl From<&str> for ConnectionUri {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for ConnectionUri {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -107,9 +171,12 @@ impl Default for Config {
 pub struct AuthConfig {
     /// HS256 signing secret (at least 32 bytes). Empty: generated on first start and kept in
     /// `<data_dir>/jwt_secret` with mode 0600.
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     /// Key id written to the JWT header.
     pub jwt_kid: String,
+    /// Keys being rotated out: tokens they signed still verify (by `kid`); new tokens use
+    /// `jwt_secret`. Drop an entry once its tokens have expired.
+    pub verification_keys: Vec<VerificationKey>,
     /// `iss` claim issued and required.
     pub issuer: String,
     /// `aud` claim issued and required.
@@ -133,8 +200,9 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            jwt_secret: String::new(),
+            jwt_secret: Secret::default(),
             jwt_kid: "k1".into(),
+            verification_keys: Vec::new(),
             issuer: "org-gateway".into(),
             audience: "org-gateway".into(),
             token_ttl_seconds: 3600,
@@ -146,6 +214,16 @@ impl Default for AuthConfig {
             argon2_parallelism: 1,
         }
     }
+}
+
+/// A verification-only JWT key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationKey {
+    /// The `kid` tokens signed with it carry.
+    pub kid: String,
+    /// The HS256 secret (at least 32 bytes).
+    pub secret: Secret,
 }
 
 /// Tenant metadata cache (moka).
@@ -203,7 +281,7 @@ pub struct CatalogConfig {
     /// `embedded` (a file in the data dir) or `mongodb`.
     pub kind: StoreKind,
     /// MongoDB URI when `kind = "mongodb"`.
-    pub uri: Option<String>,
+    pub uri: Option<ConnectionUri>,
     /// MongoDB database holding the catalog.
     pub database: String,
     /// With a shared (MongoDB) catalog, other instances may be mid-way through a create,
@@ -228,9 +306,9 @@ impl Default for CatalogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct OpsConfig {
     /// Bearer token required on `/ops/*` routes. Empty: operator routes are disabled (403).
-    pub token: String,
+    pub token: Secret,
     /// Optional bearer token for `/metrics`; empty means unauthenticated.
-    pub metrics_token: String,
+    pub metrics_token: Secret,
 }
 
 /// Backend kind of a shard or of the catalog.
@@ -263,7 +341,7 @@ pub struct ShardConfig {
     pub kind: StoreKind,
     /// MongoDB connection string (kind = mongodb).
     #[serde(default)]
-    pub uri: Option<String>,
+    pub uri: Option<ConnectionUri>,
     /// Store file (kind = embedded); relative paths are under the data dir.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -468,7 +546,7 @@ impl Config {
                     .into(),
             );
         }
-        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.expose().len() < 32 {
             return Err("auth.jwt_secret must be at least 32 bytes".into());
         }
         let l = &self.limits;
@@ -594,9 +672,20 @@ mod tests {
     }
 
     #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Secret::from("a-very-secret-signing-key-of-32-bytes!");
+        c.ops.token = Secret::from("operator-token-value");
+        c.catalog.uri = Some("mongodb://user:db-password@h:1/".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("db-password"), "{shown}");
+        assert!(!shown.contains("a-very-secret") && !shown.contains("operator-token-value"));
+    }
+
+    #[test]
     fn short_secret_refused() {
         let mut c = Config::default();
-        c.auth.jwt_secret = "short".into();
+        c.auth.jwt_secret = Secret::from("short");
         assert!(c.validate().is_err());
     }
 }

@@ -47,7 +47,7 @@ pub async fn readyz(state: &AppState) -> ApiResult {
 /// Prometheus exposition; bearer-protected when `ops.metrics_token` is set.
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, description = "metrics_token required", body = crate::error::ProblemBody, content_type = "application/problem+json")))]
 pub async fn metrics(state: &AppState, req: &Request) -> ApiResult {
-    let token = &state.config.ops.metrics_token;
+    let token = state.config.ops.metrics_token.expose();
     if !token.is_empty() && !super::ops::bearer_matches(req, token) {
         return Err(ApiError::unauthorized());
     }

@@ -51,7 +51,7 @@ pub async fn persisted_shards(catalog: &dyn Catalog) -> anyhow::Result<Vec<Shard
 
 /// Dispatches an operator route after checking the operator token.
 pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult {
-    let token = &state.config.ops.token;
+    let token = state.config.ops.token.expose();
     if token.is_empty() {
         return Err(ApiError::forbidden(
             "operator routes are disabled: set ops.token in the configuration",

@@ -157,6 +157,25 @@ impl JwtKeys {
         Ok((secret, SecretSource::Generated))
     }
 
+    /// Also accepts tokens signed with `secret` under `kid` (a key being rotated out). New
+    /// tokens are always signed with the current key.
+    pub fn with_verification_key(mut self, kid: &str, secret: &[u8]) -> Result<Self, String> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "verification key {kid:?} is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                secret.len()
+            ));
+        }
+        if kid == self.kid {
+            return Err(format!(
+                "verification key id {kid:?} is the signing key's id"
+            ));
+        }
+        self.decoding
+            .insert(kid.to_owned(), DecodingKey::from_secret(secret));
+        Ok(self)
+    }
+
     /// Token lifetime in seconds.
     pub fn ttl_seconds(&self) -> i64 {
         self.ttl_seconds
@@ -258,6 +277,26 @@ mod tests {
         let forged = format!("{none}.{}.", parts[1]);
         assert!(k.verify(&forged).is_err());
         assert_eq!(k.verify("garbage").unwrap_err(), VerifyError::Malformed);
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_valid_until_their_key_is_dropped() {
+        let old = JwtKeys::new(&[1u8; 32], "k1", "iss", "aud", 60, 0).unwrap();
+        let token = old.issue(AdminId::generate(), OrgId::generate(), 0);
+        let rotated = JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0)
+            .unwrap()
+            .with_verification_key("k1", &[1u8; 32])
+            .unwrap();
+        assert!(rotated.verify(&token).is_ok());
+        let fresh = rotated.issue(AdminId::generate(), OrgId::generate(), 0);
+        assert!(rotated.verify(&fresh).is_ok());
+        assert_eq!(old.verify(&fresh).unwrap_err(), VerifyError::UnknownKey);
+        let dropped = JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0).unwrap();
+        assert_eq!(dropped.verify(&token).unwrap_err(), VerifyError::UnknownKey);
+        assert!(JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0)
+            .unwrap()
+            .with_verification_key("k2", &[3u8; 32])
+            .is_err());
     }
 
     #[test]

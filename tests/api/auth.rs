@@ -103,3 +103,42 @@ fn generated_secret_is_stored_privately() {
     let secret = std::fs::read_to_string(gw.data_dir().join("jwt_secret")).unwrap();
     assert!(!log.contains(secret.trim()), "secret leaked into the log");
 }
+
+#[test]
+fn rotated_keys_keep_verifying_until_removed() {
+    let old = "old-signing-secret-0123456789abcdef";
+    let new = "new-signing-secret-0123456789abcdef";
+    let mut gw = TestGateway::start_with(Options {
+        config: format!("[auth]\njwt_secret = \"{old}\"\njwt_kid = \"k1\"\n"),
+        ..Default::default()
+    });
+    let token = gw.org_with_token("Rotation", "rotation@example.com");
+    let get = |gw: &TestGateway, token: &str| {
+        gw.req(Method::GET, "/org/get?organization_name=Rotation")
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    // Swap only the [auth] block: the rest of the generated config (e.g. a MongoDB catalog)
+    // must stay.
+    let first = format!("[auth]\njwt_secret = \"{old}\"\njwt_kid = \"k1\"\n");
+    let rotating = format!(
+        "[auth]\njwt_secret = \"{new}\"\njwt_kid = \"k2\"\nverification_keys = [{{ kid = \"k1\", secret = \"{old}\" }}]\n"
+    );
+    gw.config_toml = gw.config_toml.replace(&first, &rotating);
+    gw.restart();
+    assert_eq!(get(&gw, &token), 200, "old token verifies by kid");
+    let fresh: Value = gw
+        .login("rotation@example.com", "password123")
+        .json()
+        .unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&gw, &fresh), 200);
+    let rotated = format!("[auth]\njwt_secret = \"{new}\"\njwt_kid = \"k2\"\n");
+    gw.config_toml = gw.config_toml.replace(&rotating, &rotated);
+    gw.restart();
+    assert_eq!(get(&gw, &token), 401, "old key removed");
+    assert_eq!(get(&gw, &fresh), 200);
+}

@@ -41,7 +41,8 @@ pub struct TestGateway {
     pub ops: String,
     /// Data directory (kept by `_tmp` or owned by the caller).
     pub data_dir: PathBuf,
-    config_toml: String,
+    /// The config file written at each launch.
+    pub config_toml: String,
     /// Environment given to the next launch.
     pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,

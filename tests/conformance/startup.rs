@@ -23,7 +23,7 @@ async fn mongo_gateway_starts_with_a_shard_down() {
         data_dir: dir.path().to_path_buf(),
         catalog: CatalogConfig {
             kind: StoreKind::Mongodb,
-            uri: Some(uri.clone()),
+            uri: Some(uri.as_str().into()),
             database: catalog_db.clone(),
             ..CatalogConfig::default()
         },

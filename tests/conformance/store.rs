@@ -74,7 +74,7 @@ pub fn mongo_shard(id: &str, uri: &str) -> ShardConfig {
     let mut c = ShardConfig::local_embedded();
     c.id = ShardId::parse(id).expect("shard id");
     c.kind = StoreKind::Mongodb;
-    c.uri = Some(uri.to_owned());
+    c.uri = Some(uri.into());
     c.path = None;
     c.server_selection_timeout_ms = 3_000;
     c
