@@ -423,3 +423,50 @@ fn a_down_shard_fails_only_its_own_tenants_and_recovers() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn collection_counts_are_reconciled_with_the_shard_at_startup() {
+    let Some(uri) = mongo_env::uri() else {
+        return;
+    };
+    let prefix = unique_prefix("rc");
+    let mut gw = TestGateway::start_with(Options {
+        config: format!(
+            "[ops]\ntoken = \"{OPS_TOKEN}\"\n\
+             [[shards]]\nid = \"mongo\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{prefix}\"\n"
+        ),
+        ..Default::default()
+    });
+    for i in 0..3 {
+        assert_eq!(
+            gw.create_org(
+                &format!("Recount {i}"),
+                &format!("rc{i}@example.com"),
+                "password123"
+            )
+            .status(),
+            201
+        );
+    }
+    let count = |gw: &TestGateway| {
+        ops_get(gw, "/ops/shards")["shards"][0]["databases"][0]["collections"].as_u64()
+    };
+    assert_eq!(count(&gw), Some(3));
+    // Drift: a tenant-style collection appears on the shard behind the gateway's back.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+        client
+            .database(&format!("{prefix}_1"))
+            .create_collection("org_stray_one")
+            .await
+            .unwrap();
+    });
+    gw.restart();
+    assert_eq!(count(&gw), Some(4));
+    assert!(
+        gw.log().contains("collection count drifted"),
+        "drift is logged"
+    );
+    rt.block_on(mongo_env::drop_db(&uri, &format!("{prefix}_1")));
+}
