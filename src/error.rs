@@ -87,13 +87,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
     }
 
-    /// 405 for a known path with the wrong method.
-    pub fn method_not_allowed() -> Self {
-        Self::new(
+    /// 405 for a known path with the wrong method; `allow` lists the right ones.
+    pub fn method_not_allowed(allow: String) -> Self {
+        let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "method not allowed on this route",
-        )
+            format!("method not allowed on this route (allowed: {allow})"),
+        );
+        e.extra_headers.push(("allow", allow));
+        e
     }
 
     /// 409 for a name or email already taken.

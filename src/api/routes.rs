@@ -178,12 +178,14 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         }
         _ => return Err(ApiError::route_not_found()),
     };
-    // HEAD is answered like GET by HTTP semantics; we keep it simple and only match exactly.
     candidates
         .iter()
         .find(|(m, _)| m == method)
         .map(|(_, r)| *r)
-        .ok_or_else(ApiError::method_not_allowed)
+        .ok_or_else(|| {
+            let allow: Vec<&str> = candidates.iter().map(|(m, _)| m.as_str()).collect();
+            ApiError::method_not_allowed(allow.join(", "))
+        })
 }
 
 #[cfg(test)]
@@ -209,12 +211,9 @@ mod tests {
             match_route(Listener::Public, &Method::POST, "/org/create").unwrap(),
             Route::OrgCreate
         );
-        assert_eq!(
-            match_route(Listener::Public, &Method::GET, "/org/create")
-                .unwrap_err()
-                .status,
-            405
-        );
+        let wrong = match_route(Listener::Public, &Method::GET, "/org/create").unwrap_err();
+        assert_eq!(wrong.status, 405);
+        assert_eq!(wrong.extra_headers, vec![("allow", "POST".to_string())]);
         assert_eq!(
             match_route(Listener::Public, &Method::GET, "/nope")
                 .unwrap_err()

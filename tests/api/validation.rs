@@ -100,6 +100,7 @@ fn unknown_routes_and_methods() {
     let r = gw.req(Method::GET, "/nope").send().unwrap();
     assert_problem(r, 404, "route_not_found");
     let r = gw.req(Method::GET, "/org/create").send().unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
     assert_problem(r, 405, "method_not_allowed");
     // operator routes live only on the ops listener
     let r = gw.req(Method::GET, "/ops/shards").send().unwrap();
