@@ -71,7 +71,7 @@ fn oversize_bodies_are_413() {
     );
     assert_problem(r, 413, "payload_too_large");
     // chunked (no Content-Length) is bounded too
-    let chunks = futures_free_chunked_body(8192);
+    let chunks = long_login_body(8192);
     let r = gw
         .req(Method::POST, "/admin/login")
         .header("content-type", "application/json")
@@ -87,7 +87,7 @@ fn oversize_bodies_are_413() {
     );
 }
 
-fn futures_free_chunked_body(n: usize) -> Vec<u8> {
+fn long_login_body(n: usize) -> Vec<u8> {
     let mut v = b"{\"email\":\"".to_vec();
     v.extend(std::iter::repeat_n(b'a', n));
     v.extend_from_slice(b"\",\"password\":\"x\"}");
