@@ -31,6 +31,9 @@ impl ShutdownSignalWatch for GracefulOnSignal {
     }
 }
 
+/// Organizations whose storage is measured per minute in the background.
+const QUOTA_SWEEP_PER_MINUTE: usize = 500;
+
 /// How often limiter state is trimmed, overrides reloaded and capacity gauges refreshed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -67,6 +70,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "capacity reconciliation failed");
         }
         state.refresh_capacity().await;
+        if let Err(e) = movers::sweep_quotas(&state, QUOTA_SWEEP_PER_MINUTE).await {
+            tracing::warn!(error = %e, "quota sweep failed");
+        }
         if let Ok(orgs) = state.catalog().list_orgs().await {
             metrics::ORGANIZATIONS.set(orgs.len() as i64);
         }
@@ -81,6 +87,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 top_state.top_tenants.rotate();
+                // A bounded number of organizations per minute, in catalog order, skipping
+                // those measured recently.
+                match movers::sweep_quotas(&top_state, QUOTA_SWEEP_PER_MINUTE).await {
+                    Ok(n) if n > 0 => tracing::debug!(measured = n, "quota sweep"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "quota sweep failed"),
+                }
+                metrics::QUOTA_ALERTS.set(top_state.quotas.over_alert().len() as i64);
             }
         });
         background.spawn(async move {

@@ -41,6 +41,11 @@ impl Quotas {
             .map(|u| u.bytes)
     }
 
+    /// Whether the organization's usage is unknown or older than [`REFRESH_AFTER`].
+    pub fn needs_measuring(&self, org: OrgId) -> bool {
+        self.cached(org).is_none()
+    }
+
     /// Records a measurement from the backend.
     pub fn set_measured(&self, org: OrgId, bytes: u64) {
         self.usage.insert(

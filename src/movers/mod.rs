@@ -171,6 +171,36 @@ pub async fn resume_interrupted(state: &AppState, min_age: Duration) -> Result<u
     Ok(handled)
 }
 
+/// Measures the storage of up to `budget` organizations whose usage is unknown or stale, so
+/// `/ops/quotas` covers organizations that have not written since this instance started.
+/// Returns how many were measured.
+pub async fn sweep_quotas(state: &AppState, budget: usize) -> Result<usize, MoveError> {
+    let mut measured = 0;
+    for org in state.catalog().list_orgs().await? {
+        if measured >= budget {
+            break;
+        }
+        if org.state != OrgState::Active || !state.quotas.needs_measuring(org.id) {
+            continue;
+        }
+        let Some(shard) = state.shards.get(&org.placement.shard) else {
+            continue;
+        };
+        if !shard.is_up() {
+            continue;
+        }
+        match shard.store.collection_bytes(&namespace(&org)).await {
+            Ok(bytes) => state.quotas.set_measured(org.id, bytes),
+            Err(e) => {
+                tracing::debug!(org_id = %org.id, error = %e, "quota measurement failed");
+                continue;
+            }
+        }
+        measured += 1;
+    }
+    Ok(measured)
+}
+
 /// Recounts tenant collections per database from the shards themselves and fixes the
 /// catalog's counts where they drifted. Unreachable shards are skipped (and logged).
 pub async fn reconcile_capacity(state: &AppState) -> Result<(), MoveError> {

@@ -163,4 +163,20 @@ fn writes_past_the_storage_quota_get_507() {
         .send()
         .unwrap();
     assert_eq!(r.json::<Value>().unwrap()["count"], 2);
+    // after a restart the org is listed again without writing: usage is measured at start
+    let mut gw = gw;
+    gw.restart();
+    let listed: Value = gw
+        .client
+        .get(format!("{}/ops/quotas", gw.ops))
+        .bearer_auth("operator-secret-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        listed["organizations"][0]["organization_name"],
+        "Tiny Quota"
+    );
+    assert!(listed["organizations"][0]["used_bytes"].as_u64().unwrap() > 2048);
 }
