@@ -120,6 +120,13 @@ fn build_response(
     b.body(body).expect("valid response parts")
 }
 
+/// The response to a HEAD request: the GET response's headers (Content-Length included) and no
+/// body; pingora sends no body for HEAD.
+fn without_body(response: Response<Vec<u8>>) -> Response<Vec<u8>> {
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, Vec::new())
+}
+
 fn error_response(e: &ApiError, request_id: &str) -> Response<Vec<u8>> {
     let mut headers = e.extra_headers.clone();
     if let Some(s) = e.retry_after {
@@ -184,7 +191,14 @@ impl ServeHttp for GatewayApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         let mut log = RequestLog::default();
-        let matched = match_route(self.listener, &method, &path);
+        // HEAD is answered as GET without the body (load balancers probe with it).
+        let is_head = method == http::Method::HEAD;
+        let route_method = if is_head {
+            http::Method::GET
+        } else {
+            method.clone()
+        };
+        let matched = match_route(self.listener, &route_method, &path);
         let template = matched
             .as_ref()
             .map(|r| r.template())
@@ -223,6 +237,11 @@ impl ServeHttp for GatewayApp {
                 &reply.headers,
             ),
             Err(e) => error_response(e, &request_id),
+        };
+        let response = if is_head {
+            without_body(response)
+        } else {
+            response
         };
         let status = response.status();
         let elapsed = started.elapsed();

@@ -102,6 +102,22 @@ fn unknown_routes_and_methods() {
     let r = gw.req(Method::GET, "/org/create").send().unwrap();
     assert_eq!(r.headers()["allow"], "POST");
     assert_problem(r, 405, "method_not_allowed");
+    // HEAD is GET without a body, on the same keep-alive connection
+    for _ in 0..3 {
+        let r = gw.req(Method::HEAD, "/healthz").send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-length"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
+        assert!(r.bytes().unwrap().is_empty());
+        let r = gw.req(Method::GET, "/healthz").send().unwrap();
+        assert_eq!(r.json::<serde_json::Value>().unwrap()["status"], "ok");
+    }
     // operator routes live only on the ops listener
     let r = gw.req(Method::GET, "/ops/shards").send().unwrap();
     assert_problem(r, 404, "route_not_found");
