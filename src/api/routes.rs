@@ -183,7 +183,10 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         .find(|(m, _)| m == method)
         .map(|(_, r)| *r)
         .ok_or_else(|| {
-            let allow: Vec<&str> = candidates.iter().map(|(m, _)| m.as_str()).collect();
+            let mut allow: Vec<&str> = candidates.iter().map(|(m, _)| m.as_str()).collect();
+            if allow.contains(&"GET") {
+                allow.push("HEAD");
+            }
             ApiError::method_not_allowed(allow.join(", "))
         })
 }
