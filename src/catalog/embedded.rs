@@ -148,6 +148,46 @@ fn store_org(txn: &WriteTransaction, org: &OrgRecord) -> CatalogResult<()> {
     Ok(())
 }
 
+/// Ends a rename: `commit` switches to the reserved name and collection and releases the old
+/// keys; otherwise the reserved keys are released and the org stays as it was.
+fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<OrgRecord> {
+    let mut org = load_org(txn, id)?;
+    let OrgState::Renaming {
+        to_name,
+        to_collection,
+    } = org.state.clone()
+    else {
+        return Err(CatalogError::NotFound);
+    };
+    let (drop_name, drop_collection) = if commit {
+        (org.normalized_name(), org.placement.collection.clone())
+    } else {
+        (to_name.normalized(), to_collection.clone())
+    };
+    {
+        let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+        let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+        // A rename that only changes case keeps the same keys: nothing to release.
+        if org.normalized_name() != to_name.normalized() {
+            names.remove(drop_name.as_str()).map_err(backend)?;
+        }
+        if org.placement.collection != to_collection {
+            colls.remove(drop_collection.as_str()).map_err(backend)?;
+        }
+    }
+    let now = Utc::now();
+    if commit {
+        org.name = to_name;
+        org.placement.collection = to_collection;
+        org.placement.epoch += 1;
+        org.placement.updated_at = now;
+    }
+    org.updated_at = now;
+    org.state = OrgState::Active;
+    store_org(txn, &org)?;
+    Ok(org)
+}
+
 #[async_trait]
 impl Catalog for EmbeddedCatalog {
     async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
@@ -353,70 +393,11 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
-        self.write(move |txn| {
-            let mut org = load_org(txn, id)?;
-            let OrgState::Renaming {
-                to_name,
-                to_collection,
-            } = org.state.clone()
-            else {
-                return Err(CatalogError::NotFound);
-            };
-            {
-                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
-                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
-                if org.normalized_name() != to_name.normalized() {
-                    names
-                        .remove(org.normalized_name().as_str())
-                        .map_err(backend)?;
-                }
-                if org.placement.collection != to_collection {
-                    colls
-                        .remove(org.placement.collection.as_str())
-                        .map_err(backend)?;
-                }
-            }
-            let now = Utc::now();
-            org.name = to_name;
-            org.placement.collection = to_collection;
-            org.placement.epoch += 1;
-            org.placement.updated_at = now;
-            org.updated_at = now;
-            org.state = OrgState::Active;
-            store_org(txn, &org)?;
-            Ok(org)
-        })
-        .await
+        self.write(move |txn| end_rename(txn, id, true)).await
     }
 
     async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
-        self.write(move |txn| {
-            let mut org = load_org(txn, id)?;
-            let OrgState::Renaming {
-                to_name,
-                to_collection,
-            } = org.state.clone()
-            else {
-                return Err(CatalogError::NotFound);
-            };
-            {
-                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
-                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
-                if org.normalized_name() != to_name.normalized() {
-                    names
-                        .remove(to_name.normalized().as_str())
-                        .map_err(backend)?;
-                }
-                if org.placement.collection != to_collection {
-                    colls.remove(to_collection.as_str()).map_err(backend)?;
-                }
-            }
-            org.state = OrgState::Active;
-            org.updated_at = Utc::now();
-            store_org(txn, &org)?;
-            Ok(org)
-        })
-        .await
+        self.write(move |txn| end_rename(txn, id, false)).await
     }
 
     async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
