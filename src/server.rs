@@ -73,9 +73,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         if let Err(e) = movers::sweep_quotas(&state, QUOTA_SWEEP_PER_MINUTE).await {
             tracing::warn!(error = %e, "quota sweep failed");
         }
-        if let Ok(orgs) = state.catalog().list_orgs().await {
-            metrics::ORGANIZATIONS.set(orgs.len() as i64);
-        }
         anyhow::Ok(state)
     })?;
     {

@@ -205,6 +205,17 @@ impl MongoCatalog {
             .transpose()
     }
 
+    /// Every document of a small catalog collection, in `_id` order.
+    async fn all(&self, coll: &Collection<Document>) -> CatalogResult<Vec<Document>> {
+        coll.find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))
+    }
+
     async fn find_orgs(&self, filter: Document) -> CatalogResult<Vec<OrgRecord>> {
         let docs: Vec<Document> = self
             .orgs
@@ -641,15 +652,7 @@ impl Catalog for MongoCatalog {
     }
 
     async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {
-        let docs: Vec<Document> = self
-            .pending
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
+        let docs = self.all(&self.pending).await?;
         let mut out = Vec::with_capacity(docs.len());
         let mut finished = std::collections::HashSet::new();
         for d in &docs {
@@ -680,15 +683,7 @@ impl Catalog for MongoCatalog {
     }
 
     async fn collection_counts(&self) -> CatalogResult<Vec<(ShardId, DatabaseName, u64)>> {
-        let docs: Vec<Document> = self
-            .counts
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
+        let docs = self.all(&self.counts).await?;
         let mut out = Vec::with_capacity(docs.len());
         for d in &docs {
             let (Ok(shard), Ok(db)) = (d.get_str("shard"), d.get_str("database")) else {

@@ -228,15 +228,16 @@ impl ServeHttp for GatewayApp {
             }
             Err(e) => Err(e),
         };
-        let response = match &outcome {
+        let code = outcome.as_ref().err().map(|e| e.code);
+        let response = match outcome {
             Ok(reply) => build_response(
                 reply.status,
                 reply.content_type,
-                reply.body.clone(),
+                reply.body,
                 &request_id,
                 &reply.headers,
             ),
-            Err(e) => error_response(e, &request_id),
+            Err(e) => error_response(&e, &request_id),
         };
         let response = if is_head {
             without_body(response)
@@ -277,7 +278,6 @@ impl ServeHttp for GatewayApp {
             self.state.top_tenants.record(org);
         }
         let org = log.org_id.map(|o| o.to_string());
-        let code = outcome.as_ref().err().map(|e| e.code);
         tracing::info!(
             target: "access",
             request_id = %request_id,

@@ -7,7 +7,8 @@ use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore
 use crate::domain::DatabaseName;
 use async_trait::async_trait;
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +38,26 @@ impl EmbeddedStore {
         }
         let db = Database::create(path).map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the collection's table in a read transaction, off the event loop; `None`
+    /// when the collection does not exist.
+    async fn read_collection<T, F>(&self, ns: &Namespace, f: F) -> StoreResult<Option<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadOnlyTable<&'static str, &'static [u8]>) -> StoreResult<T> + Send + 'static,
+    {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            match txn.open_table(def) {
+                Ok(table) => f(&table).map(Some),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
     }
 
     /// Runs blocking redb work off the event loop.
@@ -181,102 +202,74 @@ impl TenantStore for EmbeddedStore {
     }
 
     async fn get(&self, ns: &Namespace, id: &str) -> StoreResult<Option<Document>> {
-        let (name, id) = (table_name(ns), id.to_owned());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            let table = match txn.open_table(def) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(backend(e)),
-            };
-            let found = table.get(id.as_str()).map_err(backend)?;
-            found.map(|g| decode(g.value())).transpose()
-        })
-        .await
+        let id = id.to_owned();
+        let found = self
+            .read_collection(ns, move |table| {
+                let found = table.get(id.as_str()).map_err(backend)?;
+                found.map(|g| decode(g.value())).transpose()
+            })
+            .await?;
+        Ok(found.flatten())
     }
 
     async fn count_all(&self, ns: &Namespace) -> StoreResult<u64> {
-        let name = table_name(ns);
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            match txn.open_table(def) {
-                Ok(t) => t.len().map_err(backend),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
+        let n = self
+            .read_collection(ns, |table| table.len().map_err(backend))
+            .await?;
+        Ok(n.unwrap_or(0))
     }
 
     async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>> {
-        let (name, query) = (table_name(ns), query.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            let table = match txn.open_table(def) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(backend(e)),
-            };
-            let (skip, limit) = (query.skip as usize, query.limit as usize);
-            let mut out = Vec::new();
-            if query.sort.is_empty() {
-                // Keys are `_id`s in byte order, which is the default order: stop early.
+        let query = query.clone();
+        let found = self
+            .read_collection(ns, move |table| {
+                let (skip, limit) = (query.skip as usize, query.limit as usize);
+                // Keys are `_id`s in byte order, which is the default order: without a sort
+                // the scan can stop once the page is full.
+                let stop_early = query.sort.is_empty();
+                let mut out = Vec::new();
                 for row in table.iter().map_err(backend)? {
                     let (_, v) = row.map_err(backend)?;
                     let doc = decode(v.value())?;
                     if query.filter.matches(&doc) {
                         out.push(doc);
-                        if out.len() >= skip + limit {
+                        if stop_early && out.len() >= skip + limit {
                             break;
                         }
                     }
                 }
-            } else {
-                for row in table.iter().map_err(backend)? {
-                    let (_, v) = row.map_err(backend)?;
-                    let doc = decode(v.value())?;
-                    if query.filter.matches(&doc) {
-                        out.push(doc);
-                    }
+                if !stop_early {
+                    out.sort_by(|a, b| query.sort.compare(a, b));
                 }
-                out.sort_by(|a, b| query.sort.compare(a, b));
-            }
-            Ok(out
-                .into_iter()
-                .skip(skip)
-                .take(limit)
-                .map(|d| query.projection.apply(&d))
-                .collect())
-        })
-        .await
+                Ok(out
+                    .into_iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|d| query.projection.apply(&d))
+                    .collect())
+            })
+            .await?;
+        Ok(found.unwrap_or_default())
     }
 
     async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64> {
         if filter.is_empty() {
             return self.count_all(ns).await;
         }
-        let (name, filter) = (table_name(ns), filter.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            let table = match txn.open_table(def) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(backend(e)),
-            };
-            let mut n = 0;
-            for row in table.iter().map_err(backend)? {
-                let (_, v) = row.map_err(backend)?;
-                if filter.matches(&decode(v.value())?) {
-                    n += 1;
+        let filter = filter.clone();
+        let n = self
+            .read_collection(ns, move |table| {
+                let mut n = 0;
+                for row in table.iter().map_err(backend)? {
+                    let (_, v) = row.map_err(backend)?;
+                    if filter.matches(&decode(v.value())?) {
+                        n += 1;
+                    }
                 }
-            }
-            Ok(n)
-        })
-        .await
+                Ok(n)
+            })
+            .await?;
+        Ok(n.unwrap_or(0))
     }
 
     async fn update_by_id(
