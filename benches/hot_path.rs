@@ -39,6 +39,7 @@ fn org(set: usize, i: usize) -> (OrgRecord, AdminRecord) {
         state: OrgState::Active,
         created_at: now,
         updated_at: now,
+        revision: 1,
     };
     let admin = AdminRecord {
         id: AdminId::generate(),
@@ -48,6 +49,7 @@ fn org(set: usize, i: usize) -> (OrgRecord, AdminRecord) {
         credential_version: 0,
         created_at: now,
         updated_at: now,
+        revision: 1,
     };
     (org, admin)
 }

@@ -40,6 +40,7 @@ async fn main() {
             state: OrgState::Active,
             created_at: now,
             updated_at: now,
+            revision: 0,
         };
         let admin = AdminRecord {
             id: AdminId::generate(),
@@ -49,6 +50,7 @@ async fn main() {
             credential_version: 0,
             created_at: now,
             updated_at: now,
+            revision: 0,
         };
         catalog.insert_org(&org, &admin).await.expect("insert");
         if i % 10_000 == 0 {

@@ -5,16 +5,14 @@ use crate::auth::{JwtKeys, PasswordHasher};
 use crate::catalog::embedded::EmbeddedCatalog;
 use crate::catalog::mongo::MongoCatalog;
 use crate::catalog::Catalog;
-use crate::config::{Config, ShardConfig, StoreKind};
+use crate::config::{Config, StoreKind};
+use crate::fleet::{Fleet, InstanceFacts, SettingsListener};
 use crate::limits::login::LoginThrottle;
 use crate::limits::quota::Quotas;
 use crate::limits::rate::RateLimits;
+use crate::placement::open::{open_new_persisted, open_store, SHARDS_SETTING};
 use crate::placement::{Shard, ShardSet};
 use crate::router::TenantRouter;
-use crate::store::embedded::EmbeddedStore;
-use crate::store::mongo::MongoStore;
-use crate::store::observed::Observed;
-use crate::store::TenantStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +38,8 @@ pub struct AppState {
     pub quotas: Quotas,
     /// Requests per organization for `/ops/tenants/top`.
     pub top_tenants: crate::telemetry::top::TopTenants,
+    /// This instance in the fleet: change feed, registry, fences, request gate.
+    pub fleet: Arc<Fleet>,
     /// Process start, for uptime.
     pub started: Instant,
 }
@@ -67,12 +67,7 @@ impl AppState {
             let store = open_store(&config, &shard).await?;
             shards.insert(Shard::new(shard, store));
         }
-        for shard in crate::api::ops::persisted_shards(catalog.as_ref()).await? {
-            if shards.get(&shard.id).is_none() {
-                let store = open_store(&config, &shard).await?;
-                shards.insert(Shard::new(shard, store));
-            }
-        }
+        open_new_persisted(&config, catalog.as_ref(), &shards).await?;
         let (secret, source) =
             JwtKeys::load_secret(config.auth.jwt_secret.expose(), &config.data_dir)
                 .map_err(|e| anyhow::anyhow!(e))?;
@@ -108,11 +103,46 @@ impl AppState {
             a.hash_concurrency,
             a.hash_queue_limit,
         )?;
-        let router = TenantRouter::new(
+        let cache_ttl = Duration::from_secs(config.cache.ttl_seconds);
+        let router = TenantRouter::new(catalog.clone(), config.cache.max_entries, cache_ttl);
+        let shared = config.catalog.kind == StoreKind::Mongodb;
+        let fleet = Arc::new(Fleet::new(
             catalog,
-            config.cache.max_entries,
-            Duration::from_secs(config.cache.ttl_seconds),
-        );
+            router.clone(),
+            shared,
+            config.fleet.clone(),
+            cache_ttl,
+            InstanceFacts {
+                listen: config.listen.to_string(),
+                ops_listen: config.ops_listen.to_string(),
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                node_id: crate::fleet::node_id(&config.data_dir)
+                    .map_err(|e| anyhow::anyhow!("cannot keep the node id in the data dir: {e}"))?,
+            },
+        ));
+        if shared {
+            // An embedded shard's file is on this machine only: with a shared catalog it
+            // belongs to one instance, or tenants placed on it would be missing elsewhere.
+            fleet
+                .heartbeat()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot register in the catalog: {e}"))?;
+            for shard in shards.all() {
+                if shard.config.kind == StoreKind::Embedded {
+                    fleet
+                        .hold_lease(&format!("embedded_shard:{}", shard.id()))
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "embedded shard {:?} belongs to another instance's data dir ({e}); with a \
+                                 shared catalog each embedded shard belongs to one instance: \
+                                 give this instance its own shard id, or use a MongoDB shard",
+                                shard.id().as_str()
+                            )
+                        })?;
+                }
+            }
+        }
         let state = Arc::new(Self {
             config: config.clone(),
             router,
@@ -133,6 +163,7 @@ impl AppState {
                 config.limits.quota_alert_ratio,
             ),
             top_tenants: Default::default(),
+            fleet,
             started: Instant::now(),
         });
         state.load_rate_overrides().await;
@@ -167,35 +198,42 @@ impl AppState {
 /// Catalog setting holding per-organization rate-limit overrides.
 pub const RATE_OVERRIDES_SETTING: &str = "rate_limit_overrides";
 
-/// Opens the store of one shard.
-pub async fn open_store(
-    config: &Config,
-    shard: &ShardConfig,
-) -> anyhow::Result<Arc<dyn TenantStore>> {
-    let store: Arc<dyn TenantStore> = match shard.kind {
-        StoreKind::Embedded => {
-            let path = shard.path.clone().unwrap_or_default();
-            let path = if path.is_absolute() {
-                path
-            } else {
-                config.data_dir.join(path)
-            };
-            Arc::new(EmbeddedStore::open(&path).map_err(|e| {
-                anyhow::anyhow!("shard {}: cannot open {}: {e}", shard.id, path.display())
-            })?)
+#[async_trait::async_trait]
+impl SettingsListener for AppState {
+    async fn setting_changed(&self, key: &str) {
+        match key {
+            RATE_OVERRIDES_SETTING => self.load_rate_overrides().await,
+            SHARDS_SETTING => self.open_new_shards().await,
+            _ => {}
         }
-        StoreKind::Mongodb => open_mongo_store(shard).await?,
-    };
-    Ok(Arc::new(Observed::new(shard.id.as_str(), store)))
+    }
+
+    async fn reload_all(&self) {
+        self.load_rate_overrides().await;
+        self.open_new_shards().await;
+    }
 }
 
-/// Opens a MongoDB shard without waiting for it: a shard that is down at startup only makes
-/// its own tenants' requests fail with 503 until it is back.
-async fn open_mongo_store(shard: &ShardConfig) -> anyhow::Result<Arc<dyn TenantStore>> {
-    let store = MongoStore::open(shard)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Arc::new(store))
+impl AppState {
+    /// The narrow view lifecycle operations (`crate::movers`) work with.
+    pub fn lifecycle(&self) -> crate::movers::Lifecycle<'_> {
+        crate::movers::Lifecycle {
+            catalog: self.catalog(),
+            shards: &self.shards,
+            router: &self.router,
+            fleet: &self.fleet,
+            capacity: &self.capacity,
+        }
+    }
+
+    /// Opens shards another instance added at runtime.
+    pub async fn open_new_shards(&self) {
+        if let Err(e) =
+            open_new_persisted(&self.config, self.catalog().as_ref(), &self.shards).await
+        {
+            tracing::warn!(error = %e, "cannot open runtime-added shards");
+        }
+    }
 }
 
 /// Connects to the MongoDB catalog; unlike a shard it must answer at startup.

@@ -103,6 +103,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Rate limits, login throttling and quotas.
     pub limits: crate::limits::LimitsConfig,
+    /// Several instances on one catalog: registry lease, degraded-feed cache TTL.
+    pub fleet: crate::fleet::FleetConfig,
     /// Tenant data API bounds.
     pub data: DataConfig,
     /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
@@ -159,6 +161,7 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             ops: OpsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            fleet: crate::fleet::FleetConfig::default(),
             data: DataConfig::default(),
             shards: Vec::new(),
         }

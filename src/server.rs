@@ -53,6 +53,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .build()?;
     let state = background.block_on(async {
         let state = AppState::build(config.clone()).await?;
+        // Follow the fleet before recovery: its fences wait for this instance too.
+        let listener: Arc<dyn crate::fleet::SettingsListener> = state.clone();
+        tokio::spawn(state.fleet.clone().run_follower(listener));
+        tokio::spawn(state.fleet.clone().run_heartbeats());
         // The embedded catalog is single-process (file lock), so nothing else can be mid-way
         // through an operation: resume everything. A shared catalog leaves recent work alone.
         let grace = match config.catalog.kind {
@@ -61,16 +65,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 Duration::from_secs(config.catalog.recovery_grace_seconds)
             }
         };
-        match movers::resume_interrupted(&state, grace).await {
+        match movers::resume_interrupted(&state.lifecycle(), grace).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(operations = n, "finished interrupted operations from a previous run"),
             Err(e) => tracing::error!(error = %e, "startup recovery incomplete; will retry in the background"),
         }
-        if let Err(e) = movers::reconcile_capacity(&state).await {
+        if let Err(e) = movers::reconcile_capacity(&state.lifecycle()).await {
             tracing::error!(error = %e, "capacity reconciliation failed");
         }
         state.refresh_capacity().await;
-        if let Err(e) = movers::sweep_quotas(&state, QUOTA_SWEEP_PER_MINUTE).await {
+        if let Err(e) = movers::sweep_quotas(&state.lifecycle(), &state.quotas, QUOTA_SWEEP_PER_MINUTE).await {
             tracing::warn!(error = %e, "quota sweep failed");
         }
         anyhow::Ok(state)
@@ -86,7 +90,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 top_state.top_tenants.rotate();
                 // A bounded number of organizations per minute, in catalog order, skipping
                 // those measured recently.
-                match movers::sweep_quotas(&top_state, QUOTA_SWEEP_PER_MINUTE).await {
+                match movers::sweep_quotas(
+                    &top_state.lifecycle(),
+                    &top_state.quotas,
+                    QUOTA_SWEEP_PER_MINUTE,
+                )
+                .await
+                {
                     Ok(n) if n > 0 => tracing::debug!(measured = n, "quota sweep"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "quota sweep failed"),
@@ -122,7 +132,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 let grace = Duration::from_secs(state.config.catalog.recovery_grace_seconds)
                     .max(Duration::from_millis(state.config.request_timeout_ms * 3))
                     .max(Duration::from_secs(30));
-                if let Err(e) = movers::resume_interrupted(&state, grace).await {
+                if let Err(e) = movers::resume_interrupted(&state.lifecycle(), grace).await {
                     tracing::warn!(error = %e, "background resume failed; retrying later");
                 }
             }
@@ -172,6 +182,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         shutdown_signal: Box::new(GracefulOnSignal),
     });
     tracing::info!("listeners stopped; closing stores");
+    background.block_on(state.fleet.leave());
     drop(state);
     background.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("org-gateway stopped");

@@ -31,6 +31,8 @@ struct Tenant {
     shard: Arc<Shard>,
     ns: Namespace,
     headers: Vec<(&'static str, String)>,
+    /// Held until the handler is done with the placement.
+    _gate: crate::fleet::gate::GateGuard,
 }
 
 impl Tenant {
@@ -83,6 +85,15 @@ fn query_error(e: QueryError) -> ApiError {
 
 /// Authenticates, applies the org's rate limit and resolves its placement.
 async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result<Tenant, ApiError> {
+    // Counted in before the placement is resolved, so a fence waits for this request.
+    let gate = state.fleet.enter();
+    if !state.fleet.serving() {
+        return Err(ApiError::unavailable(
+            "instance_fenced",
+            "this gateway instance lost its registry lease; retry (another instance serves)",
+            1,
+        ));
+    }
     let caller = authenticate(state, req).await?;
     let org = caller.org;
     log.org_id = Some(org.id);
@@ -111,6 +122,7 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
             collection: org.placement.collection.clone(),
         },
         headers,
+        _gate: gate,
     })
 }
 

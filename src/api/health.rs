@@ -38,9 +38,15 @@ pub async fn readyz(state: &AppState) -> ApiResult {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let (feed, applied) = state.fleet.status();
     Ok(Reply::json(
         status,
-        &json!({"ready": ready, "catalog": {"up": catalog_ok}, "shards": shards}),
+        &json!({
+            "ready": ready,
+            "catalog": {"up": catalog_ok, "feed": feed.as_str(), "applied_revision": applied},
+            "instance": {"id": state.fleet.instance_id(), "serving": state.fleet.serving()},
+            "shards": shards,
+        }),
     ))
 }
 

@@ -95,7 +95,8 @@ pub async fn handle(
         | Route::OpsPlacement
         | Route::OpsLimits
         | Route::OpsQuotas
-        | Route::OpsTopTenants => ops::handle(state, route, req).await,
+        | Route::OpsTopTenants
+        | Route::OpsInstances => ops::handle(state, route, req).await,
         Route::DataInsert => data::insert(state, req, log).await,
         Route::DataQuery => data::query(state, req, log).await,
         Route::DataCount => data::count(state, req, log).await,

@@ -35,6 +35,7 @@ use utoipa::{Modify, OpenApi};
         super::ops::set_limits,
         super::ops::quotas,
         super::ops::top_tenants,
+        super::ops::instances,
         openapi_json,
     ),
     modifiers(&Security),

@@ -5,13 +5,13 @@ use super::auth::internal;
 use super::orgs::PlacementView;
 use super::routes::Route;
 use super::{json_body, ApiResult, Reply, Request};
-use crate::app::{open_store, AppState, RATE_OVERRIDES_SETTING};
-use crate::catalog::Catalog;
+use crate::app::{AppState, RATE_OVERRIDES_SETTING};
 use crate::config::{ShardConfig, StoreKind};
 use crate::domain::OrgId;
 use crate::domain::OrgName;
 use crate::error::ApiError;
 use crate::limits::RateOverride;
+use crate::placement::open::{open_store, persisted_shards, SHARDS_SETTING};
 use crate::placement::{capacity_state, Shard};
 use crate::telemetry::metrics;
 use http::StatusCode;
@@ -21,8 +21,6 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-
-const SHARDS_SETTING: &str = "runtime_shards";
 
 /// True when the request carries `Authorization: Bearer <expected>`.
 pub fn bearer_matches(req: &Request, expected: &str) -> bool {
@@ -38,15 +36,6 @@ pub fn bearer_matches(req: &Request, expected: &str) -> bool {
     };
     scheme.eq_ignore_ascii_case("bearer")
         && bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes()))
-}
-
-/// Shards added through the operator API, persisted in the catalog.
-pub async fn persisted_shards(catalog: &dyn Catalog) -> anyhow::Result<Vec<ShardConfig>> {
-    match catalog.get_setting(SHARDS_SETTING).await {
-        Ok(Some(v)) => Ok(serde_json::from_value(v)?),
-        Ok(None) => Ok(Vec::new()),
-        Err(e) => Err(anyhow::anyhow!("cannot read persisted shards: {e}")),
-    }
 }
 
 /// Dispatches an operator route after checking the operator token.
@@ -67,6 +56,7 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsLimits => set_limits(state, req).await,
         Route::OpsQuotas => quotas(state).await,
         Route::OpsTopTenants => top_tenants(state, req).await,
+        Route::OpsInstances => instances(state).await,
         _ => Err(ApiError::route_not_found()),
     }
 }
@@ -391,4 +381,31 @@ pub async fn placement(state: &AppState, req: &Request) -> ApiResult {
             "placement": PlacementView::of(&org),
         }),
     ))
+}
+
+/// `GET /ops/instances`: the instance registry.
+#[utoipa::path(get, path = "/ops/instances", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Registered instances: `live` while the lease runs", body = Object),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn instances(state: &AppState) -> ApiResult {
+    let now = chrono::Utc::now();
+    let me = state.fleet.instance_id();
+    let list: Vec<_> = state
+        .catalog()
+        .instances()
+        .await
+        .map_err(|e| internal("catalog", e))?
+        .into_iter()
+        .map(|i| {
+            let mut v = serde_json::to_value(&i).expect("serializable");
+            v["live"] = json!(i.is_live(now));
+            v["self"] = json!(i.id == me);
+            v
+        })
+        .collect();
+    Ok(Reply::json(StatusCode::OK, &json!({ "instances": list })))
 }

@@ -92,6 +92,10 @@ fn catalog_error(e: CatalogError) -> ApiError {
             "organization_busy",
             "the organization changed concurrently; retry",
         ),
+        CatalogError::Stale => ApiError::conflict(
+            "concurrent_update",
+            "the record changed concurrently; read it again and retry",
+        ),
         CatalogError::Backend(e) => internal("catalog", e),
     }
 }
@@ -107,6 +111,11 @@ pub fn store_error(e: StoreError) -> ApiError {
                 2,
             )
         }
+        StoreError::CollectionMissing => ApiError::unavailable(
+            "organization_busy",
+            "the organization's data was moved or deleted meanwhile; retry",
+            1,
+        ),
         other => internal("store", other),
     }
 }
@@ -116,6 +125,19 @@ fn move_error(e: MoveError) -> ApiError {
         MoveError::Catalog(c) => catalog_error(c),
         MoveError::Store(s) => store_error(s),
         MoveError::UnknownShard(s) => internal("placement", format!("unknown shard {s}")),
+        MoveError::Fence(e) => {
+            tracing::warn!(error = %e, "fence failed");
+            ApiError::unavailable(
+                "fleet_not_converged",
+                "not every gateway instance applied the change in time; retry",
+                2,
+            )
+        }
+        MoveError::Busy => ApiError::unavailable(
+            "organization_busy",
+            "another operation on this organization's collection is in progress; retry",
+            1,
+        ),
     }
 }
 
@@ -169,6 +191,7 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         credential_version: 0,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     // Once the catalog is touched the create runs to completion (or rolls back) even if the
     // client gives up or the request times out, so no organization is left `Creating`.
@@ -224,6 +247,7 @@ async fn place_and_create(
             state: OrgState::Creating,
             created_at: now,
             updated_at: now,
+            revision: 0,
         };
         if let Err(e) = state.catalog().insert_org(&org, &admin).await {
             state
@@ -237,21 +261,11 @@ async fn place_and_create(
         database: org.placement.database.clone(),
         collection: org.placement.collection.clone(),
     };
-    let shard = state
-        .shards
-        .get(&org.placement.shard)
-        .ok_or_else(|| internal("placement", "chosen shard vanished"))?;
-    let created = match movers::settle_pending_drop(state, &org.placement.shard, &ns).await {
-        Ok(()) => shard
-            .store
-            .create_collection(&ns)
-            .await
-            .map_err(MoveError::Store),
-        Err(e) => Err(e),
-    };
+    let lc = state.lifecycle();
+    let created = movers::create_collection(&lc, &org.placement.shard, &ns).await;
     if let Err(e) = created {
         // Roll back so the name is free again; the drop is journaled if it fails too.
-        if let Err(undo) = movers::delete(state, &org).await {
+        if let Err(undo) = movers::delete(&lc, &org).await {
             tracing::error!(error = %undo, "rollback of failed create deferred");
         }
         return Err(move_error(e));
@@ -367,8 +381,17 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             1,
         ));
     }
-    let mut admin = (*caller.admin).clone();
-    if email.is_some() || password.is_some() {
+    // Build on the stored admin, not a cached copy: a stale copy would undo a change made
+    // elsewhere. The write is a compare-and-set on the revision read here.
+    let current = state
+        .catalog()
+        .admin_by_id(caller.admin.id)
+        .await
+        .map_err(|e| internal("admin lookup", e))?
+        .filter(|a| a.credential_version == caller.claims.cv && a.org_id == org.id)
+        .ok_or_else(ApiError::unauthorized)?;
+    let change = if email.is_some() || password.is_some() {
+        let mut admin = current.clone();
         if let Some(e) = &email {
             admin.email = e.clone();
         }
@@ -381,23 +404,42 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             admin.credential_version += 1;
         }
         admin.updated_at = Utc::now();
-        state
-            .catalog()
-            .update_admin(&admin)
-            .await
-            .map_err(catalog_error)?;
-        state.router.invalidate_admin(admin.id).await;
-    }
-    let org = match new_name {
+        Some(admin)
+    } else {
+        None
+    };
+    let (org, admin) = match new_name {
         Some(to) if to != org.name => {
-            // Runs to completion even if the client goes away mid-rename.
-            let (st, current) = (Arc::clone(state), (*org).clone());
-            tokio::spawn(async move { movers::rename(&st, &current, &to).await }.in_current_span())
+            // Runs to completion even if the client goes away mid-rename; credentials commit
+            // with the rename or not at all.
+            let (st, current_org) = (Arc::clone(state), (*org).clone());
+            let (renamed, stored) =
+                tokio::spawn(
+                    async move {
+                        movers::rename(&st.lifecycle(), &current_org, &to, change.as_ref()).await
+                    }
+                    .in_current_span(),
+                )
                 .await
                 .map_err(|e| internal("rename task", e))?
-                .map_err(move_error)?
+                .map_err(move_error)?;
+            (renamed, stored.unwrap_or(current))
         }
-        _ => (*org).clone(),
+        _ => {
+            let stored = match change {
+                Some(a) => {
+                    let stored = state
+                        .catalog()
+                        .update_admin(&a)
+                        .await
+                        .map_err(catalog_error)?;
+                    state.router.invalidate_admin(a.id).await;
+                    stored
+                }
+                None => current,
+            };
+            ((*org).clone(), stored)
+        }
     };
     state.router.invalidate_org(&org).await;
     Ok(Reply::json(
@@ -431,7 +473,7 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         ));
     }
     let (st, doomed) = (Arc::clone(state), (*org).clone());
-    tokio::spawn(async move { movers::delete(&st, &doomed).await }.in_current_span())
+    tokio::spawn(async move { movers::delete(&st.lifecycle(), &doomed).await }.in_current_span())
         .await
         .map_err(|e| internal("delete task", e))?
         .map_err(move_error)?;

@@ -45,6 +45,8 @@ pub enum Route {
     OpsQuotas,
     /// `GET /ops/tenants/top`.
     OpsTopTenants,
+    /// `GET /ops/instances`.
+    OpsInstances,
     /// `POST /data`.
     DataInsert,
     /// `POST /data/query`.
@@ -77,6 +79,7 @@ impl Route {
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
             Route::OpsQuotas => "/ops/quotas",
             Route::OpsTopTenants => "/ops/tenants/top",
+            Route::OpsInstances => "/ops/instances",
             Route::DataInsert => "/data",
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
@@ -127,6 +130,7 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
     (Listener::Ops, "GET", "/ops/quotas"),
     (Listener::Ops, "GET", "/ops/tenants/top"),
+    (Listener::Ops, "GET", "/ops/instances"),
 ];
 
 /// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
@@ -151,6 +155,7 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         }
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
         (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
+        (Listener::Ops, "/ops/instances") => &[(Method::GET, Route::OpsInstances)],
         (Listener::Ops, p) if p.starts_with("/ops/orgs/") && p.ends_with("/limits") => {
             &[(Method::PUT, Route::OpsLimits)]
         }

@@ -2,7 +2,8 @@
 //! Unique keys are explicit index tables checked and written in the same transaction.
 
 use super::{
-    AdminRecord, Catalog, CatalogError, CatalogResult, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, Catalog, CatalogError, CatalogResult, ChangeStream, FeedToken, InstanceInfo,
+    OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use async_trait::async_trait;
@@ -28,6 +29,14 @@ const ADMINS_BY_ORG: Index = TableDefinition::new("admins_by_org");
 const PENDING_DROPS: Json = TableDefinition::new("pending_drops");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("collection_counts");
 const SETTINGS: Json = TableDefinition::new("settings");
+/// Named counters; `revision` is the catalog revision.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Ids of organizations not `Active`, so recovery never scans every organization.
+const NOT_ACTIVE: Index = TableDefinition::new("orgs_not_active");
+const INSTANCES: Json = TableDefinition::new("instances");
+/// Lease name -> `{holder, expires_at}`.
+const LEASES: Json = TableDefinition::new("leases");
+const REVISION: &str = "revision";
 
 fn backend(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Backend(e.to_string())
@@ -60,13 +69,20 @@ impl EmbeddedCatalog {
         let db = Database::create(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
-            for t in [ORGS, ADMINS, PENDING_DROPS, SETTINGS] {
+            for t in [ORGS, ADMINS, PENDING_DROPS, SETTINGS, INSTANCES, LEASES] {
                 txn.open_table(t).map_err(backend)?;
             }
-            for t in [ORG_NAMES, COLLECTIONS, ADMIN_EMAILS, ADMINS_BY_ORG] {
+            for t in [
+                ORG_NAMES,
+                COLLECTIONS,
+                ADMIN_EMAILS,
+                ADMINS_BY_ORG,
+                NOT_ACTIVE,
+            ] {
                 txn.open_table(t).map_err(backend)?;
             }
             txn.open_table(COUNTS).map_err(backend)?;
+            txn.open_table(META).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
@@ -141,11 +157,40 @@ fn load_org(txn: &WriteTransaction, id: OrgId) -> CatalogResult<OrgRecord> {
     get_json(&orgs, &id.to_string())?.ok_or(CatalogError::NotFound)
 }
 
-fn store_org(txn: &WriteTransaction, org: &OrgRecord) -> CatalogResult<()> {
+/// Allocates the next catalog revision inside `txn`.
+fn bump_revision(txn: &WriteTransaction) -> CatalogResult<u64> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let next = meta
+        .get(REVISION)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    meta.insert(REVISION, next).map_err(backend)?;
+    Ok(next)
+}
+
+/// Writes the organization with a new revision and keeps the not-active index in step.
+fn store_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()> {
+    org.revision = bump_revision(txn)?;
+    let key = org.id.to_string();
     let mut orgs = txn.open_table(ORGS).map_err(backend)?;
-    orgs.insert(org.id.to_string().as_str(), encode(org)?.as_slice())
+    orgs.insert(key.as_str(), encode(&*org)?.as_slice())
         .map_err(backend)?;
+    let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+    if org.state == OrgState::Active {
+        not_active.remove(key.as_str()).map_err(backend)?;
+    } else {
+        not_active.insert(key.as_str(), "").map_err(backend)?;
+    }
     Ok(())
+}
+
+/// A lease as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    expires_at: chrono::DateTime<Utc>,
 }
 
 /// Ends a rename: `commit` switches to the reserved name and collection and releases the old
@@ -184,14 +229,14 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
     }
     org.updated_at = now;
     org.state = OrgState::Active;
-    store_org(txn, &org)?;
+    store_org(txn, &mut org)?;
     Ok(org)
 }
 
 #[async_trait]
 impl Catalog for EmbeddedCatalog {
     async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
-        let (org, admin) = (org.clone(), admin.clone());
+        let (mut org, mut admin) = (org.clone(), admin.clone());
         self.write(move |txn| {
             let id = org.id.to_string();
             let name = org.normalized_name();
@@ -215,6 +260,7 @@ impl Catalog for EmbeddedCatalog {
                 emails
                     .insert(admin.email.as_str(), admin_id.as_str())
                     .map_err(backend)?;
+                admin.revision = bump_revision(txn)?;
                 let mut admins = txn.open_table(ADMINS).map_err(backend)?;
                 admins
                     .insert(admin_id.as_str(), encode(&admin)?.as_slice())
@@ -224,7 +270,7 @@ impl Catalog for EmbeddedCatalog {
                     .insert(format!("{id}/{admin_id}").as_str(), admin_id.as_str())
                     .map_err(backend)?;
             }
-            store_org(txn, &org)?;
+            store_org(txn, &mut org)?;
             add_count(
                 txn,
                 &count_key(&org.placement.shard, &org.placement.database),
@@ -235,7 +281,7 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()> {
-        let org = org.clone();
+        let mut org = org.clone();
         self.write(move |txn| {
             let old = load_org(txn, org.id)?;
             if old.name != org.name || old.placement.collection != org.placement.collection {
@@ -243,7 +289,7 @@ impl Catalog for EmbeddedCatalog {
                     "put_org cannot change name or collection".into(),
                 ));
             }
-            store_org(txn, &org)
+            store_org(txn, &mut org)
         })
         .await
     }
@@ -278,6 +324,22 @@ impl Catalog for EmbeddedCatalog {
             for row in orgs.iter().map_err(backend)? {
                 let (_, v) = row.map_err(backend)?;
                 out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
+        self.read(|txn| {
+            let ids = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in ids.iter().map_err(backend)? {
+                let (k, _) = row.map_err(backend)?;
+                if let Some(org) = get_json::<OrgRecord>(&orgs, k.value())? {
+                    out.push(org);
+                }
             }
             Ok(out)
         })
@@ -325,12 +387,17 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()> {
-        let admin = admin.clone();
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord> {
+        let mut admin = admin.clone();
         self.write(move |txn| {
             let id = admin.id.to_string();
+            let revision = bump_revision(txn)?;
             let mut admins = txn.open_table(ADMINS).map_err(backend)?;
             let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
+            if old.revision != admin.revision {
+                return Err(CatalogError::Stale);
+            }
+            admin.revision = revision;
             if old.email != admin.email {
                 let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
                 if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
@@ -344,7 +411,7 @@ impl Catalog for EmbeddedCatalog {
             admins
                 .insert(id.as_str(), encode(&admin)?.as_slice())
                 .map_err(backend)?;
-            Ok(())
+            Ok(admin)
         })
         .await
     }
@@ -386,7 +453,7 @@ impl Catalog for EmbeddedCatalog {
                 to_collection: to_coll,
             };
             org.updated_at = Utc::now();
-            store_org(txn, &org)?;
+            store_org(txn, &mut org)?;
             Ok(org)
         })
         .await
@@ -458,6 +525,8 @@ impl Catalog for EmbeddedCatalog {
                 }
                 let mut orgs = txn.open_table(ORGS).map_err(backend)?;
                 orgs.remove(key.as_str()).map_err(backend)?;
+                let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+                not_active.remove(key.as_str()).map_err(backend)?;
                 let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
                 for d in &drops {
                     pending
@@ -470,6 +539,7 @@ impl Catalog for EmbeddedCatalog {
                 &count_key(&org.placement.shard, &org.placement.database),
                 -1,
             )?;
+            bump_revision(txn)?;
             Ok(Some(org))
         })
         .await
@@ -551,5 +621,97 @@ impl Catalog for EmbeddedCatalog {
             Ok(())
         })
         .await
+    }
+
+    async fn current_revision(&self) -> CatalogResult<u64> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(backend)?;
+            Ok(meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn next_revision(&self) -> CatalogResult<u64> {
+        self.write(bump_revision).await
+    }
+
+    async fn heartbeat(&self, instance: &InstanceInfo) -> CatalogResult<()> {
+        let (id, value) = (instance.id.clone(), encode(instance)?);
+        self.write(move |txn| {
+            let mut t = txn.open_table(INSTANCES).map_err(backend)?;
+            t.insert(id.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>> {
+        self.read(|txn| {
+            let t = txn.open_table(INSTANCES).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(backend)? {
+                let (_, v) = row.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove_instance(&self, id: &str) -> CatalogResult<()> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(INSTANCES).map_err(backend)?;
+            t.remove(id.as_str()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> CatalogResult<Option<String>> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES).map_err(backend)?;
+            let now = Utc::now();
+            if let Some(current) = get_json::<LeaseRecord>(&t, &name)? {
+                if current.holder != holder && current.expires_at > now {
+                    return Ok(Some(current.holder));
+                }
+            }
+            let lease = LeaseRecord {
+                holder,
+                expires_at: now + chrono::Duration::from_std(ttl).unwrap_or_default(),
+            };
+            t.insert(name.as_str(), encode(&lease)?.as_slice())
+                .map_err(backend)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> CatalogResult<()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |txn| {
+            let mut t = txn.open_table(LEASES).map_err(backend)?;
+            let held = get_json::<LeaseRecord>(&t, &name)?.is_some_and(|l| l.holder == holder);
+            if held {
+                t.remove(name.as_str()).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn watch(&self, _resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {
+        Ok(None)
     }
 }

@@ -65,6 +65,10 @@ pub struct OrgRecord {
     pub created_at: DateTime<Utc>,
     /// Last update.
     pub updated_at: DateTime<Utc>,
+    /// Catalog revision of the last write to this record (see [`Catalog::current_revision`]);
+    /// caches keep the newest and compare-and-set writes pin it.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl OrgRecord {
@@ -91,6 +95,10 @@ pub struct AdminRecord {
     pub created_at: DateTime<Utc>,
     /// Last update.
     pub updated_at: DateTime<Utc>,
+    /// Catalog revision of the last write to this record; [`Catalog::update_admin`] only
+    /// succeeds when the stored record still has the revision the caller read.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl std::fmt::Debug for AdminRecord {
@@ -100,6 +108,7 @@ impl std::fmt::Debug for AdminRecord {
             .field("org_id", &self.org_id)
             .field("email", &self.email)
             .field("credential_version", &self.credential_version)
+            .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +151,9 @@ pub enum CatalogError {
     /// The record to change does not exist (or is not in the expected state).
     #[error("not found")]
     NotFound,
+    /// The record changed since the caller read it (compare-and-set on its revision failed).
+    #[error("changed concurrently")]
+    Stale,
     /// The catalog store failed.
     #[error("catalog store error: {0}")]
     Backend(String),
@@ -166,8 +178,12 @@ pub trait Catalog: Send + Sync + 'static {
     /// Looks an organization up by its normalized current name.
     async fn org_by_name(&self, name: &NormalizedOrgName) -> CatalogResult<Option<OrgRecord>>;
 
-    /// Every organization (startup recovery and reconciliation).
+    /// Every organization (reconciliation and quota sweeps).
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>>;
+
+    /// Organizations not `Active` (creating or renaming): what recovery looks at, read
+    /// through an index rather than a scan of every organization.
+    async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>>;
 
     /// Looks an admin up by email.
     async fn admin_by_email(&self, email: &Email) -> CatalogResult<Option<AdminRecord>>;
@@ -178,8 +194,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// Admins of one organization.
     async fn admins_of_org(&self, org: OrgId) -> CatalogResult<Vec<AdminRecord>>;
 
-    /// Replaces an admin (email and/or password change); the new email must be free.
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()>;
+    /// Replaces an admin (email and/or password change) if the stored record still has
+    /// `admin.revision` ([`CatalogError::Stale`] otherwise); the new email must be free.
+    /// Returns the stored record with its new revision.
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord>;
 
     /// Reserves `to_name` and its collection for the org and marks it `Renaming`.
     async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord>;
@@ -217,4 +235,112 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Stores a small named value.
     async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()>;
+
+    /// The newest catalog revision allocated. Every write allocates a new one, so a revision
+    /// read after a write has committed is greater than that write's.
+    async fn current_revision(&self) -> CatalogResult<u64>;
+
+    /// Allocates a new revision without changing anything else. A fence calls it after its
+    /// change has committed: an instance that has seen this revision on the change feed has
+    /// seen the change.
+    async fn next_revision(&self) -> CatalogResult<u64>;
+
+    /// Records (or refreshes) this instance in the registry.
+    async fn heartbeat(&self, instance: &InstanceInfo) -> CatalogResult<()>;
+
+    /// Every registered instance, live or not.
+    async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>>;
+
+    /// Removes an instance from the registry (clean shutdown, or long expired).
+    async fn remove_instance(&self, id: &str) -> CatalogResult<()>;
+
+    /// Takes or renews the named lease for `holder` until `ttl` from now. `Ok(None)` when
+    /// acquired; `Ok(Some(other))` when another holder has it and it has not expired.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> CatalogResult<Option<String>>;
+
+    /// Gives the named lease up if `holder` still has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> CatalogResult<()>;
+
+    /// Follows the catalog's changes from `resume` (or from now). `Ok(None)` when this catalog
+    /// has no change feed (the embedded catalog belongs to one process, which makes every
+    /// change itself).
+    async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>>;
 }
+
+/// A gateway instance in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InstanceInfo {
+    /// Random id chosen at start.
+    pub id: String,
+    /// Package version.
+    pub version: String,
+    /// Public listen address.
+    pub listen: String,
+    /// Operator listen address.
+    pub ops_listen: String,
+    /// Process start.
+    pub started_at: DateTime<Utc>,
+    /// Last heartbeat.
+    pub last_seen: DateTime<Utc>,
+    /// How long after `last_seen` the instance counts as gone.
+    pub lease_ms: u64,
+    /// The longest one of its requests may run: a fence waits this long past the lease for
+    /// an instance that stopped heartbeating.
+    #[serde(default)]
+    pub drain_ms: u64,
+    /// Newest catalog revision whose changes this instance has applied (caches invalidated,
+    /// requests that used older state finished).
+    pub applied_revision: u64,
+    /// How it follows the catalog: `stream`, `polling` or `local`.
+    pub feed: String,
+}
+
+impl InstanceInfo {
+    /// Whether the lease still runs at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now <= self.last_seen + chrono::Duration::milliseconds(self.lease_ms as i64)
+    }
+
+    /// Whether a fence may stop waiting for it: its lease lapsed and any request it had
+    /// started since has timed out.
+    pub fn gone_for_fence(&self, now: DateTime<Utc>) -> bool {
+        now > self.last_seen
+            + chrono::Duration::milliseconds((self.lease_ms + self.drain_ms) as i64)
+    }
+}
+
+/// Where a change stream can resume; opaque to everything but the catalog.
+#[derive(Debug, Clone)]
+pub struct FeedToken(pub(crate) bson::Bson);
+
+/// One change seen on the catalog's change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogChange {
+    /// An organization document changed (inserted, updated, deleted).
+    Org(OrgId),
+    /// An admin changed.
+    Admin(AdminId),
+    /// A setting changed (rate-limit overrides, runtime shards).
+    Setting(String),
+    /// The revision counter reached this value.
+    Revision(u64),
+    /// Something the gateway does not cache.
+    Other,
+}
+
+/// A live change feed.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// The next change; `Ok(None)` if the stream ended.
+    async fn next_change(&mut self) -> CatalogResult<Option<CatalogChange>>;
+    /// Where to resume after the last change returned.
+    fn resume_token(&self) -> Option<FeedToken>;
+}
+
+/// A boxed [`ChangeFeed`].
+pub type ChangeStream = Box<dyn ChangeFeed>;

@@ -8,6 +8,13 @@
 //! - `pending_drops`: `{_id: drop key, org_id, drop}`.
 //! - `collection_counts`: `{_id: "shard/database", shard, database, count}`.
 //! - `settings`: `{_id: key, json}` (the value as JSON text, so any JSON round-trips).
+//! - `counters`: `{_id: "revision", value}`, the catalog revision: every write allocates the
+//!   next value first and stamps it on the document it writes (`rev`), which is also what
+//!   compare-and-set writes pin.
+//! - `instances`: the registry, `{_id: instance id, info}`; `leases`: `{_id: name, holder,
+//!   expires_at}`.
+//!
+//! Every instance follows these collections through a change stream ([`Catalog::watch`]).
 //!
 //! No multi-document transactions: every method orders its single-document writes so that a
 //! crash in between leaves only a state the startup recovery (`crate::movers`) handles:
@@ -21,7 +28,8 @@
 //! off by one; the startup capacity reconciliation recounts from the shards.
 
 use super::{
-    AdminRecord, Catalog, CatalogError, CatalogResult, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed, ChangeStream,
+    FeedToken, InstanceInfo, OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use crate::store::mongo::{
@@ -104,8 +112,14 @@ pub struct MongoCatalog {
     pending: Collection<Document>,
     counts: Collection<Document>,
     settings: Collection<Document>,
+    counters: Collection<Document>,
+    instances: Collection<Document>,
+    leases: Collection<Document>,
+    db: mongodb::Database,
     _client: LazyClient,
 }
+
+const REVISION: &str = "revision";
 
 impl MongoCatalog {
     /// Connects to the catalog database and creates its indexes. Unlike a shard, the catalog
@@ -130,6 +144,10 @@ impl MongoCatalog {
             pending: db.collection("pending_drops"),
             counts: db.collection("collection_counts"),
             settings: db.collection("settings"),
+            counters: db.collection("counters"),
+            instances: db.collection("instances"),
+            leases: db.collection("leases"),
+            db,
             secrets,
             _client: lazy,
         };
@@ -182,7 +200,63 @@ impl MongoCatalog {
             )
             .await
             .map_err(|e| self.err(&e))?;
+        self.orgs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "active": 1 })
+                    .options(IndexOptions::builder().name("active".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        // Documents written before `active` existed: derive it once from the record.
+        self.orgs
+            .update_many(
+                doc! { "active": { "$exists": false }, "record.state": "active" },
+                doc! { "$set": { "active": true } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.orgs
+            .update_many(
+                doc! { "active": { "$exists": false } },
+                doc! { "$set": { "active": false } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        // The counter exists before anyone increments it, so increments never race an upsert.
+        match self
+            .counters
+            .update_one(
+                doc! { "_id": REVISION },
+                doc! { "$setOnInsert": { "value": 0_i64 } },
+            )
+            .upsert(true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => match self.classify(&e) {
+                Failure::Duplicate { .. } => {}
+                f => return Err(backend_msg(f.message())),
+            },
+        }
         Ok(())
+    }
+
+    /// Allocates the next catalog revision.
+    async fn bump_revision(&self) -> CatalogResult<u64> {
+        let d = self
+            .counters
+            .find_one_and_update(
+                doc! { "_id": REVISION },
+                doc! { "$inc": { "value": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+            .map_err(|e| self.err(&e))?
+            .ok_or_else(|| backend_msg("revision counter vanished"))?;
+        Ok(int(&d, "value").max(0) as u64)
     }
 
     fn classify(&self, e: &mongodb::error::Error) -> Failure {
@@ -369,21 +443,29 @@ impl MongoCatalog {
         &self,
         filter: Document,
         mut update: Document,
-        record: &OrgRecord,
+        record: &mut OrgRecord,
     ) -> Result<bool, Failure> {
-        let record = to_doc(record).map_err(|e| Failure::Other {
+        let other = |e: CatalogError| Failure::Other {
             code: None,
             message: e.to_string(),
-        })?;
+        };
+        record.revision = self.bump_revision().await.map_err(other)?;
+        let active = record.state == OrgState::Active;
+        let rev = record.revision as i64;
+        let record = to_doc(&*record).map_err(other)?;
         match update.get_mut("$set") {
             Some(Bson::Document(set)) => {
                 set.insert("record", record);
+                set.insert("rev", rev);
+                set.insert("active", active);
             }
             _ => {
-                update.insert("$set", doc! { "record": record });
+                update.insert(
+                    "$set",
+                    doc! { "record": record, "rev": rev, "active": active },
+                );
             }
         }
-        update.insert("$inc", doc! { "rev": 1_i64 });
         let r = self
             .orgs
             .update_one(filter, update)
@@ -397,7 +479,7 @@ impl MongoCatalog {
         &self,
         filter: Document,
         update: Document,
-        record: &OrgRecord,
+        record: &mut OrgRecord,
     ) -> CatalogResult<bool> {
         self.update_org(filter, update, record)
             .await
@@ -411,12 +493,14 @@ impl Catalog for MongoCatalog {
         let id = org.id.to_string();
         let mut creating = org.clone();
         creating.state = OrgState::Creating;
+        creating.revision = self.bump_revision().await?;
         let (names, colls) = keys(org);
         let org_doc = doc! {
             "_id": &id,
             "names": names,
             "collections": colls,
-            "rev": 0_i64,
+            "rev": creating.revision as i64,
+            "active": false,
             "record": to_doc(&creating)?,
         };
         if let Err(e) = self.orgs.insert_one(org_doc).await {
@@ -434,11 +518,14 @@ impl Catalog for MongoCatalog {
             });
         }
         let placement = &org.placement;
+        let mut admin = admin.clone();
+        admin.revision = self.bump_revision().await?;
         let admin_doc = doc! {
             "_id": admin.id.to_string(),
             "email": admin.email.as_str(),
             "org_id": &id,
-            "record": to_doc(admin)?,
+            "rev": admin.revision as i64,
+            "record": to_doc(&admin)?,
         };
         let added = match self
             .add_count(&placement.shard, &placement.database, 1)
@@ -476,7 +563,7 @@ impl Catalog for MongoCatalog {
         }
         if org.state != OrgState::Creating
             && !self
-                .update_org_plain(doc! { "_id": &id }, Document::new(), org)
+                .update_org_plain(doc! { "_id": &id }, Document::new(), &mut org.clone())
                 .await?
         {
             return Err(CatalogError::NotFound);
@@ -490,7 +577,10 @@ impl Catalog for MongoCatalog {
             return Err(backend_msg("put_org cannot change name or collection"));
         }
         let filter = doc! { "_id": org.id.to_string(), "rev": rev };
-        if self.update_org_plain(filter, Document::new(), org).await? {
+        if self
+            .update_org_plain(filter, Document::new(), &mut org.clone())
+            .await?
+        {
             Ok(())
         } else {
             Err(CatalogError::NotFound)
@@ -509,6 +599,10 @@ impl Catalog for MongoCatalog {
 
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.find_orgs(doc! {}).await
+    }
+
+    async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
+        self.find_orgs(doc! { "active": false }).await
     }
 
     async fn admin_by_email(&self, email: &Email) -> CatalogResult<Option<AdminRecord>> {
@@ -542,15 +636,36 @@ impl Catalog for MongoCatalog {
         docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<()> {
-        let update = doc! { "$set": { "email": admin.email.as_str(), "record": to_doc(admin)? } };
-        match self
-            .admins
-            .update_one(doc! { "_id": admin.id.to_string() }, update)
-            .await
-        {
-            Ok(r) if r.matched_count == 1 => Ok(()),
-            Ok(_) => Err(CatalogError::NotFound),
+    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord> {
+        let expected = admin.revision as i64;
+        let mut admin = admin.clone();
+        admin.revision = self.bump_revision().await?;
+        let update = doc! { "$set": {
+            "email": admin.email.as_str(),
+            "rev": admin.revision as i64,
+            "record": to_doc(&admin)?,
+        } };
+        // Records written before revisions existed have no `rev`: they are revision 0.
+        let filter = if expected == 0 {
+            doc! { "_id": admin.id.to_string(), "$or": [ { "rev": 0_i64 }, { "rev": { "$exists": false } } ] }
+        } else {
+            doc! { "_id": admin.id.to_string(), "rev": expected }
+        };
+        match self.admins.update_one(filter, update).await {
+            Ok(r) if r.matched_count == 1 => Ok(admin),
+            Ok(_) => {
+                let exists = self
+                    .admins
+                    .find_one(doc! { "_id": admin.id.to_string() })
+                    .await
+                    .map_err(|e| self.err(&e))?
+                    .is_some();
+                Err(if exists {
+                    CatalogError::Stale
+                } else {
+                    CatalogError::NotFound
+                })
+            }
             Err(e) => Err(match self.classify(&e) {
                 Failure::Duplicate { .. } => CatalogError::Conflict(Taken::Email),
                 f => backend_msg(f.message()),
@@ -576,7 +691,7 @@ impl Catalog for MongoCatalog {
         let update = doc! {
             "$addToSet": { "names": to_norm.as_str(), "collections": to_coll.as_str() },
         };
-        match self.update_org(filter, update, &org).await {
+        match self.update_org(filter, update, &mut org).await {
             Ok(true) => Ok(org),
             Ok(false) => Err(CatalogError::NotFound),
             Err(Failure::Duplicate { message, .. }) => Err(self
@@ -605,7 +720,7 @@ impl Catalog for MongoCatalog {
         let (names, colls) = keys(&org);
         let filter = doc! { "_id": id.to_string(), "rev": rev };
         let update = doc! { "$set": { "names": names, "collections": colls } };
-        if self.update_org_plain(filter, update, &org).await? {
+        if self.update_org_plain(filter, update, &mut org).await? {
             Ok(org)
         } else {
             Err(CatalogError::NotFound)
@@ -622,7 +737,7 @@ impl Catalog for MongoCatalog {
         let (names, colls) = keys(&org);
         let filter = doc! { "_id": id.to_string(), "rev": rev };
         let update = doc! { "$set": { "names": names, "collections": colls } };
-        if self.update_org_plain(filter, update, &org).await? {
+        if self.update_org_plain(filter, update, &mut org).await? {
             Ok(org)
         } else {
             Err(CatalogError::NotFound)
@@ -737,5 +852,159 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
+    }
+
+    async fn current_revision(&self) -> CatalogResult<u64> {
+        let d = self
+            .counters
+            .find_one(doc! { "_id": REVISION })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(d.map(|d| int(&d, "value").max(0) as u64).unwrap_or(0))
+    }
+
+    async fn next_revision(&self) -> CatalogResult<u64> {
+        self.bump_revision().await
+    }
+
+    async fn heartbeat(&self, instance: &InstanceInfo) -> CatalogResult<()> {
+        self.instances
+            .replace_one(
+                doc! { "_id": &instance.id },
+                doc! { "_id": &instance.id, "info": to_doc(instance)? },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>> {
+        let docs = self.all(&self.instances).await?;
+        docs.iter().map(|d| from_field(d, "info")).collect()
+    }
+
+    async fn remove_instance(&self, id: &str) -> CatalogResult<()> {
+        self.instances
+            .delete_one(doc! { "_id": id })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> CatalogResult<Option<String>> {
+        let now = bson::DateTime::now();
+        let expires = bson::DateTime::from_millis(now.timestamp_millis() + ttl.as_millis() as i64);
+        // Matches only a lease this holder has or one that expired; otherwise the upsert
+        // collides with the live lease on `_id`.
+        let filter =
+            doc! { "_id": name, "$or": [ { "holder": holder }, { "expires_at": { "$lt": now } } ] };
+        let update = doc! { "$set": { "holder": holder, "expires_at": expires } };
+        match self.leases.update_one(filter, update).upsert(true).await {
+            Ok(_) => Ok(None),
+            Err(e) => match self.classify(&e) {
+                Failure::Duplicate { .. } => {
+                    let current = self
+                        .leases
+                        .find_one(doc! { "_id": name })
+                        .await
+                        .map_err(|e| self.err(&e))?;
+                    Ok(Some(
+                        current
+                            .and_then(|d| d.get_str("holder").ok().map(str::to_owned))
+                            .unwrap_or_default(),
+                    ))
+                }
+                f => Err(backend_msg(f.message())),
+            },
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> CatalogResult<()> {
+        self.leases
+            .delete_one(doc! { "_id": name, "holder": holder })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {
+        let mut watch = self.db.watch();
+        if let Some(FeedToken(token)) = resume {
+            let token: mongodb::change_stream::event::ResumeToken =
+                bson::from_bson(token).map_err(|e| backend_msg(e.to_string()))?;
+            watch = watch.resume_after(token);
+        }
+        let stream = watch.await.map_err(|e| self.err(&e))?;
+        Ok(Some(Box::new(MongoFeed {
+            stream,
+            secrets: self.secrets.clone(),
+        })))
+    }
+}
+
+/// A change stream on the catalog database.
+struct MongoFeed {
+    stream: mongodb::change_stream::ChangeStream<
+        mongodb::change_stream::event::ChangeStreamEvent<Document>,
+    >,
+    secrets: Secrets,
+}
+
+#[async_trait]
+impl ChangeFeed for MongoFeed {
+    async fn next_change(&mut self) -> CatalogResult<Option<CatalogChange>> {
+        use futures_util::StreamExt;
+        let Some(event) = self.stream.next().await else {
+            return Ok(None);
+        };
+        let event = event.map_err(|e| backend_msg(classify(&e, &self.secrets).message()))?;
+        Ok(Some(change_of(&event)))
+    }
+
+    fn resume_token(&self) -> Option<FeedToken> {
+        self.stream
+            .resume_token()
+            .and_then(|t| bson::to_bson(&t).ok())
+            .map(FeedToken)
+    }
+}
+
+/// What a change-stream event means for the gateway's caches.
+fn change_of(event: &mongodb::change_stream::event::ChangeStreamEvent<Document>) -> CatalogChange {
+    let coll = event
+        .ns
+        .as_ref()
+        .and_then(|ns| ns.coll.as_deref())
+        .unwrap_or("");
+    let id = event
+        .document_key
+        .as_ref()
+        .and_then(|k| k.get_str("_id").ok());
+    match (coll, id) {
+        ("organizations", Some(id)) => id
+            .parse()
+            .map(CatalogChange::Org)
+            .unwrap_or(CatalogChange::Other),
+        ("admins", Some(id)) => id
+            .parse()
+            .map(CatalogChange::Admin)
+            .unwrap_or(CatalogChange::Other),
+        ("settings", Some(key)) => CatalogChange::Setting(key.to_owned()),
+        ("counters", Some(REVISION)) => {
+            let value = event
+                .update_description
+                .as_ref()
+                .map(|u| int(&u.updated_fields, "value"))
+                .or_else(|| event.full_document.as_ref().map(|d| int(d, "value")))
+                .unwrap_or(0);
+            CatalogChange::Revision(value.max(0) as u64)
+        }
+        _ => CatalogChange::Other,
     }
 }

@@ -106,6 +106,12 @@ impl CollectionName {
         &self.0
     }
 
+    /// Where an orphaned collection found under this name is moved aside: a name no
+    /// organization can map to (it lacks the `org_` prefix), unique by `stamp`.
+    pub fn quarantine(&self, stamp: i64) -> String {
+        format!("quarantine_{}_{stamp}", &self.0[4..])
+    }
+
     /// Accepts a name read back from a store: only names this type could have produced.
     pub fn from_stored(raw: &str) -> Option<Self> {
         let slug = raw.strip_prefix("org_")?;

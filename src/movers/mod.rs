@@ -1,21 +1,48 @@
 //! Movers: operations that change where a tenant's data lives, written so that a crash at any
-//! point leaves a journal the next start (or the background resume loop) finishes.
+//! point leaves a journal the next start (or the background resume loop) finishes, and so that
+//! no instance of the fleet is still using a collection when it moves or is dropped.
 //!
-//! - rename: `begin_rename` (reserves the new name and collection, state `Renaming`) ->
-//!   store `rename_collection` (atomic and idempotent) -> `commit_rename`. Interrupted renames
-//!   are completed, never half-applied.
-//! - delete: `delete_org` records a pending drop in the same catalog transaction -> store drop
-//!   -> clear the pending drop.
-//! - create: the org is inserted as `Creating`, its collection created, then marked `Active`;
-//!   an interrupted create is rolled back.
+//! - rename: `begin_rename` (reserves the new name and collection, state `Renaming`: every
+//!   instance answers the tenant's data requests with 503 once it applied it) -> fence (every
+//!   live instance applied it and finished older requests) -> credentials change, if any
+//!   (compare-and-set; a conflict aborts the rename) -> clear the target (pending drop run,
+//!   orphan set aside) -> store `rename_collection` (atomic and idempotent) -> `commit_rename`.
+//!   Interrupted renames are completed, never half-applied.
+//! - delete: `delete_org` records a pending drop in the same catalog step -> fence -> store
+//!   drop -> clear the pending drop.
+//! - create: the org is inserted as `Creating`, its collection created (never adopted: an
+//!   orphan found there is set aside), then marked `Active`; an interrupted create is rolled
+//!   back.
+//!
+//! Drops and creates of one collection name hold a catalog lease on it, so recovery on one
+//! instance can never drop a collection another instance has just created under that name.
 
-use crate::app::AppState;
-use crate::catalog::{CatalogError, OrgRecord, OrgState, PendingDrop};
+use crate::catalog::{AdminRecord, Catalog, CatalogError, OrgRecord, OrgState, PendingDrop};
 use crate::domain::{DatabaseName, OrgName, ShardId};
+use crate::fleet::{FenceError, Fleet};
+use crate::limits::quota::Quotas;
+use crate::placement::{CapacityCounts, ShardSet};
+use crate::router::TenantRouter;
 use crate::store::{Namespace, StoreError};
 use chrono::Utc;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What lifecycle operations need: the catalog, the shards, the caches to invalidate, the
+/// fleet to fence, the capacity counts. Nothing else.
+pub struct Lifecycle<'a> {
+    /// The catalog.
+    pub catalog: &'a Arc<dyn Catalog>,
+    /// Shards and their stores.
+    pub shards: &'a ShardSet,
+    /// Caches of this instance.
+    pub router: &'a TenantRouter,
+    /// Fences across the fleet.
+    pub fleet: &'a Fleet,
+    /// In-memory collection counts.
+    pub capacity: &'a CapacityCounts,
+}
 
 /// Why a move failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +56,12 @@ pub enum MoveError {
     /// The placement names a shard this instance does not know.
     #[error("unknown shard {0}")]
     UnknownShard(ShardId),
+    /// The fleet did not apply the change in time; nothing moved.
+    #[error(transparent)]
+    Fence(#[from] FenceError),
+    /// Another operation holds the collection.
+    #[error("collection busy")]
+    Busy,
 }
 
 fn namespace(org: &OrgRecord) -> Namespace {
@@ -48,27 +81,116 @@ fn failpoint(name: &str) {
     }
 }
 
-/// Renames an organization, moving its documents to the new collection.
+/// Test hook: when `GATEWAY_PAUSEPOINT` names this point, wait `GATEWAY_PAUSE_MS` here, so a
+/// test can act on another instance in between.
+async fn pausepoint(name: &str) {
+    if std::env::var("GATEWAY_PAUSEPOINT").is_ok_and(|v| v == name) {
+        let ms = std::env::var("GATEWAY_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        tracing::warn!(pausepoint = name, ms, "pausepoint reached: waiting");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// A catalog lease on one collection name on one shard, held while it is dropped or created.
+struct CollectionLock<'a> {
+    catalog: &'a Arc<dyn Catalog>,
+    name: String,
+    holder: String,
+}
+
+impl<'a> CollectionLock<'a> {
+    const TTL: Duration = Duration::from_secs(60);
+
+    async fn acquire(
+        catalog: &'a Arc<dyn Catalog>,
+        shard: &ShardId,
+        ns: &Namespace,
+    ) -> Result<CollectionLock<'a>, MoveError> {
+        let name = format!("collection:{shard}/{ns}");
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        for _ in 0..250 {
+            if catalog
+                .acquire_lease(&name, &holder, Self::TTL)
+                .await?
+                .is_none()
+            {
+                return Ok(Self {
+                    catalog,
+                    name,
+                    holder,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(MoveError::Busy)
+    }
+
+    async fn release(self) {
+        if let Err(e) = self.catalog.release_lease(&self.name, &self.holder).await {
+            tracing::warn!(error = %e, "could not release a collection lease; it expires");
+        }
+    }
+}
+
+/// Renames an organization, moving its documents to the new collection. `admin`, when given,
+/// is the caller's admin record with changed credentials: it commits with the rename (after
+/// the name is reserved, before any data moves) or not at all.
 pub async fn rename(
-    state: &AppState,
+    lc: &Lifecycle<'_>,
     org: &OrgRecord,
     to: &OrgName,
-) -> Result<OrgRecord, MoveError> {
-    let catalog = state.catalog();
-    let renaming = catalog.begin_rename(org.id, to).await?;
+    admin: Option<&AdminRecord>,
+) -> Result<(OrgRecord, Option<AdminRecord>), MoveError> {
+    let renaming = lc.catalog.begin_rename(org.id, to).await?;
     failpoint("rename_after_begin");
-    state.router.invalidate_org(org).await;
-    let done = finish_rename(state, &renaming).await;
-    state.router.invalidate_org(org).await;
-    done
+    lc.router.invalidate_org(org).await;
+    let prepared = async {
+        lc.fleet.fence().await?;
+        match admin {
+            Some(a) => {
+                let stored = lc.catalog.update_admin(a).await?;
+                lc.router.invalidate_admin(a.id).await;
+                Ok::<_, MoveError>(Some(stored))
+            }
+            None => Ok(None),
+        }
+    }
+    .await;
+    let admin = match prepared {
+        Ok(a) => a,
+        Err(e) => {
+            // Nothing moved and no credential changed: release the reserved name.
+            if let Err(undo) = lc.catalog.abort_rename(org.id).await {
+                tracing::error!(error = %undo, "cannot abort a rename; recovery will finish it");
+            }
+            lc.router.invalidate_org(org).await;
+            return Err(e);
+        }
+    };
+    pausepoint("rename_after_fence").await;
+    let done = finish_rename(lc, &renaming, true).await;
+    lc.router.invalidate_org(org).await;
+    let renamed = done?;
+    // Best effort: the reply then means every live instance answers to the new name.
+    if let Err(e) = lc.fleet.fence().await {
+        tracing::warn!(error = %e, "rename committed; some instances apply it late");
+    }
+    Ok((renamed, admin))
 }
 
 /// Completes the store and catalog steps of a `Renaming` organization (idempotent).
-async fn finish_rename(state: &AppState, org: &OrgRecord) -> Result<OrgRecord, MoveError> {
+async fn finish_rename(
+    lc: &Lifecycle<'_>,
+    org: &OrgRecord,
+    first_attempt: bool,
+) -> Result<OrgRecord, MoveError> {
     let OrgState::Renaming { to_collection, .. } = &org.state else {
         return Ok(org.clone());
     };
-    let shard = state
+    let shard = lc
         .shards
         .get(&org.placement.shard)
         .ok_or_else(|| MoveError::UnknownShard(org.placement.shard.clone()))?;
@@ -78,56 +200,144 @@ async fn finish_rename(state: &AppState, org: &OrgRecord) -> Result<OrgRecord, M
         collection: to_collection.clone(),
     };
     if from != to {
-        let moved = shard.store.rename_collection(&from, &to).await?;
-        tracing::info!(org_id = %org.id, from = %from, to = %to, documents = moved, "renamed tenant collection");
+        // The target name may hold a deleted organization's collection whose drop is still
+        // pending, or an orphan: never adopt either.
+        let lock = CollectionLock::acquire(lc.catalog, &org.placement.shard, &to).await?;
+        let cleared = async {
+            run_pending_drops_locked(lc, &org.placement.shard, &to).await?;
+            if first_attempt {
+                set_aside_orphan(lc, &org.placement.shard, &to).await?;
+            }
+            let moved = shard.store.rename_collection(&from, &to).await?;
+            tracing::info!(org_id = %org.id, from = %from, to = %to, documents = moved, "renamed tenant collection");
+            Ok::<_, MoveError>(())
+        }
+        .await;
+        lock.release().await;
+        cleared?;
         failpoint("rename_after_store");
     }
-    let renamed = state.catalog().commit_rename(org.id).await?;
-    state.router.invalidate_org(&renamed).await;
+    let renamed = lc.catalog.commit_rename(org.id).await?;
+    lc.router.invalidate_org(&renamed).await;
     Ok(renamed)
 }
 
-/// Deletes an organization: catalog first (with a pending drop), then its collection.
-pub async fn delete(state: &AppState, org: &OrgRecord) -> Result<(), MoveError> {
-    let removed = state.catalog().delete_org(org.id).await?;
+/// Moves aside a collection found where a tenant's collection is about to be created: the
+/// catalog records it for no organization (a write that recreated it after a drop, say).
+async fn set_aside_orphan(
+    lc: &Lifecycle<'_>,
+    shard_id: &ShardId,
+    ns: &Namespace,
+) -> Result<(), MoveError> {
+    let shard = lc
+        .shards
+        .get(shard_id)
+        .ok_or_else(|| MoveError::UnknownShard(shard_id.clone()))?;
+    let present = shard.store.list_collections(&ns.database).await?;
+    if !present.iter().any(|c| c == ns.collection.as_str()) {
+        return Ok(());
+    }
+    let documents = shard.store.count_all(ns).await?;
+    if documents == 0 {
+        shard.store.drop_collection(ns).await?;
+        return Ok(());
+    }
+    let aside = ns.collection.quarantine(Utc::now().timestamp_millis());
+    tracing::warn!(shard = %shard_id, collection = %ns, set_aside_as = %aside, documents, "found an orphaned collection; set it aside");
+    shard.store.set_aside(ns, &aside).await?;
+    Ok(())
+}
+
+/// Creates the collection of a new organization: runs a drop still pending under that name,
+/// sets aside any orphan, then creates it, all under the collection's lease.
+pub async fn create_collection(
+    lc: &Lifecycle<'_>,
+    shard_id: &ShardId,
+    ns: &Namespace,
+) -> Result<(), MoveError> {
+    let shard = lc
+        .shards
+        .get(shard_id)
+        .ok_or_else(|| MoveError::UnknownShard(shard_id.clone()))?;
+    let lock = CollectionLock::acquire(lc.catalog, shard_id, ns).await?;
+    let created = async {
+        run_pending_drops_locked(lc, shard_id, ns).await?;
+        match shard.store.create_collection(ns).await {
+            Err(StoreError::CollectionExists) => {
+                set_aside_orphan(lc, shard_id, ns).await?;
+                shard.store.create_collection(ns).await?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+    .await;
+    lock.release().await;
+    created
+}
+
+/// Deletes an organization: catalog first (with a pending drop), then a fence, then its
+/// collection. A failed fence or drop leaves the pending drop to the resume loop.
+pub async fn delete(lc: &Lifecycle<'_>, org: &OrgRecord) -> Result<(), MoveError> {
+    let removed = lc.catalog.delete_org(org.id).await?;
     failpoint("delete_after_catalog");
-    state.router.invalidate_org(org).await;
-    if let Some(removed) = removed {
-        state
-            .capacity
-            .release(&removed.placement.shard, &removed.placement.database);
-        let drop = PendingDrop {
-            shard: removed.placement.shard.clone(),
+    lc.router.invalidate_org(org).await;
+    let Some(removed) = removed else {
+        return Ok(());
+    };
+    lc.capacity
+        .release(&removed.placement.shard, &removed.placement.database);
+    if let Err(e) = lc.fleet.fence().await {
+        tracing::warn!(error = %e, org_id = %org.id, "collection drop deferred: the fleet has not applied the delete");
+        return Ok(());
+    }
+    pausepoint("delete_after_fence").await;
+    let mut drops = vec![namespace(&removed)];
+    if let OrgState::Renaming { to_collection, .. } = &removed.state {
+        drops.push(Namespace {
             database: removed.placement.database.clone(),
-            collection: removed.placement.collection.clone(),
-        };
-        // A failure here leaves the pending drop for the resume loop; the org is gone.
-        if let Err(e) = run_drop(state, &drop).await {
-            tracing::warn!(error = %e, collection = %drop.collection, "collection drop deferred");
+            collection: to_collection.clone(),
+        });
+    }
+    for ns in drops {
+        if let Err(e) = run_pending_drops(lc, &removed.placement.shard, &ns).await {
+            tracing::warn!(error = %e, collection = %ns, "collection drop deferred");
         }
     }
     Ok(())
 }
 
-/// Runs a drop still pending for exactly this collection, if any: a deleted organization's
-/// collection whose drop was deferred must be gone before a new organization with the same
-/// collection name starts using it.
-pub async fn settle_pending_drop(
-    state: &AppState,
+/// Runs the pending drops recorded for exactly this collection, under its lease.
+async fn run_pending_drops(
+    lc: &Lifecycle<'_>,
     shard: &ShardId,
     ns: &Namespace,
 ) -> Result<(), MoveError> {
-    for drop in state.catalog().pending_drops().await? {
+    let lock = CollectionLock::acquire(lc.catalog, shard, ns).await?;
+    let done = run_pending_drops_locked(lc, shard, ns).await;
+    lock.release().await;
+    done
+}
+
+/// Drops the collection if the catalog still records a pending drop for it (read under the
+/// lease, so a drop someone else already ran, or that a new organization settled before
+/// creating the collection again, is never run twice).
+async fn run_pending_drops_locked(
+    lc: &Lifecycle<'_>,
+    shard: &ShardId,
+    ns: &Namespace,
+) -> Result<(), MoveError> {
+    for drop in lc.catalog.pending_drops().await? {
         if &drop.shard == shard && drop.database == ns.database && drop.collection == ns.collection
         {
-            run_drop(state, &drop).await?;
+            run_drop(lc, &drop).await?;
         }
     }
     Ok(())
 }
 
-async fn run_drop(state: &AppState, drop: &PendingDrop) -> Result<(), MoveError> {
-    let shard = state
+async fn run_drop(lc: &Lifecycle<'_>, drop: &PendingDrop) -> Result<(), MoveError> {
+    let shard = lc
         .shards
         .get(&drop.shard)
         .ok_or_else(|| MoveError::UnknownShard(drop.shard.clone()))?;
@@ -138,35 +348,59 @@ async fn run_drop(state: &AppState, drop: &PendingDrop) -> Result<(), MoveError>
             collection: drop.collection.clone(),
         })
         .await?;
-    state.catalog().clear_pending_drop(drop).await?;
+    lc.catalog.clear_pending_drop(drop).await?;
     Ok(())
 }
 
 /// Finishes or rolls back every interrupted operation older than `min_age`: renames are
-/// completed, creates rolled back, pending drops executed. Returns how many were handled.
-pub async fn resume_interrupted(state: &AppState, min_age: Duration) -> Result<usize, MoveError> {
+/// completed, creates rolled back, pending drops executed (after one fence). Reads only the
+/// organizations that are not active; one failing item never blocks the others. Returns how
+/// many were handled.
+pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result<usize, MoveError> {
     let mut handled = 0;
     let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
-    for org in state.catalog().list_orgs().await? {
+    let failed = |what: &str, e: &MoveError| {
+        crate::telemetry::metrics::RECOVERY_FAILURES.inc();
+        tracing::warn!(error = %e, "{what} failed; retrying later");
+    };
+    for org in lc.catalog.orgs_not_active().await? {
         if org.updated_at > cutoff {
             continue;
         }
-        match &org.state {
+        let outcome = match &org.state {
             OrgState::Active => continue,
             OrgState::Renaming { to_name, .. } => {
                 tracing::warn!(org_id = %org.id, to = %to_name, "completing an interrupted rename");
-                finish_rename(state, &org).await?;
+                match lc.fleet.fence().await {
+                    Ok(_) => finish_rename(lc, &org, false).await.map(|_| ()),
+                    Err(e) => Err(e.into()),
+                }
             }
             OrgState::Creating => {
                 tracing::warn!(org_id = %org.id, name = %org.name, "rolling back an interrupted create");
-                delete(state, &org).await?;
+                delete(lc, &org).await
             }
+        };
+        match outcome {
+            Ok(()) => handled += 1,
+            Err(e) => failed("recovery of an interrupted operation", &e),
         }
-        handled += 1;
     }
-    for drop in state.catalog().pending_drops().await? {
-        run_drop(state, &drop).await?;
-        handled += 1;
+    let drops = lc.catalog.pending_drops().await?;
+    if drops.is_empty() {
+        return Ok(handled);
+    }
+    // Every delete behind these drops committed before this fence.
+    lc.fleet.fence().await?;
+    for drop in drops {
+        let ns = Namespace {
+            database: drop.database.clone(),
+            collection: drop.collection.clone(),
+        };
+        match run_pending_drops(lc, &drop.shard, &ns).await {
+            Ok(()) => handled += 1,
+            Err(e) => failed("pending collection drop", &e),
+        }
     }
     Ok(handled)
 }
@@ -174,23 +408,27 @@ pub async fn resume_interrupted(state: &AppState, min_age: Duration) -> Result<u
 /// Measures the storage of up to `budget` organizations whose usage is unknown or stale, so
 /// `/ops/quotas` covers organizations that have not written since this instance started.
 /// Returns how many were measured.
-pub async fn sweep_quotas(state: &AppState, budget: usize) -> Result<usize, MoveError> {
+pub async fn sweep_quotas(
+    lc: &Lifecycle<'_>,
+    quotas: &Quotas,
+    budget: usize,
+) -> Result<usize, MoveError> {
     let mut measured = 0;
-    for org in state.catalog().list_orgs().await? {
+    for org in lc.catalog.list_orgs().await? {
         if measured >= budget {
             break;
         }
-        if org.state != OrgState::Active || !state.quotas.needs_measuring(org.id) {
+        if org.state != OrgState::Active || !quotas.needs_measuring(org.id) {
             continue;
         }
-        let Some(shard) = state.shards.get(&org.placement.shard) else {
+        let Some(shard) = lc.shards.get(&org.placement.shard) else {
             continue;
         };
         if !shard.is_up() {
             continue;
         }
         match shard.store.collection_bytes(&namespace(&org)).await {
-            Ok(bytes) => state.quotas.set_measured(org.id, bytes),
+            Ok(bytes) => quotas.set_measured(org.id, bytes),
             Err(e) => {
                 tracing::debug!(org_id = %org.id, error = %e, "quota measurement failed");
                 continue;
@@ -203,8 +441,8 @@ pub async fn sweep_quotas(state: &AppState, budget: usize) -> Result<usize, Move
 
 /// Recounts tenant collections per database from the shards themselves and fixes the
 /// catalog's counts where they drifted. Unreachable shards are skipped (and logged).
-pub async fn reconcile_capacity(state: &AppState) -> Result<(), MoveError> {
-    let catalog = state.catalog();
+pub async fn reconcile_capacity(lc: &Lifecycle<'_>) -> Result<(), MoveError> {
+    let catalog = lc.catalog;
     let mut databases: BTreeMap<ShardId, BTreeSet<DatabaseName>> = BTreeMap::new();
     for (shard, db, _) in catalog.collection_counts().await? {
         databases.entry(shard).or_default().insert(db);
@@ -222,7 +460,7 @@ pub async fn reconcile_capacity(state: &AppState) -> Result<(), MoveError> {
         .map(|(s, d, n)| ((s, d), n))
         .collect();
     for (shard_id, dbs) in databases {
-        let Some(shard) = state.shards.get(&shard_id) else {
+        let Some(shard) = lc.shards.get(&shard_id) else {
             tracing::warn!(shard = %shard_id, "placements name a shard missing from config");
             continue;
         };

@@ -2,6 +2,7 @@
 //! organization (weighted rendezvous hashing, then the open database), and capacity states.
 
 mod capacity;
+pub mod open;
 mod policy;
 mod shards;
 

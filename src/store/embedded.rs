@@ -77,6 +77,15 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Document> {
     serde_json::from_slice(bytes).map_err(backend)
 }
 
+/// Whether the table exists, seen from inside a write transaction (so the answer holds until
+/// it commits: redb has one writer at a time).
+fn exists_in(txn: &redb::WriteTransaction, name: &str) -> StoreResult<bool> {
+    Ok(txn
+        .list_tables()
+        .map_err(backend)?
+        .any(|t| t.name() == name))
+}
+
 fn table_exists(db: &Database, name: &str) -> StoreResult<bool> {
     let txn = db.begin_read().map_err(backend)?;
     let found = txn
@@ -97,9 +106,28 @@ impl TenantStore for EmbeddedStore {
         let name = table_name(ns);
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
+            if exists_in(&txn, &name)? {
+                return Err(StoreError::CollectionExists);
+            }
             {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 txn.open_table(def).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_aside(&self, ns: &Namespace, new_name: &str) -> StoreResult<()> {
+        let (name, to) = (table_name(ns), format!("{}.{new_name}", ns.database));
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            if exists_in(&txn, &name)? {
+                let from: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let to_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&to);
+                txn.rename_table(from, to_def).map_err(backend)?;
+                let mut bytes = txn.open_table(BYTES).map_err(backend)?;
+                bytes.remove(name.as_str()).map_err(backend)?;
             }
             txn.commit().map_err(backend)
         })
@@ -169,6 +197,9 @@ impl TenantStore for EmbeddedStore {
         let name = table_name(ns);
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
+            if !exists_in(&txn, &name)? {
+                return Err(StoreError::CollectionMissing);
+            }
             let mut added = 0u64;
             {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
@@ -282,6 +313,9 @@ impl TenantStore for EmbeddedStore {
         let (name, id, update) = (table_name(ns), id.to_owned(), update.clone());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
+            if !exists_in(&txn, &name)? {
+                return Ok(None);
+            }
             let updated = {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = txn.open_table(def).map_err(backend)?;
@@ -328,6 +362,9 @@ impl TenantStore for EmbeddedStore {
         let (name, id) = (table_name(ns), id.to_owned());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
+            if !exists_in(&txn, &name)? {
+                return Ok(false);
+            }
             let removed = {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = match txn.open_table(def) {

@@ -36,6 +36,13 @@ pub enum StoreError {
     /// The shard cannot be reached or selected in time: clients get 503.
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// A create found the collection already there (an orphan, never adopted).
+    #[error("collection already exists")]
+    CollectionExists,
+    /// A write found no collection: the organization was deleted or renamed meanwhile.
+    /// Writes never create collections, so none can outlive its organization.
+    #[error("collection does not exist")]
+    CollectionMissing,
     /// An insert reused an `_id` already in the collection.
     #[error("duplicate _id {0:?}")]
     DuplicateId(String),
@@ -73,8 +80,13 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Checks the backend answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Creates the collection if it does not exist.
+    /// Creates the collection; [`StoreError::CollectionExists`] if it is already there, so
+    /// a new organization never inherits documents it did not write.
     async fn create_collection(&self, ns: &Namespace) -> StoreResult<()>;
+
+    /// Moves a collection aside under `new_name` (an orphan found where a tenant's collection
+    /// is about to be created), keeping its documents for an operator to inspect.
+    async fn set_aside(&self, ns: &Namespace, new_name: &str) -> StoreResult<()>;
 
     /// Drops the collection and its documents; succeeds if it does not exist.
     async fn drop_collection(&self, ns: &Namespace) -> StoreResult<()>;
@@ -87,7 +99,9 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Names of the collections in a database (tenant collections and any others).
     async fn list_collections(&self, database: &DatabaseName) -> StoreResult<Vec<String>>;
 
-    /// Inserts documents that already carry their `_id`, all or nothing.
+    /// Inserts documents that already carry their `_id`, all or nothing. Like every write,
+    /// fails with [`StoreError::CollectionMissing`] (embedded store) rather than create the
+    /// collection; on MongoDB, fences keep writes away from collections being dropped.
     async fn insert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()>;
 
     /// The document with this `_id`, if any.

@@ -600,15 +600,30 @@ impl MongoStore {
             .map_err(|e| self.error(self.classify(&e)))
     }
 
-    async fn create(&self, ns: &Namespace) -> StoreResult<()> {
+    /// Creates the collection; `Ok(false)` when it already exists. Newer servers answer an
+    /// existing collection's `create` with success, so existence is checked first (callers
+    /// hold the collection's lease, and fences keep writers away).
+    async fn create_new(&self, ns: &Namespace) -> StoreResult<bool> {
+        if !self
+            .existing(&ns.database, &[ns.collection.as_str()])
+            .await?
+            .is_empty()
+        {
+            return Ok(false);
+        }
         let db = self.client().await?.database(ns.database.as_str());
         match db.create_collection(ns.collection.as_str()).await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(e) => match self.classify(&e) {
-                f if f.code() == Some(NAMESPACE_EXISTS) => Ok(()),
+                f if f.code() == Some(NAMESPACE_EXISTS) => Ok(false),
                 f => Err(self.error(f)),
             },
         }
+    }
+
+    /// Creates the collection unless it exists (the target of a rename being finished).
+    async fn create(&self, ns: &Namespace) -> StoreResult<()> {
+        self.create_new(ns).await.map(|_| ())
     }
 
     async fn drop(&self, ns: &Namespace) -> StoreResult<()> {
@@ -799,7 +814,26 @@ impl TenantStore for MongoStore {
     }
 
     async fn create_collection(&self, ns: &Namespace) -> StoreResult<()> {
-        self.observed("create_collection", self.create(ns)).await
+        match self.create_new(ns).await? {
+            true => Ok(()),
+            false => Err(StoreError::CollectionExists),
+        }
+    }
+
+    async fn set_aside(&self, ns: &Namespace, new_name: &str) -> StoreResult<()> {
+        let admin = self.client().await?.database("admin");
+        let command = doc! {
+            "renameCollection": format!("{}.{}", ns.database, ns.collection),
+            "to": format!("{}.{new_name}", ns.database),
+            "dropTarget": false,
+        };
+        match admin.run_command(command).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.classify(&e) {
+                f if f.code() == Some(NAMESPACE_NOT_FOUND) => Ok(()),
+                f => Err(self.error(f)),
+            },
+        }
     }
 
     async fn drop_collection(&self, ns: &Namespace) -> StoreResult<()> {

@@ -55,6 +55,10 @@ impl TenantStore for Observed {
         self.run("create_collection", self.inner.create_collection(ns))
             .await
     }
+    async fn set_aside(&self, ns: &Namespace, new_name: &str) -> StoreResult<()> {
+        self.run("set_aside", self.inner.set_aside(ns, new_name))
+            .await
+    }
     async fn drop_collection(&self, ns: &Namespace) -> StoreResult<()> {
         self.run("drop_collection", self.inner.drop_collection(ns))
             .await

@@ -282,6 +282,45 @@ pub static SHARD_DATABASES: Lazy<IntGaugeVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Time a fence waited for the fleet to apply a change.
+pub static FENCE_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_fence_duration_seconds",
+            "Time until every live instance applied a placement change",
+        )
+        .buckets(latency_buckets()),
+    )
+    .unwrap())
+});
+
+/// Fences that gave up waiting.
+pub static FENCE_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_fence_timeouts_total",
+        "Fences that timed out waiting for live instances to apply a change",
+    )
+    .unwrap())
+});
+
+/// Whether the catalog change feed is followed (1) or polled (0).
+pub static FEED_UP: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_catalog_feed_up",
+        "1 while the catalog change feed is followed, 0 while it is down (polling) or absent",
+    )
+    .unwrap())
+});
+
+/// Recovery items that failed (and were left for the next pass).
+pub static RECOVERY_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_recovery_failures_total",
+        "Interrupted operations whose recovery failed and will be retried",
+    )
+    .unwrap())
+});
+
 /// Build information (always 1).
 pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     reg(IntGaugeVec::new(
@@ -320,6 +359,10 @@ pub fn init() {
     Lazy::force(&DB_COLLECTIONS_MAX);
     Lazy::force(&DB_COLLECTIONS_RATIO);
     Lazy::force(&SHARD_DATABASES);
+    Lazy::force(&FENCE_SECONDS);
+    Lazy::force(&FENCE_TIMEOUTS);
+    Lazy::force(&FEED_UP);
+    Lazy::force(&RECOVERY_FAILURES);
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_REV")])
         .set(1);

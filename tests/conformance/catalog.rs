@@ -90,6 +90,9 @@ conformance!(
     delete_records_pending_drops,
     delete_during_rename_drops_both_collections,
     admin_updates,
+    concurrent_admin_updates_lose_nothing,
+    revisions_only_grow_and_fence_allocations_are_fresh,
+    instance_registry_and_leases,
     collection_counts,
     settings_round_trip,
 );
@@ -123,6 +126,7 @@ fn org_in(name: &str, database: u32) -> OrgRecord {
         state: OrgState::Creating,
         created_at: now,
         updated_at: now,
+        revision: 0,
     }
 }
 
@@ -136,7 +140,20 @@ fn admin(org: &OrgRecord, email: &str) -> AdminRecord {
         credential_version: 0,
         created_at: now,
         updated_at: now,
+        revision: 0,
     }
+}
+
+/// The record without the revision the catalog stamps on every write.
+fn unrev(mut o: OrgRecord) -> OrgRecord {
+    o.revision = 0;
+    o
+}
+
+/// The admin without its revision.
+fn unrev_admin(mut a: AdminRecord) -> AdminRecord {
+    a.revision = 0;
+    a
 }
 
 fn email(raw: &str) -> Email {
@@ -177,34 +194,59 @@ async fn create(c: &dyn Catalog, org_name: &str, mail: &str) -> OrgRecord {
     let mut active = o.clone();
     active.state = OrgState::Active;
     c.put_org(&active).await.unwrap();
-    active
+    // As stored: with the revision the catalog stamped.
+    c.org_by_id(o.id).await.unwrap().unwrap()
 }
 
 async fn insert_and_look_up(c: Arc<dyn Catalog>) {
     let o = org("Acme  Corp");
     let a = admin(&o, "Admin@Acme.example");
     c.insert_org(&o, &a).await.unwrap();
-    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(o.clone()));
+    assert_eq!(c.org_by_id(o.id).await.unwrap().map(unrev), Some(o.clone()));
     let by_name = c
         .org_by_name(&name("acme corp").normalized())
         .await
-        .unwrap();
+        .unwrap()
+        .map(unrev);
     assert_eq!(by_name, Some(o.clone()));
     assert_eq!(
-        c.org_by_name(&name("acme").normalized()).await.unwrap(),
+        c.org_by_name(&name("acme").normalized())
+            .await
+            .unwrap()
+            .map(unrev),
         None
     );
     assert_eq!(c.org_by_id(OrgId::generate()).await.unwrap(), None);
-    assert_eq!(c.list_orgs().await.unwrap(), vec![o.clone()]);
+    assert_eq!(
+        c.list_orgs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(unrev)
+            .collect::<Vec<_>>(),
+        vec![o.clone()]
+    );
     assert_eq!(
         c.admin_by_email(&email("admin@acme.example"))
             .await
-            .unwrap(),
+            .unwrap()
+            .map(unrev_admin),
         Some(a.clone())
     );
-    assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        c.admin_by_id(a.id).await.unwrap().map(unrev_admin),
+        Some(a.clone())
+    );
     assert_eq!(c.admin_by_id(AdminId::generate()).await.unwrap(), None);
-    assert_eq!(c.admins_of_org(o.id).await.unwrap(), vec![a.clone()]);
+    assert_eq!(
+        c.admins_of_org(o.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(unrev_admin)
+            .collect::<Vec<_>>(),
+        vec![a.clone()]
+    );
     assert!(c.admins_of_org(OrgId::generate()).await.unwrap().is_empty());
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     // Inserting directly as Active works too.
@@ -213,8 +255,14 @@ async fn insert_and_look_up(c: Arc<dyn Catalog>) {
     c.insert_org(&b, &admin(&b, "b@beta.example"))
         .await
         .unwrap();
-    assert_eq!(c.org_by_id(b.id).await.unwrap(), Some(b.clone()));
-    let mut all = c.list_orgs().await.unwrap();
+    assert_eq!(c.org_by_id(b.id).await.unwrap().map(unrev), Some(b.clone()));
+    let mut all = c
+        .list_orgs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(unrev)
+        .collect::<Vec<_>>();
     all.sort_by_key(|o| o.id);
     let mut want = vec![o, b];
     want.sort_by_key(|o| o.id);
@@ -229,7 +277,10 @@ async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
     active.state = OrgState::Active;
     active.updated_at = Utc::now();
     c.put_org(&active).await.unwrap();
-    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active.clone()));
+    assert_eq!(
+        c.org_by_id(o.id).await.unwrap().map(unrev),
+        Some(active.clone())
+    );
     let mut renamed = active.clone();
     renamed.name = name("Other");
     renamed.placement.collection = renamed.name.collection_name();
@@ -238,7 +289,7 @@ async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
         Err(CatalogError::Backend(_))
     ));
     not_found(c.put_org(&org("Ghost")).await);
-    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active));
+    assert_eq!(c.org_by_id(o.id).await.unwrap().map(unrev), Some(active));
 }
 
 async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
@@ -316,7 +367,13 @@ async fn concurrent_creates_of_one_name_have_one_winner(c: Arc<dyn Catalog>) {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one create wins");
-    let orgs = c.list_orgs().await.unwrap();
+    let orgs = c
+        .list_orgs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(unrev)
+        .collect::<Vec<_>>();
     assert_eq!(orgs, winners);
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     assert_eq!(c.admins_of_org(winners[0].id).await.unwrap().len(), 1);
@@ -342,7 +399,15 @@ async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) 
         }
     }
     assert_eq!(winners.len(), 1, "exactly one create wins");
-    assert_eq!(c.list_orgs().await.unwrap(), winners);
+    assert_eq!(
+        c.list_orgs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(unrev)
+            .collect::<Vec<_>>(),
+        winners
+    );
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     let owner = c
         .admin_by_email(&email("same@race.example"))
@@ -584,16 +649,21 @@ async fn delete_during_rename_drops_both_collections(c: Arc<dyn Catalog>) {
 async fn admin_updates(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Admins", "one@a.example").await;
     create(c.as_ref(), "Others", "two@a.example").await;
-    let mut a = c
+    let read = c
         .admin_by_email(&email("one@a.example"))
         .await
         .unwrap()
         .unwrap();
+    let mut a = read.clone();
     a.email = email("uno@a.example");
     a.password_hash = "$argon2id$changed".into();
     a.credential_version += 1;
     a.updated_at = Utc::now();
-    c.update_admin(&a).await.unwrap();
+    let a = c.update_admin(&a).await.unwrap();
+    assert!(
+        a.revision > read.revision,
+        "the write gets a newer revision"
+    );
     assert_eq!(
         c.admin_by_email(&email("one@a.example")).await.unwrap(),
         None
@@ -604,9 +674,18 @@ async fn admin_updates(c: Arc<dyn Catalog>) {
     );
     assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(c.admins_of_org(o.id).await.unwrap(), vec![a.clone()]);
+    // A write based on the old read is refused: nothing is lost.
+    let mut stale = read.clone();
+    stale.credential_version = 9;
+    assert!(matches!(
+        c.update_admin(&stale).await,
+        Err(CatalogError::Stale)
+    ));
+    assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
     // Keeping the same email is fine.
-    a.credential_version += 1;
-    c.update_admin(&a).await.unwrap();
+    let mut same = a.clone();
+    same.credential_version += 1;
+    let a = c.update_admin(&same).await.unwrap();
     // Taking another admin's email is not.
     let mut stolen = a.clone();
     stolen.email = email("two@a.example");
@@ -618,6 +697,106 @@ async fn admin_updates(c: Arc<dyn Catalog>) {
     ghost.id = AdminId::generate();
     ghost.email = email("ghost@a.example");
     not_found(c.update_admin(&ghost).await);
+}
+
+async fn concurrent_admin_updates_lose_nothing(c: Arc<dyn Catalog>) {
+    create(c.as_ref(), "Contended", "c@c.example").await;
+    let read = c
+        .admin_by_email(&email("c@c.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    // Ten writers start from one read: exactly one wins, the others are told to retry.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let (c, mut a) = (c.clone(), read.clone());
+            tokio::spawn(async move {
+                a.password_hash = format!("$argon2id$writer{i}");
+                c.update_admin(&a).await
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => won.push(a),
+            Err(CatalogError::Stale) => {}
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one compare-and-set wins");
+    assert_eq!(c.admin_by_id(read.id).await.unwrap(), Some(won[0].clone()));
+}
+
+async fn revisions_only_grow_and_fence_allocations_are_fresh(c: Arc<dyn Catalog>) {
+    let before = c.current_revision().await.unwrap();
+    let o = create(c.as_ref(), "Revisioned", "r@r.example").await;
+    assert!(o.revision > before);
+    let fence = c.next_revision().await.unwrap();
+    assert!(fence > o.revision);
+    assert_eq!(c.current_revision().await.unwrap(), fence);
+    let renaming = c.begin_rename(o.id, &name("Revisioned Two")).await.unwrap();
+    assert!(renaming.revision > fence);
+    // Only the organization not active is read by recovery.
+    let pending = c.orgs_not_active().await.unwrap();
+    assert_eq!(pending.iter().map(|o| o.id).collect::<Vec<_>>(), vec![o.id]);
+    let done = c.commit_rename(o.id).await.unwrap();
+    assert!(done.revision > renaming.revision);
+    assert!(c.orgs_not_active().await.unwrap().is_empty());
+}
+
+async fn instance_registry_and_leases(c: Arc<dyn Catalog>) {
+    let now = Utc::now();
+    let info = org_gateway::catalog::InstanceInfo {
+        id: "i1".into(),
+        version: "0".into(),
+        listen: "127.0.0.1:1".into(),
+        ops_listen: "127.0.0.1:2".into(),
+        started_at: now,
+        last_seen: now,
+        lease_ms: 10_000,
+        drain_ms: 1_000,
+        applied_revision: 7,
+        feed: "stream".into(),
+    };
+    c.heartbeat(&info).await.unwrap();
+    let mut newer = info.clone();
+    newer.applied_revision = 9;
+    c.heartbeat(&newer).await.unwrap();
+    let listed = c.instances().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].applied_revision, 9);
+    assert!(listed[0].is_live(now));
+    assert!(!listed[0].gone_for_fence(now + chrono::Duration::seconds(10)));
+    assert!(listed[0].gone_for_fence(now + chrono::Duration::seconds(12)));
+    c.remove_instance("i1").await.unwrap();
+    assert!(c.instances().await.unwrap().is_empty());
+    // A lease belongs to one holder until it expires or is released.
+    let ttl = std::time::Duration::from_millis(300);
+    assert_eq!(c.acquire_lease("l", "a", ttl).await.unwrap(), None);
+    assert_eq!(
+        c.acquire_lease("l", "a", ttl).await.unwrap(),
+        None,
+        "renewal"
+    );
+    assert_eq!(
+        c.acquire_lease("l", "b", ttl).await.unwrap(),
+        Some("a".to_owned())
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        c.acquire_lease("l", "b", ttl).await.unwrap(),
+        None,
+        "expired"
+    );
+    c.release_lease("l", "a").await.unwrap();
+    assert_eq!(
+        c.acquire_lease("l", "a", ttl).await.unwrap(),
+        Some("b".to_owned()),
+        "only the holder releases"
+    );
+    c.release_lease("l", "b").await.unwrap();
+    assert_eq!(c.acquire_lease("l", "a", ttl).await.unwrap(), None);
 }
 
 async fn collection_counts(c: Arc<dyn Catalog>) {

@@ -91,6 +91,15 @@ fn doc(v: serde_json::Value) -> Document {
     }
 }
 
+/// Creates the collection unless it exists, then inserts: writes never create collections.
+async fn fill(f: &Fixture, ns: &Namespace, docs: Vec<Document>) -> Result<(), StoreError> {
+    match f.store.create_collection(ns).await {
+        Ok(()) | Err(StoreError::CollectionExists) => {}
+        Err(e) => return Err(e),
+    }
+    f.store.insert_many(ns, docs).await
+}
+
 fn numbered(ids: std::ops::Range<usize>) -> Vec<Document> {
     ids.map(|i| doc(json!({"_id": format!("d{i:05}"), "i": i, "half": i as f64 / 2.0})))
         .collect()
@@ -137,7 +146,8 @@ macro_rules! conformance {
 
 conformance!(
     ping_answers,
-    create_is_idempotent_and_listed,
+    create_is_exclusive_and_listed,
+    set_aside_keeps_documents_under_a_new_name,
     documents_round_trip,
     missing_collection_reads_as_empty,
     duplicate_id_inserts_nothing,
@@ -154,9 +164,20 @@ async fn ping_answers(f: &Fixture) {
     f.store.ping().await.expect("ping");
 }
 
-async fn create_is_idempotent_and_listed(f: &Fixture) {
+async fn create_is_exclusive_and_listed(f: &Fixture) {
     let a = f.ns(1, "alpha");
     f.store.create_collection(&a).await.unwrap();
+    fill(f, &a, numbered(0..2)).await.unwrap();
+    // A second create never adopts what is there.
+    assert!(
+        matches!(
+            f.store.create_collection(&a).await,
+            Err(StoreError::CollectionExists)
+        ),
+        "a create adopted an existing collection"
+    );
+    assert_eq!(f.store.count_all(&a).await.unwrap(), 2);
+    f.store.drop_collection(&a).await.unwrap();
     f.store.create_collection(&a).await.unwrap();
     f.store.create_collection(&f.ns(1, "beta")).await.unwrap();
     f.store.create_collection(&f.ns(2, "gamma")).await.unwrap();
@@ -199,7 +220,7 @@ async fn documents_round_trip(f: &Fixture) {
     assert_eq!(f.store.get(&ns, "absent").await.unwrap(), None);
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
     // Empty batches are a no-op.
-    f.store.insert_many(&ns, Vec::new()).await.unwrap();
+    fill(f, &ns, Vec::new()).await.unwrap();
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
 }
 
@@ -222,7 +243,7 @@ async fn duplicate_id_inserts_nothing(f: &Fixture) {
         doc(json!({"_id": "a", "v": 2})),
         doc(json!({"_id": "c"})),
     ];
-    match f.store.insert_many(&ns, batch).await {
+    match fill(f, &ns, batch).await {
         Err(StoreError::DuplicateId(id)) => assert_eq!(id, "a"),
         other => panic!("expected DuplicateId, got {other:?}"),
     }
@@ -235,7 +256,7 @@ async fn duplicate_id_inserts_nothing(f: &Fixture) {
     // A duplicate inside one batch.
     let batch = vec![doc(json!({"_id": "x"})), doc(json!({"_id": "x"}))];
     assert!(matches!(
-        f.store.insert_many(&ns, batch).await,
+        fill(f, &ns, batch).await,
         Err(StoreError::DuplicateId(id)) if id == "x"
     ));
     assert_eq!(f.store.get(&ns, "x").await.unwrap(), None);
@@ -246,17 +267,35 @@ async fn document_without_string_id_is_refused(f: &Fixture) {
     let ns = f.ns(1, "noid");
     f.store.create_collection(&ns).await.unwrap();
     for bad in [json!({"v": 1}), json!({"_id": 5})] {
-        let r = f.store.insert_many(&ns, vec![doc(bad)]).await;
+        let r = fill(f, &ns, vec![doc(bad)]).await;
         assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
     }
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
 }
 
+async fn set_aside_keeps_documents_under_a_new_name(f: &Fixture) {
+    let ns = f.ns(1, "orphan");
+    fill(f, &ns, numbered(0..3)).await.unwrap();
+    f.store.set_aside(&ns, "quarantine_orphan_1").await.unwrap();
+    assert_eq!(
+        f.store.list_collections(&f.db(1)).await.unwrap(),
+        vec!["quarantine_orphan_1".to_owned()]
+    );
+    // The name is free: a create starts empty.
+    f.store.create_collection(&ns).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+    // Setting aside what is not there is a no-op.
+    f.store
+        .set_aside(&f.ns(1, "nothing"), "quarantine_nothing_1")
+        .await
+        .unwrap();
+}
+
 async fn drop_removes_and_is_idempotent(f: &Fixture) {
     let ns = f.ns(1, "gone");
     let keep = f.ns(1, "kept");
-    f.store.insert_many(&ns, numbered(0..3)).await.unwrap();
-    f.store.insert_many(&keep, numbered(0..2)).await.unwrap();
+    fill(f, &ns, numbered(0..3)).await.unwrap();
+    fill(f, &keep, numbered(0..2)).await.unwrap();
     f.store.drop_collection(&ns).await.unwrap();
     f.store.drop_collection(&ns).await.unwrap();
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
@@ -266,6 +305,24 @@ async fn drop_removes_and_is_idempotent(f: &Fixture) {
         vec!["org_kept".to_owned()]
     );
     assert_eq!(f.store.count_all(&keep).await.unwrap(), 2);
+    // Writes after the drop never bring the collection back (embedded store; on MongoDB a
+    // fence keeps writers away before a drop).
+    if f.mongo_uri.is_none() {
+        let r = f.store.insert_many(&ns, numbered(5..6)).await;
+        assert!(matches!(r, Err(StoreError::CollectionMissing)), "{r:?}");
+        assert_eq!(
+            f.store
+                .update_by_id(&ns, "d00000", &inc_update(), 1 << 20)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(!f.store.delete_by_id(&ns, "d00000").await.unwrap());
+        assert_eq!(
+            f.store.list_collections(&f.db(1)).await.unwrap(),
+            vec!["org_kept".to_owned()]
+        );
+    }
     // Recreating starts empty.
     f.store.create_collection(&ns).await.unwrap();
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
@@ -274,7 +331,7 @@ async fn drop_removes_and_is_idempotent(f: &Fixture) {
 async fn rename_moves_documents_and_is_idempotent(f: &Fixture) {
     let (from, to) = (f.ns(1, "old_name"), f.ns(1, "new_name"));
     let docs = numbered(0..3);
-    f.store.insert_many(&from, docs.clone()).await.unwrap();
+    fill(f, &from, docs.clone()).await.unwrap();
     assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 3);
     let listed = f.store.list_collections(&f.db(1)).await.unwrap();
     assert_eq!(listed, vec!["org_new_name".to_owned()]);
@@ -289,9 +346,17 @@ async fn rename_moves_documents_and_is_idempotent(f: &Fixture) {
     assert_eq!(f.store.count_all(&from).await.unwrap(), 0);
 }
 
+fn inc_update() -> org_gateway::store::query::Update {
+    org_gateway::store::query::Update::parse(
+        &json!({"$inc": {"i": 1}}),
+        &org_gateway::store::query::QueryLimits::default(),
+    )
+    .expect("update")
+}
+
 async fn rename_replaces_empty_leftover_target(f: &Fixture) {
     let (from, to) = (f.ns(1, "src"), f.ns(1, "dst"));
-    f.store.insert_many(&from, numbered(0..4)).await.unwrap();
+    fill(f, &from, numbered(0..4)).await.unwrap();
     f.store.create_collection(&to).await.unwrap();
     assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 4);
     assert_eq!(
@@ -304,8 +369,8 @@ async fn rename_resumes_interrupted_copy(f: &Fixture) {
     // An earlier attempt copied part of the documents and stopped.
     let (from, to) = (f.ns(1, "half_src"), f.ns(1, "half_dst"));
     let docs = numbered(0..10);
-    f.store.insert_many(&from, docs.clone()).await.unwrap();
-    f.store.insert_many(&to, docs[..4].to_vec()).await.unwrap();
+    fill(f, &from, docs.clone()).await.unwrap();
+    fill(f, &to, docs[..4].to_vec()).await.unwrap();
     assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 10);
     assert_eq!(
         f.store.list_collections(&f.db(1)).await.unwrap(),
@@ -331,7 +396,7 @@ async fn rename_moves_many_documents(f: &Fixture) {
     let (from, to) = (f.ns(2, "bulk_src"), f.ns(2, "bulk_dst"));
     let docs = numbered(0..1_234);
     for chunk in docs.chunks(400) {
-        f.store.insert_many(&from, chunk.to_vec()).await.unwrap();
+        fill(f, &from, chunk.to_vec()).await.unwrap();
     }
     assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 1_234);
     assert_eq!(f.store.count_all(&from).await.unwrap(), 0);

@@ -1,0 +1,466 @@
+//! The fleet: what makes several instances on one catalog behave as one.
+//!
+//! - **Change feed** ([`Fleet::run_follower`]): every change to organizations, admins and
+//!   settings reaches every instance through the catalog's change stream and invalidates its
+//!   caches. If the stream cannot resume, the instance resyncs (drops every cache); while it
+//!   is down, the instance polls the catalog's revision, caches for a short TTL only, and
+//!   `/readyz` says so.
+//! - **Registry** ([`Fleet::run_heartbeats`]): each instance heartbeats its id, version,
+//!   addresses and the newest catalog revision it has applied, under a lease.
+//! - **Fence** ([`Fleet::fence`]): after a placement change commits, wait until every live
+//!   instance has applied it and finished the requests that used the old state (or its lease,
+//!   plus the longest a request may run, has lapsed). Renames and deletes touch the shard only
+//!   after their fence, so no instance can still be writing where the data is leaving.
+//! - An instance that cannot renew its lease stops serving tenant data ([`Fleet::serving`])
+//!   before the others stop waiting for it.
+//!
+//! With the embedded catalog there is one process: the fence only drains local requests.
+
+pub mod gate;
+
+use crate::catalog::{Catalog, CatalogChange, CatalogError, FeedToken, InstanceInfo};
+use crate::router::TenantRouter;
+use crate::telemetry::metrics;
+use async_trait::async_trait;
+use chrono::Utc;
+use gate::{GateGuard, RequestGate};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Fleet settings (`[fleet]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How long an instance counts as live after its last heartbeat (heartbeats run four
+    /// times per lease).
+    pub lease_seconds: u64,
+    /// While the change feed is down: how often the catalog revision is polled (and caches
+    /// dropped), and the cache TTL used meanwhile.
+    pub degraded_cache_ttl_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            lease_seconds: 10,
+            degraded_cache_ttl_ms: 1000,
+        }
+    }
+}
+
+/// How this instance follows the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FeedMode {
+    /// One process owns the catalog (embedded): nothing to follow.
+    Local = 0,
+    /// Following the change stream.
+    Stream = 1,
+    /// The stream is down: polling the revision, short cache TTL.
+    Polling = 2,
+}
+
+impl FeedMode {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Stream,
+            2 => Self::Polling,
+            _ => Self::Local,
+        }
+    }
+
+    /// Name shown in `/readyz` and the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Stream => "stream",
+            Self::Polling => "polling",
+        }
+    }
+}
+
+/// Why a fence gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Live instances did not apply the change in time.
+    #[error("instances {0:?} did not apply the change in time")]
+    Timeout(Vec<String>),
+}
+
+/// Called by the follower for changes that are not cache entries.
+#[async_trait]
+pub trait SettingsListener: Send + Sync {
+    /// A catalog setting changed (rate-limit overrides, runtime shards).
+    async fn setting_changed(&self, key: &str);
+    /// Everything may have changed (resync).
+    async fn reload_all(&self);
+}
+
+/// This instance's view of the fleet.
+pub struct Fleet {
+    catalog: Arc<dyn Catalog>,
+    router: TenantRouter,
+    gate: Arc<RequestGate>,
+    shared: bool,
+    config: FleetConfig,
+    cache_ttl: Duration,
+    info: Mutex<InstanceInfo>,
+    applied: AtomicU64,
+    mode: AtomicU8,
+    started: Instant,
+    /// Milliseconds after `started` at which the last successful heartbeat was sent.
+    renewed_at_ms: AtomicU64,
+    beat_now: tokio::sync::Notify,
+    /// Named leases this instance holds (embedded shards), renewed with each heartbeat.
+    leases: Mutex<Vec<String>>,
+    node_id: String,
+}
+
+/// Instance facts that do not change.
+pub struct InstanceFacts {
+    /// Public listen address.
+    pub listen: String,
+    /// Operator listen address.
+    pub ops_listen: String,
+    /// The longest a request may run (its requests are drained within this).
+    pub request_timeout: Duration,
+    /// Stable across restarts on one data dir: holds the leases on embedded shards, which
+    /// live in that data dir.
+    pub node_id: String,
+}
+
+impl Fleet {
+    /// This instance, on `catalog`; `shared` when other instances may use the catalog.
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        router: TenantRouter,
+        shared: bool,
+        config: FleetConfig,
+        cache_ttl: Duration,
+        facts: InstanceFacts,
+    ) -> Self {
+        let now = Utc::now();
+        let info = InstanceInfo {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: facts.listen,
+            ops_listen: facts.ops_listen,
+            started_at: now,
+            last_seen: now,
+            lease_ms: config.lease_seconds.max(1) * 1000,
+            drain_ms: facts.request_timeout.as_millis() as u64,
+            applied_revision: 0,
+            feed: if shared { "polling" } else { "local" }.to_owned(),
+        };
+        Self {
+            catalog,
+            router,
+            gate: Arc::new(RequestGate::default()),
+            shared,
+            config,
+            cache_ttl,
+            info: Mutex::new(info),
+            applied: AtomicU64::new(0),
+            mode: AtomicU8::new(if shared {
+                FeedMode::Polling
+            } else {
+                FeedMode::Local
+            } as u8),
+            started: Instant::now(),
+            renewed_at_ms: AtomicU64::new(0),
+            beat_now: tokio::sync::Notify::new(),
+            leases: Mutex::new(Vec::new()),
+            node_id: facts.node_id,
+        }
+    }
+
+    /// This instance's registry id.
+    pub fn instance_id(&self) -> String {
+        self.info.lock().expect("info lock").id.clone()
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.config.lease_seconds.max(1))
+    }
+
+    /// Counts a tenant request in (see [`RequestGate`]).
+    pub fn enter(&self) -> GateGuard {
+        self.gate.enter()
+    }
+
+    /// Whether this instance may serve tenant data: always with a private catalog; with a
+    /// shared one, only while its registry lease is fresh, since fences stop waiting for an
+    /// instance whose lease lapsed.
+    pub fn serving(&self) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let renewed = self.renewed_at_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        renewed > 0 && now.saturating_sub(renewed) < self.lease().as_millis() as u64
+    }
+
+    /// How the catalog is followed, and the newest revision applied.
+    pub fn status(&self) -> (FeedMode, u64) {
+        (
+            FeedMode::from_u8(self.mode.load(Ordering::Relaxed)),
+            self.applied.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Takes the named lease for this node (data dir) and keeps renewing it; fails with the
+    /// holder when another live node has it.
+    pub async fn hold_lease(&self, name: &str) -> Result<(), String> {
+        let holder = self.node_id.clone();
+        let lease = self.lease() * 3;
+        match self.catalog.acquire_lease(name, &holder, lease).await {
+            Ok(None) => {
+                self.leases.lock().expect("leases").push(name.to_owned());
+                Ok(())
+            }
+            Ok(Some(other)) => Err(format!("held by instance {other}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits until every live instance has applied every change committed before this call
+    /// and drained the requests that used older state. Returns the fencing revision.
+    pub async fn fence(&self) -> Result<u64, FenceError> {
+        let revision = self.catalog.next_revision().await?;
+        if !self.shared {
+            self.gate.quiesce().await;
+            self.applied.fetch_max(revision, Ordering::SeqCst);
+            return Ok(revision);
+        }
+        let timeout = self.lease() + Duration::from_millis(self.info_drain_ms()) * 2;
+        self.wait_applied(revision, timeout).await?;
+        Ok(revision)
+    }
+
+    fn info_drain_ms(&self) -> u64 {
+        self.info.lock().expect("info lock").drain_ms
+    }
+
+    /// Waits until every instance in the registry has applied `revision`, or counts as gone
+    /// (lease and drain time lapsed), for at most `timeout`.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> Result<(), FenceError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            let now = Utc::now();
+            let lagging: Vec<String> = self
+                .catalog
+                .instances()
+                .await?
+                .into_iter()
+                .filter(|i| !i.gone_for_fence(now) && i.applied_revision < revision)
+                .map(|i| i.id)
+                .collect();
+            if lagging.is_empty() {
+                metrics::FENCE_SECONDS.observe(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                metrics::FENCE_TIMEOUTS.inc();
+                return Err(FenceError::Timeout(lagging));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Marks `revision` applied (caches invalidated first) once the requests that may have
+    /// used older state are done, and tells the registry at once.
+    async fn applied_up_to(&self, revision: u64) {
+        self.gate.quiesce().await;
+        if self.applied.fetch_max(revision, Ordering::SeqCst) < revision {
+            self.beat_now.notify_one();
+        }
+    }
+
+    fn set_mode(&self, mode: FeedMode) {
+        let old = self.mode.swap(mode as u8, Ordering::SeqCst);
+        if old != mode as u8 {
+            metrics::FEED_UP.set(i64::from(mode == FeedMode::Stream));
+            match mode {
+                FeedMode::Stream => {
+                    self.router.set_ttl(self.cache_ttl);
+                    tracing::info!("following the catalog change feed");
+                }
+                FeedMode::Polling => {
+                    self.router.set_ttl(Duration::from_millis(
+                        self.config.degraded_cache_ttl_ms.max(1),
+                    ));
+                    self.router.invalidate_all();
+                    tracing::warn!("catalog change feed down: polling, short cache TTL");
+                }
+                FeedMode::Local => {}
+            }
+        }
+    }
+
+    /// Everything may have changed: drop every cache, reload settings, then the revision read
+    /// before the drop is applied.
+    async fn resync(&self, listener: &dyn SettingsListener) -> Result<(), CatalogError> {
+        let revision = self.catalog.current_revision().await?;
+        self.router.invalidate_all();
+        listener.reload_all().await;
+        self.applied_up_to(revision).await;
+        Ok(())
+    }
+
+    async fn apply(&self, change: CatalogChange, listener: &dyn SettingsListener) {
+        match change {
+            CatalogChange::Org(id) => self.router.invalidate_org_id(id).await,
+            CatalogChange::Admin(id) => self.router.invalidate_admin(id).await,
+            CatalogChange::Setting(key) => listener.setting_changed(&key).await,
+            CatalogChange::Revision(r) => self.applied_up_to(r).await,
+            CatalogChange::Other => {}
+        }
+    }
+
+    /// Follows the catalog's change feed until the process ends (returns at once for a
+    /// catalog without one).
+    pub async fn run_follower(self: Arc<Self>, listener: Arc<dyn SettingsListener>) {
+        if !self.shared {
+            return;
+        }
+        let poll = Duration::from_millis(self.config.degraded_cache_ttl_ms.max(50));
+        let mut token: Option<FeedToken> = None;
+        loop {
+            let resuming = token.is_some();
+            let mut stream = match self.catalog.watch(token.clone()).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    self.set_mode(FeedMode::Polling);
+                    if resuming {
+                        // The stream cannot resume (history gone): start afresh and resync.
+                        tracing::warn!(error = %e, "change feed cannot resume; resyncing");
+                        token = None;
+                    } else {
+                        tracing::warn!(error = %e, "cannot open the catalog change feed");
+                        if let Err(e) = self.resync(listener.as_ref()).await {
+                            tracing::debug!(error = %e, "catalog poll failed");
+                        }
+                        tokio::time::sleep(poll).await;
+                    }
+                    continue;
+                }
+            };
+            // Opened before the resync, so nothing committed in between is missed.
+            if !resuming {
+                if let Err(e) = self.resync(listener.as_ref()).await {
+                    tracing::warn!(error = %e, "resync failed");
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            }
+            self.set_mode(FeedMode::Stream);
+            loop {
+                match stream.next_change().await {
+                    Ok(Some(change)) => {
+                        self.apply(change, listener.as_ref()).await;
+                        if let Some(t) = stream.resume_token() {
+                            token = Some(t);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "catalog change feed interrupted");
+                        break;
+                    }
+                }
+            }
+            self.set_mode(FeedMode::Polling);
+        }
+    }
+
+    /// Sends one heartbeat; renews held leases.
+    pub async fn heartbeat(&self) -> Result<(), CatalogError> {
+        let sent_at = self.started.elapsed().as_millis().max(1) as u64;
+        let info = {
+            let mut info = self.info.lock().expect("info lock");
+            info.last_seen = Utc::now();
+            info.applied_revision = self.applied.load(Ordering::SeqCst);
+            info.feed = self.status().0.as_str().to_owned();
+            info.clone()
+        };
+        self.catalog.heartbeat(&info).await?;
+        let leases = self.leases.lock().expect("leases").clone();
+        for name in leases {
+            if let Some(other) = self
+                .catalog
+                .acquire_lease(&name, &self.node_id, self.lease() * 3)
+                .await?
+            {
+                tracing::error!(lease = %name, holder = %other, "lost a lease to another instance");
+            }
+        }
+        self.renewed_at_ms.store(sent_at, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Heartbeats four times per lease, and at once when a new revision is applied (so fences
+    /// do not wait for the next beat). Removes registry entries long expired.
+    pub async fn run_heartbeats(self: Arc<Self>) {
+        let period = self.lease() / 4;
+        let mut beats: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = self.beat_now.notified() => {}
+            }
+            if let Err(e) = self.heartbeat().await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            beats += 1;
+            if beats % 40 == 0 {
+                self.forget_long_gone().await;
+            }
+            // Coalesces bursts of revisions into one registry write.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn forget_long_gone(&self) {
+        let Ok(all) = self.catalog.instances().await else {
+            return;
+        };
+        let now = Utc::now();
+        for i in all {
+            if now > i.last_seen + chrono::Duration::milliseconds(i.lease_ms as i64 * 30) {
+                let _ = self.catalog.remove_instance(&i.id).await;
+            }
+        }
+    }
+
+    /// Leaves the registry and gives up leases (clean shutdown).
+    pub async fn leave(&self) {
+        let id = self.instance_id();
+        let leases = self.leases.lock().expect("leases").clone();
+        for name in leases {
+            let _ = self.catalog.release_lease(&name, &self.node_id).await;
+        }
+        if let Err(e) = self.catalog.remove_instance(&id).await {
+            tracing::warn!(error = %e, "could not leave the instance registry");
+        }
+    }
+}
+
+/// The node id kept in `<data_dir>/node_id`, created on first start.
+pub fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
