@@ -107,6 +107,10 @@ pub fn store_error(e: StoreError) -> ApiError {
                 2,
             )
         }
+        StoreError::ConcurrentUpdate(_) => ApiError::conflict(
+            "concurrent_update",
+            "the document was changed concurrently by other requests; retry the update",
+        ),
         other => internal("store", other),
     }
 }

@@ -2,7 +2,7 @@
 //! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
 //! document as JSON bytes; a side table keeps byte counts for quotas.
 
-use super::query::{validate_document, Filter, QueryLimits, Update};
+use super::query::{Filter, Update};
 use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
 use crate::domain::DatabaseName;
 use async_trait::async_trait;
@@ -292,19 +292,9 @@ impl TenantStore for EmbeddedStore {
                 else {
                     return Ok(None);
                 };
-                let mut doc = decode(&current)?;
-                update.apply(&mut doc).map_err(StoreError::InvalidUpdate)?;
-                validate_document(&doc, &QueryLimits::default())
-                    .map_err(StoreError::InvalidUpdate)?;
-                let bytes = serde_json::to_vec(&doc).map_err(backend)?;
-                if bytes.len() > max_document_bytes {
-                    return Err(StoreError::InvalidUpdate(super::query::QueryError {
-                        code: "document_too_large",
-                        path: String::new(),
-                        operator: None,
-                        message: format!("updated document exceeds {max_document_bytes} bytes"),
-                    }));
-                }
+                let (doc, bytes) =
+                    super::updated_document(&decode(&current)?, &update, max_document_bytes)
+                        .map_err(StoreError::InvalidUpdate)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(backend)?;
