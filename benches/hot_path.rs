@@ -11,7 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn jwt(c: &mut Criterion) {
-    let keys = JwtKeys::new(&[42u8; 32], "k1", "org-gateway", "org-gateway", 3600, 5).unwrap();
+    let keys = JwtKeys::new(
+        "bench-signing-secret-0123456789abcdef",
+        "k1",
+        "org-gateway",
+        "org-gateway",
+        3600,
+        5,
+    )
+    .unwrap();
     let token = keys.issue(AdminId::generate(), OrgId::generate(), 0);
     c.bench_function("jwt_verify_hs256", |b| {
         b.iter(|| keys.verify(std::hint::black_box(&token)).unwrap())

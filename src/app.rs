@@ -84,7 +84,7 @@ impl AppState {
         }
         let a = &config.auth;
         let jwt = JwtKeys::new(
-            &secret,
+            secret.expose(),
             &a.jwt_kid,
             &a.issuer,
             &a.audience,
@@ -93,7 +93,7 @@ impl AppState {
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         let jwt = a.verification_keys.iter().try_fold(jwt, |keys, k| {
-            keys.with_verification_key(&k.kid, k.secret.expose().as_bytes())
+            keys.with_verification_key(&k.kid, k.secret.expose())
                 .map_err(|e| anyhow::anyhow!(e))
         })?;
         let hasher = PasswordHasher::new(

@@ -1,5 +1,6 @@
 //! Command line: `org-gateway serve [--config FILE] [--listen ADDR] [--ops-listen ADDR]
-//! [--data-dir DIR]` and `org-gateway bench [--base-url URL] [--scenario ...] ...`.
+//! [--data-dir DIR]`, `org-gateway bench [--base-url URL] [--scenario ...] ...` and
+//! `org-gateway keys generate`.
 
 use crate::config::{Config, Overrides};
 use clap::{Parser, Subcommand};
@@ -23,7 +24,42 @@ pub enum Command {
     /// Load-test a running gateway (or any implementation of its API) and report throughput
     /// and latency percentiles against targets.
     Bench(crate::bench::BenchArgs),
+    /// Manage JWT signing secrets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
+
+/// Subcommands of `keys`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new signing secret (64 hex characters, 256 random bits) on one line.
+    #[command(long_about = KEYS_GENERATE_HELP)]
+    Generate,
+}
+
+const KEYS_GENERATE_HELP: &str = "\
+Print a new JWT signing secret on stdout: 64 lowercase hex characters (256 random bits
+from the operating system), one line, nothing else.
+
+The signing key is the secret's text exactly as written, the same format as the file
+<data_dir>/jwt_secret, so the printed line can be used as is wherever a secret goes.
+
+One secret for several instances: run this once and give every instance behind the load
+balancer the printed secret as auth.jwt_secret in its config file (or in the environment
+variable ORG_GATEWAY_AUTH__JWT_SECRET):
+    [auth]
+    jwt_secret = \"<printed secret>\"
+
+Rotation: generate a new secret, and on every instance make it auth.jwt_secret under a new
+auth.jwt_kid, keeping the previous secret and kid under auth.verification_keys:
+    [auth]
+    jwt_secret = \"<new secret>\"
+    jwt_kid = \"k2\"
+    verification_keys = [{ kid = \"k1\", secret = \"<previous secret>\" }]
+Tokens name their key by kid, so those signed with the previous secret keep verifying while
+new ones are signed with the new secret. Once the old tokens have expired
+(auth.token_ttl_seconds after the last instance switched), remove the verification_keys
+entry and restart the instances.";
 
 /// Flags of `serve`; each overrides the config file, which overrides `ORG_GATEWAY_*` env.
 #[derive(Debug, clap::Args)]

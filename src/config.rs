@@ -172,8 +172,9 @@ impl Default for Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 signing secret (at least 32 bytes). Empty: generated on first start and kept in
-    /// `<data_dir>/jwt_secret` with mode 0600.
+    /// HS256 signing secret: the key is the UTF-8 bytes of this text as written (at least 32
+    /// characters; `org-gateway keys generate` prints one). Empty: generated on first start
+    /// and kept in `<data_dir>/jwt_secret` with mode 0600, in the same format.
     pub jwt_secret: Secret,
     /// Key id written to the JWT header.
     pub jwt_kid: String,
@@ -225,7 +226,7 @@ impl Default for AuthConfig {
 pub struct VerificationKey {
     /// The `kid` tokens signed with it carry.
     pub kid: String,
-    /// The HS256 secret (at least 32 bytes).
+    /// The HS256 secret, in the same format as `jwt_secret`.
     pub secret: Secret,
 }
 
@@ -549,8 +550,8 @@ impl Config {
                     .into(),
             );
         }
-        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.expose().len() < 32 {
-            return Err("auth.jwt_secret must be at least 32 bytes".into());
+        if !self.auth.jwt_secret.is_empty() {
+            crate::auth::jwt::check_secret("auth.jwt_secret", self.auth.jwt_secret.expose())?;
         }
         let l = &self.limits;
         if l.requests_per_minute == 0

@@ -1,5 +1,5 @@
 use clap::Parser;
-use org_gateway::cli::{Cli, Command};
+use org_gateway::cli::{Cli, Command, KeysCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -20,6 +20,10 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Keys(KeysCommand::Generate) => {
+            println!("{}", org_gateway::auth::jwt::generate_secret().expose());
+            ExitCode::SUCCESS
         }
         Command::Bench(args) => match org_gateway::bench::run(args) {
             Ok(_) => ExitCode::SUCCESS,

@@ -356,6 +356,7 @@ fn not_found(t: &Tenant) -> ApiError {
         (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 200, description = "The updated document", body = serde_json::Value),
         (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The document kept changing concurrently (concurrent_update); nothing was applied, retry", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {

@@ -116,6 +116,10 @@ pub fn store_error(e: StoreError) -> ApiError {
             "the organization's data was moved or deleted meanwhile; retry",
             1,
         ),
+        StoreError::ConcurrentUpdate(_) => ApiError::conflict(
+            "concurrent_update",
+            "the document was changed concurrently by other requests; retry the update",
+        ),
         other => internal("store", other),
     }
 }

@@ -1,6 +1,13 @@
 //! JWT issue and verification (HS256 by default). Verification pins the algorithm, requires
 //! exp/nbf/iss/aud, checks them with a small leeway, and picks the key by `kid`.
+//!
+//! One secret format everywhere (`auth.jwt_secret`, `auth.verification_keys[].secret`, the
+//! environment, `<data_dir>/jwt_secret`, `org-gateway keys generate`): the HMAC key is the
+//! UTF-8 bytes of the secret text exactly as written, at least [`MIN_SECRET_CHARS`] characters.
+//! Generated secrets are 64 lowercase hex characters (256 random bits), used as that text, so
+//! a generated secret can be copied into another instance's configuration unchanged.
 
+use crate::config::Secret;
 use crate::domain::{AdminId, OrgId};
 use jsonwebtoken::{
     decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
@@ -9,8 +16,34 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Shortest signing secret accepted.
-pub const MIN_SECRET_BYTES: usize = 32;
+/// Shortest signing secret accepted, in characters.
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// Checks a secret's text: at least [`MIN_SECRET_CHARS`] characters, no leading or trailing
+/// whitespace (a copied newline would silently make a different key). `what` names the
+/// setting in the error; the secret itself never appears in it.
+pub fn check_secret(what: &str, secret: &str) -> Result<(), String> {
+    let chars = secret.chars().count();
+    if chars < MIN_SECRET_CHARS {
+        return Err(format!(
+            "{what} must be at least {MIN_SECRET_CHARS} characters, not {chars} \
+             (`org-gateway keys generate` prints a suitable one)"
+        ));
+    }
+    if secret.trim() != secret {
+        return Err(format!(
+            "{what} starts or ends with whitespace; the key is the text exactly as written"
+        ));
+    }
+    Ok(())
+}
+
+/// A new secret: 256 random bits from the OS as 64 lowercase hex characters.
+pub fn generate_secret() -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes);
+    Secret::from(hex::encode(bytes).as_str())
+}
 
 /// The claims the gateway issues and requires.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,21 +128,17 @@ pub enum SecretSource {
 }
 
 impl JwtKeys {
-    /// Builds keys from a secret of at least [`MIN_SECRET_BYTES`].
+    /// Builds keys from a signing secret (see the module docs for its format).
     pub fn new(
-        secret: &[u8],
+        secret: &str,
         kid: &str,
         issuer: &str,
         audience: &str,
         ttl_seconds: u64,
         leeway_seconds: u64,
     ) -> Result<Self, String> {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "JWT secret is {} bytes; at least {MIN_SECRET_BYTES} are required",
-                secret.len()
-            ));
-        }
+        check_secret("the JWT signing secret", secret)?;
+        let secret = secret.as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = leeway_seconds;
@@ -131,48 +160,43 @@ impl JwtKeys {
         })
     }
 
-    /// Uses the configured secret, else the one in the data dir, else generates a 256-bit
-    /// secret there with mode 0600.
+    /// Uses the configured secret, else the one in the data dir, else generates one there
+    /// (mode 0600). The file holds the secret's text (no newline); surrounding whitespace, e.g.
+    /// a newline added by an editor, is ignored.
     pub fn load_secret(
         configured: &str,
         data_dir: &Path,
-    ) -> Result<(Vec<u8>, SecretSource), String> {
+    ) -> Result<(Secret, SecretSource), String> {
         if !configured.is_empty() {
-            return Ok((configured.as_bytes().to_vec(), SecretSource::Configured));
+            return Ok((Secret::from(configured), SecretSource::Configured));
         }
         let path = data_dir.join("jwt_secret");
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let secret =
-                hex::decode(text.trim()).map_err(|_| format!("{} is not hex", path.display()))?;
-            return Ok((secret, SecretSource::DataDir));
+            let secret = text.trim();
+            check_secret(&path.display().to_string(), secret)?;
+            return Ok((Secret::from(secret), SecretSource::DataDir));
         }
-        let mut secret = vec![0u8; 32];
-        rand::Rng::fill(&mut rand::rngs::OsRng, secret.as_mut_slice());
+        let secret = generate_secret();
         std::fs::create_dir_all(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-        write_private(&path, hex::encode(&secret).as_bytes())
+        write_private(&path, secret.expose().as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok((secret, SecretSource::Generated))
     }
 
     /// Also accepts tokens signed with `secret` under `kid` (a key being rotated out). New
     /// tokens are always signed with the current key.
-    pub fn with_verification_key(mut self, kid: &str, secret: &[u8]) -> Result<Self, String> {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "verification key {kid:?} is {} bytes; at least {MIN_SECRET_BYTES} are required",
-                secret.len()
-            ));
-        }
+    pub fn with_verification_key(mut self, kid: &str, secret: &str) -> Result<Self, String> {
+        check_secret(&format!("verification key {kid:?}"), secret)?;
         if kid == self.kid {
             return Err(format!(
                 "verification key id {kid:?} is the signing key's id"
             ));
         }
         self.decoding
-            .insert(kid.to_owned(), DecodingKey::from_secret(secret));
+            .insert(kid.to_owned(), DecodingKey::from_secret(secret.as_bytes()));
         Ok(self)
     }
 
@@ -246,8 +270,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    const S1: &str = "secret-one-0123456789abcdef0123456789";
+    const S2: &str = "secret-two-0123456789abcdef0123456789";
+    const S3: &str = "secret-three-0123456789abcdef01234567";
+    const S7: &str = "secret-seven-0123456789abcdef01234567";
+    const S8: &str = "secret-eight-0123456789abcdef01234567";
+
     fn keys(ttl: u64) -> JwtKeys {
-        JwtKeys::new(&[7u8; 32], "k1", "iss", "aud", ttl, 0).unwrap()
+        JwtKeys::new(S7, "k1", "iss", "aud", ttl, 0).unwrap()
     }
 
     #[test]
@@ -262,9 +292,9 @@ mod tests {
     fn rejects_tampering_other_keys_and_alg_none() {
         let k = keys(60);
         let t = k.issue(AdminId::generate(), OrgId::generate(), 0);
-        let other = JwtKeys::new(&[8u8; 32], "k1", "iss", "aud", 60, 0).unwrap();
+        let other = JwtKeys::new(S8, "k1", "iss", "aud", 60, 0).unwrap();
         assert_eq!(other.verify(&t).unwrap_err(), VerifyError::BadSignature);
-        let wrong_aud = JwtKeys::new(&[7u8; 32], "k1", "iss", "other", 60, 0).unwrap();
+        let wrong_aud = JwtKeys::new(S7, "k1", "iss", "other", 60, 0).unwrap();
         assert_eq!(
             wrong_aud.verify(&t).unwrap_err(),
             VerifyError::WrongIssuerOrAudience
@@ -281,27 +311,84 @@ mod tests {
 
     #[test]
     fn rotation_keeps_old_tokens_valid_until_their_key_is_dropped() {
-        let old = JwtKeys::new(&[1u8; 32], "k1", "iss", "aud", 60, 0).unwrap();
+        let old = JwtKeys::new(S1, "k1", "iss", "aud", 60, 0).unwrap();
         let token = old.issue(AdminId::generate(), OrgId::generate(), 0);
-        let rotated = JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0)
+        let rotated = JwtKeys::new(S2, "k2", "iss", "aud", 60, 0)
             .unwrap()
-            .with_verification_key("k1", &[1u8; 32])
+            .with_verification_key("k1", S1)
             .unwrap();
         assert!(rotated.verify(&token).is_ok());
         let fresh = rotated.issue(AdminId::generate(), OrgId::generate(), 0);
         assert!(rotated.verify(&fresh).is_ok());
         assert_eq!(old.verify(&fresh).unwrap_err(), VerifyError::UnknownKey);
-        let dropped = JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0).unwrap();
+        let dropped = JwtKeys::new(S2, "k2", "iss", "aud", 60, 0).unwrap();
         assert_eq!(dropped.verify(&token).unwrap_err(), VerifyError::UnknownKey);
-        assert!(JwtKeys::new(&[2u8; 32], "k2", "iss", "aud", 60, 0)
+        assert!(JwtKeys::new(S2, "k2", "iss", "aud", 60, 0)
             .unwrap()
-            .with_verification_key("k2", &[3u8; 32])
+            .with_verification_key("k2", S3)
             .is_err());
     }
 
     #[test]
-    fn short_secret_refused() {
-        assert!(JwtKeys::new(&[1u8; 31], "k", "i", "a", 60, 0).is_err());
+    fn short_or_padded_secrets_refused() {
+        let short = "x".repeat(MIN_SECRET_CHARS - 1);
+        let err = JwtKeys::new(&short, "k", "i", "a", 60, 0).err().unwrap();
+        assert!(err.contains("at least 32"), "{err}");
+        assert!(
+            !err.contains(&short),
+            "the secret must not appear in errors"
+        );
+        assert!(JwtKeys::new(&format!("{S1}\n"), "k", "i", "a", 60, 0).is_err());
+        assert!(JwtKeys::new(S1, "k1", "i", "a", 60, 0)
+            .unwrap()
+            .with_verification_key("k0", &short)
+            .is_err());
+    }
+
+    #[test]
+    fn key_is_the_secret_text_as_written() {
+        // A hex-looking secret is not decoded: a configured copy of a generated secret signs
+        // and verifies like the file it came from.
+        let dir = tempfile::tempdir().unwrap();
+        let (generated, _) = JwtKeys::load_secret("", dir.path()).unwrap();
+        let from_file = JwtKeys::new(generated.expose(), "k1", "i", "a", 60, 0).unwrap();
+        let token = from_file.issue(AdminId::generate(), OrgId::generate(), 0);
+        let text = std::fs::read_to_string(dir.path().join("jwt_secret")).unwrap();
+        let configured = JwtKeys::new(&text, "k1", "i", "a", 60, 0).unwrap();
+        assert!(configured.verify(&token).is_ok());
+        let raw = jsonwebtoken::EncodingKey::from_secret(text.as_bytes());
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let claims = configured.verify(&token).unwrap();
+        let by_hand = encode(&header, &claims, &raw).unwrap();
+        assert!(from_file.verify(&by_hand).is_ok());
+    }
+
+    #[test]
+    fn generated_secrets_are_64_lowercase_hex_and_distinct() {
+        let (a, b) = (generate_secret(), generate_secret());
+        for s in [&a, &b] {
+            assert_eq!(s.expose().len(), 64);
+            assert!(s
+                .expose()
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            check_secret("generated", s.expose()).unwrap();
+        }
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn file_written_by_an_earlier_version_still_loads() {
+        // Earlier versions wrote the same 64 hex characters (without a newline); an edited
+        // file may have gained one.
+        let dir = tempfile::tempdir().unwrap();
+        let old = "ab".repeat(32);
+        std::fs::write(dir.path().join("jwt_secret"), format!("{old}\n")).unwrap();
+        let (s, src) = JwtKeys::load_secret("", dir.path()).unwrap();
+        assert_eq!((s.expose(), src), (old.as_str(), SecretSource::DataDir));
+        std::fs::write(dir.path().join("jwt_secret"), "short").unwrap();
+        assert!(JwtKeys::load_secret("", dir.path()).is_err());
     }
 
     #[test]
@@ -310,10 +397,16 @@ mod tests {
         let (s1, src1) = JwtKeys::load_secret("", dir.path()).unwrap();
         let (s2, src2) = JwtKeys::load_secret("", dir.path()).unwrap();
         assert_eq!(
-            (s1.len(), src1, src2),
-            (32, SecretSource::Generated, SecretSource::DataDir)
+            (s1.expose().len(), src1, src2),
+            (64, SecretSource::Generated, SecretSource::DataDir)
         );
         assert_eq!(s1, s2);
+        let text = std::fs::read_to_string(dir.path().join("jwt_secret")).unwrap();
+        assert_eq!(
+            text,
+            s1.expose(),
+            "the file holds exactly the secret's text"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -2,7 +2,7 @@
 //! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
 //! document as JSON bytes; a side table keeps byte counts for quotas.
 
-use super::query::{validate_document, Filter, QueryLimits, Update};
+use super::query::{Filter, Update};
 use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
 use crate::domain::DatabaseName;
 use async_trait::async_trait;
@@ -15,6 +15,11 @@ use std::sync::Arc;
 
 /// Per-collection stored bytes, keyed by table name.
 const BYTES: TableDefinition<&str, u64> = TableDefinition::new("__bytes");
+/// The tenant collections that exist, by table name: a point lookup tells a write whether its
+/// collection is there (listing every table per write would cost O(collections)).
+const COLLECTIONS: TableDefinition<&str, ()> = TableDefinition::new("__collections");
+/// Marker rows: `registry` once `__collections` was filled from the tables of an older file.
+const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("__store_meta");
 
 fn table_name(ns: &Namespace) -> String {
     format!("{}.{}", ns.database, ns.collection)
@@ -37,6 +42,25 @@ impl EmbeddedStore {
             std::fs::create_dir_all(parent).map_err(backend)?;
         }
         let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            let mut meta = txn.open_table(STORE_META).map_err(backend)?;
+            if meta.get("registry").map_err(backend)?.is_none() {
+                // Files written before the registry existed: register their tables once.
+                let names: Vec<String> = txn
+                    .list_tables()
+                    .map_err(backend)?
+                    .map(|t| t.name().to_owned())
+                    .filter(|n| !n.starts_with("__"))
+                    .collect();
+                let mut registry = txn.open_table(COLLECTIONS).map_err(backend)?;
+                for n in names {
+                    registry.insert(n.as_str(), ()).map_err(backend)?;
+                }
+                meta.insert("registry", 1).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -77,22 +101,23 @@ pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Document> {
     serde_json::from_slice(bytes).map_err(backend)
 }
 
-/// Whether the table exists, seen from inside a write transaction (so the answer holds until
-/// it commits: redb has one writer at a time).
+/// Whether the collection exists, seen from inside a write transaction (so the answer holds
+/// until it commits: redb has one writer at a time).
 fn exists_in(txn: &redb::WriteTransaction, name: &str) -> StoreResult<bool> {
-    Ok(txn
-        .list_tables()
-        .map_err(backend)?
-        .any(|t| t.name() == name))
+    let registry = txn.open_table(COLLECTIONS).map_err(backend)?;
+    let found = registry.get(name).map_err(backend)?.is_some();
+    Ok(found)
 }
 
-fn table_exists(db: &Database, name: &str) -> StoreResult<bool> {
-    let txn = db.begin_read().map_err(backend)?;
-    let found = txn
-        .list_tables()
-        .map_err(backend)?
-        .any(|t| t.name() == name);
-    Ok(found)
+/// Records that the collection exists (`true`) or not.
+fn register(txn: &redb::WriteTransaction, name: &str, exists: bool) -> StoreResult<()> {
+    let mut registry = txn.open_table(COLLECTIONS).map_err(backend)?;
+    if exists {
+        registry.insert(name, ()).map_err(backend)?;
+    } else {
+        registry.remove(name).map_err(backend)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -113,6 +138,7 @@ impl TenantStore for EmbeddedStore {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 txn.open_table(def).map_err(backend)?;
             }
+            register(&txn, &name, true)?;
             txn.commit().map_err(backend)
         })
         .await
@@ -128,6 +154,7 @@ impl TenantStore for EmbeddedStore {
                 txn.rename_table(from, to_def).map_err(backend)?;
                 let mut bytes = txn.open_table(BYTES).map_err(backend)?;
                 bytes.remove(name.as_str()).map_err(backend)?;
+                register(&txn, &name, false)?;
             }
             txn.commit().map_err(backend)
         })
@@ -144,6 +171,7 @@ impl TenantStore for EmbeddedStore {
                 let mut bytes = txn.open_table(BYTES).map_err(backend)?;
                 bytes.remove(name.as_str()).map_err(backend)?;
             }
+            register(&txn, &name, false)?;
             txn.commit().map_err(backend)
         })
         .await
@@ -152,10 +180,9 @@ impl TenantStore for EmbeddedStore {
     async fn rename_collection(&self, from: &Namespace, to: &Namespace) -> StoreResult<u64> {
         let (from, to) = (table_name(from), table_name(to));
         self.blocking(move |db| {
-            let from_exists = table_exists(db, &from)?;
             let to_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&to);
             let txn = db.begin_write().map_err(backend)?;
-            if from_exists {
+            if exists_in(&txn, &from)? {
                 let from_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&from);
                 // An empty target may exist from an earlier interrupted attempt.
                 txn.delete_table(to_def).map_err(backend)?;
@@ -167,7 +194,9 @@ impl TenantStore for EmbeddedStore {
                     .map(|g| g.value())
                     .unwrap_or(0);
                 bytes.insert(to.as_str(), moved).map_err(backend)?;
+                register(&txn, &from, false)?;
             }
+            register(&txn, &to, true)?;
             let count = txn
                 .open_table(to_def)
                 .map_err(backend)?
@@ -326,19 +355,9 @@ impl TenantStore for EmbeddedStore {
                 else {
                     return Ok(None);
                 };
-                let mut doc = decode(&current)?;
-                update.apply(&mut doc).map_err(StoreError::InvalidUpdate)?;
-                validate_document(&doc, &QueryLimits::default())
-                    .map_err(StoreError::InvalidUpdate)?;
-                let bytes = serde_json::to_vec(&doc).map_err(backend)?;
-                if bytes.len() > max_document_bytes {
-                    return Err(StoreError::InvalidUpdate(super::query::QueryError {
-                        code: "document_too_large",
-                        path: String::new(),
-                        operator: None,
-                        message: format!("updated document exceeds {max_document_bytes} bytes"),
-                    }));
-                }
+                let (doc, bytes) =
+                    super::updated_document(&decode(&current)?, &update, max_document_bytes)
+                        .map_err(StoreError::InvalidUpdate)?;
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(backend)?;

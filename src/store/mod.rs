@@ -49,6 +49,10 @@ pub enum StoreError {
     /// The update produced a document the gateway refuses to store.
     #[error("invalid update: {0}")]
     InvalidUpdate(query::QueryError),
+    /// The document kept changing under a compare-and-set update until the retries ran out:
+    /// clients get 409 and may retry.
+    #[error("document {0:?} was changed concurrently; update not applied")]
+    ConcurrentUpdate(String),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
@@ -117,8 +121,11 @@ pub trait TenantStore: Send + Sync + 'static {
     async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64>;
 
     /// Applies an update to the document with this `_id`; returns the updated document, or
-    /// `None` when there is no such document. The update has been validated; the result must
-    /// still pass [`query::validate_document`] and fit `max_document_bytes`.
+    /// `None` when there is no such document (also when it is deleted meanwhile). The update
+    /// has been validated; the result is computed with [`updated_document`] and stored only
+    /// if it passes. Atomic: a concurrent write to the document is never lost, and a refused
+    /// result is never stored, not even briefly. May fail with
+    /// [`StoreError::ConcurrentUpdate`] when the document keeps changing.
     async fn update_by_id(
         &self,
         ns: &Namespace,
@@ -132,6 +139,29 @@ pub trait TenantStore: Send + Sync + 'static {
 
     /// Bytes the collection's documents occupy (for quotas).
     async fn collection_bytes(&self, ns: &Namespace) -> StoreResult<u64>;
+}
+
+/// Applies a validated update to a copy of `current` with the shared update code and checks
+/// the result as every backend must: a valid document of at most `max_document_bytes` (as
+/// JSON). Returns the new document and its JSON bytes; nothing is written.
+pub fn updated_document(
+    current: &Document,
+    update: &Update,
+    max_document_bytes: usize,
+) -> Result<(Document, Vec<u8>), query::QueryError> {
+    let mut doc = current.clone();
+    update.apply(&mut doc)?;
+    query::validate_document(&doc, &query::QueryLimits::default())?;
+    let bytes = serde_json::to_vec(&doc).expect("a JSON object always serializes");
+    if bytes.len() > max_document_bytes {
+        return Err(query::QueryError {
+            code: "document_too_large",
+            path: String::new(),
+            operator: None,
+            message: format!("updated document exceeds {max_document_bytes} bytes"),
+        });
+    }
+    Ok((doc, bytes))
 }
 
 /// Generates a document id in MongoDB ObjectId form (24 hex digits), time-ordered.

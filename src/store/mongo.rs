@@ -2,13 +2,17 @@
 //! deployment. Documents keep their string `_id` (never an ObjectId) and are converted between
 //! JSON and BSON so that a round trip returns the same JSON (integers stay integers).
 //!
+//! Updates are computed by the gateway with the shared update code and written with a
+//! compare-and-set on the whole document, retried when another write got in between, so they
+//! are atomic without a transaction (see `update_by_id`).
+//!
 //! The client connects lazily: opening a store never waits for the server, so a shard that is
 //! down at startup only makes its own tenants' requests fail with [`StoreError::Unavailable`].
 //!
 //! The helpers shared with the MongoDB catalog (client options, error classification, credential
 //! scrubbing, JSON <-> BSON) live here too.
 
-use super::query::{validate_document, Filter, QueryError, QueryLimits, Update};
+use super::query::{Filter, QueryError, Update};
 use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
 use crate::config::ShardConfig;
 use crate::domain::{DatabaseName, ShardId};
@@ -502,6 +506,10 @@ pub struct MongoStore {
     shard: ShardId,
     client: LazyClient,
     rename: RenameStrategy,
+    /// Striped locks serializing this process's updates of one document, so that they queue
+    /// instead of failing each other's compare-and-set; only updates from other processes
+    /// (other gateway instances) can still race.
+    update_locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl MongoStore {
@@ -536,6 +544,9 @@ impl MongoStore {
             shard: config.id.clone(),
             client,
             rename: RenameStrategy::Command,
+            update_locks: (0..UPDATE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -548,6 +559,13 @@ impl MongoStore {
     /// The shard this store serves.
     pub fn shard(&self) -> &ShardId {
         &self.shard
+    }
+
+    fn update_lock(&self, ns: &Namespace, id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (ns.database.as_str(), ns.collection.as_str(), id).hash(&mut h);
+        &self.update_locks[(h.finish() % self.update_locks.len() as u64) as usize]
     }
 
     fn error(&self, f: Failure) -> StoreError {
@@ -918,64 +936,55 @@ impl TenantStore for MongoStore {
         update: &Update,
         max_document_bytes: usize,
     ) -> StoreResult<Option<Document>> {
+        // Optimistic concurrency: compute the new document from the one read, with the same
+        // code as the embedded store, and write it only if the stored document is still
+        // exactly the one read. A refused result is never written, so there is nothing to
+        // undo, and a concurrent write is never overwritten: it makes the replace match
+        // nothing, and the update is recomputed from the new document.
+        let _serialized = self.update_lock(ns, id).lock().await;
         let coll = self.collection(ns).await?;
-        let change = to_doc(&update.to_mongo_update())?;
-        // The server applies the update atomically; the gateway computes the same result from
-        // the pre-image with the shared update code, and undoes a result it must refuse.
-        let before = match coll
-            .find_one_and_update(doc! { "_id": id }, change)
-            .return_document(mongodb::options::ReturnDocument::Before)
-            .await
-        {
-            Ok(b) => b,
-            Err(e) => {
-                let failure = self.classify(&e);
-                // The server refused the update itself (e.g. $inc on a string): the client's
-                // mistake, reported like the embedded store reports it.
-                if let Some(code) = failure.code().filter(|c| REFUSED_UPDATE_CODES.contains(c)) {
-                    return Err(StoreError::InvalidUpdate(QueryError {
-                        code: "invalid_update",
-                        path: String::new(),
-                        operator: None,
-                        message: format!(
-                            "the update cannot be applied to this document (server code {code})"
-                        ),
-                    }));
-                }
-                return Err(self.error(failure));
+        let mut backoff = Backoff::default();
+        for _ in 0..UPDATE_ATTEMPTS {
+            let started = std::time::Instant::now();
+            // From the primary: a lagging secondary would fail the compare-and-set every time.
+            let Some(before) = coll
+                .find_one(doc! { "_id": id })
+                .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+                .await
+                .map_err(|e| self.error(self.classify(&e)))?
+            else {
+                return Ok(None);
+            };
+            let (after, _) = super::updated_document(
+                &document_to_json(before.clone()),
+                update,
+                max_document_bytes,
+            )
+            .map_err(StoreError::InvalidUpdate)?;
+            let replacement = json_to_document(&after).map_err(|message| {
+                StoreError::InvalidUpdate(QueryError {
+                    code: "invalid_update",
+                    path: String::new(),
+                    operator: None,
+                    message,
+                })
+            })?;
+            // The guard compares with the BSON exactly as read (not a JSON round trip), as a
+            // `$literal` so that string values starting with `$` are not taken as field paths.
+            let guard = doc! {
+                "_id": id,
+                "$expr": { "$eq": ["$$ROOT", { "$literal": before }] },
+            };
+            let result = coll
+                .replace_one(guard, replacement)
+                .await
+                .map_err(|e| self.error(self.classify(&e)))?;
+            if result.matched_count == 1 {
+                return Ok(Some(after));
             }
-        };
-        let Some(before) = before else {
-            return Ok(None);
-        };
-        let mut after = document_to_json(before.clone());
-        let verdict = update
-            .apply(&mut after)
-            .and_then(|()| validate_document(&after, &QueryLimits::default()))
-            .and_then(|()| {
-                let size = serde_json::to_vec(&after)
-                    .map(|b| b.len())
-                    .unwrap_or(usize::MAX);
-                if size > max_document_bytes {
-                    Err(QueryError {
-                        code: "document_too_large",
-                        path: String::new(),
-                        operator: None,
-                        message: format!("updated document exceeds {max_document_bytes} bytes"),
-                    })
-                } else {
-                    Ok(())
-                }
-            });
-        match verdict {
-            Ok(()) => Ok(Some(after)),
-            Err(e) => {
-                coll.replace_one(doc! { "_id": id }, before)
-                    .await
-                    .map_err(|e| self.error(self.classify(&e)))?;
-                Err(StoreError::InvalidUpdate(e))
-            }
+            tokio::time::sleep(backoff.next(started.elapsed())).await;
         }
+        Err(StoreError::ConcurrentUpdate(id.to_owned()))
     }
 
     async fn delete_by_id(&self, ns: &Namespace, id: &str) -> StoreResult<bool> {
@@ -1008,10 +1017,30 @@ impl TenantStore for MongoStore {
     }
 }
 
-/// Server error codes that mean "this update does not apply to this document": TypeMismatch,
-/// BadValue, PathNotViable, ConflictingUpdateOperators, ImmutableField, DollarPrefixedFieldName,
-/// BSONObjectTooLarge.
-const REFUSED_UPDATE_CODES: &[i32] = &[14, 2, 28, 40, 66, 52, 10334, 17419];
+/// Compare-and-set attempts of one update before it fails with
+/// [`StoreError::ConcurrentUpdate`].
+const UPDATE_ATTEMPTS: u32 = 20;
+
+/// Lock stripes per store for [`MongoStore::update_by_id`]: enough that unrelated documents
+/// rarely share one.
+const UPDATE_LOCK_STRIPES: usize = 1024;
+
+/// Pauses between compare-and-set attempts: random ("full jitter") so that racing writers
+/// spread out, over a window that starts at the attempt's own duration (the time another
+/// writer needs to get through) and doubles per retry, up to 16 times that and 250 ms.
+#[derive(Default)]
+struct Backoff {
+    retries: u32,
+}
+
+impl Backoff {
+    fn next(&mut self, attempt_took: Duration) -> Duration {
+        self.retries += 1;
+        let base = attempt_took.max(Duration::from_millis(1));
+        let window = (base * (1 << self.retries.min(4))).min(Duration::from_millis(250));
+        window.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.0..=1.0))
+    }
+}
 
 fn to_doc(v: &Value) -> StoreResult<bson::Document> {
     match v {

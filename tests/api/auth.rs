@@ -89,7 +89,11 @@ fn configured_secret_must_be_long_enough() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    assert!(stderr.contains("at least 32 characters"), "{stderr}");
+    assert!(
+        !stderr.contains("too-short"),
+        "the secret must not be echoed"
+    );
 }
 
 #[test]

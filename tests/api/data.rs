@@ -354,3 +354,40 @@ fn data_routes_need_a_token() {
         .unwrap();
     assert_problem(r, 401, "unauthorized");
 }
+
+#[test]
+fn concurrent_patches_of_one_document_all_apply() {
+    let gw = TestGateway::start_with(Options {
+        config: "[limits]\nrequests_per_minute = 100000\nrequests_per_hour = 1000000\n".into(),
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Counter Co", "counter@example.com");
+    let r = call(
+        &gw,
+        &t,
+        Method::POST,
+        "/data",
+        Some(json!({"_id": "hits", "n": 0})),
+    );
+    assert_eq!(r.status(), 201);
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    let r = call(
+                        &gw,
+                        &t,
+                        Method::PATCH,
+                        "/data/hits",
+                        Some(json!({"$inc": {"n": 1}})),
+                    );
+                    assert_eq!(r.status(), 200);
+                }
+            });
+        }
+    });
+    let doc: Value = call(&gw, &t, Method::GET, "/data/hits", None)
+        .json()
+        .unwrap();
+    assert_eq!(doc["n"], 60);
+}

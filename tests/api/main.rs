@@ -8,6 +8,7 @@ mod mongo_env;
 mod auth;
 mod data;
 mod isolation;
+mod keys;
 mod lifecycle;
 mod limits;
 mod openapi;

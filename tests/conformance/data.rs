@@ -5,6 +5,7 @@
 use crate::mongo_env;
 use crate::store::Fixture;
 use org_gateway::domain::{CollectionName, DatabaseName};
+use org_gateway::store::mongo::json_to_document;
 use org_gateway::store::query::{Filter, Projection, QueryLimits, Sort, Update};
 use org_gateway::store::{Document, FindQuery, Namespace, StoreError};
 use serde_json::{json, Value};
@@ -256,6 +257,18 @@ async fn updates_give_the_same_documents_on_both_backends() {
     };
     let embedded = Fixture::embedded();
     let (ens, mns) = (load(&embedded).await, load(&mongo).await);
+    // The gateway computes updates itself (`Update::apply`) on both backends; MongoDB's own
+    // update of the same operators, on a copy of the corpus, must agree with it.
+    let server_ns = Namespace {
+        database: mns.database.clone(),
+        collection: CollectionName::from_stored("org_server").unwrap(),
+    };
+    mongo.store.insert_many(&server_ns, corpus()).await.unwrap();
+    let server = mongodb::Client::with_uri_str(mongo_env::uri().unwrap())
+        .await
+        .unwrap()
+        .database(server_ns.database.as_str())
+        .collection::<bson::Document>(server_ns.collection.as_str());
     let updates = [
         (
             "a01",
@@ -292,9 +305,22 @@ async fn updates_give_the_same_documents_on_both_backends() {
         );
         let stored = mongo.store.get(&mns, id).await.unwrap().unwrap();
         assert_eq!(
-            normalize(vec![e]),
+            normalize(vec![e.clone()]),
             normalize(vec![stored]),
             "stored doc after {u}"
+        );
+        let Value::Object(native) = update.to_mongo_update() else {
+            panic!("not an object")
+        };
+        server
+            .update_one(bson::doc! { "_id": id }, json_to_document(&native).unwrap())
+            .await
+            .unwrap();
+        let by_server = mongo.store.get(&server_ns, id).await.unwrap().unwrap();
+        assert_eq!(
+            normalize(vec![e]),
+            normalize(vec![by_server]),
+            "MongoDB's own {u} on {id}"
         );
     }
     // refused updates change nothing
@@ -367,4 +393,65 @@ async fn delete_and_bytes_on_both_backends() {
         m.cleanup().await;
     }
     let _ = mongo_env::closed_port;
+}
+
+/// Several gateway instances (separate stores, so separate in-process update locks) updating
+/// one MongoDB document at once: each compare-and-set retry recomputes from the current
+/// document, so no acknowledged increment is lost and none is applied twice. An update that
+/// loses every retry is refused as a whole (`ConcurrentUpdate`, 409), never half-applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_from_several_instances_are_not_lost() {
+    const INSTANCES: usize = 4;
+    const TASKS_EACH: usize = 2;
+    const EACH: usize = 25;
+    let Some(first) = Fixture::mongo(org_gateway::store::mongo::RenameStrategy::Command).await
+    else {
+        return;
+    };
+    let ns = ns(&first);
+    first
+        .store
+        .insert_many(&ns, docs(json!([{"_id": "hot", "n": 0}])))
+        .await
+        .unwrap();
+    let mut instances = vec![first.store.clone()];
+    for _ in 1..INSTANCES {
+        let other = Fixture::mongo(org_gateway::store::mongo::RenameStrategy::Command)
+            .await
+            .unwrap();
+        instances.push(other.store.clone());
+    }
+    let inc = Update::parse(&json!({"$inc": {"n": 1}}), &QueryLimits::default()).unwrap();
+    let mut tasks = Vec::new();
+    for store in &instances {
+        for _ in 0..TASKS_EACH {
+            let (store, ns, inc) = (store.clone(), ns.clone(), inc.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut applied, mut conflicts) = (0, 0);
+                for _ in 0..EACH {
+                    match store.update_by_id(&ns, "hot", &inc, 1 << 20).await {
+                        Ok(Some(_)) => applied += 1,
+                        Err(StoreError::ConcurrentUpdate(_)) => conflicts += 1,
+                        other => panic!("update failed: {other:?}"),
+                    }
+                }
+                (applied, conflicts)
+            }));
+        }
+    }
+    let (mut applied, mut conflicts) = (0, 0);
+    for t in tasks {
+        let (a, c) = t.await.unwrap();
+        applied += a;
+        conflicts += c;
+    }
+    let got = first.store.get(&ns, "hot").await.unwrap().unwrap();
+    assert_eq!(got["n"], json!(applied), "{conflicts} conflicts");
+    assert_eq!(applied + conflicts, INSTANCES * TASKS_EACH * EACH);
+    // Retries resolve ordinary contention: giving up is the rare exception.
+    assert!(
+        conflicts * 20 <= applied,
+        "{conflicts} conflicts, {applied} applied"
+    );
+    first.cleanup().await;
 }

@@ -6,6 +6,7 @@ use org_gateway::config::{ShardConfig, StoreKind};
 use org_gateway::domain::{CollectionName, DatabaseName, ShardId};
 use org_gateway::store::embedded::EmbeddedStore;
 use org_gateway::store::mongo::{MongoStore, RenameStrategy};
+use org_gateway::store::query::{QueryLimits, Update};
 use org_gateway::store::{Document, Namespace, StoreError, TenantStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -158,6 +159,9 @@ conformance!(
     rename_resumes_interrupted_copy,
     rename_of_missing_source_yields_empty_target,
     rename_moves_many_documents,
+    concurrent_increments_all_land,
+    refused_updates_change_nothing,
+    concurrent_delete_makes_updates_find_nothing,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -210,8 +214,7 @@ async fn documents_round_trip(f: &Fixture) {
         "nested": {"deep": {"deeper": {"n": 1}}, "empty": {}, "none": []},
     }));
     let second = doc(json!({"_id": "plain", "v": 1}));
-    f.store
-        .insert_many(&ns, vec![original.clone(), second.clone()])
+    fill(f, &ns, vec![original.clone(), second.clone()])
         .await
         .unwrap();
     let got = f.store.get(&ns, "65f0c0ffee0000000000beef").await.unwrap();
@@ -234,8 +237,7 @@ async fn missing_collection_reads_as_empty(f: &Fixture) {
 async fn duplicate_id_inserts_nothing(f: &Fixture) {
     let ns = f.ns(1, "dups");
     f.store.create_collection(&ns).await.unwrap();
-    f.store
-        .insert_many(&ns, vec![doc(json!({"_id": "a", "v": 1}))])
+    fill(f, &ns, vec![doc(json!({"_id": "a", "v": 1}))])
         .await
         .unwrap();
     let batch = vec![
@@ -466,4 +468,137 @@ async fn mongo_invalid_settings_are_refused() {
     let config = mongo_shard("bad", "mongodb://u:pw-secret@[bad");
     let err = MongoStore::open(&config).await.err().expect("invalid uri");
     assert!(!err.contains("pw-secret"), "{err}");
+}
+
+fn update(v: serde_json::Value) -> Update {
+    Update::parse(&v, &QueryLimits::default()).expect("valid update")
+}
+
+/// Concurrent read-modify-write updates of one document: none is lost (on MongoDB each is a
+/// compare-and-set retried until it applies to the current document).
+async fn concurrent_increments_all_land(f: &Fixture) {
+    const TASKS: usize = 8;
+    const EACH: usize = 25;
+    let ns = f.ns(1, "counter");
+    fill(
+        f,
+        &ns,
+        vec![doc(
+            json!({"_id": "c", "n": 0, "f": 0.5, "big": i64::MAX - 1}),
+        )],
+    )
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (store, ns) = (f.store.clone(), ns.clone());
+        tasks.push(tokio::spawn(async move {
+            let inc = update(json!({"$inc": {"n": 1, format!("per.t{t}"): 1}}));
+            for _ in 0..EACH {
+                let updated = store.update_by_id(&ns, "c", &inc, 1 << 20).await;
+                assert!(matches!(updated, Ok(Some(_))), "{updated:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = f.store.get(&ns, "c").await.unwrap().unwrap();
+    assert_eq!(got["n"], json!(TASKS * EACH), "{got:?}");
+    for t in 0..TASKS {
+        assert_eq!(got["per"][format!("t{t}")], json!(EACH), "{got:?}");
+    }
+    // Untouched fields keep their exact values and types.
+    assert_eq!(
+        (&got["f"], &got["big"]),
+        (&json!(0.5), &json!(i64::MAX - 1))
+    );
+}
+
+/// An update whose result must be refused is never stored, on any backend.
+async fn refused_updates_change_nothing(f: &Fixture) {
+    let ns = f.ns(1, "refused");
+    // Strings that look like field paths or operators, doubles with integral values and
+    // 64-bit integers: the compare-and-set must match such documents exactly.
+    let original = doc(json!({
+        "_id": "r",
+        "s": "text",
+        "path": "$s",
+        "vars": "$$ROOT",
+        "n": 1,
+        "whole": 2.0,
+        "big": 1_i64 << 40,
+        "list": [1, "$x", {"k": 2.0}],
+        "nested": {"a": {"b": "$literal"}},
+    }));
+    fill(f, &ns, vec![original.clone()]).await.unwrap();
+    let bad_inc = f
+        .store
+        .update_by_id(&ns, "r", &update(json!({"$inc": {"s": 1}})), 1 << 20)
+        .await;
+    match bad_inc {
+        Err(StoreError::InvalidUpdate(e)) => assert_eq!(e.code, "invalid_update"),
+        other => panic!("expected InvalidUpdate, got {other:?}"),
+    }
+    assert_eq!(
+        f.store.get(&ns, "r").await.unwrap().as_ref(),
+        Some(&original)
+    );
+    let too_big = update(json!({"$set": {"blob": "x".repeat(2_000)}}));
+    match f.store.update_by_id(&ns, "r", &too_big, 1_000).await {
+        Err(StoreError::InvalidUpdate(e)) => assert_eq!(e.code, "document_too_large"),
+        other => panic!("expected InvalidUpdate, got {other:?}"),
+    }
+    assert_eq!(
+        f.store.get(&ns, "r").await.unwrap().as_ref(),
+        Some(&original)
+    );
+    // A valid update of the same document applies, and keeps everything else as it was.
+    let updated = f
+        .store
+        .update_by_id(&ns, "r", &update(json!({"$inc": {"n": 1}})), 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expected = original.clone();
+    expected.insert("n".into(), json!(2));
+    assert_eq!(updated, expected);
+    assert_eq!(f.store.get(&ns, "r").await.unwrap(), Some(expected));
+}
+
+/// Updates racing a delete of their document end in `None` (404), never in an error, and
+/// never bring the document back.
+async fn concurrent_delete_makes_updates_find_nothing(f: &Fixture) {
+    let ns = f.ns(1, "deleted");
+    for round in 0..5 {
+        fill(f, &ns, vec![doc(json!({"_id": "d", "n": 0}))])
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (store, ns) = (f.store.clone(), ns.clone());
+            tasks.push(tokio::spawn(async move {
+                let inc = update(json!({"$inc": {"n": 1}}));
+                let mut outcomes = Vec::new();
+                for _ in 0..20 {
+                    let r = store.update_by_id(&ns, "d", &inc, 1 << 20).await;
+                    let found = r
+                        .unwrap_or_else(|e| panic!("update failed: {e:?}"))
+                        .is_some();
+                    outcomes.push(found);
+                }
+                outcomes
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        assert!(f.store.delete_by_id(&ns, "d").await.unwrap());
+        for t in tasks {
+            let outcomes = t.await.unwrap();
+            // Once a task has seen the document gone, it stays gone.
+            if let Some(gone) = outcomes.iter().position(|found| !found) {
+                assert!(outcomes[gone..].iter().all(|found| !found), "{outcomes:?}");
+            }
+        }
+        assert_eq!(f.store.get(&ns, "d").await.unwrap(), None, "round {round}");
+    }
 }
