@@ -330,10 +330,20 @@ impl Fleet {
             return;
         }
         let poll = Duration::from_millis(self.config.degraded_cache_ttl_ms.max(50));
+        // Test hook: behave as if the catalog offered no change stream.
+        let feed_unavailable =
+            std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == "feed_unavailable");
         let mut token: Option<FeedToken> = None;
         loop {
             let resuming = token.is_some();
-            let mut stream = match self.catalog.watch(token.clone()).await {
+            let opened = if feed_unavailable {
+                Err(CatalogError::Backend(
+                    "change streams unavailable (test hook)".into(),
+                ))
+            } else {
+                self.catalog.watch(token.clone()).await
+            };
+            let mut stream = match opened {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {

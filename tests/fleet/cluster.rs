@@ -12,6 +12,10 @@ const SECRET: &str = "fleet-test-signing-secret-0123456789abcdef";
 /// The shared part of every instance's configuration.
 pub struct Cluster {
     pub config: String,
+    /// The MongoDB server.
+    pub uri: String,
+    /// The shard's database prefix: tenants land in `<prefix>_1`.
+    pub prefix: String,
 }
 
 impl Cluster {
@@ -39,6 +43,8 @@ impl Cluster {
                  [catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{catalog}\"\nrecovery_grace_seconds = 0\n\
                  [[shards]]\nid = \"mongo\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{prefix}\"\n"
             ),
+            uri,
+            prefix,
         })
     }
 

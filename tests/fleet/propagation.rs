@@ -202,3 +202,46 @@ fn an_embedded_shard_belongs_to_one_instance() {
         "{stderr}"
     );
 }
+
+/// An instance whose change feed is down polls the catalog: it says so in `/readyz`, still
+/// sees changes within its short cache TTL, and still acknowledges fences.
+#[test]
+fn without_its_change_feed_an_instance_polls_and_still_converges() {
+    let Some(cluster) = Cluster::new("[fleet]\ndegraded_cache_ttl_ms = 300\n") else {
+        return;
+    };
+    let a = cluster.start();
+    let b = cluster.start_with_env(vec![(
+        "GATEWAY_FAILPOINT".into(),
+        "feed_unavailable".into(),
+    )]);
+    let ready = ops_get(&b, "/readyz");
+    assert_eq!(ready["catalog"]["feed"], "polling", "{ready}");
+    assert_eq!(ready["ready"], true);
+    let token = a.org_with_token("Polled", "polled@fleet.example");
+    let data_b = || {
+        authed(&b, Method::POST, "/data/count", &token)
+            .json(&json!({}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(data_b().status(), 200);
+    // A rename fences every instance, the polling one included; then a delete.
+    let r = authed(&a, Method::PUT, "/org/update", &token)
+        .json(&json!({"organization_name": "Polled", "new_organization_name": "Polled Two"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = authed(
+        &a,
+        Method::DELETE,
+        "/org/delete?organization_name=Polled%20Two",
+        &token,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let took = until(LIMIT, data_b, |r| r.status() == 401);
+    assert!(took < CONVERGED, "delete seen after {took:?}");
+    assert_eq!(public_get(&b, "Polled%20Two").status(), 404);
+}

@@ -231,3 +231,128 @@ fn after_a_delete_fence_other_instances_refuse_the_tenant() {
     );
     assert_eq!(deleter.join().unwrap(), 200);
 }
+
+/// An organization deleted while its drop could not run (the instance died right after the
+/// fence) leaves a pending drop; renaming another organization to that name must run the drop
+/// first, never merge the leftover documents into the renamed organization.
+#[test]
+fn a_rename_onto_a_pending_drop_never_adopts_the_leftover() {
+    // A short lease and request timeout: the rename's fence waits for the killed instance.
+    let Some(mut cluster) = Cluster::new("request_timeout_ms = 2000\n[fleet]\nlease_seconds = 1\n")
+    else {
+        return;
+    };
+    // No background recovery during the test: only the rename may settle the drop.
+    cluster.config = cluster
+        .config
+        .replace("recovery_grace_seconds = 0", "recovery_grace_seconds = 300");
+    let mut a = cluster.start_with_env(vec![
+        ("GATEWAY_PAUSEPOINT".into(), "delete_after_fence".into()),
+        ("GATEWAY_PAUSE_MS".into(), "60000".into()),
+    ]);
+    let old = a.org_with_token("Leftover", "leftover@fleet.example");
+    for i in 0..3 {
+        let r = authed(&a, Method::POST, "/data", &old)
+            .json(&json!({"_id": format!("old{i}")}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    {
+        let (url, old) = (
+            format!("{}/org/delete?organization_name=Leftover", a.base),
+            old.clone(),
+        );
+        std::thread::spawn(move || {
+            let _ = reqwest::blocking::Client::new()
+                .delete(url)
+                .bearer_auth(old)
+                .timeout(Duration::from_secs(2))
+                .send();
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    // Killed between the fence and the drop: the catalog has the delete and a pending drop.
+    a.kill();
+    let b = cluster.start();
+    let token = b.org_with_token("Other", "other@fleet.example");
+    for i in 0..2 {
+        let r = authed(&b, Method::POST, "/data", &token)
+            .json(&json!({"_id": format!("new{i}")}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = authed(&b, Method::PUT, "/org/update", &token)
+        .json(&json!({"organization_name": "Other", "new_organization_name": "Leftover"}))
+        .send()
+        .unwrap();
+    // 503 when the fence outlasted the request; the rename then finishes in the background.
+    assert!(
+        [200, 503].contains(&r.status().as_u16()),
+        "{}",
+        r.text().unwrap()
+    );
+    crate::cluster::until(
+        Duration::from_secs(10),
+        || {
+            b.req(Method::GET, "/org/get?organization_name=Leftover")
+                .send()
+                .unwrap()
+        },
+        |r| r.status() == 200,
+    );
+    assert_eq!(count(&b, &token), 2, "the leftover documents were adopted");
+    let r = authed(&b, Method::GET, "/data/old0", &token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// A collection the catalog records for no organization (written behind the gateway's back,
+/// or by a writer that outlived its organization) is never adopted by a create: it is set
+/// aside under a `quarantine_` name and the new organization starts empty.
+#[test]
+fn a_create_never_adopts_an_orphaned_collection() {
+    let Some(cluster) = Cluster::new("") else {
+        return;
+    };
+    let a = cluster.start();
+    let database = format!("{}_1", cluster.prefix);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(mongodb::Client::with_uri_str(&cluster.uri))
+        .unwrap();
+    let orphan = client
+        .database(&database)
+        .collection::<mongodb::bson::Document>("org_squatter");
+    rt.block_on(async {
+        orphan
+            .insert_many([
+                mongodb::bson::doc! {"_id": "x1"},
+                mongodb::bson::doc! {"_id": "x2"},
+            ])
+            .await
+    })
+    .unwrap();
+    let token = a.org_with_token("Squatter", "squatter@fleet.example");
+    assert_eq!(count(&a, &token), 0, "the orphan's documents were adopted");
+    let names = rt
+        .block_on(async { client.database(&database).list_collection_names().await })
+        .unwrap();
+    let aside: Vec<_> = names
+        .iter()
+        .filter(|n| n.starts_with("quarantine_squatter_"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{names:?}");
+    let kept = rt
+        .block_on(async {
+            client
+                .database(&database)
+                .collection::<mongodb::bson::Document>(aside[0])
+                .count_documents(mongodb::bson::doc! {})
+                .await
+        })
+        .unwrap();
+    assert_eq!(kept, 2, "the orphan's documents are kept for an operator");
+}
