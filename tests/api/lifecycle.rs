@@ -201,3 +201,64 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
     assert!(messages.contains(&"organization created"), "{messages:?}");
     assert!(messages.contains(&"request"), "{messages:?}");
 }
+
+/// A writer hammering an organization while it is deleted (on one instance, both backends):
+/// no write lands after the delete, and a new organization with the same name starts empty.
+#[test]
+fn writes_racing_a_delete_never_reach_the_next_org_of_that_name() {
+    let gw = Arc::new(TestGateway::start_with(crate::gateway::Options {
+        config: "[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 100000000\n".into(),
+        ..Default::default()
+    }));
+    for round in 0..3 {
+        let token = gw.org_with_token("Racing", &format!("r{round}@example.com"));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (gw, token, stop) = (gw.clone(), token.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        i += 1;
+                        last = gw
+                            .req(Method::POST, "/data")
+                            .bearer_auth(&token)
+                            .json(&serde_json::json!({"_id": format!("w{w}-{i}")}))
+                            .send()
+                            .unwrap()
+                            .status()
+                            .as_u16();
+                    }
+                    last
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let r = gw
+            .req(Method::DELETE, "/org/delete?organization_name=Racing")
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in writers {
+            assert_eq!(w.join().unwrap(), 401, "writes continued after the delete");
+        }
+        let fresh = gw.org_with_token("Racing", &format!("fresh{round}@example.com"));
+        let r = gw
+            .req(Method::POST, "/data/count")
+            .bearer_auth(&fresh)
+            .json(&serde_json::json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.json::<Value>().unwrap()["count"], 0, "round {round}");
+        let r = gw
+            .req(Method::DELETE, "/org/delete?organization_name=Racing")
+            .bearer_auth(&fresh)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
