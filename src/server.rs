@@ -129,8 +129,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 tick.tick().await;
                 // Never touch operations this process may still be running (bounded by the
                 // request timeout).
+                // Never touch operations this process may still be running (bounded by the
+                // request timeout and the longest fence they may wait for).
                 let grace = Duration::from_secs(state.config.catalog.recovery_grace_seconds)
                     .max(Duration::from_millis(state.config.request_timeout_ms * 3))
+                    .max(state.fleet.fence_timeout() + Duration::from_secs(10))
                     .max(Duration::from_secs(30));
                 if let Err(e) = movers::resume_interrupted(&state.lifecycle(), grace).await {
                     tracing::warn!(error = %e, "background resume failed; retrying later");

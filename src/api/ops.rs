@@ -312,6 +312,13 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
             format!("shard {} already exists", cfg.id),
         ));
     }
+    if cfg.kind == StoreKind::Embedded && state.config.catalog.kind == StoreKind::Mongodb {
+        // Each instance would open its own file under that shard id.
+        return Err(ApiError::invalid(
+            "invalid_shard",
+            "with a shared (MongoDB) catalog, shards added at runtime must be MongoDB shards",
+        ));
+    }
     if cfg.kind == StoreKind::Embedded {
         if let Some(p) = &cfg.path {
             if p.is_absolute()

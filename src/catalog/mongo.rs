@@ -770,21 +770,36 @@ impl Catalog for MongoCatalog {
         let docs = self.all(&self.pending).await?;
         let mut out = Vec::with_capacity(docs.len());
         let mut finished = std::collections::HashSet::new();
+        let mut unfinished = std::collections::HashSet::new();
         for d in &docs {
             // A drop whose org is still there is an interrupted delete: finish it first, so
-            // the collection is never dropped under a live organization.
+            // the collection is never dropped under a live organization. One that cannot be
+            // finished now is left out (and retried later); it never blocks the others.
             if let Ok(org_id) = d.get_str("org_id") {
                 if finished.insert(org_id.to_owned()) {
                     if let Ok(id) = org_id.parse::<OrgId>() {
-                        if let Some((org, _)) = self.load(id).await? {
-                            tracing::warn!(org_id = %id, "finishing an interrupted organization delete");
-                            self.record_drops(&org).await?;
-                            self.remove_org(&org, None).await?;
+                        let done = async {
+                            if let Some((org, _)) = self.load(id).await? {
+                                tracing::warn!(org_id = %id, "finishing an interrupted organization delete");
+                                self.record_drops(&org).await?;
+                                self.remove_org(&org, None).await?;
+                            }
+                            CatalogResult::Ok(())
+                        };
+                        if let Err(e) = done.await {
+                            tracing::warn!(org_id = %id, error = %e, "cannot finish an interrupted delete yet");
+                            unfinished.insert(org_id.to_owned());
                         }
                     }
                 }
+                if unfinished.contains(org_id) {
+                    continue;
+                }
             }
-            out.push(from_field(d, "drop")?);
+            match from_field(d, "drop") {
+                Ok(drop) => out.push(drop),
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed pending drop"),
+            }
         }
         Ok(out)
     }

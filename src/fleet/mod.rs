@@ -119,6 +119,11 @@ pub struct Fleet {
     /// Named leases this instance holds (embedded shards), renewed with each heartbeat.
     leases: Mutex<Vec<String>>,
     node_id: String,
+    /// Newest revision seen on the feed (not yet necessarily drained).
+    seen: AtomicU64,
+    seen_changed: tokio::sync::Notify,
+    /// Set when another node took one of this instance's leases: stop serving tenant data.
+    lease_lost: std::sync::atomic::AtomicBool,
 }
 
 /// Instance facts that do not change.
@@ -176,6 +181,9 @@ impl Fleet {
             beat_now: tokio::sync::Notify::new(),
             leases: Mutex::new(Vec::new()),
             node_id: facts.node_id,
+            seen: AtomicU64::new(0),
+            seen_changed: tokio::sync::Notify::new(),
+            lease_lost: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -199,6 +207,9 @@ impl Fleet {
     pub fn serving(&self) -> bool {
         if !self.shared {
             return true;
+        }
+        if self.lease_lost.load(Ordering::Relaxed) {
+            return false;
         }
         let renewed = self.renewed_at_ms.load(Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
@@ -237,9 +248,14 @@ impl Fleet {
             self.applied.fetch_max(revision, Ordering::SeqCst);
             return Ok(revision);
         }
-        let timeout = self.lease() + Duration::from_millis(self.info_drain_ms()) * 2;
-        self.wait_applied(revision, timeout).await?;
+        self.wait_applied(revision, self.fence_timeout()).await?;
         Ok(revision)
+    }
+
+    /// The longest a fence waits: an instance that stopped heartbeating counts as gone after
+    /// its lease plus its drain time.
+    pub fn fence_timeout(&self) -> Duration {
+        self.lease() + Duration::from_millis(self.info_drain_ms()) * 2
     }
 
     fn info_drain_ms(&self) -> u64 {
@@ -282,6 +298,18 @@ impl Fleet {
         }
     }
 
+    /// Publishes the newest revision seen on the feed as applied, one drain at a time, so the
+    /// follower never waits for slow requests before applying the next invalidation.
+    async fn run_acks(self: Arc<Self>) {
+        loop {
+            self.seen_changed.notified().await;
+            let seen = self.seen.load(Ordering::SeqCst);
+            if seen > self.applied.load(Ordering::SeqCst) {
+                self.applied_up_to(seen).await;
+            }
+        }
+    }
+
     fn set_mode(&self, mode: FeedMode) {
         let old = self.mode.swap(mode as u8, Ordering::SeqCst);
         if old != mode as u8 {
@@ -318,7 +346,11 @@ impl Fleet {
             CatalogChange::Org(id) => self.router.invalidate_org_id(id).await,
             CatalogChange::Admin(id) => self.router.invalidate_admin(id).await,
             CatalogChange::Setting(key) => listener.setting_changed(&key).await,
-            CatalogChange::Revision(r) => self.applied_up_to(r).await,
+            CatalogChange::Revision(r) => {
+                // Invalidations before it are done; the ack task drains and publishes.
+                self.seen.fetch_max(r, Ordering::SeqCst);
+                self.seen_changed.notify_one();
+            }
             CatalogChange::Other => {}
         }
     }
@@ -329,6 +361,7 @@ impl Fleet {
         if !self.shared {
             return;
         }
+        tokio::spawn(self.clone().run_acks());
         let poll = Duration::from_millis(self.config.degraded_cache_ttl_ms.max(50));
         // Test hook: behave as if the catalog offered no change stream.
         let feed_unavailable =
@@ -371,9 +404,11 @@ impl Fleet {
                 }
             }
             self.set_mode(FeedMode::Stream);
+            let mut delivered = false;
             loop {
                 match stream.next_change().await {
                     Ok(Some(change)) => {
+                        delivered = true;
                         self.apply(change, listener.as_ref()).await;
                         if let Some(t) = stream.resume_token() {
                             token = Some(t);
@@ -387,6 +422,10 @@ impl Fleet {
                 }
             }
             self.set_mode(FeedMode::Polling);
+            if !delivered {
+                // A stream that fails at once would otherwise spin: back off.
+                tokio::time::sleep(poll).await;
+            }
         }
     }
 
@@ -408,8 +447,15 @@ impl Fleet {
                 .acquire_lease(&name, &self.node_id, self.lease() * 3)
                 .await?
             {
-                tracing::error!(lease = %name, holder = %other, "lost a lease to another instance");
+                tracing::error!(lease = %name, holder = %other, "lost a lease to another node: no longer serving tenant data");
+                self.lease_lost.store(true, Ordering::Relaxed);
             }
+        }
+        if self.shared && !self.serving() && !self.lease_lost.load(Ordering::Relaxed) {
+            // Back from a lapsed lease: fences may have gone ahead without this instance, so
+            // nothing cached before may be trusted.
+            self.router.invalidate_all();
+            tracing::warn!("registry lease renewed after it lapsed: caches dropped");
         }
         self.renewed_at_ms.store(sent_at, Ordering::Relaxed);
         Ok(())
@@ -465,8 +511,10 @@ impl Fleet {
 /// The node id kept in `<data_dir>/node_id`, created on first start.
 pub fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
     let path = data_dir.join("node_id");
+    let valid = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        // Only what this function writes is accepted: the id reaches logs and the catalog.
+        Ok(id) if valid(id.trim()) => Ok(id.trim().to_owned()),
         _ => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             std::fs::write(&path, &id)?;

@@ -204,17 +204,35 @@ async fn finish_rename(
         // pending, or an orphan: never adopt either.
         let lock = CollectionLock::acquire(lc.catalog, &org.placement.shard, &to).await?;
         let cleared = async {
+            // Another instance's recovery may have finished this rename meanwhile: only the
+            // record read under the lease says what is left to do.
+            let current = lc.catalog.org_by_id(org.id).await?;
+            let still_renaming = current.as_ref().is_some_and(|c| {
+                c.state == org.state && c.placement.collection == org.placement.collection
+            });
+            if !still_renaming {
+                return Ok::<_, MoveError>(false);
+            }
             run_pending_drops_locked(lc, &org.placement.shard, &to).await?;
-            if first_attempt {
+            let source_there = shard
+                .store
+                .list_collections(&from.database)
+                .await?
+                .iter()
+                .any(|c| c == from.collection.as_str());
+            if first_attempt && source_there {
                 set_aside_orphan(lc, &org.placement.shard, &to).await?;
             }
             let moved = shard.store.rename_collection(&from, &to).await?;
             tracing::info!(org_id = %org.id, from = %from, to = %to, documents = moved, "renamed tenant collection");
-            Ok::<_, MoveError>(())
+            Ok(true)
         }
         .await;
         lock.release().await;
-        cleared?;
+        if !cleared? {
+            let current = lc.catalog.org_by_id(org.id).await?;
+            return current.ok_or(MoveError::Catalog(CatalogError::NotFound));
+        }
         failpoint("rename_after_store");
     }
     let renamed = lc.catalog.commit_rename(org.id).await?;
@@ -288,8 +306,10 @@ pub async fn delete(lc: &Lifecycle<'_>, org: &OrgRecord) -> Result<(), MoveError
     lc.capacity
         .release(&removed.placement.shard, &removed.placement.database);
     if let Err(e) = lc.fleet.fence().await {
+        // The delete is committed and its drop pending; the caller must not be told it is
+        // done while an instance may still accept writes for the organization.
         tracing::warn!(error = %e, org_id = %org.id, "collection drop deferred: the fleet has not applied the delete");
-        return Ok(());
+        return Err(e.into());
     }
     pausepoint("delete_after_fence").await;
     let mut drops = vec![namespace(&removed)];
@@ -327,11 +347,22 @@ async fn run_pending_drops_locked(
     shard: &ShardId,
     ns: &Namespace,
 ) -> Result<(), MoveError> {
-    for drop in lc.catalog.pending_drops().await? {
-        if &drop.shard == shard && drop.database == ns.database && drop.collection == ns.collection
-        {
-            run_drop(lc, &drop).await?;
-        }
+    let mine: Vec<PendingDrop> = lc
+        .catalog
+        .pending_drops()
+        .await?
+        .into_iter()
+        .filter(|d| &d.shard == shard && d.database == ns.database && d.collection == ns.collection)
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    // The delete behind the drop committed before this fence: once it passes, no instance
+    // still writes for the deleted organization, so nothing lands after the drop (in the
+    // collection a new organization is about to get under that name).
+    lc.fleet.fence().await?;
+    for drop in mine {
+        run_drop(lc, &drop).await?;
     }
     Ok(())
 }

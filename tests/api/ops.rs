@@ -52,14 +52,18 @@ fn shards_added_at_runtime_take_tenants_and_persist() {
         config: format!("[ops]\ntoken = \"{TOKEN}\"\n"),
         ..Default::default()
     });
-    let r = ops(
-        &gw,
-        Method::POST,
-        "/ops/shards",
-        Some(
-            json!({"id": "extra", "kind": "embedded", "path": "shards/extra.redb", "weight": 1000.0}),
-        ),
-    );
+    // With a shared catalog an embedded shard would be a different file on every instance:
+    // runtime shards are MongoDB shards there.
+    let extra = if crate::gateway::on_mongodb() {
+        let embedded = json!({"id": "extra", "kind": "embedded", "path": "shards/extra.redb"});
+        let r = ops(&gw, Method::POST, "/ops/shards", Some(embedded));
+        assert_problem(r, 400, "invalid_shard");
+        let uri = std::env::var("MONGODB_URI").unwrap();
+        json!({"id": "extra", "kind": "mongodb", "uri": uri, "database_prefix": "rtx", "weight": 1000.0})
+    } else {
+        json!({"id": "extra", "kind": "embedded", "path": "shards/extra.redb", "weight": 1000.0})
+    };
+    let r = ops(&gw, Method::POST, "/ops/shards", Some(extra));
     assert_eq!(r.status(), 201);
     let r = ops(
         &gw,
