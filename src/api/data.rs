@@ -42,6 +42,32 @@ impl Tenant {
         r
     }
 
+    /// Runs a store write in its own task, holding the request gate until the write is done:
+    /// a request cut off by its timeout must not let a fence pass while its write still runs.
+    async fn write<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shard>, Namespace) -> Fut,
+        Fut: Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        let held = self._gate.hold();
+        let fut = f(self.shard.clone(), self.ns.clone());
+        let span = tracing::debug_span!("store", shard = self.shard.id().as_str(), op);
+        let task = tokio::spawn(
+            async move {
+                let out = fut.await;
+                drop(held);
+                out
+            }
+            .instrument(span),
+        );
+        let result = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
+        };
+        self.settle(result)
+    }
+
     /// Runs a store call with shard health tracking and 503 on outages (metrics are recorded
     /// by the store wrapper).
     async fn run<T>(
@@ -50,7 +76,11 @@ impl Tenant {
         fut: impl Future<Output = StoreResult<T>>,
     ) -> Result<T, ApiError> {
         let span = tracing::debug_span!("store", shard = self.shard.id().as_str(), op);
-        match fut.instrument(span).await {
+        self.settle(fut.instrument(span).await)
+    }
+
+    fn settle<T>(&self, result: StoreResult<T>) -> Result<T, ApiError> {
+        match result {
             Ok(v) => {
                 if !self.shard.is_up() {
                     self.shard.set_up(true);
@@ -308,8 +338,10 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         docs.push(with_id);
     }
     check_quota(state, &t, bytes).await?;
-    t.run("insert_many", t.shard.store.insert_many(&t.ns, docs))
-        .await?;
+    t.write("insert_many", move |shard, ns| async move {
+        shard.store.insert_many(&ns, docs).await
+    })
+    .await?;
     state.quotas.add(t.org, bytes as i64);
     Ok(t.reply(StatusCode::CREATED, &InsertReply { inserted_ids: ids }))
 }
@@ -373,11 +405,11 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let update = Update::parse(&body, &limits(state)).map_err(query_error)?;
     check_quota(state, &t, 0).await?;
     let max = state.config.data.max_document_bytes;
+    let target = id.clone();
     match t
-        .run(
-            "update",
-            t.shard.store.update_by_id(&t.ns, &id, &update, max),
-        )
+        .write("update", move |shard, ns| async move {
+            shard.store.update_by_id(&ns, &target, &update, max).await
+        })
         .await?
     {
         Some(doc) => Ok(t.reply(StatusCode::OK, &doc)),
@@ -399,8 +431,11 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log).await?;
     let id = doc_id(req)?;
-    if t.run("delete", t.shard.store.delete_by_id(&t.ns, &id))
-        .await?
+    let target = id.clone();
+    if t.write("delete", move |shard, ns| async move {
+        shard.store.delete_by_id(&ns, &target).await
+    })
+    .await?
     {
         // Usage is re-measured later; drop the cached figure so the next write measures.
         state.quotas.forget(t.org);

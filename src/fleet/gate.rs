@@ -24,6 +24,18 @@ pub struct GateGuard {
     slot: usize,
 }
 
+impl GateGuard {
+    /// Another guard in the same slot, for work that may outlive this one (a store write
+    /// that goes on after its request timed out).
+    pub fn hold(&self) -> GateGuard {
+        self.gate.inflight[self.slot].fetch_add(1, Ordering::SeqCst);
+        GateGuard {
+            gate: self.gate.clone(),
+            slot: self.slot,
+        }
+    }
+}
+
 impl Drop for GateGuard {
     fn drop(&mut self) {
         self.gate.inflight[self.slot].fetch_sub(1, Ordering::SeqCst);
