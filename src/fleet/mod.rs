@@ -522,3 +522,92 @@ pub fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::embedded::EmbeddedCatalog;
+
+    fn fleet(catalog: Arc<dyn Catalog>) -> Fleet {
+        let router = TenantRouter::new(catalog.clone(), 10, Duration::from_secs(60));
+        Fleet::new(
+            catalog,
+            router,
+            true,
+            FleetConfig::default(),
+            Duration::from_secs(60),
+            InstanceFacts {
+                listen: "127.0.0.1:1".into(),
+                ops_listen: "127.0.0.1:2".into(),
+                request_timeout: Duration::from_millis(500),
+                node_id: "0".repeat(32),
+            },
+        )
+    }
+
+    fn peer(id: &str, applied: u64, last_seen: chrono::DateTime<Utc>) -> InstanceInfo {
+        InstanceInfo {
+            id: id.into(),
+            version: "test".into(),
+            listen: String::new(),
+            ops_listen: String::new(),
+            started_at: last_seen,
+            last_seen,
+            lease_ms: 1_000,
+            drain_ms: 500,
+            applied_revision: applied,
+            feed: "stream".into(),
+        }
+    }
+
+    /// The fence primitive: every live instance must have applied the revision; one whose
+    /// lease and drain time lapsed no longer counts.
+    #[tokio::test]
+    async fn wait_applied_waits_for_live_instances_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog: Arc<dyn Catalog> =
+            Arc::new(EmbeddedCatalog::open(&dir.path().join("c.redb")).unwrap());
+        let f = fleet(catalog.clone());
+        let now = Utc::now();
+        catalog.heartbeat(&peer("ahead", 10, now)).await.unwrap();
+        f.wait_applied(10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        // A live instance behind the revision holds the fence until it catches up.
+        catalog.heartbeat(&peer("behind", 9, now)).await.unwrap();
+        match f.wait_applied(10, Duration::from_millis(100)).await {
+            Err(FenceError::Timeout(ids)) => assert_eq!(ids, vec!["behind".to_owned()]),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let catch_up = {
+            let catalog = catalog.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                catalog.heartbeat(&peer("behind", 10, Utc::now())).await
+            })
+        };
+        f.wait_applied(10, Duration::from_secs(2)).await.unwrap();
+        catch_up.await.unwrap().unwrap();
+        // One that stopped heartbeating (lease 1 s + drain 0.5 s ago) is not waited for.
+        let long_ago = Utc::now() - chrono::Duration::milliseconds(1_600);
+        catalog.heartbeat(&peer("dead", 0, long_ago)).await.unwrap();
+        f.wait_applied(10, Duration::from_millis(100))
+            .await
+            .unwrap();
+        // Within its lease plus drain time it still counts.
+        let recent = Utc::now() - chrono::Duration::milliseconds(1_200);
+        catalog.heartbeat(&peer("dead", 0, recent)).await.unwrap();
+        assert!(f.wait_applied(10, Duration::from_millis(50)).await.is_err());
+    }
+
+    #[test]
+    fn node_ids_are_kept_and_only_valid_ones_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = node_id(dir.path()).unwrap();
+        assert_eq!(node_id(dir.path()).unwrap(), first);
+        std::fs::write(dir.path().join("node_id"), "bad\nid").unwrap();
+        let replaced = node_id(dir.path()).unwrap();
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(replaced, "bad\nid");
+    }
+}
