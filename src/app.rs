@@ -124,7 +124,7 @@ impl AppState {
             // An embedded shard's file is on this machine only: with a shared catalog it
             // belongs to one instance, or tenants placed on it would be missing elsewhere.
             fleet
-                .heartbeat()
+                .join()
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot register in the catalog: {e}"))?;
             for shard in shards.all() {

@@ -253,13 +253,15 @@ async fn place_and_create(
             updated_at: now,
             revision: 0,
         };
-        if let Err(e) = state.catalog().insert_org(&org, &admin).await {
-            state
-                .capacity
-                .release(&org.placement.shard, &org.placement.database);
-            return Err(catalog_error(e));
+        match state.catalog().insert_org(&org, &admin).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                state
+                    .capacity
+                    .release(&org.placement.shard, &org.placement.database);
+                return Err(catalog_error(e));
+            }
         }
-        org
     };
     let ns = Namespace {
         database: org.placement.database.clone(),
@@ -275,7 +277,8 @@ async fn place_and_create(
         return Err(move_error(e));
     }
     org.state = OrgState::Active;
-    state.catalog().put_org(&org).await.map_err(catalog_error)?;
+    // Compare-and-set on the revision inserted: recovery may have rolled a slow create back.
+    let org = state.catalog().put_org(&org).await.map_err(catalog_error)?;
     crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
     Ok(org)

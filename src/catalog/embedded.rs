@@ -235,7 +235,7 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
 
 #[async_trait]
 impl Catalog for EmbeddedCatalog {
-    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<OrgRecord> {
         let (mut org, mut admin) = (org.clone(), admin.clone());
         self.write(move |txn| {
             let id = org.id.to_string();
@@ -275,12 +275,13 @@ impl Catalog for EmbeddedCatalog {
                 txn,
                 &count_key(&org.placement.shard, &org.placement.database),
                 1,
-            )
+            )?;
+            Ok(org)
         })
         .await
     }
 
-    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()> {
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord> {
         let mut org = org.clone();
         self.write(move |txn| {
             let old = load_org(txn, org.id)?;
@@ -289,7 +290,11 @@ impl Catalog for EmbeddedCatalog {
                     "put_org cannot change name or collection".into(),
                 ));
             }
-            store_org(txn, &mut org)
+            if old.revision != org.revision {
+                return Err(CatalogError::Stale);
+            }
+            store_org(txn, &mut org)?;
+            Ok(org)
         })
         .await
     }

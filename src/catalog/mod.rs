@@ -166,11 +166,13 @@ pub type CatalogResult<T> = Result<T, CatalogError>;
 #[async_trait]
 pub trait Catalog: Send + Sync + 'static {
     /// Inserts a new organization (in `Creating` or `Active` state) with its first admin and
-    /// counts its collection in the placement's database.
-    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()>;
+    /// counts its collection in the placement's database. Returns the record as stored.
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<OrgRecord>;
 
-    /// Replaces an organization record whose name and collection are unchanged (state changes).
-    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()>;
+    /// Replaces an organization record whose name and collection are unchanged (state
+    /// changes), if the stored record still has `org.revision` ([`CatalogError::Stale`]
+    /// otherwise). Returns the record as stored.
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord>;
 
     /// Looks an organization up by id.
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
@@ -298,6 +300,9 @@ pub struct InstanceInfo {
     pub applied_revision: u64,
     /// How it follows the catalog: `stream`, `polling` or `local`.
     pub feed: String,
+    /// Its data dir's id: a restart on the same data dir replaces its predecessor's entry.
+    #[serde(default)]
+    pub node_id: String,
 }
 
 impl InstanceInfo {

@@ -489,7 +489,7 @@ impl MongoCatalog {
 
 #[async_trait]
 impl Catalog for MongoCatalog {
-    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<()> {
+    async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<OrgRecord> {
         let id = org.id.to_string();
         let mut creating = org.clone();
         creating.state = OrgState::Creating;
@@ -561,29 +561,36 @@ impl Catalog for MongoCatalog {
             }
             return Err(e);
         }
-        if org.state != OrgState::Creating
-            && !self
-                .update_org_plain(doc! { "_id": &id }, Document::new(), &mut org.clone())
-                .await?
+        if org.state == OrgState::Creating {
+            return Ok(creating);
+        }
+        let mut stored = org.clone();
+        if !self
+            .update_org_plain(doc! { "_id": &id }, Document::new(), &mut stored)
+            .await?
         {
             return Err(CatalogError::NotFound);
         }
-        Ok(())
+        Ok(stored)
     }
 
-    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<()> {
+    async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord> {
         let (old, rev) = self.load(org.id).await?.ok_or(CatalogError::NotFound)?;
         if old.name != org.name || old.placement.collection != org.placement.collection {
             return Err(backend_msg("put_org cannot change name or collection"));
         }
+        if rev != org.revision as i64 {
+            return Err(CatalogError::Stale);
+        }
         let filter = doc! { "_id": org.id.to_string(), "rev": rev };
+        let mut stored = org.clone();
         if self
-            .update_org_plain(filter, Document::new(), &mut org.clone())
+            .update_org_plain(filter, Document::new(), &mut stored)
             .await?
         {
-            Ok(())
+            Ok(stored)
         } else {
-            Err(CatalogError::NotFound)
+            Err(CatalogError::Stale)
         }
     }
 

@@ -161,6 +161,7 @@ impl Fleet {
             drain_ms: facts.request_timeout.as_millis() as u64,
             applied_revision: 0,
             feed: if shared { "polling" } else { "local" }.to_owned(),
+            node_id: facts.node_id.clone(),
         };
         Self {
             catalog,
@@ -429,6 +430,19 @@ impl Fleet {
         }
     }
 
+    /// Joins the registry: removes entries a previous process on this data dir left behind
+    /// (it is gone: fences need not wait out its lease), then sends the first heartbeat.
+    pub async fn join(&self) -> Result<(), CatalogError> {
+        let me = self.instance_id();
+        for old in self.catalog.instances().await? {
+            if old.node_id == self.node_id && old.id != me {
+                tracing::info!(instance = %old.id, "removing this data dir's previous instance from the registry");
+                self.catalog.remove_instance(&old.id).await?;
+            }
+        }
+        self.heartbeat().await
+    }
+
     /// Sends one heartbeat; renews held leases.
     pub async fn heartbeat(&self) -> Result<(), CatalogError> {
         let sent_at = self.started.elapsed().as_millis().max(1) as u64;
@@ -557,6 +571,7 @@ mod tests {
             drain_ms: 500,
             applied_revision: applied,
             feed: "stream".into(),
+            node_id: String::new(),
         }
     }
 

@@ -190,12 +190,10 @@ fn not_found(r: Result<impl std::fmt::Debug, CatalogError>) {
 
 async fn create(c: &dyn Catalog, org_name: &str, mail: &str) -> OrgRecord {
     let o = org(org_name);
-    c.insert_org(&o, &admin(&o, mail)).await.unwrap();
-    let mut active = o.clone();
+    let mut active = c.insert_org(&o, &admin(&o, mail)).await.unwrap();
     active.state = OrgState::Active;
-    c.put_org(&active).await.unwrap();
     // As stored: with the revision the catalog stamped.
-    c.org_by_id(o.id).await.unwrap().unwrap()
+    c.put_org(&active).await.unwrap()
 }
 
 async fn insert_and_look_up(c: Arc<dyn Catalog>) {
@@ -272,15 +270,17 @@ async fn insert_and_look_up(c: Arc<dyn Catalog>) {
 
 async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
     let o = org("Stateful");
-    c.insert_org(&o, &admin(&o, "s@s.example")).await.unwrap();
-    let mut active = o.clone();
+    let stored = c.insert_org(&o, &admin(&o, "s@s.example")).await.unwrap();
+    let mut active = stored.clone();
     active.state = OrgState::Active;
     active.updated_at = Utc::now();
-    c.put_org(&active).await.unwrap();
-    assert_eq!(
-        c.org_by_id(o.id).await.unwrap().map(unrev),
-        Some(active.clone())
-    );
+    let active = c.put_org(&active).await.unwrap();
+    assert!(active.revision > stored.revision);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active.clone()));
+    // A write based on an older read is refused (compare-and-set on the revision).
+    let mut stale = stored.clone();
+    stale.updated_at = Utc::now();
+    assert!(matches!(c.put_org(&stale).await, Err(CatalogError::Stale)));
     let mut renamed = active.clone();
     renamed.name = name("Other");
     renamed.placement.collection = renamed.name.collection_name();
@@ -289,7 +289,7 @@ async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
         Err(CatalogError::Backend(_))
     ));
     not_found(c.put_org(&org("Ghost")).await);
-    assert_eq!(c.org_by_id(o.id).await.unwrap().map(unrev), Some(active));
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active));
 }
 
 async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
@@ -361,7 +361,7 @@ async fn concurrent_creates_of_one_name_have_one_winner(c: Arc<dyn Catalog>) {
     let mut winners = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
-            (o, Ok(())) => winners.push(o),
+            (_, Ok(stored)) => winners.push(stored),
             (_, Err(CatalogError::Conflict(Taken::OrgName))) => {}
             (_, Err(e)) => panic!("unexpected error: {e:?}"),
         }
@@ -374,7 +374,7 @@ async fn concurrent_creates_of_one_name_have_one_winner(c: Arc<dyn Catalog>) {
         .into_iter()
         .map(unrev)
         .collect::<Vec<_>>();
-    assert_eq!(orgs, winners);
+    assert_eq!(orgs, winners.iter().cloned().map(unrev).collect::<Vec<_>>());
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     assert_eq!(c.admins_of_org(winners[0].id).await.unwrap().len(), 1);
 }
@@ -393,7 +393,7 @@ async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) 
     let mut winners = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
-            (o, Ok(())) => winners.push(o),
+            (_, Ok(stored)) => winners.push(stored),
             (_, Err(CatalogError::Conflict(Taken::Email))) => {}
             (_, Err(e)) => panic!("unexpected error: {e:?}"),
         }
@@ -406,7 +406,7 @@ async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) 
             .into_iter()
             .map(unrev)
             .collect::<Vec<_>>(),
-        winners
+        winners.iter().cloned().map(unrev).collect::<Vec<_>>()
     );
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     let owner = c
@@ -758,6 +758,7 @@ async fn instance_registry_and_leases(c: Arc<dyn Catalog>) {
         drain_ms: 1_000,
         applied_revision: 7,
         feed: "stream".into(),
+        node_id: "n1".into(),
     };
     c.heartbeat(&info).await.unwrap();
     let mut newer = info.clone();
