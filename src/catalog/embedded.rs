@@ -200,6 +200,7 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
     let OrgState::Renaming {
         to_name,
         to_collection,
+        ..
     } = org.state.clone()
     else {
         return Err(CatalogError::NotFound);
@@ -421,8 +422,14 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord> {
+    async fn begin_rename(
+        &self,
+        id: OrgId,
+        to_name: &OrgName,
+        admin: Option<&AdminRecord>,
+    ) -> CatalogResult<OrgRecord> {
         let to_name = to_name.clone();
+        let admin = admin.map(|a| Box::new(a.clone()));
         self.write(move |txn| {
             let mut org = load_org(txn, id)?;
             if org.state != OrgState::Active {
@@ -456,6 +463,7 @@ impl Catalog for EmbeddedCatalog {
             org.state = OrgState::Renaming {
                 to_name,
                 to_collection: to_coll,
+                admin,
             };
             org.updated_at = Utc::now();
             store_org(txn, &mut org)?;
@@ -497,6 +505,7 @@ impl Catalog for EmbeddedCatalog {
                 if let OrgState::Renaming {
                     to_name,
                     to_collection,
+                    ..
                 } = &org.state
                 {
                     names

@@ -30,6 +30,12 @@ pub enum OrgState {
         to_name: OrgName,
         /// The collection being moved to.
         to_collection: CollectionName,
+        /// Credentials changed by the same request: the admin record as it must be stored
+        /// (its `revision` is the one read). Written first, before any data moves, so
+        /// recovery completes the rename exactly when these are in place, and aborts it
+        /// otherwise: both commit or neither.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        admin: Option<Box<AdminRecord>>,
     },
 }
 
@@ -79,7 +85,7 @@ impl OrgRecord {
 }
 
 /// An admin account of one organization.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminRecord {
     /// Stable id (the JWT `sub`).
     pub id: AdminId,
@@ -201,8 +207,14 @@ pub trait Catalog: Send + Sync + 'static {
     /// Returns the stored record with its new revision.
     async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord>;
 
-    /// Reserves `to_name` and its collection for the org and marks it `Renaming`.
-    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord>;
+    /// Reserves `to_name` and its collection for the org and marks it `Renaming`, journaling
+    /// the credentials change that goes with it, if any.
+    async fn begin_rename(
+        &self,
+        id: OrgId,
+        to_name: &OrgName,
+        admin: Option<&AdminRecord>,
+    ) -> CatalogResult<OrgRecord>;
 
     /// Switches a `Renaming` org to its new name and collection, releases the old keys and
     /// bumps the placement epoch.

@@ -81,6 +81,7 @@ fn keys(org: &OrgRecord) -> (Vec<String>, Vec<String>) {
     if let OrgState::Renaming {
         to_name,
         to_collection,
+        ..
     } = &org.state
     {
         names.push(to_name.normalized().as_str().to_owned());
@@ -680,7 +681,12 @@ impl Catalog for MongoCatalog {
         }
     }
 
-    async fn begin_rename(&self, id: OrgId, to_name: &OrgName) -> CatalogResult<OrgRecord> {
+    async fn begin_rename(
+        &self,
+        id: OrgId,
+        to_name: &OrgName,
+        admin: Option<&AdminRecord>,
+    ) -> CatalogResult<OrgRecord> {
         let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
         if org.state != OrgState::Active {
             return Err(CatalogError::NotFound);
@@ -690,6 +696,7 @@ impl Catalog for MongoCatalog {
         org.state = OrgState::Renaming {
             to_name: to_name.clone(),
             to_collection: to_coll.clone(),
+            admin: admin.map(|a| Box::new(a.clone())),
         };
         org.updated_at = Utc::now();
         // One atomic write reserves both keys (the unique indexes arbitrate races) and changes
@@ -713,6 +720,7 @@ impl Catalog for MongoCatalog {
         let OrgState::Renaming {
             to_name,
             to_collection,
+            ..
         } = org.state.clone()
         else {
             return Err(CatalogError::NotFound);

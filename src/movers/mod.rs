@@ -144,17 +144,13 @@ pub async fn rename(
     to: &OrgName,
     admin: Option<&AdminRecord>,
 ) -> Result<(OrgRecord, Option<AdminRecord>), MoveError> {
-    let renaming = lc.catalog.begin_rename(org.id, to).await?;
+    let renaming = lc.catalog.begin_rename(org.id, to, admin).await?;
     failpoint("rename_after_begin");
     lc.router.invalidate_org(org).await;
     let prepared = async {
         lc.fleet.fence().await?;
         match admin {
-            Some(a) => {
-                let stored = lc.catalog.update_admin(a).await?;
-                lc.router.invalidate_admin(a.id).await;
-                Ok::<_, MoveError>(Some(stored))
-            }
+            Some(a) => Ok::<_, MoveError>(Some(apply_credentials(lc, a).await?)),
             None => Ok(None),
         }
     }
@@ -170,6 +166,7 @@ pub async fn rename(
             return Err(e);
         }
     };
+    failpoint("rename_after_credentials");
     pausepoint("rename_after_fence").await;
     let done = finish_rename(lc, &renaming, true).await;
     lc.router.invalidate_org(org).await;
@@ -179,6 +176,36 @@ pub async fn rename(
         tracing::warn!(error = %e, "rename committed; some instances apply it late");
     }
     Ok((renamed, admin))
+}
+
+/// Stores the credentials journaled with a rename (compare-and-set on the revision read);
+/// succeeds as well when they are already in place (a resumed rename).
+async fn apply_credentials(
+    lc: &Lifecycle<'_>,
+    admin: &AdminRecord,
+) -> Result<AdminRecord, MoveError> {
+    let stored = match lc.catalog.update_admin(admin).await {
+        Ok(stored) => stored,
+        Err(CatalogError::Stale) => match credentials_in_place(lc, admin).await? {
+            Some(stored) => stored,
+            None => return Err(CatalogError::Stale.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    lc.router.invalidate_admin(admin.id).await;
+    Ok(stored)
+}
+
+/// The stored admin, if it already carries the journaled credentials.
+async fn credentials_in_place(
+    lc: &Lifecycle<'_>,
+    admin: &AdminRecord,
+) -> Result<Option<AdminRecord>, MoveError> {
+    Ok(lc.catalog.admin_by_id(admin.id).await?.filter(|s| {
+        s.email == admin.email
+            && s.password_hash == admin.password_hash
+            && s.credential_version == admin.credential_version
+    }))
 }
 
 /// Completes the store and catalog steps of a `Renaming` organization (idempotent).
@@ -400,11 +427,28 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
         }
         let outcome = match &org.state {
             OrgState::Active => continue,
-            OrgState::Renaming { to_name, .. } => {
-                tracing::warn!(org_id = %org.id, to = %to_name, "completing an interrupted rename");
-                match lc.fleet.fence().await {
-                    Ok(_) => finish_rename(lc, &org, false).await.map(|_| ()),
-                    Err(e) => Err(e.into()),
+            OrgState::Renaming { to_name, admin, .. } => {
+                // Credentials are stored before any data moves: without them in place the
+                // rename never got that far, and both are rolled back.
+                let credentials = match admin {
+                    Some(a) => credentials_in_place(lc, a).await.map(|s| s.is_some()),
+                    None => Ok(true),
+                };
+                match credentials {
+                    Ok(true) => {
+                        tracing::warn!(org_id = %org.id, to = %to_name, "completing an interrupted rename");
+                        match lc.fleet.fence().await {
+                            Ok(_) => finish_rename(lc, &org, false).await.map(|_| ()),
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::warn!(org_id = %org.id, to = %to_name, "rolling back an interrupted rename (its credentials were never stored)");
+                        let aborted = lc.catalog.abort_rename(org.id).await;
+                        lc.router.invalidate_org(&org).await;
+                        aborted.map(|_| ()).map_err(MoveError::from)
+                    }
+                    Err(e) => Err(e),
                 }
             }
             OrgState::Creating => {

@@ -86,3 +86,54 @@ fn rename_interrupted_after_moving_the_data_is_completed() {
 fn delete_interrupted_after_the_catalog_drops_the_collection_at_restart() {
     crash_during("delete_after_catalog", false);
 }
+
+/// A rename with a password change, crashed at `failpoint`: after the restart either both the
+/// new name and the new password are in place (`completed`) or neither.
+fn crash_during_rename_with_password(failpoint: &str, completed: bool) {
+    let mut gw = TestGateway::start_with(Options {
+        env: vec![("GATEWAY_FAILPOINT".into(), failpoint.into())],
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Both Or None", "both@example.com");
+    let r = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&t)
+        .json(&json!({
+            "organization_name": "Both Or None",
+            "new_organization_name": "Both Done",
+            "password": "a-brand-new-password",
+        }))
+        .send();
+    assert!(r.is_err(), "the process should have died mid-operation");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    gw.env.clear();
+    gw.restart();
+    let get = |name: &str| {
+        gw.req(Method::GET, &format!("/org/get?organization_name={name}"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let login = |password: &str| gw.login("both@example.com", password).status().as_u16();
+    if completed {
+        assert_eq!((get("Both%20Done"), get("Both%20Or%20None")), (200, 404));
+        assert_eq!(login("a-brand-new-password"), 200);
+        assert_eq!(login("password123"), 401);
+    } else {
+        assert_eq!((get("Both%20Done"), get("Both%20Or%20None")), (404, 200));
+        assert_eq!(login("password123"), 200);
+        assert_eq!(login("a-brand-new-password"), 401);
+        assert!(gw.log().contains("rolling back an interrupted rename"));
+    }
+}
+
+#[test]
+fn rename_with_credentials_crashed_before_they_are_stored_changes_neither() {
+    crash_during_rename_with_password("rename_after_begin", false);
+}
+
+#[test]
+fn rename_with_credentials_crashed_after_they_are_stored_completes_both() {
+    crash_during_rename_with_password("rename_after_credentials", true);
+}

@@ -419,13 +419,14 @@ async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) 
 
 async fn rename_commit(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Old Name", "o@o.example").await;
-    let renaming = c.begin_rename(o.id, &name("New Name")).await.unwrap();
+    let renaming = c.begin_rename(o.id, &name("New Name"), None).await.unwrap();
     let new_coll = name("New Name").collection_name();
     assert_eq!(
         renaming.state,
         OrgState::Renaming {
             to_name: name("New Name"),
             to_collection: new_coll.clone(),
+            admin: None,
         }
     );
     assert_eq!(renaming.name, o.name);
@@ -446,7 +447,7 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
         Taken::OrgName
     );
     // Only one rename at a time.
-    not_found(c.begin_rename(o.id, &name("Third")).await);
+    not_found(c.begin_rename(o.id, &name("Third"), None).await);
     not_found(c.abort_rename(OrgId::generate()).await);
 
     let done = c.commit_rename(o.id).await.unwrap();
@@ -473,7 +474,7 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
 
 async fn rename_abort(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Stay", "s@s.example").await;
-    c.begin_rename(o.id, &name("Leave")).await.unwrap();
+    c.begin_rename(o.id, &name("Leave"), None).await.unwrap();
     let back = c.abort_rename(o.id).await.unwrap();
     assert_eq!(back.state, OrgState::Active);
     assert_eq!(back.name, o.name);
@@ -488,7 +489,10 @@ async fn rename_abort(c: Arc<dyn Catalog>) {
     // The reserved name was released.
     create(c.as_ref(), "leave", "l@l.example").await;
     // And the org can start another rename.
-    let again = c.begin_rename(o.id, &name("Elsewhere")).await.unwrap();
+    let again = c
+        .begin_rename(o.id, &name("Elsewhere"), None)
+        .await
+        .unwrap();
     assert!(matches!(again.state, OrgState::Renaming { .. }));
 }
 
@@ -496,29 +500,29 @@ async fn rename_conflicts(c: Arc<dyn Catalog>) {
     let a = create(c.as_ref(), "Alpha", "a@a.example").await;
     create(c.as_ref(), "Bravo-Team", "b@b.example").await;
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("BRAVO-team")).await),
+        conflict(c.begin_rename(a.id, &name("BRAVO-team"), None).await),
         Taken::OrgName
     );
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("bravo team")).await),
+        conflict(c.begin_rename(a.id, &name("bravo team"), None).await),
         Taken::Collection
     );
     // A name reserved by another org's rename counts as taken.
     let d = create(c.as_ref(), "Delta", "d@d.example").await;
-    c.begin_rename(d.id, &name("Echo")).await.unwrap();
+    c.begin_rename(d.id, &name("Echo"), None).await.unwrap();
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("echo")).await),
+        conflict(c.begin_rename(a.id, &name("echo"), None).await),
         Taken::OrgName
     );
     // Nothing changed for the refused org.
     assert_eq!(c.org_by_id(a.id).await.unwrap(), Some(a.clone()));
-    not_found(c.begin_rename(OrgId::generate(), &name("Zulu")).await);
+    not_found(c.begin_rename(OrgId::generate(), &name("Zulu"), None).await);
     // A Creating org cannot be renamed.
     let creating = org("Pending");
     c.insert_org(&creating, &admin(&creating, "p@p.example"))
         .await
         .unwrap();
-    not_found(c.begin_rename(creating.id, &name("Zulu")).await);
+    not_found(c.begin_rename(creating.id, &name("Zulu"), None).await);
 }
 
 async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
@@ -537,7 +541,7 @@ async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
         .iter()
         .map(|o| {
             let (c, id) = (c.clone(), o.id);
-            tokio::spawn(async move { c.begin_rename(id, &name("Target")).await })
+            tokio::spawn(async move { c.begin_rename(id, &name("Target"), None).await })
         })
         .collect();
     let mut won = 0;
@@ -553,12 +557,13 @@ async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
 
 async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "quiet", "q@q.example").await;
-    let r = c.begin_rename(o.id, &name("QUIET")).await.unwrap();
+    let r = c.begin_rename(o.id, &name("QUIET"), None).await.unwrap();
     assert_eq!(
         r.state,
         OrgState::Renaming {
             to_name: name("QUIET"),
             to_collection: o.placement.collection.clone(),
+            admin: None,
         }
     );
     let done = c.commit_rename(o.id).await.unwrap();
@@ -576,7 +581,7 @@ async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
         Taken::OrgName
     );
     // Same with an abort.
-    c.begin_rename(o.id, &name("Quiet")).await.unwrap();
+    c.begin_rename(o.id, &name("Quiet"), None).await.unwrap();
     c.abort_rename(o.id).await.unwrap();
     assert_eq!(
         conflict(c.insert_org(&dup, &admin(&dup, "z@z.example")).await),
@@ -628,7 +633,7 @@ async fn delete_records_pending_drops(c: Arc<dyn Catalog>) {
 
 async fn delete_during_rename_drops_both_collections(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Moving", "m@m.example").await;
-    c.begin_rename(o.id, &name("Moved")).await.unwrap();
+    c.begin_rename(o.id, &name("Moved"), None).await.unwrap();
     assert!(c.delete_org(o.id).await.unwrap().is_some());
     let drops: BTreeSet<String> = c
         .pending_drops()
@@ -735,7 +740,10 @@ async fn revisions_only_grow_and_fence_allocations_are_fresh(c: Arc<dyn Catalog>
     let fence = c.next_revision().await.unwrap();
     assert!(fence > o.revision);
     assert_eq!(c.current_revision().await.unwrap(), fence);
-    let renaming = c.begin_rename(o.id, &name("Revisioned Two")).await.unwrap();
+    let renaming = c
+        .begin_rename(o.id, &name("Revisioned Two"), None)
+        .await
+        .unwrap();
     assert!(renaming.revision > fence);
     // Only the organization not active is read by recovery.
     let pending = c.orgs_not_active().await.unwrap();
