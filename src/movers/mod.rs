@@ -452,8 +452,17 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
                 }
             }
             OrgState::Creating => {
-                tracing::warn!(org_id = %org.id, name = %org.name, "rolling back an interrupted create");
-                delete(lc, &org).await
+                // Claim it first (compare-and-set on the revision read): a create still
+                // running then fails to activate it, and one that finished meanwhile makes the
+                // claim fail, so an active organization is never rolled back.
+                match lc.catalog.put_org(&org).await {
+                    Ok(claimed) => {
+                        tracing::warn!(org_id = %org.id, name = %org.name, "rolling back an interrupted create");
+                        delete(lc, &claimed).await
+                    }
+                    Err(CatalogError::Stale) => continue,
+                    Err(e) => Err(e.into()),
+                }
             }
         };
         match outcome {
