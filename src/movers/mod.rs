@@ -300,6 +300,7 @@ pub async fn create_collection(
     shard_id: &ShardId,
     ns: &Namespace,
 ) -> Result<(), MoveError> {
+    failpoint("create_before_collection");
     let shard = lc
         .shards
         .get(shard_id)

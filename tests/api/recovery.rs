@@ -137,3 +137,39 @@ fn rename_with_credentials_crashed_before_they_are_stored_changes_neither() {
 fn rename_with_credentials_crashed_after_they_are_stored_completes_both() {
     crash_during_rename_with_password("rename_after_credentials", true);
 }
+
+#[test]
+fn create_interrupted_before_its_collection_is_rolled_back_at_restart() {
+    let mut gw = TestGateway::start_with(Options {
+        env: vec![(
+            "GATEWAY_FAILPOINT".into(),
+            "create_before_collection".into(),
+        )],
+        ..Default::default()
+    });
+    let r = gw
+        .req(Method::POST, "/org/create")
+        .json(&json!({"organization_name": "Half Made", "email": "half@example.com", "password": "password123"}))
+        .send();
+    assert!(r.is_err(), "the process should have died mid-create");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    gw.env.clear();
+    gw.restart();
+    assert!(gw.log().contains("rolling back an interrupted create"));
+    let r = gw
+        .req(Method::GET, "/org/get?organization_name=Half%20Made")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Name and email are free again.
+    let t = gw.org_with_token("Half Made", "half@example.com");
+    let n: Value = gw
+        .req(Method::POST, "/data/count")
+        .bearer_auth(&t)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(n["count"], 0);
+}
