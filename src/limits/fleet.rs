@@ -531,6 +531,58 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_silent_redis_times_out_once_then_is_left_alone() {
+        use std::io::Read;
+        use std::sync::atomic::AtomicUsize;
+        // Accepts connections and reads everything, never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let (mut conn, mut buf) = (conn.unwrap(), [0u8; 4096]);
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        counter.fetch_add(n, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let config = LimitsConfig {
+            store: LimitStore::Redis,
+            redis_url: Some(format!("redis://127.0.0.1:{port}").into()),
+            redis_timeout_ms: 50,
+            ..LimitsConfig::default()
+        };
+        let redis = RedisLimits::new(&config).unwrap();
+        // As if it had answered before: the first request tries it.
+        redis.set_up(true, None);
+        let local = RateLimits::new(100, 1000);
+        let org = OrgId::generate();
+        assert!(redis.check_rate(org, &local).await.allowed, "fails open");
+        assert!(
+            !redis.is_up(),
+            "a timeout takes Redis out of the request path"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sent = received.load(Ordering::Relaxed);
+        let throttle = LoginThrottle::new(5, 50);
+        for _ in 0..10 {
+            assert!(redis.check_rate(org, &local).await.allowed);
+            assert_eq!(redis.login_blocked(&throttle, "a@b.co", None).await, None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            sent,
+            "no calls while down"
+        );
+        assert_eq!(local.limits_of(org).requests_per_minute, 100);
+    }
+
     #[test]
     fn intervals_never_admit_more_than_the_limit() {
         assert_eq!(interval_us(100, 60), 600_000);
