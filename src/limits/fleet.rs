@@ -109,6 +109,8 @@ pub struct RedisLimits {
     timeout: Duration,
     /// False after a failed call, until the background probe gets an answer.
     up: AtomicBool,
+    /// Whether Redis has answered since start (for the log lines only).
+    answered_once: AtomicBool,
     rate: Script,
     login_check: Script,
     login_record: Script,
@@ -124,8 +126,11 @@ impl RedisLimits {
             return Ok(None);
         }
         let limits = Arc::new(Self::new(config)?);
-        if limits.probe(CONNECT_TIMEOUT).await {
-            tracing::info!("rate limits and login throttling are shared through Redis");
+        if !limits.probe(CONNECT_TIMEOUT).await {
+            tracing::warn!(
+                "Redis does not answer: rate limits and login throttling are per instance \
+                 until it does"
+            );
         }
         let weak = Arc::downgrade(&limits);
         tokio::spawn(async move {
@@ -163,6 +168,7 @@ impl RedisLimits {
             prefix: config.redis_key_prefix.clone(),
             timeout,
             up: AtomicBool::new(false),
+            answered_once: AtomicBool::new(false),
             rate: Script::new(RATE_SCRIPT),
             login_check: Script::new(LOGIN_CHECK_SCRIPT),
             login_record: Script::new(LOGIN_RECORD_SCRIPT),
@@ -191,6 +197,9 @@ impl RedisLimits {
         metrics::RATE_LIMIT_STORE_UP.set(i64::from(up));
         let was = self.up.swap(up, Ordering::Relaxed);
         match (was, up, error) {
+            (false, true, _) if !self.answered_once.swap(true, Ordering::Relaxed) => {
+                tracing::info!("rate limits and login throttling are shared through Redis")
+            }
             (false, true, _) => tracing::info!("Redis answers: rate limits are fleet-wide again"),
             (true, false, Some(e)) => tracing::warn!(
                 error = %e,
