@@ -16,6 +16,11 @@ ensure_cmake() {
     command -v cmake >/dev/null 2>&1 || apt_install cmake
 }
 
+# redis-server backs the tests of fleet-wide rate limits (limits.store = "redis").
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+}
+
 # promtool validates the metrics exposition, alert rules and dashboards in the test suite.
 ensure_promtool() {
     command -v promtool >/dev/null 2>&1 || apt_install prometheus

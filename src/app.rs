@@ -34,6 +34,9 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     /// Failed-login counters.
     pub login_throttle: LoginThrottle,
+    /// With `limits.store = "redis"`: rate limits and login throttling shared by the fleet;
+    /// `rate_limits` and `login_throttle` then decide only when Redis cannot.
+    pub redis_limits: Option<Arc<crate::limits::fleet::RedisLimits>>,
     /// Storage usage per organization.
     pub quotas: Quotas,
     /// Requests per organization for `/ops/tenants/top`.
@@ -158,6 +161,9 @@ impl AppState {
                 config.limits.login_failures_per_minute,
                 config.limits.login_failures_per_minute_per_address,
             ),
+            redis_limits: crate::limits::fleet::RedisLimits::from_config(&config.limits)
+                .await
+                .map_err(anyhow::Error::msg)?,
             quotas: Quotas::new(
                 config.limits.storage_quota_bytes,
                 config.limits.quota_alert_ratio,

@@ -560,6 +560,7 @@ impl Config {
         {
             return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
         }
+        self.limits.validate()?;
         let d = &self.data;
         if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {
             return Err(

@@ -38,7 +38,14 @@ pub struct LoginReply {
     ))]
 pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: LoginBody = json_body(req)?;
-    if let Some(wait) = state.login_throttle.blocked(&body.email, req.client_ip) {
+    let blocked = match &state.redis_limits {
+        Some(redis) => {
+            let local = &state.login_throttle;
+            redis.login_blocked(local, &body.email, req.client_ip).await
+        }
+        None => state.login_throttle.blocked(&body.email, req.client_ip),
+    };
+    if let Some(wait) = blocked {
         metrics::LOGINS.with_label_values(&["throttled"]).inc();
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -69,9 +76,11 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let admin = match (admin, password_ok) {
         (Some(a), true) => a,
         _ => {
-            state
-                .login_throttle
-                .record_failure(&body.email, req.client_ip);
+            let (local, ip) = (&state.login_throttle, req.client_ip);
+            match &state.redis_limits {
+                Some(redis) => redis.record_login_failure(local, &body.email, ip).await,
+                None => local.record_failure(&body.email, ip),
+            }
             metrics::LOGINS.with_label_values(&["failure"]).inc();
             return Err(ApiError::bad_credentials());
         }

@@ -127,7 +127,7 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
     let caller = authenticate(state, req).await?;
     let org = caller.org;
     log.org_id = Some(org.id);
-    let headers = super::check_rate(state, org.id)?;
+    let headers = super::check_rate(state, org.id).await?;
     if org.state != OrgState::Active {
         return Err(with_headers(
             ApiError::unavailable(

@@ -18,6 +18,7 @@ pub async fn healthz(state: &AppState) -> ApiResult {
 }
 
 /// Readiness: the catalog and each shard answer. 503 if the catalog or every shard is down.
+/// `rate_limits` shows whether the limit store answers (informational).
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready, with per-shard status", body = Object), (status = 503, description = "Not ready", body = Object)))]
 pub async fn readyz(state: &AppState) -> ApiResult {
     let catalog_ok = state.catalog().get_setting("readiness-probe").await.is_ok();
@@ -32,6 +33,14 @@ pub async fn readyz(state: &AppState) -> ApiResult {
         any_up |= ok;
         shards.push(json!({"id": shard.id(), "kind": shard.config.kind, "up": ok}));
     }
+    // A limit store that is down degrades the limits to per instance; it is not unreadiness.
+    let rate_limits = match &state.redis_limits {
+        Some(redis) => {
+            let timeout = Duration::from_millis(state.config.limits.redis_timeout_ms);
+            json!({"store": "redis", "up": redis.probe(timeout).await})
+        }
+        None => json!({"store": "local", "up": true}),
+    };
     let ready = catalog_ok && any_up;
     let status = if ready {
         StatusCode::OK
@@ -46,6 +55,7 @@ pub async fn readyz(state: &AppState) -> ApiResult {
             "catalog": {"up": catalog_ok, "feed": feed.as_str(), "applied_revision": applied},
             "instance": {"id": state.fleet.instance_id(), "serving": state.fleet.serving()},
             "shards": shards,
+            "rate_limits": rate_limits,
         }),
     ))
 }

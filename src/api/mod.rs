@@ -155,9 +155,16 @@ pub async fn org_named(
         .ok_or_else(ApiError::org_not_found)
 }
 
-/// Counts one request against the organization's rate limits: the headers to send, or 429.
-pub fn check_rate(state: &AppState, org: OrgId) -> Result<Vec<(&'static str, String)>, ApiError> {
-    let decision = state.rate_limits.check(org);
+/// Counts one request against the organization's rate limits (fleet-wide when they are in
+/// Redis): the headers to send, or 429.
+pub async fn check_rate(
+    state: &AppState,
+    org: OrgId,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let decision = match &state.redis_limits {
+        Some(redis) => redis.check_rate(org, &state.rate_limits).await,
+        None => state.rate_limits.check(org),
+    };
     if decision.allowed {
         return Ok(decision.headers);
     }

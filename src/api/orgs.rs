@@ -346,7 +346,7 @@ async fn own_org(
             "the token belongs to another organization",
         ));
     }
-    super::check_rate(state, org.id)?;
+    super::check_rate(state, org.id).await?;
     Ok((caller, org))
 }
 

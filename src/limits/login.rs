@@ -31,6 +31,11 @@ impl LoginThrottle {
         }
     }
 
+    /// Failures allowed per minute: per email, and per client address.
+    pub fn limits(&self) -> (u32, u32) {
+        (self.per_email, self.per_address)
+    }
+
     fn keys(email: &str, address: Option<IpAddr>) -> Vec<Key> {
         let mut keys = vec![Key::Email(email.trim().to_lowercase())];
         keys.extend(address.map(Key::Address));

@@ -1,12 +1,25 @@
 //! Tenant protection: per-organization rate limits ([`rate::RateLimits`]), login throttling
-//! ([`login::LoginThrottle`]) and storage quotas ([`quota::Quotas`]). All checks are in
-//! memory: no I/O on the hot path.
+//! ([`login::LoginThrottle`]) and storage quotas ([`quota::Quotas`]). Checks are in memory,
+//! unless `limits.store = "redis"`: then rate limits and login throttling are shared by the
+//! fleet through Redis ([`fleet::RedisLimits`]), with the in-memory limiters as the fallback.
 
+pub mod fleet;
 pub mod login;
 pub mod quota;
 pub mod rate;
 
+use crate::config::ConnectionUri;
 use serde::{Deserialize, Serialize};
+
+/// Where rate limits and login-failure counts are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStore {
+    /// In this process: each instance enforces the limits on its own.
+    Local,
+    /// In Redis, shared by every instance using the same `redis_url` and key prefix.
+    Redis,
+}
 
 /// Limits configuration (`[limits]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +39,15 @@ pub struct LimitsConfig {
     pub quota_alert_ratio: f64,
     /// Admin accounts per organization.
     pub max_admins_per_org: u32,
+    /// `local` (in memory, per instance) or `redis` (shared by the fleet).
+    pub store: LimitStore,
+    /// Redis URL when `store = "redis"` (`redis://[user:password@]host:port[/db]`); shown
+    /// only with its password redacted.
+    pub redis_url: Option<ConnectionUri>,
+    /// Time allowed per Redis call before the request falls back to the local limiter.
+    pub redis_timeout_ms: u64,
+    /// Prefix of every Redis key, so several fleets can share one Redis.
+    pub redis_key_prefix: String,
 }
 
 impl Default for LimitsConfig {
@@ -38,7 +60,31 @@ impl Default for LimitsConfig {
             storage_quota_bytes: 10 * 1024 * 1024 * 1024,
             quota_alert_ratio: 0.8,
             max_admins_per_org: 100,
+            store: LimitStore::Local,
+            redis_url: None,
+            redis_timeout_ms: 50,
+            redis_key_prefix: "org-gateway:".into(),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the Redis settings (the request limits are checked with the rest of the config).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store == LimitStore::Redis && self.redis_url.is_none() {
+            return Err("limits.store = \"redis\" needs limits.redis_url".into());
+        }
+        if !(1..=10_000).contains(&self.redis_timeout_ms) {
+            return Err("limits.redis_timeout_ms must be 1 to 10000".into());
+        }
+        let prefix_ok = self.redis_key_prefix.len() <= 64
+            && self.redis_key_prefix.chars().all(|c| c.is_ascii_graphic());
+        if !prefix_ok {
+            return Err(
+                "limits.redis_key_prefix must be at most 64 printable ASCII characters".into(),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,54 @@ pub struct RateDecision {
     pub headers: Vec<(&'static str, String)>,
 }
 
+/// One window's state after a check.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowState {
+    /// Whether this window admits the request.
+    pub allowed: bool,
+    /// Requests left in the window's budget.
+    pub remaining: u32,
+    /// Time until this window admits a request again (zero when it does now).
+    pub wait: Duration,
+}
+
+impl RateDecision {
+    /// The decision and headers for a check of both windows under `limits`; the same for the
+    /// in-memory and the Redis limiter, so clients cannot tell them apart.
+    pub fn from_windows(limits: RateOverride, minute: WindowState, hour: WindowState) -> Self {
+        let (per_minute, per_hour) = (limits.requests_per_minute, limits.requests_per_hour);
+        let policy = format!("\"minute\";q={per_minute};w=60, \"hour\";q={per_hour};w=3600");
+        let (rm, rh) = (minute.remaining, hour.remaining);
+        let allowed = minute.allowed && hour.allowed;
+        let secs = |w: &WindowState| w.wait.as_secs_f64().ceil() as u64;
+        let retry_after = secs(&minute).max(secs(&hour)).max(u64::from(!allowed));
+        // The binding window is the one with less budget left, relative to its size.
+        let (name, left, size, window) =
+            if (rm as f64 / per_minute.max(1) as f64) <= (rh as f64 / per_hour.max(1) as f64) {
+                ("minute", rm, per_minute, 60u64)
+            } else {
+                ("hour", rh, per_hour, 3600u64)
+            };
+        let reset = if retry_after > 0 {
+            retry_after
+        } else {
+            (u64::from(size.saturating_sub(left)) * window).div_ceil(u64::from(size.max(1)))
+        };
+        if !allowed {
+            let which = if minute.allowed { "hour" } else { "minute" };
+            metrics::RATE_LIMITED.with_label_values(&[which]).inc();
+        }
+        RateDecision {
+            allowed,
+            retry_after,
+            headers: vec![
+                ("ratelimit-policy", policy),
+                ("ratelimit", format!("\"{name}\";r={left};t={reset}")),
+            ],
+        }
+    }
+}
+
 struct Windows<L> {
     minute: L,
     hour: L,
@@ -131,44 +179,23 @@ impl RateLimits {
             ),
         };
         let now = self.clock.now();
-        let policy = format!("\"minute\";q={per_minute};w=60, \"hour\";q={per_hour};w=3600");
-        let remaining = |s: &Result<StateSnapshot, _>| match s {
-            Ok(snap) => snap.remaining_burst_capacity(),
-            Err(_) => 0,
+        let window = |s: &Result<StateSnapshot, governor::NotUntil<_>>| match s {
+            Ok(snap) => WindowState {
+                allowed: true,
+                remaining: snap.remaining_burst_capacity(),
+                wait: Duration::ZERO,
+            },
+            Err(n) => WindowState {
+                allowed: false,
+                remaining: 0,
+                wait: n.wait_time_from(now),
+            },
         };
-        let wait = |s: &Result<StateSnapshot, governor::NotUntil<_>>| match s {
-            Ok(_) => 0,
-            Err(n) => n.wait_time_from(now).as_secs_f64().ceil() as u64,
+        let limits = RateOverride {
+            requests_per_minute: per_minute,
+            requests_per_hour: per_hour,
         };
-        let (rm, rh) = (remaining(&minute), remaining(&hour));
-        let retry_after = wait(&minute)
-            .max(wait(&hour))
-            .max(u64::from(minute.is_err() || hour.is_err()));
-        // The binding window is the one with less budget left, relative to its size.
-        let (name, left, size, window) =
-            if (rm as f64 / per_minute.max(1) as f64) <= (rh as f64 / per_hour.max(1) as f64) {
-                ("minute", rm, per_minute, 60u64)
-            } else {
-                ("hour", rh, per_hour, 3600u64)
-            };
-        let reset = if retry_after > 0 {
-            retry_after
-        } else {
-            (u64::from(size.saturating_sub(left)) * window).div_ceil(u64::from(size.max(1)))
-        };
-        let allowed = minute.is_ok() && hour.is_ok();
-        if !allowed {
-            let which = if minute.is_err() { "minute" } else { "hour" };
-            metrics::RATE_LIMITED.with_label_values(&[which]).inc();
-        }
-        RateDecision {
-            allowed,
-            retry_after,
-            headers: vec![
-                ("ratelimit-policy", policy),
-                ("ratelimit", format!("\"{name}\";r={left};t={reset}")),
-            ],
-        }
+        RateDecision::from_windows(limits, window(&minute), window(&hour))
     }
 
     /// Forgets idle keys (full buckets) so memory tracks active organizations only.

@@ -165,6 +165,28 @@ pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Checks decided by the in-memory limiter because the shared (Redis) store failed, was too
+/// slow or is being left alone after a failure, by check (`rate`, `login`).
+pub static RATE_LIMIT_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_rate_limit_fallbacks_total",
+            "Limit checks decided by this instance's in-memory limiter because Redis was unavailable",
+        ),
+        &["check"],
+    )
+    .unwrap())
+});
+
+/// 1 when the rate-limit store answers (always 1 with `limits.store = "local"`).
+pub static RATE_LIMIT_STORE_UP: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_rate_limit_store_up",
+        "1 if the rate-limit store (Redis when limits.store = redis) answered its last call",
+    )
+    .unwrap())
+});
+
 /// Organizations over the quota alert ratio.
 pub static QUOTA_ALERTS: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new(
@@ -348,6 +370,7 @@ pub fn init() {
     Lazy::force(&CACHE_ENTRIES);
     Lazy::force(&PLACEMENT_RESOLVE_SECONDS);
     Lazy::force(&RATE_LIMITED);
+    RATE_LIMIT_STORE_UP.set(1);
     Lazy::force(&QUOTA_ALERTS);
     Lazy::force(&QUOTA_REJECTIONS);
     Lazy::force(&SHARD_OP_SECONDS);
@@ -368,6 +391,9 @@ pub fn init() {
         .set(1);
     for outcome in ["success", "failure", "throttled"] {
         LOGINS.with_label_values(&[outcome]);
+    }
+    for check in ["rate", "login"] {
+        RATE_LIMIT_FALLBACKS.with_label_values(&[check]);
     }
     for result in ["hit", "miss"] {
         CACHE_LOOKUPS.with_label_values(&[result]);

@@ -16,6 +16,35 @@ pub struct Cluster {
     pub uri: String,
     /// The shard's database prefix: tenants land in `<prefix>_1`.
     pub prefix: String,
+    catalog: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for db in [self.catalog.clone(), format!("{}_1", self.prefix)] {
+            rt.block_on(mongo_env::drop_db(&self.uri, &db));
+        }
+    }
+}
+
+/// `n` instances of one cluster, stopped before its databases are dropped.
+pub struct Fleet {
+    /// The instances, all started.
+    pub gateways: Vec<TestGateway>,
+    _cluster: Cluster,
+}
+
+impl Fleet {
+    /// `n` gateways on a fresh cluster; `limits` is TOML for the `[limits]` table (e.g. the
+    /// Redis settings), identical on every instance. The caller checked MongoDB is there.
+    pub fn start(n: usize, limits: &str) -> Self {
+        let cluster = Cluster::new(&format!("[limits]\n{limits}\n")).expect("MongoDB");
+        Self {
+            gateways: (0..n).map(|_| cluster.start()).collect(),
+            _cluster: cluster,
+        }
+    }
 }
 
 impl Cluster {
@@ -45,6 +74,7 @@ impl Cluster {
             ),
             uri,
             prefix,
+            catalog,
         })
     }
 

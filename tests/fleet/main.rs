@@ -1,11 +1,14 @@
-//! Multi-instance tests: two or three gateways on one MongoDB catalog, as an operator runs
-//! them behind a load balancer.
+//! Multi-instance tests: two or three gateways on one MongoDB catalog (and one Redis), as an
+//! operator runs them behind a load balancer.
 
 #[path = "../common/gateway.rs"]
 mod gateway;
 #[path = "../common/mongo.rs"]
 mod mongo_env;
+#[path = "../common/redis.rs"]
+mod redis_env;
 
 mod cluster;
+mod limits;
 mod propagation;
 mod races;
