@@ -102,6 +102,33 @@ impl EmbeddedCatalog {
         .map_err(backend)?
     }
 
+    /// Every value of a JSON table, in key order.
+    async fn all_of<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: Json,
+    ) -> CatalogResult<Vec<T>> {
+        self.read(move |txn| {
+            let t = txn.open_table(table).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(backend)? {
+                let (_, v) = row.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Removes one key of a JSON table (nothing if absent).
+    async fn remove_key(&self, table: Json, key: String) -> CatalogResult<()> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(table).map_err(backend)?;
+            t.remove(key.as_str()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `f` in a write transaction, committed only if `f` succeeds.
     async fn write<T, F>(&self, f: F) -> CatalogResult<T>
     where
@@ -324,16 +351,7 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
-        self.read(|txn| {
-            let orgs = txn.open_table(ORGS).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in orgs.iter().map_err(backend)? {
-                let (_, v) = row.map_err(backend)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.all_of(ORGS).await
     }
 
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
@@ -560,26 +578,11 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {
-        self.read(|txn| {
-            let t = txn.open_table(PENDING_DROPS).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in t.iter().map_err(backend)? {
-                let (_, v) = row.map_err(backend)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.all_of(PENDING_DROPS).await
     }
 
     async fn clear_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
-        let key = drop.key();
-        self.write(move |txn| {
-            let mut t = txn.open_table(PENDING_DROPS).map_err(backend)?;
-            t.remove(key.as_str()).map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.remove_key(PENDING_DROPS, drop.key()).await
     }
 
     async fn collection_counts(&self) -> CatalogResult<Vec<(ShardId, DatabaseName, u64)>> {
@@ -664,26 +667,11 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>> {
-        self.read(|txn| {
-            let t = txn.open_table(INSTANCES).map_err(backend)?;
-            let mut out = Vec::new();
-            for row in t.iter().map_err(backend)? {
-                let (_, v) = row.map_err(backend)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.all_of(INSTANCES).await
     }
 
     async fn remove_instance(&self, id: &str) -> CatalogResult<()> {
-        let id = id.to_owned();
-        self.write(move |txn| {
-            let mut t = txn.open_table(INSTANCES).map_err(backend)?;
-            t.remove(id.as_str()).map_err(backend)?;
-            Ok(())
-        })
-        .await
+        self.remove_key(INSTANCES, id.to_owned()).await
     }
 
     async fn acquire_lease(
