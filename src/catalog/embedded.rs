@@ -482,6 +482,7 @@ impl Catalog for EmbeddedCatalog {
                 to_name,
                 to_collection: to_coll,
                 admin,
+                target_cleared: false,
             };
             org.updated_at = Utc::now();
             store_org(txn, &mut org)?;

@@ -36,6 +36,10 @@ pub enum OrgState {
         /// otherwise: both commit or neither.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         admin: Option<Box<AdminRecord>>,
+        /// The target name was found free (a pending drop run, an orphan set aside) before
+        /// any document moved: from then on, documents there are this rename's own.
+        #[serde(default)]
+        target_cleared: bool,
     },
 }
 

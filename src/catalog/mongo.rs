@@ -697,6 +697,7 @@ impl Catalog for MongoCatalog {
             to_name: to_name.clone(),
             to_collection: to_coll.clone(),
             admin: admin.map(|a| Box::new(a.clone())),
+            target_cleared: false,
         };
         org.updated_at = Utc::now();
         // One atomic write reserves both keys (the unique indexes arbitrate races) and changes

@@ -168,7 +168,7 @@ pub async fn rename(
     };
     failpoint("rename_after_credentials");
     pausepoint("rename_after_fence").await;
-    let done = finish_rename(lc, &renaming, true).await;
+    let done = finish_rename(lc, &renaming).await;
     lc.router.invalidate_org(org).await;
     let renamed = done?;
     // Best effort: the reply then means every live instance answers to the new name.
@@ -209,11 +209,7 @@ async fn credentials_in_place(
 }
 
 /// Completes the store and catalog steps of a `Renaming` organization (idempotent).
-async fn finish_rename(
-    lc: &Lifecycle<'_>,
-    org: &OrgRecord,
-    first_attempt: bool,
-) -> Result<OrgRecord, MoveError> {
+async fn finish_rename(lc: &Lifecycle<'_>, org: &OrgRecord) -> Result<OrgRecord, MoveError> {
     let OrgState::Renaming { to_collection, .. } = &org.state else {
         return Ok(org.clone());
     };
@@ -234,21 +230,25 @@ async fn finish_rename(
             // Another instance's recovery may have finished this rename meanwhile: only the
             // record read under the lease says what is left to do.
             let current = lc.catalog.org_by_id(org.id).await?;
-            let still_renaming = current.as_ref().is_some_and(|c| {
-                c.state == org.state && c.placement.collection == org.placement.collection
-            });
-            if !still_renaming {
+            let Some(mut current) = current.filter(|c| {
+                matches!(c.state, OrgState::Renaming { .. })
+                    && c.placement.collection == org.placement.collection
+            }) else {
                 return Ok::<_, MoveError>(false);
-            }
-            run_pending_drops_locked(lc, &org.placement.shard, &to).await?;
-            let source_there = shard
-                .store
-                .list_collections(&from.database)
-                .await?
-                .iter()
-                .any(|c| c == from.collection.as_str());
-            if first_attempt && source_there {
+            };
+            if let OrgState::Renaming {
+                target_cleared: false,
+                ..
+            } = &current.state
+            {
+                // Nothing has moved yet: whatever is under the target name belongs to no
+                // organization. Journal that the target is clear before moving a document.
+                run_pending_drops_locked(lc, &org.placement.shard, &to).await?;
                 set_aside_orphan(lc, &org.placement.shard, &to).await?;
+                if let OrgState::Renaming { target_cleared, .. } = &mut current.state {
+                    *target_cleared = true;
+                }
+                lc.catalog.put_org(&current).await?;
             }
             let moved = shard.store.rename_collection(&from, &to).await?;
             tracing::info!(org_id = %org.id, from = %from, to = %to, documents = moved, "renamed tenant collection");
@@ -439,7 +439,7 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
                     Ok(true) => {
                         tracing::warn!(org_id = %org.id, to = %to_name, "completing an interrupted rename");
                         match lc.fleet.fence().await {
-                            Ok(_) => finish_rename(lc, &org, false).await.map(|_| ()),
+                            Ok(_) => finish_rename(lc, &org).await.map(|_| ()),
                             Err(e) => Err(e.into()),
                         }
                     }

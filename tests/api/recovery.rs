@@ -173,3 +173,64 @@ fn create_interrupted_before_its_collection_is_rolled_back_at_restart() {
         .unwrap();
     assert_eq!(n["count"], 0);
 }
+
+/// A rename crashed before anything moved, with an orphan sitting under the target name by
+/// the time recovery runs: recovery sets the orphan aside instead of merging it in.
+#[test]
+fn an_interrupted_rename_never_adopts_an_orphan_at_its_target() {
+    if crate::gateway::on_mongodb() {
+        return; // the orphan is planted in the embedded shard file
+    }
+    let mut gw = TestGateway::start_with(Options {
+        env: vec![("GATEWAY_FAILPOINT".into(), "rename_after_begin".into())],
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Mine", "mine@example.com");
+    let r = gw
+        .req(Method::POST, "/data")
+        .bearer_auth(&t)
+        .json(&json!([{"_id": "a"}, {"_id": "b"}]))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&t)
+        .json(&json!({"organization_name": "Mine", "new_organization_name": "Theirs"}))
+        .send();
+    assert!(r.is_err(), "the process should have died mid-rename");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    {
+        use org_gateway::store::TenantStore;
+        let store = org_gateway::store::embedded::EmbeddedStore::open(
+            &gw.data_dir().join("shards/local.redb"),
+        )
+        .unwrap();
+        let ns = org_gateway::store::Namespace {
+            database: org_gateway::domain::DatabaseName::numbered("db", 1),
+            collection: org_gateway::domain::OrgName::parse("Theirs")
+                .unwrap()
+                .collection_name(),
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            store.create_collection(&ns).await.unwrap();
+            let orphan = json!({"_id": "z"}).as_object().unwrap().clone();
+            store.insert_many(&ns, vec![orphan]).await.unwrap();
+        });
+    }
+    gw.env.clear();
+    gw.restart();
+    assert!(gw
+        .log()
+        .contains("found an orphaned collection; set it aside"));
+    let n: Value = gw
+        .req(Method::POST, "/data/count")
+        .bearer_auth(&t)
+        .json(&json!({}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(n["count"], 2, "the orphan's document was adopted");
+}

@@ -427,6 +427,7 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
             to_name: name("New Name"),
             to_collection: new_coll.clone(),
             admin: None,
+            target_cleared: false,
         }
     );
     assert_eq!(renaming.name, o.name);
@@ -564,6 +565,7 @@ async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
             to_name: name("QUIET"),
             to_collection: o.placement.collection.clone(),
             admin: None,
+            target_cleared: false,
         }
     );
     let done = c.commit_rename(o.id).await.unwrap();
