@@ -4,6 +4,8 @@
 mod gateway;
 #[path = "../common/mongo.rs"]
 mod mongo_env;
+#[path = "../common/secantus.rs"]
+mod secantus;
 
 mod auth;
 mod data;

@@ -7,6 +7,8 @@ mod gateway;
 mod mongo_env;
 #[path = "../common/redis.rs"]
 mod redis_env;
+#[path = "../common/secantus.rs"]
+mod secantus;
 
 mod cluster;
 mod limits;

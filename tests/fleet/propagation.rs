@@ -275,3 +275,56 @@ fn without_its_change_feed_an_instance_polls_and_still_converges() {
     assert!(took < CONVERGED, "delete seen after {took:?}");
     assert_eq!(public_get(&b, "Polled%20Two").status(), 404);
 }
+
+/// The catalog goes away and comes back: every instance resumes (or resyncs) its change feed
+/// and changes propagate again within a second.
+#[test]
+fn after_a_catalog_outage_the_feed_comes_back() {
+    let Some(mut catalog) = crate::secantus::OwnServer::start() else {
+        return;
+    };
+    let Some(mut cluster) = Cluster::new("[fleet]\ndegraded_cache_ttl_ms = 300\n") else {
+        return;
+    };
+    // The catalog on the private server (the first `uri` in the file is the catalog's).
+    cluster.config = cluster.config.replacen(
+        &format!("uri = \"{}\"", cluster.uri),
+        &format!("uri = \"{}\"", catalog.uri()),
+        1,
+    );
+    let (a, b) = (cluster.start(), cluster.start());
+    let token = a.org_with_token("Outlast", "outlast@fleet.example");
+    assert_eq!(public_get(&b, "Outlast").status(), 200);
+    catalog.down();
+    std::thread::sleep(Duration::from_secs(2));
+    catalog.up();
+    let feed = |gw: &crate::gateway::TestGateway| {
+        gw.client
+            .get(format!("{}/readyz", gw.ops))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<Value>().ok())
+            .map(|v| v["catalog"]["feed"].clone())
+    };
+    let started = std::time::Instant::now();
+    while feed(&a) != Some(json!("stream")) || feed(&b) != Some(json!("stream")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "feeds did not come back: {:?} {:?}",
+            feed(&a),
+            feed(&b)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = authed(&a, Method::PUT, "/org/update", &token)
+        .json(&json!({"organization_name": "Outlast", "new_organization_name": "Outlasted"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let took = until(LIMIT, || public_get(&b, "Outlast"), |r| r.status() == 404);
+    assert!(
+        took < CONVERGED,
+        "rename after the outage seen after {took:?}"
+    );
+    assert_eq!(public_get(&b, "Outlasted").status(), 200);
+}
