@@ -1,13 +1,12 @@
 //! Shards, placement and routing over real servers: the embedded store plus MongoDB
 //! deployments (`MONGODB_URI`, `MONGODB_URI_2`; a private SecantusDB for the outage test).
 
-use crate::gateway::{free_port, Options, TestGateway};
+use crate::gateway::{Options, TestGateway};
 use crate::mongo_env;
 use crate::secantus::OwnServer;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const OPS_TOKEN: &str = "ops-token-for-tests-0123456789";
