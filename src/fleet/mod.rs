@@ -368,6 +368,9 @@ impl Fleet {
         let feed_unavailable =
             std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == "feed_unavailable");
         let mut token: Option<FeedToken> = None;
+        // Polls that failed to open the stream in a row: logged on the first, then sparsely
+        // (a standalone MongoDB has no change streams at all).
+        let mut failed_opens: u64 = 0;
         loop {
             let resuming = token.is_some();
             let opened = if feed_unavailable {
@@ -387,7 +390,10 @@ impl Fleet {
                         tracing::warn!(error = %e, "change feed cannot resume; resyncing");
                         token = None;
                     } else {
-                        tracing::warn!(error = %e, "cannot open the catalog change feed");
+                        if failed_opens % 600 == 0 {
+                            tracing::warn!(error = %e, attempts = failed_opens + 1, "cannot open the catalog change feed; polling the catalog (change streams need a replica set or sharded cluster)");
+                        }
+                        failed_opens += 1;
                         if let Err(e) = self.resync(listener.as_ref()).await {
                             tracing::debug!(error = %e, "catalog poll failed");
                         }
@@ -396,6 +402,7 @@ impl Fleet {
                     continue;
                 }
             };
+            failed_opens = 0;
             // Opened before the resync, so nothing committed in between is missed.
             if !resuming {
                 if let Err(e) = self.resync(listener.as_ref()).await {
