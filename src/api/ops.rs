@@ -399,7 +399,11 @@ pub async fn placement(state: &AppState, req: &Request) -> ApiResult {
         (status = 403, description = "Operator routes disabled", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn instances(state: &AppState) -> ApiResult {
-    let now = chrono::Utc::now();
+    let now = state
+        .catalog()
+        .now()
+        .await
+        .map_err(|e| internal("catalog", e))?;
     let me = state.fleet.instance_id();
     let list: Vec<_> = state
         .catalog()

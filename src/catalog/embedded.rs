@@ -671,6 +671,10 @@ impl Catalog for EmbeddedCatalog {
         self.all_of(INSTANCES).await
     }
 
+    async fn now(&self) -> CatalogResult<chrono::DateTime<Utc>> {
+        Ok(Utc::now())
+    }
+
     async fn remove_instance(&self, id: &str) -> CatalogResult<()> {
         self.remove_key(INSTANCES, id.to_owned()).await
     }

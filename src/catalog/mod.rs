@@ -266,8 +266,12 @@ pub trait Catalog: Send + Sync + 'static {
     /// Records (or refreshes) this instance in the registry.
     async fn heartbeat(&self, instance: &InstanceInfo) -> CatalogResult<()>;
 
-    /// Every registered instance, live or not.
+    /// Every registered instance, live or not; `last_seen` on the catalog's clock.
     async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>>;
+
+    /// The catalog's clock: registry entries and leases are judged by it, never by the
+    /// instances' own clocks.
+    async fn now(&self) -> CatalogResult<DateTime<Utc>>;
 
     /// Removes an instance from the registry (clean shutdown, or long expired).
     async fn remove_instance(&self, id: &str) -> CatalogResult<()>;

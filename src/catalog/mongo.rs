@@ -899,10 +899,11 @@ impl Catalog for MongoCatalog {
     }
 
     async fn heartbeat(&self, instance: &InstanceInfo) -> CatalogResult<()> {
+        // `seen_at` is the server's clock, so leases never depend on instances' clocks.
         self.instances
-            .replace_one(
+            .update_one(
                 doc! { "_id": &instance.id },
-                doc! { "_id": &instance.id, "info": to_doc(instance)? },
+                doc! { "$set": { "info": to_doc(instance)? }, "$currentDate": { "seen_at": true } },
             )
             .upsert(true)
             .await
@@ -912,7 +913,27 @@ impl Catalog for MongoCatalog {
 
     async fn instances(&self) -> CatalogResult<Vec<InstanceInfo>> {
         let docs = self.all(&self.instances).await?;
-        docs.iter().map(|d| from_field(d, "info")).collect()
+        docs.iter()
+            .map(|d| {
+                let mut info: InstanceInfo = from_field(d, "info")?;
+                if let Ok(seen) = d.get_datetime("seen_at") {
+                    info.last_seen = seen.to_chrono();
+                }
+                Ok(info)
+            })
+            .collect()
+    }
+
+    async fn now(&self) -> CatalogResult<chrono::DateTime<Utc>> {
+        let hello = self
+            .db
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(hello
+            .get_datetime("localTime")
+            .map(|t| t.to_chrono())
+            .unwrap_or_else(|_| Utc::now()))
     }
 
     async fn remove_instance(&self, id: &str) -> CatalogResult<()> {
@@ -929,7 +950,7 @@ impl Catalog for MongoCatalog {
         holder: &str,
         ttl: std::time::Duration,
     ) -> CatalogResult<Option<String>> {
-        let now = bson::DateTime::now();
+        let now = bson::DateTime::from_chrono(self.now().await?);
         let expires = bson::DateTime::from_millis(now.timestamp_millis() + ttl.as_millis() as i64);
         // Matches only a lease this holder has or one that expired; otherwise the upsert
         // collides with the live lease on `_id`.

@@ -269,7 +269,7 @@ impl Fleet {
         let started = Instant::now();
         let deadline = started + timeout;
         loop {
-            let now = Utc::now();
+            let now = self.catalog.now().await?;
             let lagging: Vec<String> = self
                 .catalog
                 .instances()
@@ -505,10 +505,9 @@ impl Fleet {
     }
 
     async fn forget_long_gone(&self) {
-        let Ok(all) = self.catalog.instances().await else {
+        let (Ok(all), Ok(now)) = (self.catalog.instances().await, self.catalog.now().await) else {
             return;
         };
-        let now = Utc::now();
         for i in all {
             if now > i.last_seen + chrono::Duration::milliseconds(i.lease_ms as i64 * 30) {
                 let _ = self.catalog.remove_instance(&i.id).await;
