@@ -163,6 +163,8 @@ impl Fleet {
             feed: if shared { "polling" } else { "local" }.to_owned(),
             node_id: facts.node_id.clone(),
         };
+        // Nothing to follow with a private catalog: the feed counts as up.
+        metrics::FEED_UP.set(i64::from(!shared));
         Self {
             catalog,
             router,

@@ -329,7 +329,7 @@ pub static FENCE_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
 pub static FEED_UP: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new(
         "org_gateway_catalog_feed_up",
-        "1 while the catalog change feed is followed, 0 while it is down (polling) or absent",
+        "1 while the catalog change feed is followed (or, with a private catalog, not needed), 0 while it is down and the instance polls",
     )
     .unwrap())
 });
