@@ -262,3 +262,44 @@ fn writes_racing_a_delete_never_reach_the_next_org_of_that_name() {
         assert_eq!(r.status(), 200);
     }
 }
+
+/// With a rename held right after its fence, the tenant's writes on the same instance get 503
+/// (never land in the collection being renamed); with a delete held there, they get 401.
+#[test]
+fn during_a_fenced_rename_or_delete_writes_wait_or_fail() {
+    for (point, status) in [("rename_after_fence", 503), ("delete_after_fence", 401)] {
+        let gw = Arc::new(TestGateway::start_with(crate::gateway::Options {
+            env: vec![
+                ("GATEWAY_PAUSEPOINT".into(), point.into()),
+                ("GATEWAY_PAUSE_MS".into(), "1500".into()),
+            ],
+            ..Default::default()
+        }));
+        let token = gw.org_with_token("Held", "held@example.com");
+        let change = {
+            let (gw, token) = (gw.clone(), token.clone());
+            std::thread::spawn(move || {
+                let r = if point.starts_with("rename") {
+                    gw.req(Method::PUT, "/org/update")
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"organization_name": "Held", "new_organization_name": "Moved"}))
+                        .send()
+                } else {
+                    gw.req(Method::DELETE, "/org/delete?organization_name=Held")
+                        .bearer_auth(&token)
+                        .send()
+                };
+                r.unwrap().status().as_u16()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(600));
+        let r = gw
+            .req(Method::POST, "/data")
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"_id": "during"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{point}");
+        assert_eq!(change.join().unwrap(), 200, "{point}");
+    }
+}
