@@ -17,6 +17,8 @@
 //! Drops and creates of one collection name hold a catalog lease on it, so recovery on one
 //! instance can never drop a collection another instance has just created under that name.
 
+pub mod copy;
+
 use crate::catalog::{AdminRecord, Catalog, CatalogError, OrgRecord, OrgState, PendingDrop};
 use crate::domain::{DatabaseName, OrgName, ShardId};
 use crate::fleet::{FenceError, Fleet};

@@ -10,6 +10,7 @@ use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, TableHandle,
 };
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -107,6 +108,31 @@ fn exists_in(txn: &redb::WriteTransaction, name: &str) -> StoreResult<bool> {
     let registry = txn.open_table(COLLECTIONS).map_err(backend)?;
     let found = registry.get(name).map_err(backend)?.is_some();
     Ok(found)
+}
+
+/// Adds `added` and subtracts `removed` bytes from the collection's byte count.
+fn adjust_bytes(
+    txn: &redb::WriteTransaction,
+    name: &str,
+    added: u64,
+    removed: u64,
+) -> StoreResult<()> {
+    let mut sizes = txn.open_table(BYTES).map_err(backend)?;
+    let total = sizes
+        .get(name)
+        .map_err(backend)?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    sizes
+        .insert(name, (total + added).saturating_sub(removed))
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn string_id(doc: &Document) -> StoreResult<&str> {
+    doc.get("_id")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| StoreError::Backend("document without string _id".into()))
 }
 
 /// Records that the collection exists (`true`) or not.
@@ -409,6 +435,87 @@ impl TenantStore for EmbeddedStore {
             };
             txn.commit().map_err(backend)?;
             Ok(removed)
+        })
+        .await
+    }
+
+    async fn scan_after(
+        &self,
+        ns: &Namespace,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Document>> {
+        let after = after.map(str::to_owned);
+        let found = self
+            .read_collection(ns, move |table| {
+                let lower = match after.as_deref() {
+                    Some(id) => Bound::Excluded(id),
+                    None => Bound::Unbounded,
+                };
+                let mut out = Vec::with_capacity(limit.min(4096));
+                for row in table
+                    .range::<&str>((lower, Bound::Unbounded))
+                    .map_err(backend)?
+                    .take(limit)
+                {
+                    let (_, v) = row.map_err(backend)?;
+                    out.push(decode(v.value())?);
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
+        let name = table_name(ns);
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            if !exists_in(&txn, &name)? {
+                return Err(StoreError::CollectionMissing);
+            }
+            let (mut added, mut removed) = (0u64, 0u64);
+            {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let mut table = txn.open_table(def).map_err(backend)?;
+                let mut bytes = Vec::new();
+                for doc in &docs {
+                    let id = string_id(doc)?;
+                    bytes.clear();
+                    serde_json::to_writer(&mut bytes, doc).map_err(backend)?;
+                    if let Some(old) = table.insert(id, bytes.as_slice()).map_err(backend)? {
+                        removed += old.value().len() as u64;
+                    }
+                    added += bytes.len() as u64;
+                }
+            }
+            adjust_bytes(&txn, &name, added, removed)?;
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64> {
+        let (name, ids) = (table_name(ns), ids.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(backend)?;
+            if !exists_in(&txn, &name)? {
+                return Ok(0);
+            }
+            let (mut deleted, mut removed) = (0u64, 0u64);
+            {
+                let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+                let mut table = txn.open_table(def).map_err(backend)?;
+                for id in &ids {
+                    if let Some(old) = table.remove(id.as_str()).map_err(backend)? {
+                        deleted += 1;
+                        removed += old.value().len() as u64;
+                    }
+                }
+            }
+            adjust_bytes(&txn, &name, 0, removed)?;
+            txn.commit().map_err(backend)?;
+            Ok(deleted)
         })
         .await
     }

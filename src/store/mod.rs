@@ -139,6 +139,27 @@ pub trait TenantStore: Send + Sync + 'static {
 
     /// Bytes the collection's documents occupy (for quotas).
     async fn collection_bytes(&self, ns: &Namespace) -> StoreResult<u64>;
+
+    /// Up to `limit` documents whose `_id` is greater than `after` (all when `None`), in
+    /// ascending `_id` order: resumable batched reading for moves. Both backends order string
+    /// `_id`s by their UTF-8 bytes (redb keys; MongoDB's binary string comparison, as tenant
+    /// collections have no collation). A missing collection reads as empty.
+    async fn scan_after(
+        &self,
+        ns: &Namespace,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Document>>;
+
+    /// Inserts each document or replaces the one with its `_id` (a batch should not repeat an
+    /// `_id`). Idempotent, so a move can replay a batch after a crash. Like
+    /// [`TenantStore::insert_many`] it never creates the collection on the embedded store
+    /// ([`StoreError::CollectionMissing`]); not atomic across the batch on MongoDB.
+    async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()>;
+
+    /// Deletes the documents with these `_id`s (a move's catch-up applies deletes); returns
+    /// how many there were. A missing collection has nothing to delete.
+    async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64>;
 }
 
 /// Applies a validated update to a copy of `current` with the shared update code and checks

@@ -997,6 +997,64 @@ impl TenantStore for MongoStore {
         Ok(result.deleted_count == 1)
     }
 
+    async fn scan_after(
+        &self,
+        ns: &Namespace,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Document>> {
+        // A limit of 0 means "no limit" to MongoDB.
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id } },
+            None => doc! {},
+        };
+        let cursor = self
+            .collection(ns)
+            .await?
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .batch_size(u32::try_from(limit).unwrap_or(u32::MAX))
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        let docs: Vec<bson::Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        Ok(docs.into_iter().map(document_to_json).collect())
+    }
+
+    async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let mut converted = Vec::with_capacity(docs.len());
+        for d in &docs {
+            if !d.get("_id").is_some_and(Value::is_string) {
+                return Err(StoreError::Backend("document without string _id".into()));
+            }
+            converted.push(json_to_document(d).map_err(StoreError::Backend)?);
+        }
+        let coll = self.collection(ns).await?;
+        self.upsert_batch(&coll, converted).await
+    }
+
+    async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let result = self
+            .collection(ns)
+            .await?
+            .delete_many(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        Ok(result.deleted_count)
+    }
+
     async fn collection_bytes(&self, ns: &Namespace) -> StoreResult<u64> {
         let db = self.client().await?.database(ns.database.as_str());
         match db

@@ -107,4 +107,21 @@ impl TenantStore for Observed {
         self.run("collection_bytes", self.inner.collection_bytes(ns))
             .await
     }
+    async fn scan_after(
+        &self,
+        ns: &Namespace,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Document>> {
+        self.run("scan_after", self.inner.scan_after(ns, after, limit))
+            .await
+    }
+    async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
+        self.run("upsert_many", self.inner.upsert_many(ns, docs))
+            .await
+    }
+    async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64> {
+        self.run("delete_many_ids", self.inner.delete_many_ids(ns, ids))
+            .await
+    }
 }

@@ -8,6 +8,7 @@
 mod mongo_env;
 
 mod catalog;
+mod copy;
 mod data;
 mod startup;
 mod store;

@@ -34,7 +34,11 @@ impl Fixture {
     }
 
     pub async fn mongo(strategy: RenameStrategy) -> Option<Self> {
-        let uri = mongo_env::uri()?;
+        Some(Self::mongo_at(mongo_env::uri()?, strategy).await)
+    }
+
+    /// A MongoDB store on the deployment at `uri`.
+    pub async fn mongo_at(uri: String, strategy: RenameStrategy) -> Self {
         let mut config = mongo_shard("conformance", &uri);
         config.max_pool_size = 10;
         config.min_pool_size = 0;
@@ -42,12 +46,12 @@ impl Fixture {
             .await
             .expect("open MongoDB store")
             .with_rename_strategy(strategy);
-        Some(Self {
+        Self {
             store: Arc::new(store),
             prefix: mongo_env::unique_db("st"),
             _dir: None,
             mongo_uri: Some(uri),
-        })
+        }
     }
 
     pub fn db(&self, n: u32) -> DatabaseName {
@@ -162,6 +166,10 @@ conformance!(
     concurrent_increments_all_land,
     refused_updates_change_nothing,
     concurrent_delete_makes_updates_find_nothing,
+    scan_after_pages_in_id_order,
+    upsert_many_inserts_replaces_and_is_idempotent,
+    upsert_many_never_creates_the_collection,
+    delete_many_ids_removes_those_there,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -214,17 +222,33 @@ async fn documents_round_trip(f: &Fixture) {
         "nested": {"deep": {"deeper": {"n": 1}}, "empty": {}, "none": []},
     }));
     let second = doc(json!({"_id": "plain", "v": 1}));
-    fill(f, &ns, vec![original.clone(), second.clone()])
-        .await
-        .unwrap();
+    // Floats come back bit for bit, also those whose shortest decimal form is long.
+    let floats: Vec<f64> = (1..2_000).map(|i| i as f64 / 3.0).collect();
+    let third = doc(json!({"_id": "floats", "v": floats}));
+    fill(
+        f,
+        &ns,
+        vec![original.clone(), second.clone(), third.clone()],
+    )
+    .await
+    .unwrap();
+    let got = f.store.get(&ns, "floats").await.unwrap().expect("floats");
+    let mismatch = (got["v"].as_array().unwrap().iter())
+        .zip(third["v"].as_array().unwrap())
+        .find(|(a, b)| a != b);
+    assert_eq!(
+        mismatch, None,
+        "a float changed on its way through the store"
+    );
+    assert_eq!(got, third);
     let got = f.store.get(&ns, "65f0c0ffee0000000000beef").await.unwrap();
     assert_eq!(got, Some(original));
     assert_eq!(f.store.get(&ns, "plain").await.unwrap(), Some(second));
     assert_eq!(f.store.get(&ns, "absent").await.unwrap(), None);
-    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 3);
     // Empty batches are a no-op.
     fill(f, &ns, Vec::new()).await.unwrap();
-    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 3);
 }
 
 async fn missing_collection_reads_as_empty(f: &Fixture) {
@@ -600,5 +624,122 @@ async fn concurrent_delete_makes_updates_find_nothing(f: &Fixture) {
             }
         }
         assert_eq!(f.store.get(&ns, "d").await.unwrap(), None, "round {round}");
+    }
+}
+
+fn ids(docs: &[Document]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn scan_after_pages_in_id_order(f: &Fixture) {
+    let ns = f.ns(1, "scan");
+    assert!(f.store.scan_after(&ns, None, 10).await.unwrap().is_empty());
+    // Inserted out of order, with ids whose byte order differs from a case-insensitive or
+    // numeric one, and a multi-byte character (sorts after every ASCII id).
+    let mut docs = numbered(0..25);
+    docs.reverse();
+    for id in ["B", "a", "10", "9", "\u{e9}t\u{e9}"] {
+        docs.push(doc(json!({"_id": id})));
+    }
+    fill(f, &ns, docs.clone()).await.unwrap();
+    let mut expected = ids(&docs);
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = f.store.scan_after(&ns, after.as_deref(), 7).await.unwrap();
+        assert!(page.len() <= 7);
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(ids(&page));
+        after = seen.last().cloned();
+    }
+    assert_eq!(seen, expected);
+    // Pages hold whole documents, and `after` need not be an existing id.
+    let page = f.store.scan_after(&ns, Some("d00003x"), 2).await.unwrap();
+    assert_eq!(page, numbered(4..6));
+    assert!(f.store.scan_after(&ns, None, 0).await.unwrap().is_empty());
+    let last = expected.last().unwrap();
+    assert!(f
+        .store
+        .scan_after(&ns, Some(last), 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn upsert_many_inserts_replaces_and_is_idempotent(f: &Fixture) {
+    let ns = f.ns(1, "upsert");
+    fill(f, &ns, numbered(0..10)).await.unwrap();
+    let mut batch = numbered(5..15);
+    for d in &mut batch {
+        d.insert("replaced".into(), json!(true));
+    }
+    f.store.upsert_many(&ns, batch.clone()).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 15);
+    let all = f.store.scan_after(&ns, None, 100).await.unwrap();
+    let mut expected = numbered(0..5);
+    expected.extend(batch.clone());
+    assert_eq!(all, expected);
+    // Replaying the batch changes nothing, not even the byte count.
+    let bytes = f.store.collection_bytes(&ns).await.unwrap();
+    f.store.upsert_many(&ns, batch.clone()).await.unwrap();
+    assert_eq!(f.store.scan_after(&ns, None, 100).await.unwrap(), expected);
+    assert_eq!(f.store.collection_bytes(&ns).await.unwrap(), bytes);
+    // A replacement drops fields the new document lacks and counts its size.
+    let bigger = doc(json!({"_id": "d00007", "pad": "x".repeat(2_000)}));
+    f.store
+        .upsert_many(&ns, vec![bigger.clone()])
+        .await
+        .unwrap();
+    assert_eq!(f.store.get(&ns, "d00007").await.unwrap(), Some(bigger));
+    assert!(f.store.collection_bytes(&ns).await.unwrap() > bytes + 1_500);
+    f.store.upsert_many(&ns, Vec::new()).await.unwrap();
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 15);
+    assert!(f
+        .store
+        .upsert_many(&ns, vec![doc(json!({"v": 1}))])
+        .await
+        .is_err());
+}
+
+async fn upsert_many_never_creates_the_collection(f: &Fixture) {
+    let ns = f.ns(1, "absent");
+    let result = f.store.upsert_many(&ns, numbered(0..2)).await;
+    if f.mongo_uri.is_none() {
+        // The embedded store refuses, like every write; MongoDB relies on fences instead.
+        assert!(matches!(result, Err(StoreError::CollectionMissing)));
+        assert!(f.store.list_collections(&f.db(1)).await.unwrap().is_empty());
+    } else {
+        result.unwrap();
+    }
+}
+
+async fn delete_many_ids_removes_those_there(f: &Fixture) {
+    let ns = f.ns(1, "del");
+    assert_eq!(
+        f.store.delete_many_ids(&ns, &["x".into()]).await.unwrap(),
+        0
+    );
+    fill(f, &ns, numbered(0..10)).await.unwrap();
+    let gone: Vec<String> = ["d00001", "d00003", "d00003", "nope"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(f.store.delete_many_ids(&ns, &gone).await.unwrap(), 2);
+    assert_eq!(f.store.delete_many_ids(&ns, &gone).await.unwrap(), 0);
+    assert_eq!(f.store.delete_many_ids(&ns, &[]).await.unwrap(), 0);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 8);
+    assert_eq!(f.store.get(&ns, "d00001").await.unwrap(), None);
+    let all: Vec<String> = numbered(0..10)
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(f.store.delete_many_ids(&ns, &all).await.unwrap(), 8);
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
+    if f.mongo_uri.is_none() {
+        assert_eq!(f.store.collection_bytes(&ns).await.unwrap(), 0);
     }
 }
