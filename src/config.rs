@@ -300,7 +300,7 @@ impl Default for CatalogConfig {
             kind: StoreKind::Embedded,
             uri: None,
             database: "org_gateway_catalog".into(),
-            recovery_grace_seconds: 30,
+            recovery_grace_seconds: 60,
         }
     }
 }

@@ -62,7 +62,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let grace = match config.catalog.kind {
             crate::config::StoreKind::Embedded => Duration::ZERO,
             crate::config::StoreKind::Mongodb => {
-                Duration::from_secs(config.catalog.recovery_grace_seconds)
+                let grace = Duration::from_secs(config.catalog.recovery_grace_seconds);
+                let longest = state.fleet.fence_timeout() + Duration::from_secs(10);
+                if grace < longest {
+                    tracing::warn!(
+                        recovery_grace_seconds = config.catalog.recovery_grace_seconds,
+                        recommended = longest.as_secs(),
+                        "catalog.recovery_grace_seconds is shorter than the longest fence: recovery at start may touch an operation another instance is still running"
+                    );
+                }
+                grace
             }
         };
         match movers::resume_interrupted(&state.lifecycle(), grace).await {

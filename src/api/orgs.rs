@@ -278,7 +278,14 @@ async fn place_and_create(
     }
     org.state = OrgState::Active;
     // Compare-and-set on the revision inserted: recovery may have rolled a slow create back.
-    let org = state.catalog().put_org(&org).await.map_err(catalog_error)?;
+    let org = state.catalog().put_org(&org).await.map_err(|e| match e {
+        CatalogError::Stale => ApiError::unavailable(
+            "create_abandoned",
+            "the create took too long and was rolled back; retry",
+            1,
+        ),
+        e => catalog_error(e),
+    })?;
     crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
     Ok(org)

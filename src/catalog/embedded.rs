@@ -227,11 +227,16 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
     let OrgState::Renaming {
         to_name,
         to_collection,
+        target_cleared,
         ..
     } = org.state.clone()
     else {
         return Err(CatalogError::NotFound);
     };
+    if !commit && target_cleared {
+        // Documents may have moved: the rename can only be completed now.
+        return Err(CatalogError::Stale);
+    }
     let (drop_name, drop_collection) = if commit {
         (org.normalized_name(), org.placement.collection.clone())
     } else {

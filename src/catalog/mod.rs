@@ -224,7 +224,9 @@ pub trait Catalog: Send + Sync + 'static {
     /// bumps the placement epoch.
     async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
 
-    /// Releases the reserved keys of a `Renaming` org and marks it `Active` again.
+    /// Releases the reserved keys of a `Renaming` org and marks it `Active` again; refused
+    /// ([`CatalogError::Stale`]) once the rename has journaled `target_cleared`, since
+    /// documents may have moved from then on.
     async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
 
     /// Removes the organization, its admins and its keys, uncounts its collection and records

@@ -745,8 +745,14 @@ impl Catalog for MongoCatalog {
 
     async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
         let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
-        if !matches!(org.state, OrgState::Renaming { .. }) {
-            return Err(CatalogError::NotFound);
+        match &org.state {
+            OrgState::Renaming {
+                target_cleared: false,
+                ..
+            } => {}
+            // Documents may have moved: the rename can only be completed now.
+            OrgState::Renaming { .. } => return Err(CatalogError::Stale),
+            _ => return Err(CatalogError::NotFound),
         }
         org.state = OrgState::Active;
         org.updated_at = Utc::now();

@@ -15,7 +15,9 @@ use std::time::Duration;
 pub struct RequestGate {
     generation: AtomicU64,
     inflight: [AtomicI64; 2],
-    quiescing: tokio::sync::Mutex<()>,
+    /// The slot a quiesce is draining; kept when it gave up, so the next one waits for the
+    /// same requests rather than moving on past them.
+    quiescing: tokio::sync::Mutex<Option<usize>>,
 }
 
 /// Held by a request for as long as it may use tenant state it resolved.
@@ -63,11 +65,30 @@ impl RequestGate {
     /// Returns once every request that entered before this call has left. Invalidate caches
     /// first: requests entering afterwards then see the new state.
     pub async fn quiesce(&self) {
-        let _one_at_a_time = self.quiescing.lock().await;
-        let old = (self.generation.fetch_add(1, Ordering::SeqCst) & 1) as usize;
-        while self.inflight[old].load(Ordering::SeqCst) > 0 {
+        while !self.quiesce_within(Duration::from_secs(3600)).await {}
+    }
+
+    /// Like [`Self::quiesce`] for at most `limit`; false if requests are still running (a
+    /// store call that hangs). The next call goes on waiting for those same requests.
+    pub async fn quiesce_within(&self, limit: Duration) -> bool {
+        let mut draining = self.quiescing.lock().await;
+        let slot = match *draining {
+            Some(slot) => slot,
+            None => {
+                let old = (self.generation.fetch_add(1, Ordering::SeqCst) & 1) as usize;
+                *draining = Some(old);
+                old
+            }
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inflight[slot].load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        *draining = None;
+        true
     }
 
     /// Requests in flight (both slots).
@@ -104,6 +125,23 @@ mod tests {
         drop(late);
         gate.quiesce().await;
         assert_eq!(gate.in_flight(), 0);
+    }
+
+    /// A quiesce that gave up keeps waiting for the same requests: a later one does not
+    /// move past a request that is still running.
+    #[tokio::test]
+    async fn a_timed_out_quiesce_never_skips_a_stuck_request() {
+        let gate = Arc::new(RequestGate::default());
+        let stuck = gate.enter();
+        assert!(!gate.quiesce_within(Duration::from_millis(20)).await);
+        let later = gate.enter();
+        drop(later);
+        assert!(
+            !gate.quiesce_within(Duration::from_millis(20)).await,
+            "a second quiesce moved past the stuck request"
+        );
+        drop(stuck);
+        assert!(gate.quiesce_within(Duration::from_millis(200)).await);
     }
 
     #[test]

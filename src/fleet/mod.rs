@@ -247,7 +247,10 @@ impl Fleet {
     pub async fn fence(&self) -> Result<u64, FenceError> {
         let revision = self.catalog.next_revision().await?;
         if !self.shared {
-            self.gate.quiesce().await;
+            if !self.gate.quiesce_within(self.fence_timeout()).await {
+                metrics::FENCE_TIMEOUTS.inc();
+                return Err(FenceError::Timeout(vec![self.instance_id()]));
+            }
             self.applied.fetch_max(revision, Ordering::SeqCst);
             return Ok(revision);
         }
@@ -294,11 +297,21 @@ impl Fleet {
 
     /// Marks `revision` applied (caches invalidated first) once the requests that may have
     /// used older state are done, and tells the registry at once.
-    async fn applied_up_to(&self, revision: u64) {
-        self.gate.quiesce().await;
+    async fn applied_up_to(&self, revision: u64) -> bool {
+        // Bounded, so one hung store call cannot wedge every later acknowledgement: the
+        // revision is published once the requests before it are really done.
+        let drain = Duration::from_millis(self.info_drain_ms().max(1));
+        if !self.gate.quiesce_within(drain).await {
+            tracing::warn!(
+                revision,
+                "requests older than a catalog change still running; acknowledging it later"
+            );
+            return false;
+        }
         if self.applied.fetch_max(revision, Ordering::SeqCst) < revision {
             self.beat_now.notify_one();
         }
+        true
     }
 
     /// Publishes the newest revision seen on the feed as applied, one drain at a time, so the
@@ -306,9 +319,11 @@ impl Fleet {
     async fn run_acks(self: Arc<Self>) {
         loop {
             self.seen_changed.notified().await;
-            let seen = self.seen.load(Ordering::SeqCst);
-            if seen > self.applied.load(Ordering::SeqCst) {
-                self.applied_up_to(seen).await;
+            loop {
+                let seen = self.seen.load(Ordering::SeqCst);
+                if seen <= self.applied.load(Ordering::SeqCst) || self.applied_up_to(seen).await {
+                    break;
+                }
             }
         }
     }
@@ -443,8 +458,28 @@ impl Fleet {
     /// (it is gone: fences need not wait out its lease), then sends the first heartbeat.
     pub async fn join(&self) -> Result<(), CatalogError> {
         let me = self.instance_id();
-        for old in self.catalog.instances().await? {
-            if old.node_id == self.node_id && old.id != me {
+        let before: Vec<InstanceInfo> = self
+            .catalog
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.node_id == self.node_id && i.id != me)
+            .collect();
+        if !before.is_empty() {
+            // Gone only if it does not heartbeat within one heartbeat period: a process still
+            // running on this data dir must not be hidden from fences.
+            tokio::time::sleep(self.lease() / 4 + Duration::from_millis(250)).await;
+            let after = self.catalog.instances().await?;
+            for old in before {
+                let beating = after
+                    .iter()
+                    .any(|a| a.id == old.id && a.last_seen != old.last_seen);
+                if beating {
+                    return Err(CatalogError::Backend(format!(
+                        "instance {} is still running on this data dir",
+                        old.id
+                    )));
+                }
                 tracing::info!(instance = %old.id, "removing this data dir's previous instance from the registry");
                 self.catalog.remove_instance(&old.id).await?;
             }

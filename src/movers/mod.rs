@@ -160,7 +160,8 @@ pub async fn rename(
     let admin = match prepared {
         Ok(a) => a,
         Err(e) => {
-            // Nothing moved and no credential changed: release the reserved name.
+            // Nothing moved and no credential changed: release the reserved name. (Refused if
+            // another instance's recovery already began moving the data: it completes it.)
             if let Err(undo) = lc.catalog.abort_rename(org.id).await {
                 tracing::error!(error = %undo, "cannot abort a rename; recovery will finish it");
             }
@@ -188,10 +189,14 @@ async fn apply_credentials(
 ) -> Result<AdminRecord, MoveError> {
     let stored = match lc.catalog.update_admin(admin).await {
         Ok(stored) => stored,
-        Err(CatalogError::Stale) => match credentials_in_place(lc, admin).await? {
-            Some(stored) => stored,
-            None => return Err(CatalogError::Stale.into()),
-        },
+        // A conflict, or a write whose outcome is unknown (the reply was lost): only what is
+        // stored decides.
+        Err(e @ (CatalogError::Stale | CatalogError::Backend(_))) => {
+            match credentials_in_place(lc, admin).await? {
+                Some(stored) => stored,
+                None => return Err(e.into()),
+            }
+        }
         Err(e) => return Err(e.into()),
     };
     lc.router.invalidate_admin(admin.id).await;
@@ -259,8 +264,14 @@ async fn finish_rename(lc: &Lifecycle<'_>, org: &OrgRecord) -> Result<OrgRecord,
         .await;
         lock.release().await;
         if !cleared? {
-            let current = lc.catalog.org_by_id(org.id).await?;
-            return current.ok_or(MoveError::Catalog(CatalogError::NotFound));
+            // Someone else ended it: a success only if it ended by completing.
+            let OrgState::Renaming { to_name, .. } = &org.state else {
+                unreachable!("checked above")
+            };
+            return match lc.catalog.org_by_id(org.id).await? {
+                Some(c) if c.state == OrgState::Active && &c.name == to_name => Ok(c),
+                _ => Err(MoveError::Catalog(CatalogError::NotFound)),
+            };
         }
         failpoint("rename_after_store");
     }
@@ -449,7 +460,12 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
                         tracing::warn!(org_id = %org.id, to = %to_name, "rolling back an interrupted rename (its credentials were never stored)");
                         let aborted = lc.catalog.abort_rename(org.id).await;
                         lc.router.invalidate_org(&org).await;
-                        aborted.map(|_| ()).map_err(MoveError::from)
+                        match aborted {
+                            Ok(_) => Ok(()),
+                            // Its data began moving meanwhile (the rename is alive): leave it.
+                            Err(CatalogError::Stale) => Ok(()),
+                            Err(e) => Err(e.into()),
+                        }
                     }
                     Err(e) => Err(e),
                 }

@@ -93,6 +93,7 @@ conformance!(
     concurrent_admin_updates_lose_nothing,
     revisions_only_grow_and_fence_allocations_are_fresh,
     instance_registry_and_leases,
+    a_rename_whose_data_may_have_moved_cannot_be_aborted,
     collection_counts,
     settings_round_trip,
 );
@@ -894,4 +895,23 @@ async fn mongo_pending_drops_finish_an_interrupted_delete() {
     assert_eq!(c.admin_by_email(&email("i@i.example")).await.unwrap(), None);
     assert_eq!(count_of(c.as_ref(), 1).await, 0);
     f.cleanup().await;
+}
+
+async fn a_rename_whose_data_may_have_moved_cannot_be_aborted(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Halfway", "h@w.example").await;
+    let mut r = c
+        .begin_rename(o.id, &name("Elsewhere"), None)
+        .await
+        .unwrap();
+    if let OrgState::Renaming { target_cleared, .. } = &mut r.state {
+        *target_cleared = true;
+    }
+    c.put_org(&r).await.unwrap();
+    // From here documents may be under the new name: only completing is safe.
+    assert!(matches!(
+        c.abort_rename(o.id).await,
+        Err(CatalogError::Stale)
+    ));
+    let done = c.commit_rename(o.id).await.unwrap();
+    assert_eq!(done.name, name("Elsewhere"));
 }
