@@ -6,11 +6,25 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn crash_during(failpoint: &str, rename: bool) {
-    let mut gw = TestGateway::start_with(Options {
+/// A gateway that aborts when it reaches `failpoint`.
+fn armed(failpoint: &str) -> TestGateway {
+    TestGateway::start_with(Options {
         env: vec![("GATEWAY_FAILPOINT".into(), failpoint.into())],
         ..Default::default()
-    });
+    })
+}
+
+/// Asserts `sent` was cut off by the abort, waits for the process to exit and starts it again
+/// without the failpoint.
+fn restart_after_crash(gw: &mut TestGateway, sent: reqwest::Result<reqwest::blocking::Response>) {
+    assert!(sent.is_err(), "the process should have died mid-operation");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    gw.env.clear();
+    gw.restart();
+}
+
+fn crash_during(failpoint: &str, rename: bool) {
+    let mut gw = armed(failpoint);
     let t = gw.org_with_token("Crashy", "crashy@example.com");
     let docs: Vec<Value> = (0..500)
         .map(|i| json!({"_id": format!("d{i}"), "i": i}))
@@ -32,10 +46,7 @@ fn crash_during(failpoint: &str, rename: bool) {
             .bearer_auth(&t)
             .send()
     };
-    assert!(r.is_err(), "the process should have died mid-operation");
-    assert!(gw.wait_exit(Duration::from_secs(10)));
-    gw.env.clear();
-    gw.restart();
+    restart_after_crash(&mut gw, r);
     let get = |name: &str| {
         gw.req(Method::GET, &format!("/org/get?organization_name={name}"))
             .send()
@@ -90,10 +101,7 @@ fn delete_interrupted_after_the_catalog_drops_the_collection_at_restart() {
 /// A rename with a password change, crashed at `failpoint`: after the restart either both the
 /// new name and the new password are in place (`completed`) or neither.
 fn crash_during_rename_with_password(failpoint: &str, completed: bool) {
-    let mut gw = TestGateway::start_with(Options {
-        env: vec![("GATEWAY_FAILPOINT".into(), failpoint.into())],
-        ..Default::default()
-    });
+    let mut gw = armed(failpoint);
     let t = gw.org_with_token("Both Or None", "both@example.com");
     let r = gw
         .req(Method::PUT, "/org/update")
@@ -104,10 +112,7 @@ fn crash_during_rename_with_password(failpoint: &str, completed: bool) {
             "password": "a-brand-new-password",
         }))
         .send();
-    assert!(r.is_err(), "the process should have died mid-operation");
-    assert!(gw.wait_exit(Duration::from_secs(10)));
-    gw.env.clear();
-    gw.restart();
+    restart_after_crash(&mut gw, r);
     let get = |name: &str| {
         gw.req(Method::GET, &format!("/org/get?organization_name={name}"))
             .send()
@@ -140,21 +145,12 @@ fn rename_with_credentials_crashed_after_they_are_stored_completes_both() {
 
 #[test]
 fn create_interrupted_before_its_collection_is_rolled_back_at_restart() {
-    let mut gw = TestGateway::start_with(Options {
-        env: vec![(
-            "GATEWAY_FAILPOINT".into(),
-            "create_before_collection".into(),
-        )],
-        ..Default::default()
-    });
+    let mut gw = armed("create_before_collection");
     let r = gw
         .req(Method::POST, "/org/create")
         .json(&json!({"organization_name": "Half Made", "email": "half@example.com", "password": "password123"}))
         .send();
-    assert!(r.is_err(), "the process should have died mid-create");
-    assert!(gw.wait_exit(Duration::from_secs(10)));
-    gw.env.clear();
-    gw.restart();
+    restart_after_crash(&mut gw, r);
     assert!(gw.log().contains("rolling back an interrupted create"));
     let r = gw
         .req(Method::GET, "/org/get?organization_name=Half%20Made")
@@ -181,10 +177,7 @@ fn an_interrupted_rename_never_adopts_an_orphan_at_its_target() {
     if crate::gateway::on_mongodb() {
         return; // the orphan is planted in the embedded shard file
     }
-    let mut gw = TestGateway::start_with(Options {
-        env: vec![("GATEWAY_FAILPOINT".into(), "rename_after_begin".into())],
-        ..Default::default()
-    });
+    let mut gw = armed("rename_after_begin");
     let t = gw.org_with_token("Mine", "mine@example.com");
     let r = gw
         .req(Method::POST, "/data")
