@@ -48,6 +48,7 @@ fn org(set: usize, i: usize) -> (OrgRecord, AdminRecord) {
         created_at: now,
         updated_at: now,
         revision: 1,
+        moving: None,
     };
     let admin = AdminRecord {
         id: AdminId::generate(),

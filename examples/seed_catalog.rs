@@ -41,6 +41,7 @@ async fn main() {
             created_at: now,
             updated_at: now,
             revision: 0,
+            moving: None,
         };
         let admin = AdminRecord {
             id: AdminId::generate(),

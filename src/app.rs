@@ -173,6 +173,7 @@ impl AppState {
             started: Instant::now(),
         });
         state.load_rate_overrides().await;
+        state.load_draining().await;
         state.refresh_capacity().await;
         Ok(state)
     }
@@ -210,6 +211,7 @@ impl SettingsListener for AppState {
         match key {
             RATE_OVERRIDES_SETTING => self.load_rate_overrides().await,
             SHARDS_SETTING => self.open_new_shards().await,
+            crate::placement::DRAINING_SETTING => self.load_draining().await,
             _ => {}
         }
     }
@@ -217,6 +219,7 @@ impl SettingsListener for AppState {
     async fn reload_all(&self) {
         self.load_rate_overrides().await;
         self.open_new_shards().await;
+        self.load_draining().await;
     }
 }
 
@@ -229,6 +232,23 @@ impl AppState {
             router: &self.router,
             fleet: &self.fleet,
             capacity: &self.capacity,
+        }
+    }
+
+    /// Loads the shards an operator is draining (they take no new organizations).
+    pub async fn load_draining(&self) {
+        match self
+            .catalog()
+            .get_setting(crate::placement::DRAINING_SETTING)
+            .await
+        {
+            Ok(v) => {
+                let ids: Vec<crate::domain::ShardId> = v
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default();
+                self.shards.set_draining(ids);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load draining shards"),
         }
     }
 

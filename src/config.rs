@@ -105,6 +105,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// Several instances on one catalog: registry lease, degraded-feed cache TTL.
     pub fleet: crate::fleet::FleetConfig,
+    /// Online tenant moves: concurrency, write pause, copy rate, source grace period.
+    pub moves: crate::movers::moves::MovesConfig,
     /// Tenant data API bounds.
     pub data: DataConfig,
     /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
@@ -162,6 +164,7 @@ impl Default for Config {
             ops: OpsConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             fleet: crate::fleet::FleetConfig::default(),
+            moves: crate::movers::moves::MovesConfig::default(),
             data: DataConfig::default(),
             shards: Vec::new(),
         }
@@ -331,8 +334,11 @@ pub enum StoreKind {
 pub enum ShardState {
     /// Accepts new organizations.
     Active,
-    /// Serves its tenants but receives no new ones.
+    /// Serves its tenants but receives no new ones (set in the configuration, or by
+    /// `POST /ops/shards/{id}/drain`, which also moves its tenants away).
     Draining,
+    /// Drained: every tenant moved away (reported by `/ops/shards`, never configured).
+    Drained,
 }
 
 /// One shard: a MongoDB deployment or an embedded store file.
@@ -561,6 +567,7 @@ impl Config {
             return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
         }
         self.limits.validate()?;
+        self.moves.validate()?;
         let d = &self.data;
         if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {
             return Err(

@@ -37,6 +37,9 @@ const QUOTA_SWEEP_PER_MINUTE: usize = 500;
 /// How often limiter state is trimmed, overrides reloaded and capacity gauges refreshed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How often the move runner looks for moves to start or resume.
+const MOVE_TICK: Duration = Duration::from_millis(250);
+
 /// How often interrupted renames, creates and drops are retried in the background.
 const RESUME_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -127,6 +130,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "capacity metrics refresh failed");
                 }
             }
+        });
+    }
+    {
+        let state = state.clone();
+        background.spawn(async move {
+            let holder = state.fleet.node_id().to_owned();
+            let cfg = state.config.moves.clone();
+            movers::moves::run(state.lifecycle(), cfg, holder, MOVE_TICK).await;
         });
     }
     {

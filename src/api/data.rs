@@ -5,7 +5,7 @@ use super::auth::{authenticate, internal};
 use super::orgs::store_error;
 use super::{ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
-use crate::catalog::OrgState;
+use crate::catalog::{MovePhase, OrgState};
 use crate::domain::OrgId;
 use crate::error::ApiError;
 use crate::placement::Shard;
@@ -33,6 +33,9 @@ struct Tenant {
     headers: Vec<(&'static str, String)>,
     /// Held until the handler is done with the placement.
     _gate: crate::fleet::gate::GateGuard,
+    /// The catalog, and the move whose change log this tenant's writes append to (while a
+    /// move of the tenant captures changes).
+    capture: Option<(Arc<dyn crate::catalog::Catalog>, String)>,
 }
 
 impl Tenant {
@@ -42,20 +45,51 @@ impl Tenant {
         r
     }
 
-    /// Runs a store write in its own task, holding the request gate until the write is done:
-    /// a request cut off by its timeout must not let a fence pass while its write still runs.
-    async fn write<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ApiError>
+    /// Runs a store write of the documents `ids` in its own task, holding the request gate
+    /// until the write is done: a request cut off by its timeout must not let a fence pass
+    /// while its write still runs.
+    ///
+    /// While a move captures the tenant's changes, the ids are logged before the write (if
+    /// that fails, nothing is written: 503) and again after it (so the move re-reads a
+    /// document whose first entry it applied before the write landed), both inside the gate.
+    async fn write<T, F, Fut>(
+        &self,
+        op: &'static str,
+        ids: Vec<String>,
+        f: F,
+    ) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Shard>, Namespace) -> Fut,
         Fut: Future<Output = StoreResult<T>> + Send + 'static,
     {
+        if let Some((catalog, move_id)) = &self.capture {
+            if let Err(e) = catalog.log_move_changes(move_id, &ids).await {
+                tracing::warn!(error = %e, "cannot log a write for a move; write refused");
+                return Err(with_headers(
+                    ApiError::unavailable(
+                        "organization_busy",
+                        "the organization's data is being moved and the catalog did not answer; retry",
+                        1,
+                    ),
+                    &self.headers,
+                ));
+            }
+        }
+        let capture = self.capture.clone();
         let held = self._gate.hold();
         let fut = f(self.shard.clone(), self.ns.clone());
         let span = tracing::debug_span!("store", shard = self.shard.id().as_str(), op);
         let task = tokio::spawn(
             async move {
                 let out = fut.await;
+                if let Some((catalog, move_id)) = capture {
+                    if let Err(e) = catalog.log_move_changes(&move_id, &ids).await {
+                        // The move compares these documents again at cutover and fails rather
+                        // than switch to a stale copy.
+                        tracing::warn!(error = %e, "cannot log a write for a move after it");
+                    }
+                }
                 drop(held);
                 out
             }
@@ -113,10 +147,24 @@ fn query_error(e: QueryError) -> ApiError {
     ApiError::invalid(e.code, e.to_string())
 }
 
-/// Authenticates, applies the org's rate limit and resolves its placement.
-async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result<Tenant, ApiError> {
+/// Whether a tenant request reads or writes: writes wait out a move's cutover.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Authenticates, applies the org's rate limit and resolves its placement. A write to an
+/// organization whose move is cutting over waits (outside the request gate, so the cutover's
+/// fence does not wait for it) until the placement switches or the cutover is abandoned.
+async fn tenant(
+    state: &AppState,
+    req: &Request,
+    log: &mut RequestLog,
+    access: Access,
+) -> Result<Tenant, ApiError> {
     // Counted in before the placement is resolved, so a fence waits for this request.
-    let gate = state.fleet.enter();
+    let mut gate = state.fleet.enter();
     if !state.fleet.serving() {
         return Err(ApiError::unavailable(
             "instance_fenced",
@@ -125,9 +173,36 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
         ));
     }
     let caller = authenticate(state, req).await?;
-    let org = caller.org;
+    let mut org = caller.org;
     log.org_id = Some(org.id);
     let headers = super::check_rate(state, org.id).await?;
+    if access == Access::Write && in_cutover(&org) {
+        let started = std::time::Instant::now();
+        let limit =
+            std::time::Duration::from_millis(state.config.moves.max_write_pause_ms * 2 + 1_000);
+        while in_cutover(&org) {
+            if started.elapsed() > limit {
+                return Err(with_headers(
+                    ApiError::unavailable(
+                        "organization_busy",
+                        "the organization's data is being moved; retry shortly",
+                        1,
+                    ),
+                    &headers,
+                ));
+            }
+            drop(gate);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            gate = state.fleet.enter();
+            org = state
+                .router
+                .org(org.id)
+                .await
+                .map_err(|e| internal("catalog", e))?
+                .ok_or_else(ApiError::unauthorized)?;
+        }
+        metrics::MOVE_HELD_WRITES.observe(started.elapsed().as_secs_f64());
+    }
     if org.state != OrgState::Active {
         return Err(with_headers(
             ApiError::unavailable(
@@ -153,7 +228,19 @@ async fn tenant(state: &AppState, req: &Request, log: &mut RequestLog) -> Result
         },
         headers,
         _gate: gate,
+        capture: match &org.moving {
+            Some(m) if access == Access::Write && m.phase == MovePhase::Capturing => {
+                Some((state.catalog().clone(), m.move_id.clone()))
+            }
+            _ => None,
+        },
     })
+}
+
+fn in_cutover(org: &crate::catalog::OrgRecord) -> bool {
+    org.moving
+        .as_ref()
+        .is_some_and(|m| m.phase == MovePhase::Cutover)
 }
 
 fn limits(state: &AppState) -> QueryLimits {
@@ -256,7 +343,7 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
     ))]
 /// `POST /data`: one object or an array of up to `max_batch`, inserted in one round trip.
 pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Write).await?;
     let body = body_json(req)?;
     check_numbers(&body, "")?;
     let raw_docs = match body {
@@ -338,7 +425,7 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         docs.push(with_id);
     }
     check_quota(state, &t, bytes).await?;
-    t.write("insert_many", move |shard, ns| async move {
+    t.write("insert_many", ids.clone(), move |shard, ns| async move {
         shard.store.insert_many(&ns, docs).await
     })
     .await?;
@@ -358,7 +445,7 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Read).await?;
     let id = doc_id(req)?;
     match t.run("get", t.shard.store.get(&t.ns, &id)).await? {
         Some(doc) => Ok(t.reply(StatusCode::OK, &doc)),
@@ -392,7 +479,7 @@ fn not_found(t: &Tenant) -> ApiError {
         (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Write).await?;
     let id = doc_id(req)?;
     let body = body_json(req)?;
     check_numbers(&body, "")?;
@@ -407,7 +494,7 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     let max = state.config.data.max_document_bytes;
     let target = id.clone();
     match t
-        .write("update", move |shard, ns| async move {
+        .write("update", vec![id.clone()], move |shard, ns| async move {
             shard.store.update_by_id(&ns, &target, &update, max).await
         })
         .await?
@@ -429,10 +516,10 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
         (status = 404, description = "No such document", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Write).await?;
     let id = doc_id(req)?;
     let target = id.clone();
-    if t.write("delete", move |shard, ns| async move {
+    if t.write("delete", vec![id.clone()], move |shard, ns| async move {
         shard.store.delete_by_id(&ns, &target).await
     })
     .await?
@@ -499,7 +586,7 @@ fn fingerprint(filter: &Filter, sort: &Sort, projection: &Projection) -> String 
         (status = 200, description = "A page of documents", body = QueryReply),
     ))]
 pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Read).await?;
     let body: QueryBody = super::json_body(req)?;
     let lim = limits(state);
     let filter = Filter::parse(&body.filter, &lim).map_err(query_error)?;
@@ -573,7 +660,7 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
         (status = 200, description = "Matching documents", body = CountReply),
     ))]
 pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
-    let t = tenant(state, req, log).await?;
+    let t = tenant(state, req, log, Access::Read).await?;
     let body: CountBody = super::json_body(req)?;
     let filter = Filter::parse(&body.filter, &limits(state)).map_err(query_error)?;
     let n = t.run("count", t.shard.store.count(&t.ns, &filter)).await?;

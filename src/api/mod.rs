@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod data;
 pub mod health;
+pub mod moves;
 pub mod openapi;
 pub mod ops;
 pub mod orgs;
@@ -96,7 +97,13 @@ pub async fn handle(
         | Route::OpsLimits
         | Route::OpsQuotas
         | Route::OpsTopTenants
-        | Route::OpsInstances => ops::handle(state, route, req).await,
+        | Route::OpsInstances
+        | Route::OpsMoves
+        | Route::OpsMoveStart
+        | Route::OpsMove
+        | Route::OpsMoveCancel
+        | Route::OpsShardDrain
+        | Route::OpsRebalance => ops::handle(state, route, req).await,
         Route::DataInsert => data::insert(state, req, log).await,
         Route::DataQuery => data::query(state, req, log).await,
         Route::DataCount => data::count(state, req, log).await,

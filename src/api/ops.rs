@@ -6,7 +6,7 @@ use super::orgs::PlacementView;
 use super::routes::Route;
 use super::{json_body, ApiResult, Reply, Request};
 use crate::app::{AppState, RATE_OVERRIDES_SETTING};
-use crate::config::{ShardConfig, StoreKind};
+use crate::config::{ShardConfig, ShardState, StoreKind};
 use crate::domain::OrgId;
 use crate::domain::OrgName;
 use crate::error::ApiError;
@@ -57,6 +57,12 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsQuotas => quotas(state).await,
         Route::OpsTopTenants => top_tenants(state, req).await,
         Route::OpsInstances => instances(state).await,
+        Route::OpsMoves => super::moves::list(state, req).await,
+        Route::OpsMoveStart => super::moves::start(state, req).await,
+        Route::OpsMove => super::moves::get(state, req).await,
+        Route::OpsMoveCancel => super::moves::cancel(state, req).await,
+        Route::OpsShardDrain => super::moves::drain(state, req).await,
+        Route::OpsRebalance => super::moves::rebalance(state, req).await,
         _ => Err(ApiError::route_not_found()),
     }
 }
@@ -90,6 +96,25 @@ pub async fn capacity_report(state: &AppState, probe: bool) -> Result<Vec<Value>
             .push((db.to_string(), n));
     }
     metrics::ORGANIZATIONS.set(organizations as i64);
+    let draining: Vec<crate::domain::ShardId> = state
+        .shards
+        .configs()
+        .into_iter()
+        .filter(|c| c.state != ShardState::Active)
+        .map(|c| c.id)
+        .collect();
+    // Moves still to run (or finish) off each shard.
+    let mut moving_off: HashMap<crate::domain::ShardId, u64> = HashMap::new();
+    for m in state
+        .catalog()
+        .list_moves()
+        .await
+        .map_err(|e| internal("catalog", e))?
+    {
+        if !m.state.is_final() {
+            *moving_off.entry(m.from.shard.clone()).or_insert(0) += 1;
+        }
+    }
     let mut out = Vec::new();
     for shard in state.shards.all() {
         let cfg = &shard.config;
@@ -133,11 +158,23 @@ pub async fn capacity_report(state: &AppState, probe: bool) -> Result<Vec<Value>
         metrics::SHARD_DATABASES
             .with_label_values(&[id])
             .set(databases.len() as i64);
+        let tenants: u64 = dbs.iter().map(|(_, n)| *n).sum();
+        let state_now = if draining.contains(shard.id()) || cfg.state != ShardState::Active {
+            if tenants == 0 && moving_off.get(shard.id()).copied().unwrap_or(0) == 0 {
+                ShardState::Drained
+            } else {
+                ShardState::Draining
+            }
+        } else {
+            ShardState::Active
+        };
         out.push(json!({
             "id": shard.id(),
             "kind": cfg.kind,
             "uri": shard.display_uri(),
-            "state": cfg.state,
+            "state": state_now,
+            "tenants": tenants,
+            "moves_off": moving_off.get(shard.id()).copied().unwrap_or(0),
             "up": up,
             "region": cfg.region,
             "weight": cfg.weight,

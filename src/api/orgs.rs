@@ -124,6 +124,17 @@ pub fn store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// Cancels a move of the organization (or waits for one in cutover) and returns the record
+/// as it is afterwards.
+async fn settle_move(lc: &movers::Lifecycle<'_>, org: &OrgRecord) -> Result<OrgRecord, MoveError> {
+    if org.moving.is_none() {
+        return Ok(org.clone());
+    }
+    movers::moves::settle(lc, org, std::time::Duration::from_secs(10))
+        .await?
+        .ok_or(MoveError::Catalog(CatalogError::NotFound))
+}
+
 fn move_error(e: MoveError) -> ApiError {
     match e {
         MoveError::Catalog(c) => catalog_error(c),
@@ -252,6 +263,7 @@ async fn place_and_create(
             created_at: now,
             updated_at: now,
             revision: 0,
+            moving: None,
         };
         match state.catalog().insert_org(&org, &admin).await {
             Ok(stored) => stored,
@@ -427,16 +439,18 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             // Runs to completion even if the client goes away mid-rename; credentials commit
             // with the rename or not at all.
             let (st, current_org) = (Arc::clone(state), (*org).clone());
-            let (renamed, stored) =
-                tokio::spawn(
-                    async move {
-                        movers::rename(&st.lifecycle(), &current_org, &to, change.as_ref()).await
-                    }
-                    .in_current_span(),
-                )
-                .await
-                .map_err(|e| internal("rename task", e))?
-                .map_err(move_error)?;
+            let (renamed, stored) = tokio::spawn(
+                async move {
+                    let lc = st.lifecycle();
+                    // A move of the organization is cancelled (or finishes) first.
+                    let current_org = settle_move(&lc, &current_org).await?;
+                    movers::rename(&lc, &current_org, &to, change.as_ref()).await
+                }
+                .in_current_span(),
+            )
+            .await
+            .map_err(|e| internal("rename task", e))?
+            .map_err(move_error)?;
             (renamed, stored.unwrap_or(current))
         }
         _ => {
@@ -487,10 +501,17 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         ));
     }
     let (st, doomed) = (Arc::clone(state), (*org).clone());
-    tokio::spawn(async move { movers::delete(&st.lifecycle(), &doomed).await }.in_current_span())
-        .await
-        .map_err(|e| internal("delete task", e))?
-        .map_err(move_error)?;
+    tokio::spawn(
+        async move {
+            let lc = st.lifecycle();
+            let doomed = settle_move(&lc, &doomed).await?;
+            movers::delete(&lc, &doomed).await
+        }
+        .in_current_span(),
+    )
+    .await
+    .map_err(|e| internal("delete task", e))?
+    .map_err(move_error)?;
     state.quotas.forget(org.id);
     state.rate_limits.set_override(org.id, None);
     crate::telemetry::metrics::ORGANIZATIONS.dec();

@@ -47,6 +47,18 @@ pub enum Route {
     OpsTopTenants,
     /// `GET /ops/instances`.
     OpsInstances,
+    /// `GET /ops/moves`.
+    OpsMoves,
+    /// `POST /ops/moves`.
+    OpsMoveStart,
+    /// `GET /ops/moves/{move_id}`.
+    OpsMove,
+    /// `DELETE /ops/moves/{move_id}`.
+    OpsMoveCancel,
+    /// `POST /ops/shards/{id}/drain`.
+    OpsShardDrain,
+    /// `POST /ops/rebalance`.
+    OpsRebalance,
     /// `POST /data`.
     DataInsert,
     /// `POST /data/query`.
@@ -80,6 +92,10 @@ impl Route {
             Route::OpsQuotas => "/ops/quotas",
             Route::OpsTopTenants => "/ops/tenants/top",
             Route::OpsInstances => "/ops/instances",
+            Route::OpsMoves | Route::OpsMoveStart => "/ops/moves",
+            Route::OpsMove | Route::OpsMoveCancel => "/ops/moves/{move_id}",
+            Route::OpsShardDrain => "/ops/shards/{id}/drain",
+            Route::OpsRebalance => "/ops/rebalance",
             Route::DataInsert => "/data",
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
@@ -96,6 +112,9 @@ impl Route {
                 | Route::AdminLogin
                 | Route::OpsShardAdd
                 | Route::OpsLimits
+                | Route::OpsMoveStart
+                | Route::OpsShardDrain
+                | Route::OpsRebalance
                 | Route::DataInsert
                 | Route::DataQuery
                 | Route::DataCount
@@ -131,6 +150,12 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "GET", "/ops/quotas"),
     (Listener::Ops, "GET", "/ops/tenants/top"),
     (Listener::Ops, "GET", "/ops/instances"),
+    (Listener::Ops, "GET", "/ops/moves"),
+    (Listener::Ops, "POST", "/ops/moves"),
+    (Listener::Ops, "GET", "/ops/moves/{move_id}"),
+    (Listener::Ops, "DELETE", "/ops/moves/{move_id}"),
+    (Listener::Ops, "POST", "/ops/shards/{id}/drain"),
+    (Listener::Ops, "POST", "/ops/rebalance"),
 ];
 
 /// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
@@ -156,6 +181,18 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
         (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
         (Listener::Ops, "/ops/instances") => &[(Method::GET, Route::OpsInstances)],
+        (Listener::Ops, "/ops/moves") => &[
+            (Method::GET, Route::OpsMoves),
+            (Method::POST, Route::OpsMoveStart),
+        ],
+        (Listener::Ops, p) if p.starts_with("/ops/moves/") && !p[11..].contains('/') => &[
+            (Method::GET, Route::OpsMove),
+            (Method::DELETE, Route::OpsMoveCancel),
+        ],
+        (Listener::Ops, p) if p.starts_with("/ops/shards/") && p.ends_with("/drain") => {
+            &[(Method::POST, Route::OpsShardDrain)]
+        }
+        (Listener::Ops, "/ops/rebalance") => &[(Method::POST, Route::OpsRebalance)],
         (Listener::Ops, p) if p.starts_with("/ops/orgs/") && p.ends_with("/limits") => {
             &[(Method::PUT, Route::OpsLimits)]
         }

@@ -3,7 +3,7 @@
 
 use super::{
     AdminRecord, Catalog, CatalogError, CatalogResult, ChangeStream, FeedToken, InstanceInfo,
-    OrgRecord, OrgState, PendingDrop, Taken,
+    MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use async_trait::async_trait;
@@ -37,6 +37,11 @@ const INSTANCES: Json = TableDefinition::new("instances");
 /// Lease name -> `{holder, expires_at}`.
 const LEASES: Json = TableDefinition::new("leases");
 const REVISION: &str = "revision";
+/// Move records by id.
+const MOVES: Json = TableDefinition::new("moves");
+/// Move change logs: `<move id>/<sequence, 20 digits>` -> document id.
+const MOVE_CHANGES: Index = TableDefinition::new("move_changes");
+const MOVE_CHANGE_SEQ: &str = "move_change_seq";
 
 fn backend(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Backend(e.to_string())
@@ -69,7 +74,15 @@ impl EmbeddedCatalog {
         let db = Database::create(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
-            for t in [ORGS, ADMINS, PENDING_DROPS, SETTINGS, INSTANCES, LEASES] {
+            for t in [
+                ORGS,
+                ADMINS,
+                PENDING_DROPS,
+                SETTINGS,
+                INSTANCES,
+                LEASES,
+                MOVES,
+            ] {
                 txn.open_table(t).map_err(backend)?;
             }
             for t in [
@@ -78,6 +91,7 @@ impl EmbeddedCatalog {
                 ADMIN_EMAILS,
                 ADMINS_BY_ORG,
                 NOT_ACTIVE,
+                MOVE_CHANGES,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -135,9 +149,19 @@ impl EmbeddedCatalog {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> CatalogResult<T> + Send + 'static,
     {
+        self.write_with(redb::Durability::Immediate, f).await
+    }
+
+    /// [`Self::write`] with the given durability.
+    async fn write_with<T, F>(&self, durability: redb::Durability, f: F) -> CatalogResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> CatalogResult<T> + Send + 'static,
+    {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(backend)?;
+            let mut txn = db.begin_write().map_err(backend)?;
+            txn.set_durability(durability).map_err(backend)?;
             let out = f(&txn)?;
             txn.commit().map_err(backend)?;
             Ok(out)
@@ -458,6 +482,10 @@ impl Catalog for EmbeddedCatalog {
             if org.state != OrgState::Active {
                 return Err(CatalogError::NotFound);
             }
+            if org.moving.is_some() {
+                // A move holds the organization: it is cancelled (or finishes) first.
+                return Err(CatalogError::Stale);
+            }
             let key = id.to_string();
             let to_norm = to_name.normalized();
             let to_coll = to_name.collection_name();
@@ -641,6 +669,109 @@ impl Catalog for EmbeddedCatalog {
         self.write(move |txn| {
             let mut t = txn.open_table(SETTINGS).map_err(backend)?;
             t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
+        let (key, value) = (drop.key(), encode(drop)?);
+        self.write(move |txn| {
+            let mut t = txn.open_table(PENDING_DROPS).map_err(backend)?;
+            t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            bump_revision(txn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn adjust_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        delta: i64,
+    ) -> CatalogResult<()> {
+        let key = count_key(shard, database);
+        self.write(move |txn| add_count(txn, &key, delta)).await
+    }
+
+    async fn put_move(&self, mv: &MoveRecord) -> CatalogResult<()> {
+        let (key, value) = (mv.move_id.clone(), encode(mv)?);
+        self.write(move |txn| {
+            let mut t = txn.open_table(MOVES).map_err(backend)?;
+            t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_move(&self, id: &str) -> CatalogResult<Option<MoveRecord>> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let t = txn.open_table(MOVES).map_err(backend)?;
+            get_json(&t, &id)
+        })
+        .await
+    }
+
+    async fn list_moves(&self) -> CatalogResult<Vec<MoveRecord>> {
+        let mut all: Vec<MoveRecord> = self.all_of(MOVES).await?;
+        all.sort_by(|a, b| (a.created_at, &a.move_id).cmp(&(b.created_at, &b.move_id)));
+        Ok(all)
+    }
+
+    async fn log_move_changes(&self, move_id: &str, doc_ids: &[String]) -> CatalogResult<()> {
+        let (move_id, doc_ids) = (move_id.to_owned(), doc_ids.to_vec());
+        // Not fsynced: the log is on every tenant write while a move captures, and a crash
+        // that loses its tail is caught by the comparison every resumed move runs first
+        // (see `movers::moves`). The next durable commit persists it.
+        self.write_with(redb::Durability::None, move |txn| {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut seq = meta
+                .get(MOVE_CHANGE_SEQ)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut t = txn.open_table(MOVE_CHANGES).map_err(backend)?;
+            for id in &doc_ids {
+                seq += 1;
+                let key = format!("{move_id}/{seq:020}");
+                t.insert(key.as_str(), id.as_str()).map_err(backend)?;
+            }
+            meta.insert(MOVE_CHANGE_SEQ, seq).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn move_changes(&self, move_id: &str, limit: usize) -> CatalogResult<Vec<MoveChange>> {
+        let prefix = format!("{move_id}/");
+        self.read(move |txn| {
+            let t = txn.open_table(MOVE_CHANGES).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.range(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                if !k.value().starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                out.push(MoveChange {
+                    key: k.value().to_owned(),
+                    doc_id: v.value().to_owned(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()> {
+        let prefix = format!("{move_id}/");
+        let keys = keys.to_vec();
+        self.write(move |txn| {
+            let mut t = txn.open_table(MOVE_CHANGES).map_err(backend)?;
+            for k in keys.iter().filter(|k| k.starts_with(&prefix)) {
+                t.remove(k.as_str()).map_err(backend)?;
+            }
             Ok(())
         })
         .await

@@ -79,6 +79,9 @@ pub struct OrgRecord {
     /// caches keep the newest and compare-and-set writes pin it.
     #[serde(default)]
     pub revision: u64,
+    /// Set while a move of the tenant's data to another location is queued or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<MoveMark>,
 }
 
 impl OrgRecord {
@@ -86,6 +89,173 @@ impl OrgRecord {
     pub fn normalized_name(&self) -> NormalizedOrgName {
         self.name.normalized()
     }
+}
+
+/// The mark a move leaves on the organization it moves: what every instance's request path
+/// must do for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveMark {
+    /// The move (see [`MoveRecord`]).
+    pub move_id: String,
+    /// How far the move got.
+    pub phase: MovePhase,
+}
+
+/// What a move asks of the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MovePhase {
+    /// Waiting for a slot: nothing changes for requests yet.
+    Queued,
+    /// Copying and catching up: every write also records the ids it touched in the move's
+    /// change log.
+    Capturing,
+    /// Cutting over: writes wait (reads go on from the source) until the placement switches
+    /// or the cutover is abandoned.
+    Cutover,
+}
+
+/// One end of a move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Location {
+    /// Shard id.
+    #[schema(value_type = String)]
+    pub shard: ShardId,
+    /// Database on the shard.
+    #[schema(value_type = String)]
+    pub database: DatabaseName,
+    /// The tenant's collection.
+    #[schema(value_type = String)]
+    pub collection: CollectionName,
+}
+
+/// States of a move. `queued`, `copying`, `catching_up` and `cutover` are live; the others
+/// are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveState {
+    /// Waiting for one of the `moves.max_concurrent` slots.
+    Queued,
+    /// Bulk copy of the source into the target.
+    Copying,
+    /// Applying the writes captured during the copy.
+    CatchingUp,
+    /// Writes held, last changes applied, verified, placement switched.
+    Cutover,
+    /// The tenant lives at the target.
+    Done,
+    /// Gave up; the source stays authoritative (see `error`).
+    Failed,
+    /// Cancelled before cutover; the source stays authoritative.
+    Cancelled,
+}
+
+impl MoveState {
+    /// Every state, in order.
+    pub const ALL: [MoveState; 7] = [
+        MoveState::Queued,
+        MoveState::Copying,
+        MoveState::CatchingUp,
+        MoveState::Cutover,
+        MoveState::Done,
+        MoveState::Failed,
+        MoveState::Cancelled,
+    ];
+
+    /// Whether the move has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+
+    /// Name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Copying => "copying",
+            Self::CatchingUp => "catching_up",
+            Self::Cutover => "cutover",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// The result of comparing both sides before a switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Verification {
+    /// Documents on the source (and, when matched, on the target).
+    pub count: u64,
+    /// Order-independent hash of the target's canonical documents (hex).
+    pub hash: String,
+    /// Whether both sides hold the same documents.
+    pub matched: bool,
+}
+
+/// A tenant move as journaled in the catalog: enough to resume it after any crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MoveRecord {
+    /// Random id (32 hex digits).
+    pub move_id: String,
+    /// The organization moved.
+    #[schema(value_type = String)]
+    pub organization_id: OrgId,
+    /// Its name when the move was asked for.
+    #[schema(value_type = String)]
+    pub organization_name: OrgName,
+    /// Where the data was.
+    pub from: Location,
+    /// Where it goes.
+    pub to: Location,
+    /// Where the move is.
+    pub state: MoveState,
+    /// Documents in the source when the copy started.
+    pub docs_total: u64,
+    /// Documents copied so far (bulk copy plus catch-up).
+    pub docs_copied: u64,
+    /// Their size as JSON.
+    pub bytes_copied: u64,
+    /// The bulk copy has written every document up to this `_id` (resume point).
+    #[serde(default)]
+    pub copied_through: Option<String>,
+    /// The target collection was created by this move (so it is this move's to drop).
+    #[serde(default)]
+    pub target_created: bool,
+    /// When asked for.
+    pub created_at: DateTime<Utc>,
+    /// When the copy started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How long writes were held at the successful cutover.
+    pub write_pause_ms: Option<u64>,
+    /// Cutovers abandoned because the last changes did not fit the write pause.
+    #[serde(default)]
+    pub cutover_attempts: u32,
+    /// Comparison of both sides before the switch.
+    pub verification: Option<Verification>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// Who asked: `operator`, `drain` or `rebalance`.
+    pub reason: String,
+    /// Cleanup after the end is done: the source (after the grace period) or the unused
+    /// target handed to the pending drops, the change log removed.
+    #[serde(default)]
+    pub cleanup_done: bool,
+}
+
+/// One entry of a move's change log: a document written while the move was capturing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveChange {
+    /// The entry's own key (to clear it once applied).
+    pub key: String,
+    /// The tenant document's `_id`.
+    pub doc_id: String,
 }
 
 /// An admin account of one organization.
@@ -289,6 +459,36 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Gives the named lease up if `holder` still has it.
     async fn release_lease(&self, name: &str, holder: &str) -> CatalogResult<()>;
+
+    /// Adds a pending drop (a move's source after its grace period, or its target when it
+    /// ends without switching).
+    async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()>;
+
+    /// Adds `delta` to the count of tenant collections in one database (a move's switch).
+    async fn adjust_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        delta: i64,
+    ) -> CatalogResult<()>;
+
+    /// Creates or replaces a move record. Only the holder of the move's lease writes it.
+    async fn put_move(&self, mv: &MoveRecord) -> CatalogResult<()>;
+
+    /// One move.
+    async fn get_move(&self, id: &str) -> CatalogResult<Option<MoveRecord>>;
+
+    /// Every move, oldest first.
+    async fn list_moves(&self) -> CatalogResult<Vec<MoveRecord>>;
+
+    /// Appends the ids of documents just written to a move's change log.
+    async fn log_move_changes(&self, move_id: &str, doc_ids: &[String]) -> CatalogResult<()>;
+
+    /// Up to `limit` entries of a move's change log, oldest first.
+    async fn move_changes(&self, move_id: &str, limit: usize) -> CatalogResult<Vec<MoveChange>>;
+
+    /// Removes applied entries (by key); entries logged meanwhile stay.
+    async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()>;
 
     /// Follows the catalog's changes from `resume` (or from now). `Ok(None)` when this catalog
     /// has no change feed (the embedded catalog belongs to one process, which makes every

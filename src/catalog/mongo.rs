@@ -13,6 +13,8 @@
 //!   compare-and-set writes pin.
 //! - `instances`: the registry, `{_id: instance id, info}`; `leases`: `{_id: name, holder,
 //!   expires_at}`.
+//! - `moves`: `{_id: move id, json}`; `move_changes`: `{_id: ObjectId, move, doc}`, indexed on
+//!   `(move, _id)`: the ids tenant writes touched while their organization was moving.
 //!
 //! Every instance follows these collections through a change stream ([`Catalog::watch`]).
 //!
@@ -29,7 +31,7 @@
 
 use super::{
     AdminRecord, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed, ChangeStream,
-    FeedToken, InstanceInfo, OrgRecord, OrgState, PendingDrop, Taken,
+    FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use crate::store::mongo::{
@@ -116,6 +118,8 @@ pub struct MongoCatalog {
     counters: Collection<Document>,
     instances: Collection<Document>,
     leases: Collection<Document>,
+    moves: Collection<Document>,
+    move_changes: Collection<Document>,
     db: mongodb::Database,
     _client: LazyClient,
 }
@@ -148,6 +152,8 @@ impl MongoCatalog {
             counters: db.collection("counters"),
             instances: db.collection("instances"),
             leases: db.collection("leases"),
+            moves: db.collection("moves"),
+            move_changes: db.collection("move_changes"),
             db,
             secrets,
             _client: lazy,
@@ -197,6 +203,15 @@ impl MongoCatalog {
                 IndexModel::builder()
                     .keys(doc! { "org_id": 1 })
                     .options(IndexOptions::builder().name("org_id".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.move_changes
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "move": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("move".to_owned()).build())
                     .build(),
             )
             .await
@@ -691,6 +706,10 @@ impl Catalog for MongoCatalog {
         if org.state != OrgState::Active {
             return Err(CatalogError::NotFound);
         }
+        if org.moving.is_some() {
+            // A move holds the organization: it is cancelled (or finishes) first.
+            return Err(CatalogError::Stale);
+        }
         let to_norm = to_name.normalized();
         let to_coll = to_name.collection_name();
         org.state = OrgState::Renaming {
@@ -891,6 +910,112 @@ impl Catalog for MongoCatalog {
         Ok(())
     }
 
+    async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
+        let key = drop.key();
+        self.pending
+            .replace_one(
+                doc! { "_id": &key },
+                doc! { "_id": &key, "drop": to_doc(drop)? },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn adjust_collection_count(
+        &self,
+        shard: &ShardId,
+        database: &DatabaseName,
+        delta: i64,
+    ) -> CatalogResult<()> {
+        self.add_count(shard, database, delta).await
+    }
+
+    async fn put_move(&self, mv: &MoveRecord) -> CatalogResult<()> {
+        let text = serde_json::to_string(mv).map_err(|e| backend_msg(e.to_string()))?;
+        self.moves
+            .replace_one(
+                doc! { "_id": &mv.move_id },
+                doc! { "_id": &mv.move_id, "created_at": mv.created_at.to_rfc3339(), "json": text },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn get_move(&self, id: &str) -> CatalogResult<Option<MoveRecord>> {
+        let found = self
+            .moves
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| self.err(&e))?;
+        found.map(|d| move_of(&d)).transpose()
+    }
+
+    async fn list_moves(&self) -> CatalogResult<Vec<MoveRecord>> {
+        let mut all = self
+            .all(&self.moves)
+            .await?
+            .iter()
+            .map(move_of)
+            .collect::<CatalogResult<Vec<_>>>()?;
+        all.sort_by(|a, b| (a.created_at, &a.move_id).cmp(&(b.created_at, &b.move_id)));
+        Ok(all)
+    }
+
+    async fn log_move_changes(&self, move_id: &str, doc_ids: &[String]) -> CatalogResult<()> {
+        if doc_ids.is_empty() {
+            return Ok(());
+        }
+        let docs = doc_ids
+            .iter()
+            .map(|id| doc! { "_id": bson::oid::ObjectId::new(), "move": move_id, "doc": id });
+        self.move_changes
+            .insert_many(docs)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn move_changes(&self, move_id: &str, limit: usize) -> CatalogResult<Vec<MoveChange>> {
+        let docs: Vec<Document> = self
+            .move_changes
+            .find(doc! { "move": move_id })
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                Some(MoveChange {
+                    key: d.get_object_id("_id").ok()?.to_hex(),
+                    doc_id: d.get_str("doc").ok()?.to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()> {
+        let ids: Vec<Bson> = keys
+            .iter()
+            .filter_map(|k| bson::oid::ObjectId::parse_str(k).ok())
+            .map(Bson::ObjectId)
+            .collect();
+        for chunk in ids.chunks(1000) {
+            self.move_changes
+                .delete_many(doc! { "move": move_id, "_id": { "$in": chunk.to_vec() } })
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        Ok(())
+    }
+
     async fn current_revision(&self) -> CatalogResult<u64> {
         let d = self
             .counters
@@ -1004,6 +1129,13 @@ impl Catalog for MongoCatalog {
             secrets: self.secrets.clone(),
         })))
     }
+}
+
+fn move_of(d: &Document) -> CatalogResult<MoveRecord> {
+    let text = d
+        .get_str("json")
+        .map_err(|_| backend_msg("a move record is malformed"))?;
+    serde_json::from_str(text).map_err(|e| backend_msg(e.to_string()))
 }
 
 /// A change stream on the catalog database.

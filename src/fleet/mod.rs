@@ -190,6 +190,11 @@ impl Fleet {
         }
     }
 
+    /// This instance's data-dir id (holder of its leases).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// This instance's registry id.
     pub fn instance_id(&self) -> String {
         self.info.lock().expect("info lock").id.clone()

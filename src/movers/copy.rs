@@ -25,9 +25,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// Adds one document.
     pub fn add(&mut self, doc: &Document) {
-        let mut buf = Vec::with_capacity(256);
-        write_canonical_object(doc, &mut buf);
-        let digest = Sha256::digest(&buf);
+        let digest = digest_of(doc);
         let mut carry = 0u16;
         for i in (0..32).rev() {
             let sum = u16::from(self.hash[i]) + u16::from(digest[i]) + carry;
@@ -36,6 +34,24 @@ impl Fingerprint {
         }
         self.count += 1;
     }
+
+    /// Takes one document out again (it was added before): a move keeps the target's
+    /// fingerprint current as its catch-up replaces documents.
+    pub fn remove(&mut self, doc: &Document) {
+        let digest = digest_of(doc);
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let diff = i16::from(self.hash[i]) - i16::from(digest[i]) - borrow;
+            self.hash[i] = diff.rem_euclid(256) as u8;
+            borrow = i16::from(diff < 0);
+        }
+        self.count = self.count.saturating_sub(1);
+    }
+
+    /// The hash in hex.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -43,6 +59,12 @@ impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.count, hex::encode(self.hash))
     }
+}
+
+fn digest_of(doc: &Document) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(256);
+    write_canonical_object(doc, &mut buf);
+    Sha256::digest(&buf).into()
 }
 
 /// The document as JSON with object keys sorted (by their UTF-8 bytes) at every level and no
@@ -229,6 +251,22 @@ mod tests {
         let b = doc(json!({"_id": "a", "l": [2, 1]}));
         assert_ne!(fp(std::slice::from_ref(&a)), fp(&[b]));
         assert_ne!(fp(&[a.clone(), a.clone()]).hash, [0; 32]);
+    }
+
+    #[test]
+    fn remove_undoes_add() {
+        let docs: Vec<Document> = (0..50)
+            .map(|i| doc(json!({"_id": i.to_string(), "v": i * 7919})))
+            .collect();
+        let mut f = fp(&docs);
+        for d in &docs[10..] {
+            f.remove(d);
+        }
+        assert_eq!(f, fp(&docs[..10]));
+        for d in &docs[..10] {
+            f.remove(d);
+        }
+        assert_eq!(f, Fingerprint::default());
     }
 
     #[test]

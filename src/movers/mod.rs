@@ -17,7 +17,9 @@
 //! Drops and creates of one collection name hold a catalog lease on it, so recovery on one
 //! instance can never drop a collection another instance has just created under that name.
 
+pub mod balance;
 pub mod copy;
+pub mod moves;
 
 use crate::catalog::{AdminRecord, Catalog, CatalogError, OrgRecord, OrgState, PendingDrop};
 use crate::domain::{DatabaseName, OrgName, ShardId};
@@ -562,6 +564,23 @@ pub async fn reconcile_capacity(lc: &Lifecycle<'_>) -> Result<(), MoveError> {
         .into_iter()
         .map(|(s, d, n)| ((s, d), n))
         .collect();
+    // A move's target before its switch, and its source until dropped, are collections of
+    // no organization's count.
+    let mut not_counted: BTreeSet<(ShardId, DatabaseName, String)> = BTreeSet::new();
+    for m in catalog.list_moves().await? {
+        if m.cleanup_done {
+            continue;
+        }
+        let spare = match m.state {
+            crate::catalog::MoveState::Done => &m.from,
+            _ => &m.to,
+        };
+        not_counted.insert((
+            spare.shard.clone(),
+            spare.database.clone(),
+            spare.collection.as_str().to_owned(),
+        ));
+    }
     for (shard_id, dbs) in databases {
         let Some(shard) = lc.shards.get(&shard_id) else {
             tracing::warn!(shard = %shard_id, "placements name a shard missing from config");
@@ -572,6 +591,9 @@ pub async fn reconcile_capacity(lc: &Lifecycle<'_>) -> Result<(), MoveError> {
                 Ok(names) => names
                     .iter()
                     .filter(|n| crate::domain::CollectionName::from_stored(n).is_some())
+                    .filter(|n| {
+                        !not_counted.contains(&(shard_id.clone(), db.clone(), n.to_string()))
+                    })
                     .count() as u64,
                 Err(e) => {
                     tracing::warn!(shard = %shard_id, database = %db, error = %e, "cannot reconcile capacity");

@@ -41,6 +41,20 @@ impl CapacityCounts {
         Some(choice)
     }
 
+    /// A copy of the counts (for planning moves).
+    pub fn snapshot(&self) -> HashMap<(ShardId, DatabaseName), u64> {
+        self.counts.lock().clone()
+    }
+
+    /// Counts one collection in the database a move goes to: `database` when given, else the
+    /// lowest-numbered database on `shard` still under its split ratio.
+    pub fn reserve_on(&self, shard: &ShardConfig, database: Option<DatabaseName>) -> DatabaseName {
+        let mut counts = self.counts.lock();
+        let db = database.unwrap_or_else(|| crate::placement::policy::database_on(shard, &counts));
+        *counts.entry((shard.id.clone(), db.clone())).or_insert(0) += 1;
+        db
+    }
+
     /// Uncounts a collection (org deleted, or a reservation not used).
     pub fn release(&self, shard: &ShardId, database: &DatabaseName) {
         if let Some(n) = self

@@ -8,5 +8,5 @@ mod shards;
 
 pub use capacity::CapacityCounts;
 
-pub use policy::{capacity_state, choose_placement, CapacityState, PlacementChoice};
-pub use shards::{Shard, ShardSet};
+pub use policy::{capacity_state, choose_placement, database_on, CapacityState, PlacementChoice};
+pub use shards::{Shard, ShardSet, DRAINING_SETTING};

@@ -84,6 +84,17 @@ pub fn choose_placement(
         .filter(|s| s.state == ShardState::Active)
         .filter(|s| region.is_none() || s.region.as_deref() == region)
         .max_by(|a, b| score(org, a).total_cmp(&score(org, b)))?;
+    Some(PlacementChoice {
+        shard: shard.id.clone(),
+        database: database_on(shard, counts),
+    })
+}
+
+/// The lowest-numbered database on `shard` still under its split ratio.
+pub fn database_on(
+    shard: &ShardConfig,
+    counts: &HashMap<(ShardId, DatabaseName), u64>,
+) -> DatabaseName {
     let limit = split_limit(shard);
     let mut n = 1u32;
     loop {
@@ -93,10 +104,7 @@ pub fn choose_placement(
             .copied()
             .unwrap_or(0);
         if count < limit {
-            return Some(PlacementChoice {
-                shard: shard.id.clone(),
-                database: db,
-            });
+            return db;
         }
         n += 1;
     }

@@ -61,7 +61,13 @@ impl Shard {
 #[derive(Default)]
 pub struct ShardSet {
     shards: RwLock<HashMap<ShardId, Arc<Shard>>>,
+    /// Shards an operator is draining (catalog setting [`DRAINING_SETTING`]): they take no
+    /// new organizations, whatever their configuration says.
+    draining: RwLock<std::collections::BTreeSet<ShardId>>,
 }
+
+/// Catalog setting: ids of the shards being drained.
+pub const DRAINING_SETTING: &str = "draining_shards";
 
 impl ShardSet {
     /// Adds or replaces a shard.
@@ -84,8 +90,30 @@ impl ShardSet {
         v
     }
 
-    /// Configurations of all shards, ordered by id.
+    /// Configurations of all shards, ordered by id, with the drains in force applied.
     pub fn configs(&self) -> Vec<ShardConfig> {
-        self.all().iter().map(|s| s.config.clone()).collect()
+        let draining = self.draining.read();
+        self.all()
+            .iter()
+            .map(|s| {
+                let mut c = s.config.clone();
+                if draining.contains(&c.id) {
+                    c.state = crate::config::ShardState::Draining;
+                }
+                c
+            })
+            .collect()
+    }
+
+    /// Replaces the set of shards being drained.
+    pub fn set_draining(&self, ids: impl IntoIterator<Item = ShardId>) {
+        *self.draining.write() = ids.into_iter().collect();
+    }
+
+    /// Whether the shard takes new organizations (configured active, not being drained).
+    pub fn accepts_tenants(&self, id: &ShardId) -> bool {
+        self.configs()
+            .iter()
+            .any(|c| &c.id == id && c.state == crate::config::ShardState::Active)
     }
 }

@@ -316,6 +316,74 @@ pub static FENCE_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Moves by state (refreshed by the move runner from the catalog).
+pub static MOVES: Lazy<IntGaugeVec> = Lazy::new(|| {
+    reg(IntGaugeVec::new(
+        Opts::new(
+            "org_gateway_moves",
+            "Tenant moves recorded in the catalog, by state",
+        ),
+        &["state"],
+    )
+    .unwrap())
+});
+
+/// Moves queued by this instance.
+pub static MOVES_STARTED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new("org_gateway_moves_queued_total", "Tenant moves queued").unwrap())
+});
+
+/// Documents written to move targets (bulk copy and catch-up).
+pub static MOVE_DOCUMENTS_COPIED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_move_documents_copied_total",
+        "Documents written to move targets (bulk copy and catch-up); rate() is the copy rate",
+    )
+    .unwrap())
+});
+
+/// Bytes written to move targets.
+pub static MOVE_BYTES_COPIED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_move_bytes_copied_total",
+        "Bytes (as JSON) written to move targets",
+    )
+    .unwrap())
+});
+
+/// How long writes were held at successful cutovers.
+pub static MOVE_WRITE_PAUSE: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_move_write_pause_seconds",
+            "Time a tenant's writes were held at a successful move cutover",
+        )
+        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+    )
+    .unwrap())
+});
+
+/// Cutovers abandoned (write pause exceeded, or interrupted).
+pub static MOVE_CUTOVERS_ABANDONED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_move_cutovers_abandoned_total",
+        "Move cutovers abandoned because the last changes did not fit the write pause",
+    )
+    .unwrap())
+});
+
+/// Writes that waited for a cutover, and how long.
+pub static MOVE_HELD_WRITES: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_move_held_write_seconds",
+            "Time a tenant write waited for a move cutover to end",
+        )
+        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+    )
+    .unwrap())
+});
+
 /// Fences that gave up waiting.
 pub static FENCE_TIMEOUTS: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
@@ -386,6 +454,15 @@ pub fn init() {
     Lazy::force(&FENCE_TIMEOUTS);
     Lazy::force(&FEED_UP);
     Lazy::force(&RECOVERY_FAILURES);
+    Lazy::force(&MOVES_STARTED);
+    Lazy::force(&MOVE_DOCUMENTS_COPIED);
+    Lazy::force(&MOVE_BYTES_COPIED);
+    Lazy::force(&MOVE_WRITE_PAUSE);
+    Lazy::force(&MOVE_CUTOVERS_ABANDONED);
+    Lazy::force(&MOVE_HELD_WRITES);
+    for state in crate::catalog::MoveState::ALL {
+        MOVES.with_label_values(&[state.as_str()]);
+    }
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_REV")])
         .set(1);

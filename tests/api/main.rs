@@ -13,6 +13,7 @@ mod isolation;
 mod keys;
 mod lifecycle;
 mod limits;
+mod moves;
 mod openapi;
 mod ops;
 mod orgs;

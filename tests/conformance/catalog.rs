@@ -128,6 +128,7 @@ fn org_in(name: &str, database: u32) -> OrgRecord {
         created_at: now,
         updated_at: now,
         revision: 0,
+        moving: None,
     }
 }
 
