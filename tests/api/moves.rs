@@ -223,15 +223,31 @@ pub fn check_expected(gw: &TestGateway, token: &str, expected: &Expected) {
 /// Moves `org` (created here, seeded with `docs` documents) to `to_shard` while a writer
 /// runs; checks that the move is done and verified, no write failed, and every acknowledged
 /// write is there. Returns the final move record.
+/// Where a test moves a tenant.
+pub enum Target<'a> {
+    /// This shard.
+    Shard(&'a str),
+    /// Whichever of these shards the tenant is not on.
+    OtherOf(&'a [&'a str]),
+    /// The next database on the same shard.
+    NextDatabase,
+}
+
 pub fn move_under_writes(
     gw: &Arc<TestGateway>,
     org: &str,
     email: &str,
-    to_shard: Option<&str>,
+    target: Target,
     docs: usize,
 ) -> Value {
     let token = gw.org_with_token(org, email);
     let (from, from_db) = placement(gw, org);
+    let to_shard: Option<String> = match target {
+        Target::Shard(s) => Some(s.to_owned()),
+        Target::OtherOf(list) => Some(list.iter().find(|s| **s != from).unwrap().to_string()),
+        Target::NextDatabase => None,
+    };
+    let to_shard = to_shard.as_deref();
     let seeded = seed(gw, &token, docs, 200);
     let writer = Writer::start(gw.clone(), token.clone(), &seeded);
     std::thread::sleep(Duration::from_millis(300));
@@ -280,10 +296,12 @@ fn embedded_to_embedded_under_writes_keeps_every_acknowledged_write() {
         config: config(&two_embedded(), ""),
         ..Options::default()
     }));
-    let token_probe = gw.org_with_token("Probe", "probe@example.com");
-    let _ = token_probe;
-    let (from, _) = placement(&gw, "Probe");
-    let to = if from == "a" { "b" } else { "a" };
-    let done = move_under_writes(&gw, "Move Me", "mover@example.com", Some(to), 3000);
+    let done = move_under_writes(
+        &gw,
+        "Move Me",
+        "mover@example.com",
+        Target::OtherOf(&["a", "b"]),
+        3000,
+    );
     eprintln!("move: {done}");
 }
