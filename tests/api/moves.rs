@@ -224,6 +224,7 @@ pub fn check_expected(gw: &TestGateway, token: &str, expected: &Expected) {
 /// runs; checks that the move is done and verified, no write failed, and every acknowledged
 /// write is there. Returns the final move record.
 /// Where a test moves a tenant.
+#[allow(dead_code)]
 pub enum Target<'a> {
     /// This shard.
     Shard(&'a str),
@@ -304,4 +305,22 @@ fn embedded_to_embedded_under_writes_keeps_every_acknowledged_write() {
         3000,
     );
     eprintln!("move: {done}");
+}
+
+#[test]
+fn database_to_database_on_one_shard_under_writes() {
+    let gw = Arc::new(TestGateway::start_with(Options {
+        config: config(
+            "[[shards]]\nid = \"one\"\nkind = \"embedded\"\npath = \"shards/one.redb\"\n",
+            "",
+        ),
+        ..Options::default()
+    }));
+    move_under_writes(
+        &gw,
+        "Db Hopper",
+        "hopper@example.com",
+        Target::NextDatabase,
+        1000,
+    );
 }
