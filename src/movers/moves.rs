@@ -260,6 +260,8 @@ pub async fn settle(
 struct Driver<'a, 'b> {
     lc: &'a Lifecycle<'b>,
     cfg: &'a MovesConfig,
+    /// Holds one of the fleet's move slots (copying and catching up need one).
+    has_slot: bool,
     mv: MoveRecord,
     /// Target fingerprint, exact while known (this move is the target's only writer).
     target_fp: Option<Fingerprint>,
@@ -291,8 +293,9 @@ pub async fn drive(
         return Ok(());
     };
     let cancel = cancel_flag(lc, move_id).await?;
-    // A queued move needs a slot to start; a cancel or a finished move's cleanup does not.
-    let needs_slot = !mv.state.is_final() && !cancel;
+    // Copying needs a slot; a cancel, a cutover to settle, or a finished move's cleanup
+    // does not (a cutover found interrupted holds the tenant's writes: never wait for one).
+    let needs_slot = !mv.state.is_final() && mv.state != MoveState::Cutover && !cancel;
     let slot = if needs_slot {
         match take_slot(lc, cfg, holder, move_id).await? {
             Some(s) => Some(s),
@@ -309,6 +312,7 @@ pub async fn drive(
     let mut driver = Driver {
         lc,
         cfg,
+        has_slot: slot.is_some(),
         mv,
         target_fp: None,
         recheck: BTreeSet::new(),
@@ -394,8 +398,16 @@ impl Driver<'_, '_> {
                     .end(MoveState::Cancelled, "cancelled by an operator")
                     .await;
             }
+            if !self.has_slot && self.mv.state != MoveState::Cutover {
+                // Settled an interrupted cutover; the copy goes on once a slot is free.
+                return Ok(());
+            }
             match self.mv.state {
-                MoveState::Queued => self.start().await?,
+                MoveState::Queued => {
+                    if !self.start().await? {
+                        return Ok(());
+                    }
+                }
                 MoveState::Copying => self.copy().await?,
                 MoveState::CatchingUp => self.catch_up_and_cut_over().await?,
                 MoveState::Cutover => self.resume_cutover().await?,
@@ -476,10 +488,20 @@ impl Driver<'_, '_> {
         Ok((get(&self.mv.from)?, get(&self.mv.to)?))
     }
 
-    /// queued -> copying: capture on, fenced; target created.
-    async fn start(&mut self) -> Result<(), MoveError> {
+    /// queued -> copying: capture on, fenced; target created. False when it cannot start yet.
+    async fn start(&mut self) -> Result<bool, MoveError> {
+        // `queue` writes the record before it marks the organization: a young queued move
+        // whose mark is not there yet is not lost, just early.
+        let young = Utc::now() - self.mv.created_at < chrono::Duration::seconds(60);
+        if young {
+            if let Some(o) = self.lc.catalog.org_by_id(self.mv.organization_id).await? {
+                if o.moving.is_none() && o.state == OrgState::Active {
+                    return Ok(false);
+                }
+            }
+        }
         let Some(org) = self.ours().await? else {
-            return Ok(());
+            return Ok(true);
         };
         if org.moving.as_ref().map(|m| m.phase) == Some(MovePhase::Queued) {
             self.set_phase(&org, MovePhase::Capturing).await?;
@@ -497,7 +519,7 @@ impl Driver<'_, '_> {
         self.mv.state = MoveState::Copying;
         self.journal().await?;
         tracing::info!(move_id = %self.mv.move_id, org_id = %self.mv.organization_id, documents = self.mv.docs_total, "move: copying");
-        Ok(())
+        Ok(true)
     }
 
     /// copying -> catching_up: the bulk copy, resumable from `copied_through`.
@@ -1084,14 +1106,24 @@ pub async fn run(lc: Lifecycle<'_>, cfg: MovesConfig, holder: String, tick: Dura
     use futures_util::stream::{FuturesUnordered, StreamExt};
     let mut running: FuturesUnordered<_> = FuturesUnordered::new();
     let mut active: BTreeSet<String> = BTreeSet::new();
+    // Moves whose last step failed wait before the next try (doubling, up to 30 s).
+    let mut backoff: HashMap<String, (u32, Instant)> = HashMap::new();
     let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             Some(done) = running.next(), if !running.is_empty() => {
                 let (id, result): (String, Result<(), MoveError>) = done;
-                if let Err(e) = result {
-                    metrics::RECOVERY_FAILURES.inc();
-                    tracing::warn!(move_id = %id, error = %e, "move step failed; retrying");
+                match result {
+                    Err(e) => {
+                        metrics::RECOVERY_FAILURES.inc();
+                        let failures = backoff.get(&id).map_or(0, |b| b.0) + 1;
+                        let wait = Duration::from_millis(250 << failures.min(7));
+                        tracing::warn!(move_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "move step failed; retrying");
+                        backoff.insert(id.clone(), (failures, Instant::now() + wait));
+                    }
+                    Ok(()) => {
+                        backoff.remove(&id);
+                    }
                 }
                 active.remove(&id);
                 continue;
@@ -1114,6 +1146,12 @@ pub async fn run(lc: Lifecycle<'_>, cfg: MovesConfig, holder: String, tick: Dura
         }
         let now = Utc::now();
         for mv in all.into_iter().filter(|m| due(m, &cfg, now)) {
+            if backoff
+                .get(&mv.move_id)
+                .is_some_and(|(_, until)| Instant::now() < *until)
+            {
+                continue;
+            }
             if active.insert(mv.move_id.clone()) {
                 let (lc, cfg, holder) = (&lc, &cfg, holder.as_str());
                 running.push(async move {
