@@ -161,12 +161,22 @@ pub async fn start(state: &AppState, req: &Request) -> ApiResult {
     let body: StartMove = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     // Fresh from the catalog: the move's compare-and-set pins this revision.
-    let org = state
-        .catalog()
-        .org_by_name(&name.normalized())
-        .await
-        .map_err(catalog_err)?
-        .ok_or_else(ApiError::org_not_found)?;
+    let lookup = || async {
+        state
+            .catalog()
+            .org_by_name(&name.normalized())
+            .await
+            .map_err(catalog_err)?
+            .ok_or_else(ApiError::org_not_found)
+    };
+    let mut org = lookup().await?;
+    if org.moving.is_some() {
+        // A mark whose move ended is cleared; a live one makes the queue below refuse.
+        moves::clear_stale_mark(&state.lifecycle(), &org)
+            .await
+            .map_err(|e| internal("move", e))?;
+        org = lookup().await?;
+    }
     let to = target(
         state,
         &body.to_shard,
@@ -261,7 +271,14 @@ pub async fn cancel(state: &AppState, req: &Request) -> ApiResult {
             .await
             .map_err(catalog_err)?
             .ok_or_else(move_not_found)?;
-        if now.state.is_final() || Instant::now() >= deadline {
+        if now.state.is_final() && now.state != MoveState::Cancelled {
+            // It ended another way meanwhile (completed, or failed).
+            return Err(ApiError::conflict(
+                "move_finished",
+                format!("the move has ended ({})", now.state.as_str()),
+            ));
+        }
+        if now.state == MoveState::Cancelled || Instant::now() >= deadline {
             let status = if now.state.is_final() {
                 StatusCode::OK
             } else {

@@ -127,10 +127,16 @@ pub fn store_error(e: StoreError) -> ApiError {
 /// Cancels a move of the organization (or waits for one in cutover) and returns the record
 /// as it is afterwards.
 async fn settle_move(lc: &movers::Lifecycle<'_>, org: &OrgRecord) -> Result<OrgRecord, MoveError> {
+    // From the catalog, not the cache: a move queued a moment ago must be seen.
+    let org = lc
+        .catalog
+        .org_by_id(org.id)
+        .await?
+        .ok_or(MoveError::Catalog(CatalogError::NotFound))?;
     if org.moving.is_none() {
-        return Ok(org.clone());
+        return Ok(org);
     }
-    movers::moves::settle(lc, org, std::time::Duration::from_secs(10))
+    movers::moves::settle(lc, &org, std::time::Duration::from_secs(10))
         .await?
         .ok_or(MoveError::Catalog(CatalogError::NotFound))
 }

@@ -539,6 +539,10 @@ impl Catalog for EmbeddedCatalog {
                 Err(CatalogError::NotFound) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            if org.moving.is_some() {
+                // A move holds the organization: it is cancelled (or finishes) first.
+                return Err(CatalogError::Stale);
+            }
             let key = id.to_string();
             let mut drops = vec![PendingDrop {
                 shard: org.placement.shard.clone(),

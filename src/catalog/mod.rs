@@ -400,7 +400,8 @@ pub trait Catalog: Send + Sync + 'static {
     async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
 
     /// Removes the organization, its admins and its keys, uncounts its collection and records
-    /// the collection as a [`PendingDrop`]. Returns the removed record.
+    /// the collection as a [`PendingDrop`]. Returns the removed record. Refused
+    /// ([`CatalogError::Stale`]) while the organization carries a move mark.
     async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
 
     /// Collections still to drop.

@@ -789,6 +789,12 @@ impl Catalog for MongoCatalog {
         let Some((mut org, mut rev)) = self.load(id).await? else {
             return Ok(None);
         };
+        if org.moving.is_some() {
+            // A move holds the organization: it is cancelled (or finishes) first. (Once the
+            // drops below are recorded the delete is decided; a move marked after that finds
+            // its organization gone and ends.)
+            return Err(CatalogError::Stale);
+        }
         for _ in 0..DELETE_ATTEMPTS {
             // Decided from here on: the drops name the org, so recovery finishes the removal.
             self.record_drops(&org).await?;

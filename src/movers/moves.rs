@@ -41,8 +41,7 @@ use crate::catalog::{
     CatalogError, Location, MoveMark, MovePhase, MoveRecord, MoveState, OrgRecord, OrgState,
     PendingDrop, Verification,
 };
-use crate::store::query::{Filter, Projection, QueryLimits, Sort};
-use crate::store::{Document, FindQuery, Namespace, TenantStore};
+use crate::store::{Document, Namespace, TenantStore};
 use crate::telemetry::metrics;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -245,8 +244,12 @@ pub async fn settle(
         let Some(mark) = &o.moving else {
             return Ok(current);
         };
-        if let Some(mv) = lc.catalog.get_move(&mark.move_id).await? {
-            request_cancel(lc, &mv).await?;
+        match lc.catalog.get_move(&mark.move_id).await? {
+            Some(mv) if !mv.state.is_final() => {
+                request_cancel(lc, &mv).await?;
+            }
+            // A mark left by a move that ended (or never got recorded): clear it.
+            _ => clear_stale_mark(lc, o).await?,
         }
         if Instant::now() >= deadline {
             return Err(MoveError::Busy);
@@ -326,7 +329,14 @@ pub async fn drive(
         }
     };
     for name in held {
-        let _ = lc.catalog.release_lease(&name, holder).await;
+        // The slot lease is held as `holder/move_id` (see `take_slot`): released as plain
+        // `holder` it would stay taken until it expired, idling the slot for a lease period.
+        let who = if name.starts_with("move_slot:") {
+            slot_holder(holder, move_id)
+        } else {
+            holder.to_owned()
+        };
+        let _ = lc.catalog.release_lease(&name, &who).await;
     }
     result
 }
@@ -358,10 +368,15 @@ fn slot_holder(holder: &str, move_id: &str) -> String {
 }
 
 /// Renews the leases every few seconds; returns the name of one that was lost.
+/// Also gives up (returning the lease's name) when renewals have failed for half a lease:
+/// another instance may take the move over once it lapses, and two drivers must never write
+/// the same target.
 async fn renew(lc: &Lifecycle<'_>, holder: &str, held: &[String]) -> String {
     let move_id = held[0].trim_start_matches("move:").to_owned();
+    let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(LEASE / 5).await;
+        let mut all = true;
         for name in held {
             let who = if name.starts_with("move_slot:") {
                 slot_holder(holder, &move_id)
@@ -371,8 +386,16 @@ async fn renew(lc: &Lifecycle<'_>, holder: &str, held: &[String]) -> String {
             match lc.catalog.acquire_lease(name, &who, LEASE).await {
                 Ok(None) => {}
                 Ok(Some(_)) => return name.clone(),
-                Err(e) => tracing::warn!(error = %e, "cannot renew a move lease; retrying"),
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(error = %e, "cannot renew a move lease; retrying");
+                }
             }
+        }
+        if all {
+            renewed = Instant::now();
+        } else if renewed.elapsed() > LEASE / 2 {
+            return held[0].clone();
         }
     }
 }
@@ -381,8 +404,9 @@ async fn renew(lc: &Lifecycle<'_>, holder: &str, held: &[String]) -> String {
 enum OrgCheck {
     /// Still at the source, marked for this move.
     Ours(Box<OrgRecord>),
-    /// Switched to the target by this move.
-    Switched,
+    /// Switched to the target by this move; carries the record while it still has the
+    /// move's `cutover` mark (writes held until every instance routes to the target).
+    Switched(Option<Box<OrgRecord>>),
     /// Deleted, renamed or otherwise no longer this move's.
     Lost,
 }
@@ -437,7 +461,16 @@ impl Driver<'_, '_> {
             {
                 OrgCheck::Ours(Box::new(o))
             }
-            Some(o) if o.moving.is_none() && location_of(&o) == self.mv.to => OrgCheck::Switched,
+            Some(o)
+                if o.state == OrgState::Active
+                    && location_of(&o) == self.mv.to
+                    && o.moving
+                        .as_ref()
+                        .is_none_or(|m| m.move_id == self.mv.move_id) =>
+            {
+                let held = o.moving.is_some();
+                OrgCheck::Switched(held.then(|| Box::new(o)))
+            }
             _ => OrgCheck::Lost,
         })
     }
@@ -446,11 +479,13 @@ impl Driver<'_, '_> {
     async fn ours(&mut self) -> Result<Option<OrgRecord>, MoveError> {
         match self.check_org().await? {
             OrgCheck::Ours(o) => Ok(Some(*o)),
-            OrgCheck::Switched => {
-                // Only a cutover switches; a record still before it means a lost journal
-                // write: the switch happened.
-                self.mv.state = MoveState::Done;
-                self.journal().await?;
+            OrgCheck::Switched(held) => {
+                // Only a cutover switches (its state is journaled first), so this is not
+                // expected; settle it as a resumed cutover would.
+                if let Some(org) = held {
+                    self.release_switched(*org).await?;
+                }
+                self.finish_switch().await?;
                 Ok(None)
             }
             OrgCheck::Lost => {
@@ -566,6 +601,11 @@ impl Driver<'_, '_> {
                 if self.cancel_requested().await? {
                     return Ok(());
                 }
+                // Never write on for an organization that is gone (a new one of the same
+                // name could be placed where this target is).
+                if !matches!(self.check_org().await?, OrgCheck::Ours(_)) {
+                    return Ok(());
+                }
             }
             pending = next?;
             // Rate limit: never ahead of copy_docs_per_second on average.
@@ -596,50 +636,62 @@ impl Driver<'_, '_> {
             return Ok(0);
         }
         let ids: BTreeSet<String> = entries.iter().map(|e| e.doc_id.clone()).collect();
-        let ids: Vec<String> = ids.into_iter().collect();
-        let (source, target) = self.stores()?;
-        let (from, to) = (ns(&self.mv.from), ns(&self.mv.to));
-        let now = fetch(source.as_ref(), &from, &ids).await?;
-        if let Some(fp) = self.target_fp.as_mut() {
-            for old in fetch(target.as_ref(), &to, &ids).await?.values() {
-                fp.remove(old);
-            }
-            for new in now.values() {
-                fp.add(new);
-            }
-        }
-        let gone: Vec<String> = ids
-            .iter()
-            .filter(|id| !now.contains_key(*id))
-            .cloned()
-            .collect();
-        let bytes: u64 = now
-            .values()
-            .map(|d| serde_json::to_vec(d).map_or(0, |b| b.len() as u64))
-            .sum();
-        let present = now.len() as u64;
-        if !now.is_empty() {
-            target.upsert_many(&to, now.into_values().collect()).await?;
-        }
-        if !gone.is_empty() {
-            target.delete_many_ids(&to, &gone).await?;
-        }
-        self.mv.docs_copied += present;
-        self.mv.bytes_copied += bytes;
-        metrics::MOVE_DOCUMENTS_COPIED.inc_by(present);
-        metrics::MOVE_BYTES_COPIED.inc_by(bytes);
+        self.apply_ids(ids.into_iter().collect()).await?;
         let keys: Vec<String> = entries.into_iter().map(|e| e.key).collect();
         self.lc
             .catalog
             .clear_move_changes(&self.mv.move_id, &keys)
             .await?;
-        self.recheck.extend(ids);
         Ok(keys.len())
+    }
+
+    /// Makes the target's documents with these ids what the source holds now (upserted, or
+    /// deleted when gone), keeps the target fingerprint current, and marks the ids for the
+    /// cutover's comparison.
+    async fn apply_ids(&mut self, ids: Vec<String>) -> Result<(), MoveError> {
+        let (source, target) = self.stores()?;
+        let (from, to) = (ns(&self.mv.from), ns(&self.mv.to));
+        for chunk in ids.chunks(FETCH_BATCH) {
+            let now = fetch(source.as_ref(), &from, chunk).await?;
+            if let Some(fp) = self.target_fp.as_mut() {
+                for old in fetch(target.as_ref(), &to, chunk).await?.values() {
+                    fp.remove(old);
+                }
+                for new in now.values() {
+                    fp.add(new);
+                }
+            }
+            let gone: Vec<String> = chunk
+                .iter()
+                .filter(|id| !now.contains_key(*id))
+                .cloned()
+                .collect();
+            let bytes: u64 = now
+                .values()
+                .map(|d| serde_json::to_vec(d).map_or(0, |b| b.len() as u64))
+                .sum();
+            let present = now.len() as u64;
+            if !now.is_empty() {
+                target.upsert_many(&to, now.into_values().collect()).await?;
+            }
+            if !gone.is_empty() {
+                target.delete_many_ids(&to, &gone).await?;
+            }
+            self.mv.docs_copied += present;
+            self.mv.bytes_copied += bytes;
+            metrics::MOVE_DOCUMENTS_COPIED.inc_by(present);
+            metrics::MOVE_BYTES_COPIED.inc_by(bytes);
+        }
+        self.recheck.extend(ids);
+        Ok(())
     }
 
     /// Applies the log until a round finds at most `lag` entries (or `rounds` rounds ran).
     async fn catch_up(&mut self, lag: usize, rounds: usize) -> Result<(), MoveError> {
         for _ in 0..rounds {
+            if !matches!(self.check_org().await?, OrgCheck::Ours(_)) {
+                return Ok(());
+            }
             if self.apply_changes().await? <= lag {
                 return Ok(());
             }
@@ -647,8 +699,9 @@ impl Driver<'_, '_> {
         Ok(())
     }
 
-    /// Compares both sides in `_id` order while the target is still; records the target's
-    /// fingerprint and the ids that differ.
+    /// Compares both sides in `_id` order while the target is still (only this move writes
+    /// it), copies again every document that differs (a change log that lost entries in a
+    /// crash, say), and starts the target fingerprint and the cutover's recheck set.
     async fn compare(&mut self) -> Result<(), MoveError> {
         let (source, target) = self.stores()?;
         let (from, to) = (ns(&self.mv.from), ns(&self.mv.to));
@@ -715,7 +768,11 @@ impl Driver<'_, '_> {
             }
         }
         self.target_fp = Some(fp);
-        self.recheck = differ;
+        self.recheck = BTreeSet::new();
+        if !differ.is_empty() {
+            tracing::info!(move_id = %self.mv.move_id, documents = differ.len(), "move: documents differ after the copy; copying them again");
+            self.apply_ids(differ.into_iter().collect()).await?;
+        }
         Ok(())
     }
 
@@ -729,12 +786,15 @@ impl Driver<'_, '_> {
         if self.cancel_requested().await? {
             return Ok(());
         }
-        // Every write that logged its ids before this fence has landed (and capture is on
-        // everywhere, should this be a resumed move): from here, a document that changes on
-        // the source is logged after the comparison reads it, so the comparison and the
-        // entries applied after it cover every document.
-        self.lc.fleet.fence().await?;
-        self.compare().await?;
+        if self.target_fp.is_none() {
+            // Every write that logged its ids before this fence has landed (and capture is
+            // on everywhere, should this be a resumed move): from here, a document that
+            // changes on the source is logged after the comparison reads it, so the
+            // comparison and the entries applied after it cover every document. An abandoned
+            // cutover keeps both (the recheck set only grows), so a retry skips this.
+            self.lc.fleet.fence().await?;
+            self.compare().await?;
+        }
         self.catch_up(self.cfg.cutover_lag, 50).await?;
         if self.cancel_requested().await? {
             return Ok(());
@@ -747,10 +807,11 @@ impl Driver<'_, '_> {
 
     async fn cut_over(&mut self, org: OrgRecord) -> Result<(), MoveError> {
         let budget = Duration::from_millis(self.cfg.max_write_pause_ms);
-        let held = self.set_phase(&org, MovePhase::Cutover).await?;
-        let paused_at = Instant::now();
+        // Journaled before the mark: a move found in `cutover` settles its mark either way.
         self.mv.state = MoveState::Cutover;
         self.journal().await?;
+        let held = self.set_phase(&org, MovePhase::Cutover).await?;
+        let paused_at = Instant::now();
         failpoint("move_in_cutover");
         let outcome = async {
             // Every instance now holds the tenant's writes and has finished those it started.
@@ -792,17 +853,46 @@ impl Driver<'_, '_> {
                 )
                 .await;
         }
-        // The switch: placement to the target with a new epoch, mark gone, one write.
+        // The switch: placement to the target with a new epoch, in one compare-and-set,
+        // writes still held; once every instance routes to the target (a fence), they are
+        // released. No instance reads the source after a write reached the target.
         let mut switched = held.clone();
-        switched.moving = None;
         switched.placement.shard = self.mv.to.shard.clone();
         switched.placement.database = self.mv.to.database.clone();
         switched.placement.epoch += 1;
         switched.placement.updated_at = Utc::now();
         let stored = self.lc.catalog.put_org(&switched).await?;
-        let pause = paused_at.elapsed();
         self.lc.router.invalidate_org(&stored).await;
         failpoint("move_after_switch");
+        self.release_switched(stored).await?;
+        let pause = paused_at.elapsed();
+        metrics::MOVE_WRITE_PAUSE.observe(pause.as_secs_f64());
+        self.mv.write_pause_ms = Some(pause.as_millis() as u64);
+        self.finish_switch().await?;
+        tracing::info!(move_id = %self.mv.move_id, org_id = %self.mv.organization_id, pause_ms = pause.as_millis() as u64, "move: switched to the target");
+        Ok(())
+    }
+
+    /// After the switch committed: waits until every instance routes to the target (bounded:
+    /// an instance that does not answer loses its lease and stops serving), then clears the
+    /// mark, releasing the held writes there.
+    async fn release_switched(&mut self, switched: OrgRecord) -> Result<(), MoveError> {
+        if let Err(e) = self.lc.fleet.fence().await {
+            tracing::warn!(error = %e, "move switched; some instances apply it late");
+        }
+        let mut released = switched;
+        released.moving = None;
+        let stored = self.lc.catalog.put_org(&released).await?;
+        self.lc.router.invalidate_org(&stored).await;
+        Ok(())
+    }
+
+    /// Journals `done`, then moves the collection counts (a crash in between leaves a count
+    /// off by one, which the startup reconciliation fixes).
+    async fn finish_switch(&mut self) -> Result<(), MoveError> {
+        self.mv.state = MoveState::Done;
+        self.mv.finished_at = Some(Utc::now());
+        self.journal().await?;
         self.lc
             .catalog
             .adjust_collection_count(&self.mv.to.shard, &self.mv.to.database, 1)
@@ -814,13 +904,7 @@ impl Driver<'_, '_> {
         self.lc
             .capacity
             .release(&self.mv.from.shard, &self.mv.from.database);
-        metrics::MOVE_WRITE_PAUSE.observe(pause.as_secs_f64());
-        self.mv.write_pause_ms = Some(pause.as_millis() as u64);
-        self.mv.state = MoveState::Done;
-        self.mv.finished_at = Some(Utc::now());
-        self.journal().await?;
         let _ = clear_log(self.lc, &self.mv.move_id).await;
-        tracing::info!(move_id = %self.mv.move_id, org_id = %self.mv.organization_id, pause_ms = pause.as_millis() as u64, "move: switched to the target");
         // Best effort: the reply then means every live instance routes to the target.
         if let Err(e) = self.lc.fleet.fence().await {
             tracing::warn!(error = %e, "move switched; some instances apply it late");
@@ -903,19 +987,12 @@ impl Driver<'_, '_> {
     /// A crash or lost lease in cutover: done if the placement switched, else abandoned.
     async fn resume_cutover(&mut self) -> Result<(), MoveError> {
         match self.check_org().await? {
-            OrgCheck::Switched => {
-                // Finish the bookkeeping of a switch that committed.
-                self.lc
-                    .catalog
-                    .adjust_collection_count(&self.mv.to.shard, &self.mv.to.database, 1)
-                    .await?;
-                self.lc
-                    .catalog
-                    .adjust_collection_count(&self.mv.from.shard, &self.mv.from.database, -1)
-                    .await?;
-                self.mv.state = MoveState::Done;
-                self.mv.finished_at = Some(Utc::now());
-                self.journal().await
+            OrgCheck::Switched(held) => {
+                // The switch committed: release writes still held, then the bookkeeping.
+                if let Some(org) = held {
+                    self.release_switched(*org).await?;
+                }
+                self.finish_switch().await
             }
             OrgCheck::Ours(org) => {
                 self.target_fp = None;
@@ -963,6 +1040,11 @@ impl Driver<'_, '_> {
         if self.mv.cleanup_done {
             return Ok(());
         }
+        if let Some(org) = self.lc.catalog.org_by_id(self.mv.organization_id).await? {
+            if org.moving.as_ref().map(|m| m.move_id.as_str()) == Some(self.mv.move_id.as_str()) {
+                clear_stale_mark(self.lc, &org).await?;
+            }
+        }
         let release = match self.mv.state {
             MoveState::Done => {
                 let since = self.mv.finished_at.unwrap_or_else(Utc::now);
@@ -975,7 +1057,7 @@ impl Driver<'_, '_> {
             _ if self.mv.target_created => {
                 // Never the collection the organization lives in.
                 match self.check_org().await? {
-                    OrgCheck::Switched => None,
+                    OrgCheck::Switched(_) => None,
                     _ => Some(self.mv.to.clone()),
                 }
             }
@@ -1014,6 +1096,35 @@ impl Driver<'_, '_> {
             .await;
         self.mv.cleanup_done = true;
         self.journal().await
+    }
+}
+
+/// Clears the organization's move mark if the move it names has ended or does not exist
+/// (a mark whose write committed although it reported an error, say).
+pub async fn clear_stale_mark(lc: &Lifecycle<'_>, org: &OrgRecord) -> Result<(), MoveError> {
+    let Some(mark) = &org.moving else {
+        return Ok(());
+    };
+    let ended = match lc.catalog.get_move(&mark.move_id).await? {
+        Some(mv) => mv.state.is_final(),
+        None => {
+            // `queue` writes the record before the mark; give a young mark time.
+            Utc::now() - org.updated_at > chrono::Duration::seconds(60)
+        }
+    };
+    if !ended {
+        return Ok(());
+    }
+    let mut cleared = org.clone();
+    cleared.moving = None;
+    match lc.catalog.put_org(&cleared).await {
+        Ok(stored) => {
+            tracing::warn!(org_id = %org.id, move_id = %mark.move_id, "cleared the mark of a move that had ended");
+            lc.router.invalidate_org(&stored).await;
+            Ok(())
+        }
+        Err(CatalogError::Stale) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1069,7 +1180,7 @@ fn last_id(docs: &[Document]) -> Result<String, MoveError> {
     doc_id(docs.last().expect("not empty"))
 }
 
-/// The documents with these ids, by id.
+/// The documents with these ids, by id (read from the primary on MongoDB).
 async fn fetch(
     store: &dyn TenantStore,
     ns: &Namespace,
@@ -1077,22 +1188,7 @@ async fn fetch(
 ) -> Result<HashMap<String, Document>, MoveError> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(FETCH_BATCH) {
-        let limits = QueryLimits {
-            max_in_len: FETCH_BATCH,
-            ..QueryLimits::default()
-        };
-        let filter = Filter::parse(&json!({ "_id": { "$in": chunk } }), &limits)
-            .map_err(|e| MoveError::Store(crate::store::StoreError::Backend(e.to_string())))?;
-        let query = FindQuery {
-            filter,
-            sort: Sort::parse(&json!({}))
-                .map_err(|e| MoveError::Store(crate::store::StoreError::Backend(e.to_string())))?,
-            projection: Projection::parse(&json!({}))
-                .map_err(|e| MoveError::Store(crate::store::StoreError::Backend(e.to_string())))?,
-            skip: 0,
-            limit: chunk.len() as u64,
-        };
-        for d in store.find(ns, &query).await? {
+        for d in store.get_many(ns, chunk).await? {
             out.insert(doc_id(&d)?, d);
         }
     }
@@ -1109,6 +1205,7 @@ pub async fn run(lc: Lifecycle<'_>, cfg: MovesConfig, holder: String, tick: Dura
     // Moves whose last step failed wait before the next try (doubling, up to 30 s).
     let mut backoff: HashMap<String, (u32, Instant)> = HashMap::new();
     let mut next = tokio::time::Instant::now();
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             Some(done) = running.next(), if !running.is_empty() => {
@@ -1145,7 +1242,24 @@ pub async fn run(lc: Lifecycle<'_>, cfg: MovesConfig, holder: String, tick: Dura
                 .set(by_state.get(&state).copied().unwrap_or(0) as i64);
         }
         let now = Utc::now();
-        for mv in all.into_iter().filter(|m| due(m, &cfg, now)) {
+        // Queued moves wait for a slot: while every slot is busy, look at them only every few
+        // seconds (for cancels), not on every tick.
+        let running_fleetwide = all
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.state,
+                    MoveState::Copying | MoveState::CatchingUp | MoveState::Cutover
+                )
+            })
+            .count();
+        ticks += 1;
+        let look_at_queued = running_fleetwide < cfg.max_concurrent as usize || ticks % 20 == 0;
+        for mv in all
+            .into_iter()
+            .filter(|m| due(m, &cfg, now))
+            .filter(|m| m.state != MoveState::Queued || look_at_queued)
+        {
             if backoff
                 .get(&mv.move_id)
                 .is_some_and(|(_, until)| Instant::now() < *until)

@@ -298,6 +298,22 @@ impl TenantStore for EmbeddedStore {
         Ok(found.flatten())
     }
 
+    async fn get_many(&self, ns: &Namespace, ids: &[String]) -> StoreResult<Vec<Document>> {
+        let ids = ids.to_vec();
+        let found = self
+            .read_collection(ns, move |table| {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    if let Some(g) = table.get(id.as_str()).map_err(backend)? {
+                        out.push(decode(g.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(found.unwrap_or_default())
+    }
+
     async fn count_all(&self, ns: &Namespace) -> StoreResult<u64> {
         let n = self
             .read_collection(ns, |table| table.len().map_err(backend))

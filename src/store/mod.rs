@@ -157,6 +157,11 @@ pub trait TenantStore: Send + Sync + 'static {
     /// ([`StoreError::CollectionMissing`]); not atomic across the batch on MongoDB.
     async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()>;
 
+    /// The documents with these `_id`s that exist, in any order, read where the last
+    /// acknowledged write is certain to be (MongoDB: the primary, whatever the shard's read
+    /// preference): a move copies what it reads here.
+    async fn get_many(&self, ns: &Namespace, ids: &[String]) -> StoreResult<Vec<Document>>;
+
     /// Deletes the documents with these `_id`s (a move's catch-up applies deletes); returns
     /// how many there were. A missing collection has nothing to delete.
     async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64>;

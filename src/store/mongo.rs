@@ -614,6 +614,8 @@ impl MongoStore {
         self.collection(ns)
             .await?
             .count_documents(doc! {})
+            // Moves and renames compare this count: from the primary, like their reads.
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
             .await
             .map_err(|e| self.error(self.classify(&e)))
     }
@@ -997,6 +999,24 @@ impl TenantStore for MongoStore {
         Ok(result.deleted_count == 1)
     }
 
+    async fn get_many(&self, ns: &Namespace, ids: &[String]) -> StoreResult<Vec<Document>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursor = self
+            .collection(ns)
+            .await?
+            .find(doc! { "_id": { "$in": ids } })
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        let docs: Vec<bson::Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        Ok(docs.into_iter().map(document_to_json).collect())
+    }
+
     async fn scan_after(
         &self,
         ns: &Namespace,
@@ -1018,6 +1038,8 @@ impl TenantStore for MongoStore {
             .sort(doc! { "_id": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .batch_size(u32::try_from(limit).unwrap_or(u32::MAX))
+            // A move copies and compares what it reads: never a lagging secondary.
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
             .await
             .map_err(|e| self.error(self.classify(&e)))?;
         let docs: Vec<bson::Document> = cursor

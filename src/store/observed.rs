@@ -116,6 +116,9 @@ impl TenantStore for Observed {
         self.run("scan_after", self.inner.scan_after(ns, after, limit))
             .await
     }
+    async fn get_many(&self, ns: &Namespace, ids: &[String]) -> StoreResult<Vec<Document>> {
+        self.run("get_many", self.inner.get_many(ns, ids)).await
+    }
     async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
         self.run("upsert_many", self.inner.upsert_many(ns, docs))
             .await
