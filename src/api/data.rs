@@ -178,8 +178,16 @@ async fn tenant(
     let headers = super::check_rate(state, org.id).await?;
     if access == Access::Write && in_cutover(&org) {
         let started = std::time::Instant::now();
-        let limit =
-            std::time::Duration::from_millis(state.config.moves.max_write_pause_ms * 2 + 1_000);
+        // As long as the request may run (less a margin to answer): the cutover ends within
+        // its pause budget, but releasing the held writes waits for every instance to route
+        // to the target, which a slow instance can stretch to a fence timeout.
+        let limit = std::time::Duration::from_millis(
+            state
+                .config
+                .request_timeout_ms
+                .saturating_sub(500)
+                .max(state.config.moves.max_write_pause_ms * 2 + 1_000),
+        );
         while in_cutover(&org) {
             if started.elapsed() > limit {
                 return Err(with_headers(

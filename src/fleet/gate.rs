@@ -72,23 +72,31 @@ impl RequestGate {
     /// store call that hangs). The next call goes on waiting for those same requests.
     pub async fn quiesce_within(&self, limit: Duration) -> bool {
         let mut draining = self.quiescing.lock().await;
-        let slot = match *draining {
-            Some(slot) => slot,
-            None => {
-                let old = (self.generation.fetch_add(1, Ordering::SeqCst) & 1) as usize;
-                *draining = Some(old);
-                old
-            }
-        };
         let deadline = tokio::time::Instant::now() + limit;
-        while self.inflight[slot].load(Ordering::SeqCst) > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
+        loop {
+            // A slot kept by a quiesce that gave up (or was cancelled, as a fence under a
+            // timeout is) holds only the requests from before that one: once it is empty,
+            // the requests that entered since must be waited for as well, so this goes on
+            // with a fresh generation.
+            let (slot, kept) = match *draining {
+                Some(slot) => (slot, true),
+                None => {
+                    let old = (self.generation.fetch_add(1, Ordering::SeqCst) & 1) as usize;
+                    *draining = Some(old);
+                    (old, false)
+                }
+            };
+            while self.inflight[slot].load(Ordering::SeqCst) > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            *draining = None;
+            if !kept {
+                return true;
+            }
         }
-        *draining = None;
-        true
     }
 
     /// Requests in flight (both slots).
@@ -141,6 +149,35 @@ mod tests {
             "a second quiesce moved past the stuck request"
         );
         drop(stuck);
+        assert!(gate.quiesce_within(Duration::from_millis(200)).await);
+    }
+
+    /// After a quiesce gave up, the next one waits for the requests that entered in between
+    /// too, not only for those the first one was waiting for.
+    #[tokio::test]
+    async fn a_quiesce_after_a_timed_out_one_waits_for_later_requests_too() {
+        let gate = Arc::new(RequestGate::default());
+        let stuck = gate.enter();
+        assert!(!gate.quiesce_within(Duration::from_millis(20)).await);
+        let between = gate.enter();
+        drop(stuck);
+        assert!(
+            !gate.quiesce_within(Duration::from_millis(50)).await,
+            "a quiesce returned while a request that entered before it was in flight"
+        );
+        drop(between);
+        assert!(gate.quiesce_within(Duration::from_millis(200)).await);
+        // A quiesce cancelled mid-wait (a fence under a timeout) is no different.
+        let stuck = gate.enter();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), gate.quiesce())
+                .await
+                .is_err()
+        );
+        let between = gate.enter();
+        drop(stuck);
+        assert!(!gate.quiesce_within(Duration::from_millis(50)).await);
+        drop(between);
         assert!(gate.quiesce_within(Duration::from_millis(200)).await);
     }
 

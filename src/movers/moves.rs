@@ -614,7 +614,19 @@ impl Driver<'_, '_> {
                     copied_here as f64 / self.cfg.copy_docs_per_second as f64,
                 );
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
+                    // In slices: at a slow rate one batch is many seconds of waiting, and a
+                    // cancel (which a rename or delete of the tenant waits for) must not
+                    // wait that long.
+                    let until = Instant::now() + wait;
+                    while let Some(left) = until.checked_duration_since(Instant::now()) {
+                        if left.is_zero() {
+                            break;
+                        }
+                        tokio::time::sleep(left.min(Duration::from_millis(250))).await;
+                        if self.cancel_requested().await? {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -1206,29 +1218,48 @@ pub async fn run(lc: Lifecycle<'_>, cfg: MovesConfig, holder: String, tick: Dura
     let mut backoff: HashMap<String, (u32, Instant)> = HashMap::new();
     let mut next = tokio::time::Instant::now();
     let mut ticks: u64 = 0;
+    let finished = |done: (String, Result<(), MoveError>),
+                    active: &mut BTreeSet<String>,
+                    backoff: &mut HashMap<String, (u32, Instant)>| {
+        let (id, result) = done;
+        match result {
+            Err(e) => {
+                metrics::RECOVERY_FAILURES.inc();
+                let failures = backoff.get(&id).map_or(0, |b| b.0) + 1;
+                let wait = Duration::from_millis(250 << failures.min(7));
+                tracing::warn!(move_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "move step failed; retrying");
+                backoff.insert(id.clone(), (failures, Instant::now() + wait));
+            }
+            Ok(()) => {
+                backoff.remove(&id);
+            }
+        }
+        active.remove(&id);
+    };
     loop {
         tokio::select! {
             Some(done) = running.next(), if !running.is_empty() => {
-                let (id, result): (String, Result<(), MoveError>) = done;
-                match result {
-                    Err(e) => {
-                        metrics::RECOVERY_FAILURES.inc();
-                        let failures = backoff.get(&id).map_or(0, |b| b.0) + 1;
-                        let wait = Duration::from_millis(250 << failures.min(7));
-                        tracing::warn!(move_id = %id, error = %e, retry_in_ms = wait.as_millis() as u64, "move step failed; retrying");
-                        backoff.insert(id.clone(), (failures, Instant::now() + wait));
-                    }
-                    Ok(()) => {
-                        backoff.remove(&id);
-                    }
-                }
-                active.remove(&id);
+                finished(done, &mut active, &mut backoff);
                 continue;
             }
             _ = tokio::time::sleep_until(next) => {}
         }
         next = tokio::time::Instant::now() + tick;
-        let all = match lc.catalog.list_moves().await {
+        // The running moves are polled while the list is read: left unpolled, they would
+        // stall mid-step (a cutover holding writes longer), and with a MongoDB catalog they
+        // can hold every pooled connection, so that the list never gets one: every catalog
+        // call of the instance then hangs.
+        let listing = lc.catalog.list_moves();
+        tokio::pin!(listing);
+        let listed = loop {
+            tokio::select! {
+                r = &mut listing => break r,
+                Some(done) = running.next(), if !running.is_empty() => {
+                    finished(done, &mut active, &mut backoff);
+                }
+            }
+        };
+        let all = match listed {
             Ok(all) => all,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list moves");

@@ -12,5 +12,6 @@ mod secantus;
 
 mod cluster;
 mod limits;
+mod moves;
 mod propagation;
 mod races;
