@@ -503,6 +503,21 @@ impl MongoCatalog {
     }
 }
 
+/// Whether an unordered insert failed only on duplicate `_id`s.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::InsertMany(im) => {
+            im.write_concern_error.is_none()
+                && im.write_errors.as_ref().is_some_and(|w| {
+                    !w.is_empty()
+                        && w.iter()
+                            .all(|w| w.code == crate::store::mongo::DUPLICATE_KEY)
+                })
+        }
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl Catalog for MongoCatalog {
     async fn insert_org(&self, org: &OrgRecord, admin: &AdminRecord) -> CatalogResult<OrgRecord> {
@@ -978,11 +993,14 @@ impl Catalog for MongoCatalog {
         let docs = doc_ids
             .iter()
             .map(|id| doc! { "_id": bson::oid::ObjectId::new(), "move": move_id, "doc": id });
-        self.move_changes
-            .insert_many(docs)
-            .await
-            .map_err(|e| self.err(&e))?;
-        Ok(())
+        match self.move_changes.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            // The `_id`s are fresh ObjectIds made above, so a duplicate can only be an entry
+            // of this very call: a write the driver retried after losing the first reply
+            // (seen on a slow server). Unordered, every other entry went in as well.
+            Err(e) if only_duplicates(&e) => Ok(()),
+            Err(e) => Err(self.err(&e)),
+        }
     }
 
     async fn move_changes(&self, move_id: &str, limit: usize) -> CatalogResult<Vec<MoveChange>> {
