@@ -853,11 +853,7 @@ impl Driver<'_, '_> {
         };
         self.mv.verification = Some(verification.clone());
         if !verification.matched {
-            // The source stays authoritative: release the writes there and give up.
-            let mut released = held.clone();
-            released.moving = None;
-            self.lc.catalog.put_org(&released).await?;
-            self.lc.router.invalidate_org(&released).await;
+            // The source stays authoritative: `end` releases the writes there.
             return self
                 .end(
                     MoveState::Failed,
@@ -975,10 +971,7 @@ impl Driver<'_, '_> {
         metrics::MOVE_CUTOVERS_ABANDONED.inc();
         tracing::warn!(move_id = %self.mv.move_id, attempt = self.mv.cutover_attempts, why, "move: cutover abandoned; writes resume on the source");
         if self.mv.cutover_attempts >= self.cfg.max_cutover_attempts {
-            let mut released = stored.clone();
-            released.moving = None;
-            self.lc.catalog.put_org(&released).await?;
-            self.lc.router.invalidate_org(&released).await;
+            // `end` clears the mark (the source stays authoritative).
             return self
                 .end(
                     MoveState::Failed,
