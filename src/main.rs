@@ -13,7 +13,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match org_gateway::server::serve(config) {
+            let outcome = org_gateway::server::serve(config);
+            // Queued log lines come before the exit message.
+            org_gateway::telemetry::log_writer::flush();
+            match outcome {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("org-gateway: {e:#}");

@@ -209,5 +209,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     drop(state);
     background.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("org-gateway stopped");
+    telemetry::log_writer::flush();
     Ok(())
 }

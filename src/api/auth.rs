@@ -105,7 +105,7 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 /// An authenticated org admin.
 pub struct Authenticated {
     /// Verified claims.
-    pub claims: Claims,
+    pub claims: std::sync::Arc<Claims>,
     /// The admin (current record).
     pub admin: Arc<AdminRecord>,
     /// The admin's organization (current record).

@@ -15,6 +15,13 @@ use jsonwebtoken::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes of verified tokens remembered (token text plus claims); about 60,000 tokens.
+const VERIFIED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Weight of one cached token beyond its text: the claims and the cache's own bookkeeping.
+const VERIFIED_ENTRY_OVERHEAD: u32 = 256;
 
 /// Shortest signing secret accepted, in characters.
 pub const MIN_SECRET_CHARS: usize = 32;
@@ -114,6 +121,10 @@ pub struct JwtKeys {
     issuer: String,
     audience: String,
     ttl_seconds: i64,
+    leeway_seconds: i64,
+    /// Tokens whose signature and claims were verified, by their exact text: a repeat
+    /// presentation skips the base64, JSON and HMAC work and only re-checks the time claims.
+    verified: moka::sync::Cache<Box<str>, Arc<Claims>>,
 }
 
 /// Where the signing secret came from, for the startup log.
@@ -125,6 +136,14 @@ pub enum SecretSource {
     DataDir,
     /// Generated now and written to `<data_dir>/jwt_secret`.
     Generated,
+}
+
+/// Cache weight of a verified token (moka hands the key as stored).
+#[allow(clippy::borrowed_box)]
+fn weight(token: &Box<str>, _: &Arc<Claims>) -> u32 {
+    u32::try_from(token.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(VERIFIED_ENTRY_OVERHEAD)
 }
 
 impl JwtKeys {
@@ -157,6 +176,15 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl_seconds: ttl_seconds as i64,
+            leeway_seconds: leeway_seconds as i64,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_BYTES)
+                .weigher(weight)
+                // No token outlives this; expired ones are refused on lookup before then.
+                .time_to_live(Duration::from_secs(
+                    ttl_seconds.saturating_add(leeway_seconds).max(1),
+                ))
+                .build(),
         })
     }
 
@@ -225,7 +253,24 @@ impl JwtKeys {
     }
 
     /// Verifies signature and registered claims; revocation is checked by the caller.
-    pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, VerifyError> {
+        if let Some(claims) = self.verified.get(token) {
+            // Signature, issuer and audience cannot change; time moves on.
+            let now = chrono::Utc::now().timestamp();
+            if now > claims.exp.saturating_add(self.leeway_seconds) {
+                return Err(VerifyError::Expired);
+            }
+            if now.saturating_add(self.leeway_seconds) < claims.nbf {
+                return Err(VerifyError::NotYetValid);
+            }
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_uncached(token)?);
+        self.verified.insert(token.into(), Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(VerifyError::UnknownKey);
@@ -278,6 +323,24 @@ mod tests {
 
     fn keys(ttl: u64) -> JwtKeys {
         JwtKeys::new(S7, "k1", "iss", "aud", ttl, 0).unwrap()
+    }
+
+    #[test]
+    fn a_cached_token_is_still_refused_once_expired() {
+        let k = keys(60);
+        let token = k.issue(AdminId::generate(), OrgId::generate(), 1);
+        let first = k.verify(&token).unwrap();
+        // The second presentation is answered from the cache, with the same claims.
+        assert!(Arc::ptr_eq(&first, &k.verify(&token).unwrap()));
+        // Time passes: the cached claims' exp is checked on every use.
+        let mut expired = (*first).clone();
+        expired.exp = chrono::Utc::now().timestamp() - 10;
+        k.verified.insert(token.as_str().into(), Arc::new(expired));
+        assert_eq!(k.verify(&token).unwrap_err(), VerifyError::Expired);
+        // A token never verified is never served from the cache, whatever its text.
+        let mut forged = token.clone();
+        forged.push('x');
+        assert!(k.verify(&forged).is_err());
     }
 
     #[test]
@@ -360,7 +423,7 @@ mod tests {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
         let claims = configured.verify(&token).unwrap();
-        let by_hand = encode(&header, &claims, &raw).unwrap();
+        let by_hand = encode(&header, &*claims, &raw).unwrap();
         assert!(from_file.verify(&by_hand).is_ok());
     }
 

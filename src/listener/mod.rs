@@ -45,7 +45,16 @@ fn request_id(session: &ServerSession) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(new_request_id)
+}
+
+/// A random (version 4) UUID from the thread's userspace generator: `Uuid::new_v4` asks the
+/// kernel for randomness on every call, a system call per request.
+fn new_request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    id.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
 /// A refused body up to this size is read and discarded, so the client (which is usually still
@@ -290,5 +299,22 @@ impl ServeHttp for GatewayApp {
             "request"
         );
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_distinct_version_4_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let parsed = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(id, parsed.hyphenated().to_string());
+        }
     }
 }

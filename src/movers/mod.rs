@@ -81,6 +81,7 @@ fn namespace(org: &OrgRecord) -> Namespace {
 fn failpoint(name: &str) {
     if std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: aborting");
+        crate::telemetry::log_writer::flush();
         std::process::abort();
     }
 }

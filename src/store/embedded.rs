@@ -73,16 +73,18 @@ impl EmbeddedStore {
         F: FnOnce(&ReadOnlyTable<&'static str, &'static [u8]>) -> StoreResult<T> + Send + 'static,
     {
         let name = table_name(ns);
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(backend)?;
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            match txn.open_table(def) {
-                Ok(table) => f(&table).map(Some),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
+        self.blocking(move |db| read_table(db, &name, f)).await
+    }
+
+    /// Like `read_collection`, on the calling thread: only for reads bounded by a few B-tree
+    /// pages (a point read), where the hand-off to the blocking pool (a lock and two thread
+    /// wake-ups) costs more than the read itself.
+    fn read_collection_inline<T>(
+        &self,
+        ns: &Namespace,
+        f: impl FnOnce(&ReadOnlyTable<&'static str, &'static [u8]>) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        read_table(&self.db, &table_name(ns), f)
     }
 
     /// Runs blocking redb work off the event loop.
@@ -95,6 +97,21 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(backend)?
+    }
+}
+
+/// Runs `f` on the collection's table in a read transaction; `None` if it does not exist.
+fn read_table<T>(
+    db: &Database,
+    name: &str,
+    f: impl FnOnce(&ReadOnlyTable<&'static str, &'static [u8]>) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    let txn = db.begin_read().map_err(backend)?;
+    let def: TableDefinition<&str, &[u8]> = TableDefinition::new(name);
+    match txn.open_table(def) {
+        Ok(table) => f(&table).map(Some),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(backend(e)),
     }
 }
 
@@ -288,13 +305,10 @@ impl TenantStore for EmbeddedStore {
     }
 
     async fn get(&self, ns: &Namespace, id: &str) -> StoreResult<Option<Document>> {
-        let id = id.to_owned();
-        let found = self
-            .read_collection(ns, move |table| {
-                let found = table.get(id.as_str()).map_err(backend)?;
-                found.map(|g| decode(g.value())).transpose()
-            })
-            .await?;
+        let found = self.read_collection_inline(ns, |table| {
+            let found = table.get(id).map_err(backend)?;
+            found.map(|g| decode(g.value())).transpose()
+        })?;
         Ok(found.flatten())
     }
 

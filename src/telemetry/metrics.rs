@@ -423,6 +423,15 @@ pub static BUILD_INFO: Lazy<IntGaugeVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Log lines dropped because the log queue was full (the writer could not keep up).
+pub static LOG_LINES_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_log_lines_dropped_total",
+        "Log lines dropped because the log queue was full",
+    )
+    .unwrap())
+});
+
 /// Touches every metric so all series families appear from the first scrape.
 pub fn init() {
     Lazy::force(&HTTP_REQUESTS);
@@ -460,6 +469,7 @@ pub fn init() {
     Lazy::force(&MOVE_WRITE_PAUSE);
     Lazy::force(&MOVE_CUTOVERS_ABANDONED);
     Lazy::force(&MOVE_HELD_WRITES);
+    Lazy::force(&LOG_LINES_DROPPED);
     for state in crate::catalog::MoveState::ALL {
         MOVES.with_label_values(&[state.as_str()]);
     }
