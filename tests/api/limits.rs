@@ -223,11 +223,7 @@ fn invalid_emails_count_against_the_address_only() {
     gw.create_org("Addr", "addr@example.com", "password123");
     // A ~900 KiB "email" is no counter key; it is one failure of the client's address.
     let huge = format!("{}@example.com", "a".repeat(900 * 1024));
-    assert_problem(
-        gw.login(&huge, "whatever-pass"),
-        401,
-        "invalid_credentials",
-    );
+    assert_problem(gw.login(&huge, "whatever-pass"), 401, "invalid_credentials");
     for bad in ["not an email", "a@b", "\u{0}@example.com"] {
         assert_problem(gw.login(bad, "whatever-pass"), 401, "invalid_credentials");
     }
