@@ -4,6 +4,7 @@
 use crate::api::routes::Listener;
 use crate::app::AppState;
 use crate::config::Config;
+use crate::listener::malformed::ParseGuard;
 use crate::listener::GatewayApp;
 use crate::movers;
 use crate::telemetry::{self, metrics};
@@ -181,14 +182,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // The guard answers malformed requests itself and keeps their bytes out of the log.
     let mut public = Service::new(
         "public API".to_string(),
-        GatewayApp::new(Arc::clone(&state), Listener::Public),
+        ParseGuard(GatewayApp::new(Arc::clone(&state), Listener::Public)),
     );
     public.add_tcp(&config.listen.to_string());
     let mut ops = Service::new(
         "operator API".to_string(),
-        GatewayApp::new(Arc::clone(&state), Listener::Ops),
+        ParseGuard(GatewayApp::new(Arc::clone(&state), Listener::Ops)),
     );
     ops.add_tcp(&config.ops_listen.to_string());
     server.add_service(public);

@@ -38,52 +38,43 @@ pub struct LoginReply {
     ))]
 pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let body: LoginBody = json_body(req)?;
-    let blocked = match &state.redis_limits {
+    // Only a valid email gets a counter of its own (fixed-size key); anything else counts
+    // against the client address alone, and cannot match an admin anyway.
+    let email = Email::parse(&body.email).ok();
+    let local = &state.login_throttle;
+    // The attempt counts toward the limits from here, before the hash: concurrent guesses
+    // cannot all pass a check made before any of them is recorded.
+    let reserved = match &state.redis_limits {
         Some(redis) => {
-            let local = &state.login_throttle;
-            redis.login_blocked(local, &body.email, req.client_ip).await
+            redis
+                .reserve_login(local, email.as_ref(), req.client_ip)
+                .await
         }
-        None => state.login_throttle.blocked(&body.email, req.client_ip),
+        None => local.reserve(email.as_ref(), req.client_ip),
     };
-    if let Some(wait) = blocked {
-        metrics::LOGINS.with_label_values(&["throttled"]).inc();
-        let mut e = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_login_attempts",
-            "too many failed logins; try again later",
-        );
-        e.retry_after = Some(wait);
-        return Err(e);
+    let attempt = match reserved {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            metrics::LOGINS.with_label_values(&["throttled"]).inc();
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_login_attempts",
+                "too many failed logins; try again later",
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+    };
+    let verdict = verify_login(state, email.as_ref(), &body.password).await;
+    let failed = matches!(verdict, Ok(None));
+    match &state.redis_limits {
+        Some(redis) => redis.settle_login(attempt, failed).await,
+        None if failed => attempt.fail(),
+        None => attempt.release(),
     }
-    let admin = match Email::parse(&body.email) {
-        Ok(email) => state
-            .catalog()
-            .admin_by_email(&email)
-            .await
-            .map_err(|e| internal("admin lookup", e))?,
-        Err(_) => None,
-    };
-    // Longer than any valid password: refuse without spending a hash on it.
-    let password_ok = body.password.len() <= 1024
-        && state
-            .hasher
-            .verify(
-                &body.password,
-                admin.as_ref().map(|a| a.password_hash.as_str()),
-            )
-            .await
-            .map_err(hash_error)?;
-    let admin = match (admin, password_ok) {
-        (Some(a), true) => a,
-        _ => {
-            let (local, ip) = (&state.login_throttle, req.client_ip);
-            match &state.redis_limits {
-                Some(redis) => redis.record_login_failure(local, &body.email, ip).await,
-                None => local.record_failure(&body.email, ip),
-            }
-            metrics::LOGINS.with_label_values(&["failure"]).inc();
-            return Err(ApiError::bad_credentials());
-        }
+    let Some(admin) = verdict? else {
+        metrics::LOGINS.with_label_values(&["failure"]).inc();
+        return Err(ApiError::bad_credentials());
     };
     metrics::LOGINS.with_label_values(&["success"]).inc();
     log.org_id = Some(admin.org_id);
@@ -100,6 +91,31 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
             admin_id: admin.id.to_string(),
         },
     ))
+}
+
+/// The admin whose password this is, `None` for bad credentials (one argon2 verify either
+/// way), or an error with no verdict (store or hasher trouble).
+async fn verify_login(
+    state: &AppState,
+    email: Option<&Email>,
+    password: &str,
+) -> Result<Option<AdminRecord>, ApiError> {
+    let admin = match email {
+        Some(email) => state
+            .catalog()
+            .admin_by_email(email)
+            .await
+            .map_err(|e| internal("admin lookup", e))?,
+        None => None,
+    };
+    // Longer than any valid password: refuse without spending a hash on it.
+    let password_ok = password.len() <= 1024
+        && state
+            .hasher
+            .verify(password, admin.as_ref().map(|a| a.password_hash.as_str()))
+            .await
+            .map_err(hash_error)?;
+    Ok(admin.filter(|_| password_ok))
 }
 
 /// An authenticated org admin.

@@ -12,8 +12,13 @@ impl Email {
     /// Validates and normalizes a raw address.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         const FIELD: &str = "email";
-        let e = raw.trim().to_lowercase();
         let invalid = || ValidationError::new(FIELD, "is not a valid email address");
+        // Cheap refusal before copying: no valid address is this long, even before lowercasing
+        // (which can shrink a character to a third of its bytes).
+        if raw.trim().len() > 3 * 254 {
+            return Err(invalid());
+        }
+        let e = raw.trim().to_lowercase();
         if e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid());
         }
@@ -92,5 +97,6 @@ mod tests {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Email::parse("first.last+tag@sub.example.org").is_ok());
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(1 << 20))).is_err());
     }
 }

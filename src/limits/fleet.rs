@@ -3,22 +3,23 @@
 //! A rate check is one round trip: one Lua script runs GCRA for both windows of the
 //! organization atomically, on Redis server time (`TIME`), so the instances' clocks do not
 //! matter and the limit is exact across the fleet. Failed logins are counted per email (hashed)
-//! and per client address in fixed one-minute windows. Every key expires by itself.
+//! and per client address in fixed one-minute windows; a login reserves its attempt in the same
+//! script that checks the limits (refunded when it does not fail), so concurrent guesses on
+//! several instances cannot pass the limit either. Every key expires by itself.
 //!
 //! Redis is never allowed to take the gateway down with it: when a call fails or takes longer
 //! than `limits.redis_timeout_ms`, that request is checked by the instance's in-memory limiter
 //! instead (fail open; counted in `org_gateway_rate_limit_fallbacks_total`), and requests stop
 //! calling Redis until a background probe, once a second, finds it answering again.
 
-use super::login::LoginThrottle;
+use super::login::{email_digest, EmailDigest, LoginAttempt, LoginThrottle};
 use super::rate::{RateDecision, RateLimits, WindowState};
 use super::{LimitStore, LimitsConfig, RateOverride};
 use crate::config::redact_uri;
-use crate::domain::OrgId;
+use crate::domain::{Email, OrgId};
 use crate::telemetry::metrics;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisResult, Script};
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,26 +70,38 @@ end
 return {admitted, rem[1], wait[1], rem[2], wait[2]}
 ";
 
-/// KEYS: failure counters; ARGV: the limit of each. Returns the milliseconds until every
-/// counter over its limit has expired (0: not blocked).
-const LOGIN_CHECK_SCRIPT: &str = r"
+/// Reserves a login attempt. KEYS: failure counters; ARGV: the limit of each, then the window
+/// in ms. If a counter has reached its limit, returns the milliseconds until every such counter
+/// has expired and counts nothing; otherwise counts the attempt in every counter (as a failure
+/// until refunded: attempts in flight count toward the limit) and returns 0. A counter's window
+/// starts at its first attempt.
+const LOGIN_RESERVE_SCRIPT: &str = r"
 local wait = 0
 for i = 1, #KEYS do
   local n = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
   if n >= tonumber(ARGV[i]) then
-    wait = math.max(wait, redis.call('PTTL', KEYS[i]))
+    wait = math.max(wait, redis.call('PTTL', KEYS[i]), 1)
   end
 end
-return wait
-";
-
-/// KEYS: failure counters; ARGV[1]: window in ms. Counts one failure in each; a counter's
-/// window starts at its first failure.
-const LOGIN_RECORD_SCRIPT: &str = r"
+if wait > 0 then
+  return wait
+end
 for i = 1, #KEYS do
   redis.call('INCR', KEYS[i])
   if redis.call('PTTL', KEYS[i]) < 0 then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], ARGV[#KEYS + 1])
+  end
+end
+return 0
+";
+
+/// Refunds a reserved attempt that did not fail. KEYS: its counters. A counter that expired
+/// meanwhile is left alone (never below zero).
+const LOGIN_REFUND_SCRIPT: &str = r"
+for i = 1, #KEYS do
+  local n = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
+  if n > 0 then
+    redis.call('DECR', KEYS[i])
   end
 end
 return 0
@@ -112,8 +125,8 @@ pub struct RedisLimits {
     /// Whether Redis has answered since start (for the log lines only).
     answered_once: AtomicBool,
     rate: Script,
-    login_check: Script,
-    login_record: Script,
+    login_reserve: Script,
+    login_refund: Script,
 }
 
 impl RedisLimits {
@@ -170,8 +183,8 @@ impl RedisLimits {
             up: AtomicBool::new(false),
             answered_once: AtomicBool::new(false),
             rate: Script::new(RATE_SCRIPT),
-            login_check: Script::new(LOGIN_CHECK_SCRIPT),
-            login_record: Script::new(LOGIN_RECORD_SCRIPT),
+            login_reserve: Script::new(LOGIN_RESERVE_SCRIPT),
+            login_refund: Script::new(LOGIN_REFUND_SCRIPT),
         })
     }
 
@@ -269,74 +282,88 @@ impl RedisLimits {
         format!("{}rate:{{{org}}}:{window}{limit}", self.prefix)
     }
 
-    /// The failure counters of a login attempt. The email as typed (maybe not even an email)
-    /// is hashed: keys have a fixed size and hold no address in clear.
-    fn login_keys(&self, email: &str, address: Option<IpAddr>) -> Vec<String> {
-        let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-        let mut keys = vec![format!(
-            "{}login:email:{}",
-            self.prefix,
-            hex::encode(digest)
-        )];
-        keys.extend(address.map(|a| format!("{}login:addr:{a}", self.prefix)));
-        keys
+    /// The failure counters of a login attempt, with their limits: the email's (by its SHA-256:
+    /// keys have a fixed size and hold no address in clear) and the client address's.
+    fn login_keys(
+        &self,
+        email: Option<EmailDigest>,
+        address: Option<IpAddr>,
+        local: &LoginThrottle,
+    ) -> Vec<(String, u32)> {
+        let (per_email, per_address) = local.limits();
+        let email = email.map(|d| {
+            let key = format!("{}login:email:{}", self.prefix, hex::encode(d));
+            (key, per_email)
+        });
+        let address = address.map(|a| (format!("{}login:addr:{a}", self.prefix), per_address));
+        email.into_iter().chain(address).collect()
     }
 
-    /// Seconds to wait if the email or the address is over its failed-login limit across the
-    /// fleet, else `None`; `local` decides when Redis cannot.
-    pub async fn login_blocked(
+    /// Reserves a login attempt across the fleet (see [`LoginThrottle::reserve`]):
+    /// `Err(seconds to wait)` when the email or the address has reached its limit, failures
+    /// and attempts in flight on every instance included. The attempt is tracked in `local`
+    /// too, which decides alone when Redis cannot.
+    pub async fn reserve_login<'a>(
         &self,
-        local: &LoginThrottle,
-        email: &str,
+        local: &'a LoginThrottle,
+        email: Option<&Email>,
         address: Option<IpAddr>,
-    ) -> Option<u64> {
+    ) -> Result<LoginAttempt<'a>, u64> {
         if self.is_up() {
-            let (per_email, per_address) = local.limits();
+            let keys = self.login_keys(email.map(email_digest), address, local);
             let mut conn = self.conn.clone();
-            let mut script = self.login_check.prepare_invoke();
-            for (key, limit) in self
-                .login_keys(email, address)
-                .into_iter()
-                .zip([per_email, per_address])
-            {
-                script.key(key).arg(limit);
-            }
-            match self.call(script.invoke_async::<i64>(&mut conn)).await {
-                Ok(ms) if ms > 0 => return Some((ms as u64).div_ceil(1000).max(1)),
-                Ok(_) => return None,
-                Err(e) => self.set_up(false, Some(&e)),
-            }
-        }
-        metrics::RATE_LIMIT_FALLBACKS
-            .with_label_values(&["login"])
-            .inc();
-        local.blocked(email, address)
-    }
-
-    /// Counts a failed login for the email and the address, in Redis and in `local`: a Redis
-    /// outage then falls back to counts that already include this instance's recent failures.
-    pub async fn record_login_failure(
-        &self,
-        local: &LoginThrottle,
-        email: &str,
-        address: Option<IpAddr>,
-    ) {
-        local.record_failure(email, address);
-        if self.is_up() {
-            let mut conn = self.conn.clone();
-            let mut script = self.login_record.prepare_invoke();
-            for key in self.login_keys(email, address) {
-                script.key(key);
+            let mut script = self.login_reserve.prepare_invoke();
+            for (key, limit) in &keys {
+                script.key(key).arg(*limit);
             }
             script.arg(LOGIN_WINDOW_MS);
             match self.call(script.invoke_async::<i64>(&mut conn)).await {
-                Ok(_) => return,
+                Ok(ms) if ms > 0 => return Err((ms as u64).div_ceil(1000).max(1)),
+                Ok(_) => {
+                    let mut attempt = local.track(email, address);
+                    attempt.in_redis = true;
+                    return Ok(attempt);
+                }
                 Err(e) => self.set_up(false, Some(&e)),
             }
         }
         metrics::RATE_LIMIT_FALLBACKS
             .with_label_values(&["login"])
             .inc();
+        local.reserve(email, address)
+    }
+
+    /// Settles an attempt from [`Self::reserve_login`]: a failure stays counted (in Redis
+    /// already, and in `local` for a fallback); anything else is refunded. An attempt dropped
+    /// without being settled (the request was abandoned) stays counted in Redis until its
+    /// window ends.
+    pub async fn settle_login(&self, attempt: LoginAttempt<'_>, failed: bool) {
+        let keys = if attempt.in_redis && !failed {
+            self.login_keys(
+                attempt.email_digest(),
+                attempt.address(),
+                attempt.throttle(),
+            )
+        } else {
+            Vec::new()
+        };
+        if failed {
+            attempt.fail();
+        } else {
+            attempt.release();
+        }
+        if keys.is_empty() || !self.is_up() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut script = self.login_refund.prepare_invoke();
+        for (key, _) in &keys {
+            script.key(key);
+        }
+        if let Err(e) = self.call(script.invoke_async::<i64>(&mut conn)).await {
+            // The attempt stays counted (on the safe side) until its window ends.
+            self.set_up(false, Some(&e));
+        }
     }
 }
 
@@ -450,11 +477,15 @@ mod tests {
             assert!((500..=1000).contains(&ttl), "{w}: {ttl}");
         }
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        redis
-            .record_login_failure(&LoginThrottle::new(5, 50), "x@y.z", Some(ip))
-            .await;
-        let keys = redis.login_keys("x@y.z", Some(ip));
-        for key in &keys {
+        let throttle = LoginThrottle::new(5, 50);
+        let email = Email::parse("x@y.zz").unwrap();
+        let attempt = redis
+            .reserve_login(&throttle, Some(&email), Some(ip))
+            .await
+            .unwrap();
+        redis.settle_login(attempt, true).await;
+        let keys = redis.login_keys(Some(email_digest(&email)), Some(ip), &throttle);
+        for (key, _) in &keys {
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(key)
                 .query_async(&mut conn)
@@ -463,47 +494,107 @@ mod tests {
             assert!((1..=60_000).contains(&ttl), "{key}: {ttl}");
         }
         // Fixed size, no email in clear.
-        assert!(!keys[0].contains("x@y.z") && keys[0].len() == redis.prefix.len() + 12 + 64);
+        assert!(!keys[0].0.contains("x@y.zz") && keys[0].0.len() == redis.prefix.len() + 12 + 64);
+    }
+
+    /// A second limiter on the same keys as `one`, with its own in-memory state.
+    async fn second_instance(url: &str, one: &RedisLimits) -> RedisLimits {
+        let two = RedisLimits {
+            prefix: one.prefix.clone(),
+            ..RedisLimits::new(&LimitsConfig {
+                store: LimitStore::Redis,
+                redis_url: Some(url.into()),
+                ..LimitsConfig::default()
+            })
+            .unwrap()
+        };
+        assert!(two.probe(CONNECT_TIMEOUT).await);
+        two
     }
 
     #[tokio::test]
     async fn login_failures_are_counted_across_limiters() {
         let Some(url) = redis_url() else { return };
         let (one, _) = limiter(&url, 1, 1).await;
-        // A second instance on the same keys, with its own in-memory state.
-        let two = RedisLimits {
-            prefix: one.prefix.clone(),
-            ..RedisLimits::new(&LimitsConfig {
-                store: LimitStore::Redis,
-                redis_url: Some(url.as_str().into()),
-                ..LimitsConfig::default()
-            })
-            .unwrap()
-        };
-        assert!(two.probe(CONNECT_TIMEOUT).await);
+        let two = second_instance(&url, &one).await;
         let (local_one, local_two) = (LoginThrottle::new(3, 100), LoginThrottle::new(3, 100));
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        let (typed, spaced) = (
+            Email::parse("A@B.co").unwrap(),
+            Email::parse(" a@b.co").unwrap(),
+        );
         for (i, (limiter, local)) in [(&one, &local_one), (&two, &local_two), (&one, &local_one)]
             .into_iter()
             .enumerate()
         {
-            assert_eq!(
-                limiter.login_blocked(local, "A@B.co", Some(ip)).await,
-                None,
-                "{i}"
-            );
-            limiter
-                .record_login_failure(local, " a@b.co", Some(ip))
-                .await;
+            let attempt = limiter.reserve_login(local, Some(&typed), Some(ip)).await;
+            let attempt = attempt.unwrap_or_else(|w| panic!("{i}: refused, wait {w}"));
+            limiter.settle_login(attempt, true).await;
         }
-        let wait = two.login_blocked(&local_two, "a@b.co", None).await;
+        let wait = two
+            .reserve_login(&local_two, Some(&spaced), None)
+            .await
+            .err();
         assert!(matches!(wait, Some(1..=60)), "{wait:?}");
         // Each instance alone saw fewer than 3.
-        assert_eq!(local_two.blocked("a@b.co", None), None);
-        assert_eq!(
-            two.login_blocked(&local_two, "c@b.co", Some(ip)).await,
-            None
+        assert_eq!(local_two.blocked(Some(&spaced), None), None);
+        let other = Email::parse("c@b.co").unwrap();
+        let attempt = two.reserve_login(&local_two, Some(&other), Some(ip)).await;
+        two.settle_login(attempt.unwrap(), false).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_logins_on_two_instances_never_pass_the_limit() {
+        let Some(url) = redis_url() else { return };
+        let (one, _) = limiter(&url, 1, 1).await;
+        let two = second_instance(&url, &one).await;
+        let (local_one, local_two) = (LoginThrottle::new(5, 1000), LoginThrottle::new(5, 1000));
+        let email = Email::parse("victim@example.com").unwrap();
+        // 40 guesses at once, half on each instance, each holding its reservation while
+        // "hashing": only 5 may be reserved at any time.
+        let guess = |limiter: &'static RedisLimits, local: &'static LoginThrottle| {
+            let email = email.clone();
+            async move {
+                match limiter.reserve_login(local, Some(&email), None).await {
+                    Ok(attempt) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        limiter.settle_login(attempt, true).await;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        let (one, two): (&'static RedisLimits, &'static RedisLimits) =
+            (Box::leak(Box::new(one)), Box::leak(Box::new(two)));
+        let (local_one, local_two): (&'static LoginThrottle, &'static LoginThrottle) = (
+            Box::leak(Box::new(local_one)),
+            Box::leak(Box::new(local_two)),
         );
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (l, t) = if i % 2 == 0 {
+                    (one, local_one)
+                } else {
+                    (two, local_two)
+                };
+                tokio::spawn(guess(l, t))
+            })
+            .collect();
+        let mut passed = 0;
+        for t in tasks {
+            passed += usize::from(t.await.unwrap());
+        }
+        assert_eq!(passed, 5, "exactly the limit got through across the fleet");
+        // A success is refunded: the counter is back where the failures left it.
+        let other = Email::parse("refund@example.com").unwrap();
+        for _ in 0..10 {
+            let attempt = one
+                .reserve_login(local_one, Some(&other), None)
+                .await
+                .unwrap();
+            one.settle_login(attempt, false).await;
+        }
     }
 
     #[tokio::test]
@@ -581,7 +672,9 @@ mod tests {
         let throttle = LoginThrottle::new(5, 50);
         for _ in 0..10 {
             assert!(redis.check_rate(org, &local).await.allowed);
-            assert_eq!(redis.login_blocked(&throttle, "a@b.co", None).await, None);
+            let email = Email::parse("a@b.co").unwrap();
+            let attempt = redis.reserve_login(&throttle, Some(&email), None).await;
+            redis.settle_login(attempt.unwrap(), false).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(

@@ -2,6 +2,8 @@
 //! enforces the body limit and the per-request timeout, dispatches to `crate::api`, renders
 //! errors as problem+json, writes the access log line and records HTTP metrics.
 
+pub mod malformed;
+
 use crate::api::routes::{match_route, Listener, Route};
 use crate::api::{self, Reply, Request, RequestLog};
 use crate::app::AppState;
@@ -86,10 +88,11 @@ async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, A
                 buf.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(buf.freeze()),
+            // Only the kind: pingora's message can quote bytes of the body.
             Err(e) => {
                 return Err(ApiError::invalid(
                     "invalid_body",
-                    format!("could not read request body: {e}"),
+                    format!("could not read request body ({})", e.etype().as_str()),
                 ))
             }
         }

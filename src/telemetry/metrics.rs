@@ -99,6 +99,15 @@ pub static LOGINS: Lazy<IntCounterVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Failed-login counters dropped because the login throttle's table was full.
+pub static LOGIN_THROTTLE_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_login_throttle_evictions_total",
+        "Failed-login counters dropped, oldest first, because the login throttle's table was full",
+    )
+    .unwrap())
+});
+
 /// argon2 operations waiting for a permit.
 pub static ARGON2_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new(
@@ -441,6 +450,7 @@ pub fn init() {
     Lazy::force(&HTTP_RESPONSE_BYTES);
     Lazy::force(&JWT_FAILURES);
     Lazy::force(&LOGINS);
+    Lazy::force(&LOGIN_THROTTLE_EVICTIONS);
     Lazy::force(&ARGON2_QUEUE_DEPTH);
     Lazy::force(&ARGON2_WAIT_SECONDS);
     Lazy::force(&CACHE_LOOKUPS);

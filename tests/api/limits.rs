@@ -180,3 +180,57 @@ fn writes_past_the_storage_quota_get_507() {
     );
     assert!(listed["organizations"][0]["used_bytes"].as_u64().unwrap() > 2048);
 }
+
+#[test]
+fn concurrent_wrong_passwords_pass_the_limit_no_more_than_sequential_ones() {
+    let gw = TestGateway::start();
+    gw.create_org("Raced", "raced@example.com", "password123");
+    // 60 guesses at once for one email (limit 5): each reserves its attempt before the hash,
+    // so only 5 are ever verified.
+    let barrier = std::sync::Barrier::new(60);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..60)
+            .map(|i| {
+                let (gw, barrier) = (&gw, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    gw.login("raced@example.com", &format!("wrong-guess-{i}"))
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let unauthorized = statuses.iter().filter(|&&s| s == 401).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(unauthorized, 5, "{statuses:?}");
+    assert_eq!(throttled, 55, "{statuses:?}");
+    // The right password is refused too until the window ends.
+    assert_problem(
+        gw.login("raced@example.com", "password123"),
+        429,
+        "too_many_login_attempts",
+    );
+}
+
+#[test]
+fn invalid_emails_count_against_the_address_only() {
+    let gw = TestGateway::start_with(Options {
+        config: "[limits]\nlogin_failures_per_minute_per_address = 4\n".into(),
+        ..Default::default()
+    });
+    gw.create_org("Addr", "addr@example.com", "password123");
+    // A ~900 KiB "email" is no counter key; it is one failure of the client's address.
+    let huge = format!("{}@example.com", "a".repeat(900 * 1024));
+    assert_problem(gw.login(&huge, "whatever-pass"), 401, "invalid_credentials");
+    for bad in ["not an email", "a@b", "\u{0}@example.com"] {
+        assert_problem(gw.login(bad, "whatever-pass"), 401, "invalid_credentials");
+    }
+    // The address has had its 4: even a valid login from it waits.
+    assert_problem(
+        gw.login("addr@example.com", "password123"),
+        429,
+        "too_many_login_attempts",
+    );
+}

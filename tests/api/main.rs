@@ -13,6 +13,7 @@ mod isolation;
 mod keys;
 mod lifecycle;
 mod limits;
+mod malformed;
 mod move_recovery;
 mod moves;
 mod openapi;
