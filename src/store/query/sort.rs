@@ -1,10 +1,12 @@
 //! Sort specifications with MongoDB's array-aware sort keys.
 
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use serde_json::{Map, Value};
 
-use super::{array_index, compare_values, parse_path, Document, QueryError};
+use super::{array_index, compare_values, parse_path, type_rank, Document, QueryError};
+use serde_json::json;
 
 /// Maximum number of fields in a sort specification.
 pub const MAX_SORT_KEYS: usize = 8;
@@ -103,6 +105,103 @@ impl Sort {
         cmp_keys(&sort_key(a, &id, false), &sort_key(b, &id, false))
     }
 
+    /// `Some(descending)` when the order is `_id` order (no sort fields, or `_id` first: it is
+    /// unique, so later fields never matter): both backends then read it from their `_id`
+    /// index and stop once the page is full. `None` for any other order, which needs a
+    /// top-k sort bounded by `skip + limit`.
+    pub fn id_order(&self) -> Option<bool> {
+        match self.keys.first() {
+            None => Some(false),
+            Some(k) if k.path == "_id" => Some(k.descending),
+            Some(_) => None,
+        }
+    }
+
+    /// Where `doc` stands in this order: its sort key values and its `_id`.
+    pub fn position(&self, doc: &Document) -> SortPosition {
+        SortPosition {
+            keys: self
+                .keys
+                .iter()
+                .map(|k| match sort_key(doc, &k.parts, k.descending) {
+                    Key::Undefined => None,
+                    Key::Val(v) => Some(v.clone()),
+                })
+                .collect(),
+            id: doc_id(doc).to_owned(),
+        }
+    }
+
+    /// Compares `doc` with a position in this order (`Greater`: `doc` comes after it).
+    /// The position must come from this sort (same number of keys).
+    pub fn compare_to(&self, doc: &Document, pos: &SortPosition) -> Ordering {
+        for (key, at) in self.keys.iter().zip(&pos.keys) {
+            let ord = cmp_keys(&sort_key(doc, &key.parts, key.descending), &owned_key(at));
+            let ord = if key.descending { ord.reverse() } else { ord };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        if self.has_id {
+            return Ordering::Equal;
+        }
+        doc_id(doc).as_bytes().cmp(pos.id.as_bytes())
+    }
+
+    /// Compares two positions of this order.
+    pub fn compare_positions(&self, a: &SortPosition, b: &SortPosition) -> Ordering {
+        for ((key, x), y) in self.keys.iter().zip(&a.keys).zip(&b.keys) {
+            let ord = cmp_keys(&owned_key(x), &owned_key(y));
+            let ord = if key.descending { ord.reverse() } else { ord };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        if self.has_id {
+            return Ordering::Equal;
+        }
+        a.id.as_bytes().cmp(b.id.as_bytes())
+    }
+
+    /// A MongoDB filter matching at least every document strictly after `after` in this
+    /// order (`None`: no narrowing). It may match more (a document with an array spanning
+    /// the cursor value, say), so the caller keeps only the documents that
+    /// [`Sort::compare_to`] puts after `after`; never less, or a page would skip documents.
+    ///
+    /// Lexicographic: `k1 > c1`, or `k1 = c1 and k2 > c2`, ..., or all equal and
+    /// `_id > id`. Each comparison is a superset of the sort-key relation it stands for,
+    /// written with operators whose array and type semantics are plain (see `after_key` and
+    /// `equal_key`); where none is safe the comparison is left out, which only widens.
+    pub fn keyset_filter(&self, after: &SortPosition) -> Option<Value> {
+        let mut branches = Vec::new();
+        let mut equal: Vec<Value> = Vec::new();
+        for (key, at) in self.keys.iter().zip(&after.keys) {
+            if key.path == "_id" {
+                // Unique: nothing after it is ever needed.
+                let op = if key.descending { "$lt" } else { "$gt" };
+                equal.push(json!({"_id": {op: after.id}}));
+                branches.push(all_of(std::mem::take(&mut equal))?);
+                return any_of(branches);
+            }
+            let positional = key.parts.iter().any(|p| array_index(p).is_some());
+            let (gt, eq) = if positional {
+                (None, None)
+            } else {
+                (
+                    after_key(&key.path, at.as_ref(), key.descending),
+                    equal_key(&key.path, at.as_ref(), key.descending),
+                )
+            };
+            let mut branch = equal.clone();
+            branch.extend(gt);
+            branches.push(all_of(branch)?);
+            equal.extend(eq);
+        }
+        equal.push(json!({"_id": {"$gt": after.id}}));
+        branches.push(all_of(equal)?);
+        any_of(branches)
+    }
+
     /// The sort for MongoDB, with `_id: 1` appended unless `_id` is already a key.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
@@ -116,6 +215,268 @@ impl Sort {
             m.insert("_id".to_string(), Value::from(1));
         }
         Value::Object(m)
+    }
+}
+
+/// The first `k` documents of a stream in a [`Sort`]'s order, kept as positions in a bounded
+/// max-heap: O(k) memory and O(n log k) time however many documents are offered, instead of
+/// sorting the whole stream.
+pub struct TopK<'s> {
+    sort: &'s Sort,
+    k: usize,
+    heap: BinaryHeap<Ranked<'s>>,
+}
+
+/// A position ordered by its sort, so the heap's top is the last of the kept ones.
+struct Ranked<'s> {
+    sort: &'s Sort,
+    pos: SortPosition,
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.sort.compare_positions(&self.pos, &other.pos)
+    }
+}
+
+impl<'s> TopK<'s> {
+    /// Keeps the first `k` documents in `sort`'s order.
+    pub fn new(sort: &'s Sort, k: usize) -> Self {
+        TopK {
+            sort,
+            k,
+            heap: BinaryHeap::with_capacity(k.min(1024)),
+        }
+    }
+
+    /// Offers a document; its position is kept only if it is among the first `k` so far
+    /// (nothing is cloned otherwise).
+    pub fn offer(&mut self, doc: &Document) {
+        if self.heap.len() < self.k {
+            let pos = self.sort.position(doc);
+            self.heap.push(Ranked {
+                sort: self.sort,
+                pos,
+            });
+        } else if let Some(mut last) = self.heap.peek_mut() {
+            if self.sort.compare_to(doc, &last.pos) == Ordering::Less {
+                last.pos = self.sort.position(doc);
+            }
+        }
+    }
+
+    /// The kept positions, first to last.
+    pub fn into_sorted(self) -> Vec<SortPosition> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| r.pos)
+            .collect()
+    }
+}
+
+/// A document's place in a [`Sort`]'s order: the value of each sort key (`None` for
+/// MongoDB's `undefined`, the key of an empty array) and its `_id`, the tiebreaker. Keyset
+/// cursors carry one, so the next page starts strictly after it whatever was inserted or
+/// deleted meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortPosition {
+    keys: Vec<Option<Value>>,
+    id: String,
+}
+
+/// Longest `_id` a position may carry (as for documents).
+const MAX_POSITION_ID_BYTES: usize = 128;
+
+impl SortPosition {
+    /// The `_id` of the document the position was taken from.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// JSON form `[[key...], id]`, where each key is `[]` (undefined) or `[value]`.
+    pub fn to_json(&self) -> Value {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| Value::Array(k.iter().cloned().collect()))
+            .collect();
+        Value::Array(vec![Value::Array(keys), Value::String(self.id.clone())])
+    }
+
+    /// Reads the form written by [`SortPosition::to_json`] for `sort`. It comes from a
+    /// client, so everything is checked: one key per sort field, key values that a stored
+    /// document could hold (integers within i64, bounded nesting) and a valid `_id`.
+    pub fn from_json(v: &Value, sort: &Sort) -> Option<SortPosition> {
+        let [Value::Array(raw), Value::String(id)] = v.as_array()?.as_slice() else {
+            return None;
+        };
+        if raw.len() != sort.keys.len()
+            || id.is_empty()
+            || id.len() > MAX_POSITION_ID_BYTES
+            || id.contains('\0')
+        {
+            return None;
+        }
+        let mut keys = Vec::with_capacity(raw.len());
+        for k in raw {
+            match k.as_array()?.as_slice() {
+                [] => keys.push(None),
+                [v] if storable(v, 0) => keys.push(Some(v.clone())),
+                _ => return None,
+            }
+        }
+        Some(SortPosition {
+            keys,
+            id: id.clone(),
+        })
+    }
+}
+
+/// Whether a value could be a stored document's: integers fit i64 (as MongoDB stores them)
+/// and nesting stays within [`super::MAX_DOCUMENT_DEPTH`].
+fn storable(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Number(n) => !(n.is_u64() && n.as_i64().is_none()),
+        Value::Array(a) => {
+            depth < super::MAX_DOCUMENT_DEPTH && a.iter().all(|x| storable(x, depth + 1))
+        }
+        Value::Object(m) => {
+            depth < super::MAX_DOCUMENT_DEPTH && m.values().all(|x| storable(x, depth + 1))
+        }
+        _ => true,
+    }
+}
+
+fn doc_id(doc: &Document) -> &str {
+    doc.get("_id").and_then(Value::as_str).unwrap_or("")
+}
+
+fn owned_key(k: &Option<Value>) -> Key<'_> {
+    match k {
+        None => Key::Undefined,
+        Some(v) => Key::Val(v),
+    }
+}
+
+/// `None` when `conds` is empty (always true), else their conjunction.
+fn all_of(mut conds: Vec<Value>) -> Option<Value> {
+    match conds.len() {
+        0 => None,
+        1 => conds.pop(),
+        _ => Some(json!({ "$and": conds })),
+    }
+}
+
+/// The disjunction of `branches`; `None` (always true) never reaches here, as `?` on a
+/// branch that is always true returns early.
+fn any_of(mut branches: Vec<Value>) -> Option<Value> {
+    match branches.len() {
+        0 => None,
+        1 => branches.pop(),
+        _ => Some(json!({ "$or": branches })),
+    }
+}
+
+/// BSON type aliases of the JSON types ranked above `v`'s (with `array` only when
+/// `with_array`: a field that is an array need not have an array *key*, its elements are).
+fn types_above(rank: u8, with_array: bool) -> Vec<&'static str> {
+    [
+        (10, "number"),
+        (15, "string"),
+        (20, "object"),
+        (25, "array"),
+        (40, "bool"),
+    ]
+    .into_iter()
+    .filter(|&(r, name)| r > rank && (with_array || name != "array"))
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// A MongoDB condition on `path` met by every document whose sort key comes strictly after
+/// `at` (`None`: undefined). Reasoning, with the key the minimum (ascending) or maximum
+/// (descending) of the values at `path` (array elements one level down):
+/// - ascending, key > c: every value is > c, so one is: `$gt c` in c's type (any value of
+///   c's type for objects and arrays), or a value of a type ranked above (`$type` also matches array elements; `array` matches the
+///   arrays that nested-array keys come from);
+/// - descending, key < c: no value is >= c, so the document matches neither `$gte c` nor
+///   `$type` of a higher non-array type (each of which implies a value >= c): `$nor`.
+///
+/// Null keys (missing fields, nulls) are never matched directly: MongoDB's `null` equality
+/// differs from its sort keys on some array shapes, so they are reached through `$nor`.
+fn after_key(path: &str, at: Option<&Value>, descending: bool) -> Option<Value> {
+    let Some(c) = at else {
+        // Undefined sorts first: everything may follow it ascending, nothing descending.
+        return descending.then(|| json!({"_id": {"$in": []}}));
+    };
+    let rank = type_rank(c);
+    let scalar = matches!(c, Value::Number(_) | Value::String(_) | Value::Bool(_));
+    if !descending {
+        if c.is_null() {
+            return Some(json!({ path: {"$type": types_above(rank, true)} }));
+        }
+        let mut any = Vec::new();
+        let mut above = types_above(rank, true);
+        if scalar {
+            any.push(json!({ path: {"$gt": c} }));
+        } else {
+            // No safe `$gt` for objects and arrays: any value of c's own type may follow.
+            above.insert(0, if c.is_object() { "object" } else { "array" });
+        }
+        if !above.is_empty() {
+            any.push(json!({ path: {"$type": above} }));
+        }
+        return any_of(any).or_else(|| Some(json!({"_id": {"$in": []}})));
+    }
+    if c.is_null() {
+        // Only undefined (an empty array) sorts below null.
+        return Some(json!({ path: {"$type": "array"} }));
+    }
+    let mut none = Vec::new();
+    if scalar {
+        none.push(json!({ path: {"$gte": c} }));
+    }
+    let above = types_above(rank, false);
+    if !above.is_empty() {
+        none.push(json!({ path: {"$type": above} }));
+    }
+    if none.is_empty() {
+        return None;
+    }
+    Some(json!({ "$nor": none }))
+}
+
+/// A MongoDB condition on `path` met by every document whose sort key equals `at`: the key
+/// is one of the values at `path`, so plain equality for scalars; `$type` for objects,
+/// arrays and undefined (an empty array); for null, descending, no value of a higher
+/// non-array type (ascending, nothing safe: left out).
+fn equal_key(path: &str, at: Option<&Value>, descending: bool) -> Option<Value> {
+    let Some(c) = at else {
+        return Some(json!({ path: {"$type": "array"} }));
+    };
+    match c {
+        Value::Number(_) | Value::String(_) | Value::Bool(_) => Some(json!({ path: c })),
+        Value::Object(_) => Some(json!({ path: {"$type": "object"} })),
+        Value::Array(_) => Some(json!({ path: {"$type": "array"} })),
+        Value::Null if descending => Some(json!({
+            "$nor": [{ path: {"$type": types_above(type_rank(c), false)} }]
+        })),
+        Value::Null => None,
     }
 }
 
