@@ -731,7 +731,212 @@ mod tests {
         .is_ok());
     }
 
+    fn arb_docs() -> impl Strategy<Value = Vec<Document>> {
+        // Values of every type (arrays, objects, nulls), often equal, and sometimes missing.
+        prop::collection::vec(
+            prop::option::weighted(0.8, super::super::tests::arb_json()),
+            0..40,
+        )
+        .prop_map(|vals| {
+            vals.into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let mut d = Document::new();
+                    d.insert("_id".into(), json!(format!("{:02}", (i * 7) % 41)));
+                    if let Some(v) = v {
+                        d.insert("v".into(), v);
+                    }
+                    d
+                })
+                .collect()
+        })
+    }
+
+    fn arb_spec() -> impl Strategy<Value = Value> {
+        prop::sample::select(vec![
+            json!({"v": 1}),
+            json!({"v": -1}),
+            json!({"v.a": 1}),
+            json!({"v.a": -1}),
+            json!({"v.0": 1}),
+            json!({"v.a": -1, "v": 1}),
+            json!({"v": 1, "_id": -1}),
+            json!({"_id": -1}),
+            json!(null),
+        ])
+    }
+
+    fn ids(docs: &[Document]) -> Vec<String> {
+        docs.iter()
+            .map(|d| d["_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn top_k_keeps_ties_in_id_order() {
+        let items = docs(&[
+            json!({"_id": "c", "v": 1}),
+            json!({"_id": "a", "v": 1.0}),
+            json!({"_id": "d"}),
+            json!({"_id": "b", "v": 1}),
+            json!({"_id": "e", "v": null}),
+        ]);
+        let sort = Sort::parse(&json!({"v": -1})).unwrap();
+        let mut top = TopK::new(&sort, 3);
+        for d in &items {
+            top.offer(d);
+        }
+        let kept: Vec<_> = top
+            .into_sorted()
+            .iter()
+            .map(|p| p.id().to_owned())
+            .collect();
+        assert_eq!(kept, ["a", "b", "c"]);
+        let mut none = TopK::new(&sort, 0);
+        none.offer(&items[0]);
+        assert!(none.into_sorted().is_empty());
+    }
+
+    #[test]
+    fn id_order_is_recognised() {
+        assert_eq!(Sort::parse(&json!(null)).unwrap().id_order(), Some(false));
+        assert_eq!(
+            Sort::parse(&json!({"_id": -1, "a": 1})).unwrap().id_order(),
+            Some(true)
+        );
+        assert_eq!(
+            Sort::parse(&json!({"a": 1, "_id": 1})).unwrap().id_order(),
+            None
+        );
+    }
+
+    #[test]
+    fn positions_round_trip_and_reject_what_a_document_cannot_hold() {
+        let sort = Sort::parse(&json!({"a": 1, "b": -1})).unwrap();
+        let doc = docs(&[json!({"_id": "x", "a": [], "b": {"c": [1, "s"]}})]).remove(0);
+        let pos = sort.position(&doc);
+        assert_eq!(pos.to_json(), json!([[[], [{"c": [1, "s"]}]], "x"]));
+        assert_eq!(
+            SortPosition::from_json(&pos.to_json(), &sort),
+            Some(pos.clone())
+        );
+        assert_eq!(sort.compare_to(&doc, &pos), Ordering::Equal);
+        let too_deep = (0..40).fold(json!(1), |acc, _| json!([acc]));
+        for bad in [
+            json!([[[1]], "x"]),                            // one key for two fields
+            json!([[[1], [2], [3]], "x"]),                  // three
+            json!([[[1], [2, 3]], "x"]),                    // a key with two values
+            json!([[[1], 2], "x"]),                         // a key not wrapped
+            json!([[[1], [2]], ""]),                        // empty _id
+            json!([[[1], [2]], "a\u{0}b"]),                 // NUL in _id
+            json!([[[1], [2]], "x".repeat(129)]),           // _id too long
+            json!([[[1], [2]], 7]),                         // _id not a string
+            json!([[[18446744073709551615u64], [2]], "x"]), // above i64
+            json!([[[too_deep], [2]], "x"]),
+            json!({"k": [], "id": "x"}),
+            json!([[[1], [2]], "x", "extra"]),
+        ] {
+            assert_eq!(SortPosition::from_json(&bad, &sort), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn keyset_filters_for_common_shapes() {
+        let at = |spec: Value, doc: Value| {
+            let sort = Sort::parse(&spec).unwrap();
+            let pos = sort.position(&docs(&[doc]).remove(0));
+            sort.keyset_filter(&pos)
+        };
+        // By _id: an exact range.
+        assert_eq!(
+            at(json!(null), json!({"_id": "k"})),
+            Some(json!({"_id": {"$gt": "k"}}))
+        );
+        assert_eq!(
+            at(json!({"_id": -1, "a": 1}), json!({"_id": "k"})),
+            Some(json!({"_id": {"$lt": "k"}}))
+        );
+        // A number ascending: greater numbers or any higher type, or a tie with a later _id.
+        assert_eq!(
+            at(json!({"n": 1}), json!({"_id": "k", "n": 5})),
+            Some(json!({"$or": [
+                {"$or": [{"n": {"$gt": 5}}, {"n": {"$type": ["string", "object", "array", "bool"]}}]},
+                {"$and": [{"n": 5}, {"_id": {"$gt": "k"}}]},
+            ]}))
+        );
+        // Descending: nothing that is >= 5 (missing fields and nulls follow).
+        assert_eq!(
+            at(json!({"n": -1}), json!({"_id": "k", "n": "s"})),
+            Some(json!({"$or": [
+                {"$nor": [{"n": {"$gte": "s"}}, {"n": {"$type": ["object", "bool"]}}]},
+                {"$and": [{"n": "s"}, {"_id": {"$gt": "k"}}]},
+            ]}))
+        );
+        // A missing field ascending: any non-null value, or a later _id.
+        assert_eq!(
+            at(json!({"n": 1}), json!({"_id": "k"})),
+            Some(json!({"$or": [
+                {"n": {"$type": ["number", "string", "object", "array", "bool"]}},
+                {"_id": {"$gt": "k"}},
+            ]}))
+        );
+        // Positional paths are not narrowed (MongoDB also reads `0` as a field name there).
+        assert_eq!(at(json!({"n.0": 1}), json!({"_id": "k", "n": [1]})), None);
+        // An empty array ascending: anything may follow.
+        assert_eq!(at(json!({"n": 1}), json!({"_id": "k", "n": []})), None);
+    }
+
     proptest! {
+        #[test]
+        fn top_k_equals_a_plain_sort(docs in arb_docs(), spec in arb_spec(), k in 0usize..45) {
+            let sort = Sort::parse(&spec).unwrap();
+            let mut top = TopK::new(&sort, k);
+            for d in &docs {
+                top.offer(d);
+            }
+            let kept: Vec<String> = top.into_sorted().iter().map(|p| p.id().to_owned()).collect();
+            let mut sorted = docs.clone();
+            sorted.sort_by(|a, b| sort.compare(a, b));
+            sorted.truncate(k);
+            prop_assert_eq!(kept, ids(&sorted));
+        }
+
+        #[test]
+        fn positions_compare_like_documents(docs in arb_docs(), spec in arb_spec()) {
+            let sort = Sort::parse(&spec).unwrap();
+            for a in &docs {
+                for b in &docs {
+                    let (pa, pb) = (sort.position(a), sort.position(b));
+                    prop_assert_eq!(sort.compare_to(a, &pb), sort.compare(a, b));
+                    prop_assert_eq!(sort.compare_positions(&pa, &pb), sort.compare(a, b));
+                    let back = SortPosition::from_json(&pb.to_json(), &sort);
+                    prop_assert_eq!(back.as_ref(), Some(&pb));
+                }
+            }
+        }
+
+        #[test]
+        fn pages_after_positions_cover_the_sort(docs in arb_docs(), spec in arb_spec(), size in 1usize..5) {
+            // Paging with positions and a top-k per page reads every document once, in order.
+            let sort = Sort::parse(&spec).unwrap();
+            let mut sorted = docs.clone();
+            sorted.sort_by(|a, b| sort.compare(a, b));
+            let (mut paged, mut after): (Vec<String>, Option<SortPosition>) = (Vec::new(), None);
+            loop {
+                let mut top = TopK::new(&sort, size);
+                for d in &docs {
+                    if after.as_ref().is_none_or(|p| sort.compare_to(d, p) == Ordering::Greater) {
+                        top.offer(d);
+                    }
+                }
+                let page = top.into_sorted();
+                let Some(last) = page.last().cloned() else { break };
+                paged.extend(page.iter().map(|p| p.id().to_owned()));
+                after = Some(last);
+            }
+            prop_assert_eq!(paged, ids(&sorted));
+        }
+
         #[test]
         fn compare_is_a_total_order(
             a in super::super::tests::arb_json(),
