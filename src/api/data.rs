@@ -579,10 +579,16 @@ pub struct QueryBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     projection: Value,
+    /// Page size (default 100, at most 1,000).
     #[serde(default)]
     limit: Option<u64>,
+    /// Documents to skip; not with `cursor`. A sorted query (any order but `_id` order)
+    /// may span at most `data.max_sort_window` documents (`skip + limit`, default 10,000):
+    /// beyond, 400 `sort_window_exceeded`.
     #[serde(default)]
     skip: Option<u64>,
+    /// A previous page's `next_cursor` (same filter and sort): the page continues strictly
+    /// after that page's last document, whatever was inserted or deleted meanwhile.
     #[serde(default)]
     cursor: Option<String>,
 }
@@ -758,7 +764,8 @@ pub struct QueryReply {
     /// The page.
     #[schema(value_type = Vec<Object>)]
     documents: Vec<Document>,
-    /// Pass back as `cursor` for the next page; null on the last page.
+    /// Opaque keyset cursor: pass it back as `cursor` with the same filter and sort for the
+    /// next page; null on the last page.
     next_cursor: Option<String>,
 }
 
