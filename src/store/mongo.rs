@@ -175,6 +175,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether the server refused an in-memory sort over its memory limit.
+fn is_sort_memory_limit(f: &Failure) -> bool {
+    f.code().is_some_and(|c| SORT_MEMORY_CODES.contains(&c))
+}
+
 /// Classifies a driver error; every message is scrubbed of the URI's credentials.
 pub(crate) fn classify(e: &MongoError, secrets: &Secrets) -> Failure {
     let unavailable = |m: String| Failure::Unavailable(secrets.scrub(m));
@@ -594,7 +599,7 @@ impl MongoStore {
     ) -> StoreResult<Vec<bson::Document>> {
         let fail = |e: MongoError| {
             let f = self.classify(&e);
-            if f.code().is_some_and(|c| SORT_MEMORY_CODES.contains(&c)) {
+            if is_sort_memory_limit(&f) {
                 StoreError::SortTooLarge(f.message().to_owned())
             } else {
                 self.error(f)
@@ -1209,6 +1214,20 @@ fn to_doc(v: &Value) -> StoreResult<bson::Document> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sort_memory_limit_codes_are_recognised() {
+        let other = |code| Failure::Other {
+            code,
+            message: "Sort exceeded memory limit".into(),
+        };
+        for code in [292, 16819, 16820] {
+            assert!(is_sort_memory_limit(&other(Some(code))), "{code}");
+        }
+        assert!(!is_sort_memory_limit(&other(Some(2))));
+        assert!(!is_sort_memory_limit(&other(None)));
+        assert!(!is_sort_memory_limit(&Failure::Unavailable("x".into())));
+    }
 
     #[test]
     fn json_round_trips_through_bson() {
