@@ -131,6 +131,11 @@ pub struct DataConfig {
     pub max_filter_nodes: usize,
     /// Longest `$in` / `$nin` list.
     pub max_in_len: usize,
+    /// Most documents a sorted query (any order but `_id` order) may span: `skip + limit`.
+    /// The embedded store keeps that many sort positions in a heap; MongoDB sorts that many
+    /// in memory and refuses past its own limit (100 MB), which 10,000 documents of 10 KB
+    /// reach. Beyond it, 400 `sort_window_exceeded` on both backends: page with cursors.
+    pub max_sort_window: u64,
 }
 
 impl Default for DataConfig {
@@ -143,6 +148,7 @@ impl Default for DataConfig {
             max_filter_depth: 8,
             max_filter_nodes: 256,
             max_in_len: 1000,
+            max_sort_window: 10_000,
         }
     }
 }
@@ -573,6 +579,9 @@ impl Config {
             return Err(
                 "data.max_batch must be > 0 and 0 < data.default_limit <= data.max_limit".into(),
             );
+        }
+        if d.max_sort_window < d.max_limit {
+            return Err("data.max_sort_window must be >= data.max_limit".into());
         }
         if self.catalog.kind == StoreKind::Mongodb && self.catalog.uri.is_none() {
             return Err("catalog.kind = \"mongodb\" needs catalog.uri".into());

@@ -10,7 +10,7 @@ use crate::domain::OrgId;
 use crate::error::ApiError;
 use crate::placement::Shard;
 use crate::store::query::{
-    validate_document, Filter, Projection, QueryError, QueryLimits, Sort, Update,
+    validate_document, Filter, Projection, QueryError, QueryLimits, Sort, SortPosition, Update,
 };
 use crate::store::{new_object_id, Document, FindQuery, Namespace, StoreError, StoreResult};
 use crate::telemetry::metrics;
@@ -131,11 +131,34 @@ impl Tenant {
                         format!("a document with _id {id:?} already exists"),
                     ),
                     StoreError::InvalidUpdate(q) => query_error(q),
+                    StoreError::SortTooLarge(detail) => {
+                        tracing::info!(%detail, "backend refused a sort over its memory limit");
+                        with_headers(
+                            ApiError::invalid(
+                                "sort_window_exceeded",
+                                "the shard cannot sort that many documents at once (skip + limit); \
+                                 page with next_cursor instead of skip",
+                            ),
+                            &self.headers,
+                        )
+                    }
                     other => with_headers(store_error(other), &self.headers),
                 })
             }
         }
     }
+}
+
+/// The 400 for a sorted query holding more than `data.max_sort_window` documents at once,
+/// the same on both backends (MongoDB's own sort memory limit maps to it too).
+fn sort_window_exceeded(window: u64) -> ApiError {
+    ApiError::invalid(
+        "sort_window_exceeded",
+        format!(
+            "a sorted query may span at most {window} documents (skip + limit); \
+             page with next_cursor instead of skip"
+        ),
+    )
 }
 
 fn with_headers(mut e: ApiError, headers: &[(&'static str, String)]) -> ApiError {
@@ -556,24 +579,69 @@ pub struct QueryBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     projection: Value,
+    /// Page size (default 100, at most 1,000).
     #[serde(default)]
     limit: Option<u64>,
+    /// Documents to skip; not with `cursor`. A sorted query (any order but `_id` order)
+    /// may span at most `data.max_sort_window` documents (`skip + limit`, default 10,000):
+    /// beyond, 400 `sort_window_exceeded`.
     #[serde(default)]
     skip: Option<u64>,
+    /// A previous page's `next_cursor` (same filter and sort): the page continues strictly
+    /// after that page's last document, whatever was inserted or deleted meanwhile.
     #[serde(default)]
     cursor: Option<String>,
 }
 
+/// A keyset cursor, sent to clients as base64url of this JSON: where the last page ended
+/// and which query it belongs to. Not a secret (a client may read or craft one for its own
+/// data): everything in it is checked like any other input.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Cursor {
-    /// Offset of the next page.
-    o: u64,
-    /// Fingerprint of the query the cursor belongs to.
+    /// Fingerprint of the filter and sort the cursor belongs to.
     h: String,
+    /// The last returned document's position ([`SortPosition::to_json`]).
+    p: Value,
 }
 
-fn fingerprint(filter: &Filter, sort: &Sort, projection: &Projection) -> String {
-    let text = json!([filter.to_json(), sort.to_json(), projection.to_json()]).to_string();
+/// Longest cursor accepted, in characters (a position holds up to 8 sort key values).
+const MAX_CURSOR_LEN: usize = 64 * 1024;
+
+fn encode_cursor(hash: String, pos: &SortPosition) -> String {
+    let c = Cursor {
+        h: hash,
+        p: pos.to_json(),
+    };
+    let json = serde_json::to_vec(&c).expect("a cursor always serializes");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The position a cursor continues after; any malformed, tampered or foreign cursor is a
+/// 400 `invalid_cursor` (never echoed back).
+fn decode_cursor(raw: &str, hash: &str, sort: &Sort) -> Result<SortPosition, ApiError> {
+    let malformed = || ApiError::invalid("invalid_cursor", "cursor is malformed");
+    if raw.len() > MAX_CURSOR_LEN {
+        return Err(malformed());
+    }
+    let c = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+        .ok_or_else(malformed)?;
+    if c.h != hash {
+        return Err(ApiError::invalid(
+            "invalid_cursor",
+            "cursor belongs to a different filter or sort",
+        ));
+    }
+    SortPosition::from_json(&c.p, sort).ok_or_else(malformed)
+}
+
+/// Identifies a query's order and selection: a cursor continues only the query it came
+/// from (the projection may change between pages).
+fn fingerprint(filter: &Filter, sort: &Sort) -> String {
+    let text = json!([filter.to_json(), sort.to_json()]).to_string();
     // FNV-1a is enough to catch a cursor reused with another query.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in text.bytes() {
@@ -608,47 +676,37 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
             format!("limit must be 1 to {}", d.max_limit),
         ));
     }
-    let hash = fingerprint(&filter, &sort, &projection);
-    let offset = match (&body.cursor, body.skip) {
+    let hash = fingerprint(&filter, &sort);
+    let (skip, after) = match (&body.cursor, body.skip) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "invalid_cursor",
                 "give either cursor or skip, not both",
             ))
         }
-        (Some(c), None) => {
-            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
-                .ok_or_else(|| ApiError::invalid("invalid_cursor", "cursor is malformed"))?;
-            if decoded.h != hash {
-                return Err(ApiError::invalid(
-                    "invalid_cursor",
-                    "cursor belongs to a different filter, sort or projection",
-                ));
-            }
-            decoded.o
-        }
-        (None, skip) => skip.unwrap_or(0),
+        (Some(c), None) => (0, Some(decode_cursor(c, &hash, &sort)?)),
+        (None, skip) => (skip.unwrap_or(0), None),
     };
+    // One more than the page, to know whether another follows.
     let q = FindQuery {
         filter,
         sort,
         projection,
-        skip: offset,
+        skip,
         limit: limit + 1,
+        after,
     };
-    let mut docs = t.run("find", t.shard.store.find(&t.ns, &q)).await?;
-    let more = docs.len() as u64 > limit;
-    docs.truncate(limit as usize);
-    let next = more.then(|| {
-        let c = Cursor {
-            o: offset + limit,
-            h: hash,
-        };
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
-    });
+    if q.sort.id_order().is_none() && skip.saturating_add(limit) > d.max_sort_window {
+        return Err(sort_window_exceeded(d.max_sort_window));
+    }
+    let mut found = t.run("find", t.shard.store.find(&t.ns, &q)).await?;
+    let more = found.len() as u64 > limit;
+    found.truncate(limit as usize);
+    let next = match found.last() {
+        Some(last) if more => Some(encode_cursor(hash, &last.position)),
+        _ => None,
+    };
+    let docs = found.into_iter().map(|f| f.document).collect();
     Ok(t.reply(
         StatusCode::OK,
         &QueryReply {
@@ -706,7 +764,8 @@ pub struct QueryReply {
     /// The page.
     #[schema(value_type = Vec<Object>)]
     documents: Vec<Document>,
-    /// Pass back as `cursor` for the next page; null on the last page.
+    /// Opaque keyset cursor: pass it back as `cursor` with the same filter and sort for the
+    /// next page; null on the last page.
     next_cursor: Option<String>,
 }
 

@@ -2,8 +2,8 @@
 //! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
 //! document as JSON bytes; a side table keeps byte counts for quotas.
 
-use super::query::{Filter, Update};
-use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
+use super::query::{Filter, TopK, Update};
+use super::{Document, FindQuery, Found, Namespace, StoreError, StoreResult, TenantStore};
 use crate::domain::DatabaseName;
 use async_trait::async_trait;
 use redb::{
@@ -113,6 +113,85 @@ fn read_table<T>(
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(backend(e)),
     }
+}
+
+/// Runs a query on one table, in one read transaction (a consistent snapshot).
+///
+/// `_id` order is the table's key order: the scan starts after the cursor's `_id`, runs
+/// forwards or backwards and stops once `skip + limit` documents matched. Any other order
+/// streams the table through a [`TopK`] of `skip + limit` positions (never every matching
+/// document), then reads the page's documents by `_id` from the same snapshot.
+fn find_in(
+    table: &ReadOnlyTable<&'static str, &'static [u8]>,
+    q: &FindQuery,
+) -> StoreResult<Vec<Found>> {
+    let skip = usize::try_from(q.skip).unwrap_or(usize::MAX);
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let page = |doc: &Document| Found {
+        document: q.projection.apply(doc),
+        position: q.sort.position(doc),
+    };
+    let mut out = Vec::new();
+    if let Some(descending) = q.sort.id_order() {
+        let after = q.after.as_ref().map(|p| p.id());
+        let (lower, upper) = match (after, descending) {
+            (None, _) => (Bound::Unbounded, Bound::Unbounded),
+            (Some(id), false) => (Bound::Excluded(id), Bound::Unbounded),
+            (Some(id), true) => (Bound::Unbounded, Bound::Excluded(id)),
+        };
+        let range = table.range::<&str>((lower, upper)).map_err(backend)?;
+        let rows: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut skipped = 0;
+        for row in rows {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = row.map_err(backend)?;
+            let doc = decode(v.value())?;
+            if !q.filter.matches(&doc) {
+                continue;
+            }
+            if skipped < skip {
+                skipped += 1;
+                continue;
+            }
+            out.push(page(&doc));
+        }
+        return Ok(out);
+    }
+    let mut top = TopK::new(&q.sort, skip.saturating_add(limit));
+    for row in table.iter().map_err(backend)? {
+        let (_, v) = row.map_err(backend)?;
+        let doc = decode(v.value())?;
+        if !q.filter.matches(&doc) {
+            continue;
+        }
+        if let Some(after) = &q.after {
+            if q.sort.compare_to(&doc, after) != std::cmp::Ordering::Greater {
+                continue;
+            }
+        }
+        top.offer(&doc);
+    }
+    for pos in top.into_sorted().into_iter().skip(skip) {
+        // The snapshot still holds every document the scan saw.
+        let row = table.get(pos.id()).map_err(backend)?;
+        let Some(row) = row else {
+            return Err(StoreError::Backend(
+                "document vanished within a snapshot".into(),
+            ));
+        };
+        let doc = decode(row.value())?;
+        out.push(Found {
+            document: q.projection.apply(&doc),
+            position: pos,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> StoreResult<Document> {
@@ -335,35 +414,10 @@ impl TenantStore for EmbeddedStore {
         Ok(n.unwrap_or(0))
     }
 
-    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>> {
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Found>> {
         let query = query.clone();
         let found = self
-            .read_collection(ns, move |table| {
-                let (skip, limit) = (query.skip as usize, query.limit as usize);
-                // Keys are `_id`s in byte order, which is the default order: without a sort
-                // the scan can stop once the page is full.
-                let stop_early = query.sort.is_empty();
-                let mut out = Vec::new();
-                for row in table.iter().map_err(backend)? {
-                    let (_, v) = row.map_err(backend)?;
-                    let doc = decode(v.value())?;
-                    if query.filter.matches(&doc) {
-                        out.push(doc);
-                        if stop_early && out.len() >= skip + limit {
-                            break;
-                        }
-                    }
-                }
-                if !stop_early {
-                    out.sort_by(|a, b| query.sort.compare(a, b));
-                }
-                Ok(out
-                    .into_iter()
-                    .skip(skip)
-                    .take(limit)
-                    .map(|d| query.projection.apply(&d))
-                    .collect())
-            })
+            .read_collection(ns, move |table| find_in(table, &query))
             .await?;
         Ok(found.unwrap_or_default())
     }

@@ -9,7 +9,7 @@ pub mod query;
 
 use crate::domain::{CollectionName, DatabaseName};
 use async_trait::async_trait;
-use query::{Filter, Projection, Sort, Update};
+use query::{Filter, Projection, Sort, SortPosition, Update};
 use std::fmt;
 
 /// A JSON document as stored: always an object with a string `_id`.
@@ -53,6 +53,10 @@ pub enum StoreError {
     /// clients get 409 and may retry.
     #[error("document {0:?} was changed concurrently; update not applied")]
     ConcurrentUpdate(String),
+    /// The backend refused to sort that many documents in memory (MongoDB's sort memory
+    /// limit): clients get the same 400 as for a window over `data.max_sort_window`.
+    #[error("sort exceeds the backend's memory limit: {0}")]
+    SortTooLarge(String),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
@@ -67,10 +71,31 @@ pub struct FindQuery {
     pub sort: Sort,
     /// Which fields to return.
     pub projection: Projection,
-    /// Documents to skip.
+    /// Documents to skip (after `after`, when given).
     pub skip: u64,
     /// Documents to return at most.
     pub limit: u64,
+    /// Keyset paging: only documents strictly after this position in `sort`'s order.
+    pub after: Option<SortPosition>,
+}
+
+impl FindQuery {
+    /// Documents a sorted query has to hold at once: `skip + limit`. Orders other than
+    /// `_id` order are refused beyond a bound on this (`data.max_sort_window`), checked
+    /// before the store is reached so both backends answer alike.
+    pub fn window(&self) -> u64 {
+        self.skip.saturating_add(self.limit)
+    }
+}
+
+/// One document of a query's page and its position in the query's order (taken before the
+/// projection, which may drop the sort fields), from which a keyset cursor continues.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The document, projected.
+    pub document: Document,
+    /// Where it stands in the query's sort.
+    pub position: SortPosition,
 }
 
 /// Result alias for store operations.
@@ -114,8 +139,10 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Number of documents in the collection.
     async fn count_all(&self, ns: &Namespace) -> StoreResult<u64>;
 
-    /// Documents matching the query, sorted, projected and paged.
-    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>>;
+    /// Documents matching the query, sorted, projected and paged, with their positions.
+    /// Never loads the whole collection: `_id` order streams and stops once the page is
+    /// full; other orders keep a top-k of `skip + limit`.
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Found>>;
 
     /// Number of documents matching the filter.
     async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64>;

@@ -13,7 +13,7 @@
 //! scrubbing, JSON <-> BSON) live here too.
 
 use super::query::{Filter, QueryError, Update};
-use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
+use super::{Document, FindQuery, Found, Namespace, StoreError, StoreResult, TenantStore};
 use crate::config::ShardConfig;
 use crate::domain::{DatabaseName, ShardId};
 use async_trait::async_trait;
@@ -25,7 +25,7 @@ use mongodb::options::{
     WriteConcern,
 };
 use mongodb::{Client, Collection};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -59,6 +59,12 @@ pub(crate) const DUPLICATE_KEY: i32 = 11000;
 const NAMESPACE_EXISTS: i32 = 48;
 /// The collection does not exist.
 const NAMESPACE_NOT_FOUND: i32 = 26;
+/// Codes with which a server refuses an in-memory sort over its memory limit.
+const SORT_MEMORY_CODES: &[i32] = &[
+    292,   // QueryExceededMemoryLimitNoDiskUseAllowed (4.4+)
+    16819, // "Sort exceeded memory limit" (before 4.4)
+    16820, // the same, with a different buffer
+];
 /// Codes with which a server refuses a command it does not implement or allow.
 const UNSUPPORTED_CODES: &[i32] = &[
     20,  // IllegalOperation
@@ -167,6 +173,11 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the server refused an in-memory sort over its memory limit.
+fn is_sort_memory_limit(f: &Failure) -> bool {
+    f.code().is_some_and(|c| SORT_MEMORY_CODES.contains(&c))
 }
 
 /// Classifies a driver error; every message is scrubbed of the URI's credentials.
@@ -576,6 +587,34 @@ impl MongoStore {
         }
     }
 
+    /// `find` with a sort, skip and limit, read to the end. A refused in-memory sort (its
+    /// memory limit) is [`StoreError::SortTooLarge`].
+    async fn find_sorted(
+        &self,
+        coll: &Collection<bson::Document>,
+        filter: bson::Document,
+        sort: bson::Document,
+        skip: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<bson::Document>> {
+        let fail = |e: MongoError| {
+            let f = self.classify(&e);
+            if is_sort_memory_limit(&f) {
+                StoreError::SortTooLarge(f.message().to_owned())
+            } else {
+                self.error(f)
+            }
+        };
+        let cursor = coll
+            .find(filter)
+            .sort(sort)
+            .skip(skip)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(fail)?;
+        cursor.try_collect().await.map_err(fail)
+    }
+
     fn classify(&self, e: &MongoError) -> Failure {
         classify(e, self.client.secrets())
     }
@@ -902,24 +941,63 @@ impl TenantStore for MongoStore {
         self.observed("count_all", self.count(ns)).await
     }
 
-    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>> {
-        let filter = to_doc(&query.filter.to_json())?;
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Found>> {
         let sort = to_doc(&query.sort.to_json())?;
         let coll = self.collection(ns).await?;
-        let mut find = coll
-            .find(filter)
-            .sort(sort)
-            .skip(query.skip)
-            .limit(i64::try_from(query.limit).unwrap_or(i64::MAX));
-        if !query.projection.is_empty() {
-            find = find.projection(to_doc(&query.projection.to_json())?);
+        // Positions need the sort fields, which a projection may drop: with one, whole
+        // documents are read and projected here with the embedded store's code.
+        let page = |doc: bson::Document| {
+            let doc = document_to_json(doc);
+            Found {
+                position: query.sort.position(&doc),
+                document: if query.projection.is_empty() {
+                    doc
+                } else {
+                    query.projection.apply(&doc)
+                },
+            }
+        };
+        let Some(after) = &query.after else {
+            let filter = to_doc(&query.filter.to_json())?;
+            let docs = self
+                .find_sorted(&coll, filter, sort, query.skip, query.limit)
+                .await?;
+            return Ok(docs.into_iter().map(page).collect());
+        };
+        // Keyset: the server narrows with a filter that matches at least every document
+        // after the cursor; the ones it lets through before it are dropped here. They sort
+        // first, so when a full read kept some, the next read needs exactly `dropped + want`.
+        let filter = match query.sort.keyset_filter(after) {
+            Some(keyset) => json!({"$and": [query.filter.to_json(), keyset]}),
+            None => query.filter.to_json(),
+        };
+        let filter = to_doc(&filter)?;
+        let want = query.window();
+        let mut fetch = want;
+        loop {
+            let docs = self
+                .find_sorted(&coll, filter.clone(), sort.clone(), 0, fetch)
+                .await?;
+            let read = docs.len() as u64;
+            let kept: Vec<Found> = docs
+                .into_iter()
+                .map(page)
+                .filter(|f| query.sort.compare_positions(&f.position, after).is_gt())
+                .collect();
+            let kept_n = kept.len() as u64;
+            if kept_n >= want || read < fetch {
+                return Ok(kept
+                    .into_iter()
+                    .skip(usize::try_from(query.skip).unwrap_or(usize::MAX))
+                    .take(usize::try_from(query.limit).unwrap_or(usize::MAX))
+                    .collect());
+            }
+            fetch = if kept_n > 0 {
+                (read - kept_n).saturating_add(want)
+            } else {
+                fetch.saturating_mul(2)
+            };
         }
-        let cursor = find.await.map_err(|e| self.error(self.classify(&e)))?;
-        let docs: Vec<bson::Document> = cursor
-            .try_collect()
-            .await
-            .map_err(|e| self.error(self.classify(&e)))?;
-        Ok(docs.into_iter().map(document_to_json).collect())
     }
 
     async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64> {
@@ -1136,6 +1214,20 @@ fn to_doc(v: &Value) -> StoreResult<bson::Document> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sort_memory_limit_codes_are_recognised() {
+        let other = |code| Failure::Other {
+            code,
+            message: "Sort exceeded memory limit".into(),
+        };
+        for code in [292, 16819, 16820] {
+            assert!(is_sort_memory_limit(&other(Some(code))), "{code}");
+        }
+        assert!(!is_sort_memory_limit(&other(Some(2))));
+        assert!(!is_sort_memory_limit(&other(None)));
+        assert!(!is_sort_memory_limit(&Failure::Unavailable("x".into())));
+    }
 
     #[test]
     fn json_round_trips_through_bson() {

@@ -2,7 +2,7 @@
 //! operation (`org_gateway_shard_operation_*`), and the shard's health.
 
 use super::query::{Filter, Update};
-use super::{Document, FindQuery, Namespace, StoreError, StoreResult, TenantStore};
+use super::{Document, FindQuery, Found, Namespace, StoreError, StoreResult, TenantStore};
 use crate::domain::DatabaseName;
 use crate::telemetry::metrics::{SHARD_OP_ERRORS, SHARD_OP_SECONDS};
 use async_trait::async_trait;
@@ -81,7 +81,7 @@ impl TenantStore for Observed {
     async fn count_all(&self, ns: &Namespace) -> StoreResult<u64> {
         self.run("count_all", self.inner.count_all(ns)).await
     }
-    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Document>> {
+    async fn find(&self, ns: &Namespace, query: &FindQuery) -> StoreResult<Vec<Found>> {
         self.run("find", self.inner.find(ns, query)).await
     }
     async fn count(&self, ns: &Namespace, filter: &Filter) -> StoreResult<u64> {

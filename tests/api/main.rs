@@ -19,6 +19,7 @@ mod moves;
 mod openapi;
 mod ops;
 mod orgs;
+mod paging;
 mod recovery;
 mod shards;
 mod validation;

@@ -19,7 +19,7 @@ mod update;
 
 pub use self::filter::Filter;
 pub use self::projection::Projection;
-pub use self::sort::Sort;
+pub use self::sort::{Sort, SortPosition, TopK};
 pub use self::update::Update;
 
 /// A stored document: a JSON object.
