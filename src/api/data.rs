@@ -346,7 +346,7 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
         (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 201, description = "Inserted", body = InsertReply),
-        (status = 409, description = "Duplicate _id", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate _id (stored already, or twice in the batch)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
@@ -405,8 +405,10 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
                 ))
             }
         };
+        // 409 like a collision with a stored document (and like MongoDB's own answer): JSON
+        // Schema cannot say that `_id`s within a batch differ, so the 400s stay schema errors.
         if !seen.insert(id.clone()) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::conflict(
                 "duplicate_id",
                 format!("_id {id:?} appears twice in the batch"),
             ));
