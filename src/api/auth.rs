@@ -29,7 +29,7 @@ pub struct LoginReply {
 }
 
 /// `POST /admin/login`: every failure gets the same 401 body and costs one argon2 verify.
-#[utoipa::path(post, path = "/admin/login", tag = "auth", request_body = LoginBody,
+#[utoipa::path(post, path = "/admin/login", operation_id = "admin_login", tag = "auth", request_body = LoginBody,
     responses(
         (status = 200, description = "Token issued", body = LoginReply),
         (status = 400, description = "Malformed body", body = crate::error::ProblemBody, content_type = "application/problem+json"),

@@ -22,7 +22,8 @@ use std::future::Future;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Longest accepted `_id`.
+/// Longest accepted `_id`, in characters (as JSON Schema's `maxLength` counts them, so the
+/// OpenAPI document states the rule exactly; at most 512 bytes of UTF-8).
 const MAX_ID_LEN: usize = 128;
 
 /// A resolved tenant request: where to go and the rate-limit headers to return.
@@ -322,10 +323,10 @@ fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN || id.contains('\0') {
+    if id.is_empty() || id.chars().count() > MAX_ID_LEN || id.contains('\0') {
         return Err(ApiError::invalid(
             "invalid_id",
-            format!("_id must be a string of 1 to {MAX_ID_LEN} bytes without NUL"),
+            format!("_id must be a string of 1 to {MAX_ID_LEN} characters without NUL"),
         ));
     }
     Ok(())
@@ -360,15 +361,15 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
     Ok(())
 }
 
-#[utoipa::path(post, path = "/data", tag = "data", security(("bearer" = [])),
-    request_body(content = serde_json::Value, description = "One JSON object, or an array of up to 1,000"),
+#[utoipa::path(post, path = "/data", operation_id = "insert_documents", tag = "data", security(("bearer" = [])),
+    request_body(content = Object, description = "One document, or an array of 1 to `data.max_batch` (1000 by default)"),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 201, description = "Inserted", body = InsertReply),
-        (status = 409, description = "Duplicate _id", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate _id (stored already, or twice in the batch)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 507, description = "Storage quota exceeded", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
@@ -427,8 +428,10 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
                 ))
             }
         };
+        // 409 like a collision with a stored document (and like MongoDB's own answer): JSON
+        // Schema cannot say that `_id`s within a batch differ, so the 400s stay schema errors.
         if !seen.insert(id.clone()) {
-            return Err(ApiError::invalid(
+            return Err(ApiError::conflict(
                 "duplicate_id",
                 format!("_id {id:?} appears twice in the batch"),
             ));
@@ -465,8 +468,8 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
 }
 
 /// `GET /data/{id}`.
-#[utoipa::path(get, path = "/data/{id}", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id")),
+#[utoipa::path(get, path = "/data/{id}", operation_id = "get_document", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -496,9 +499,9 @@ fn not_found(t: &Tenant) -> ApiError {
 }
 
 /// `PATCH /data/{id}`: `$set`/`$unset`/`$inc` operators, or a JSON merge patch.
-#[utoipa::path(patch, path = "/data/{id}", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id")),
-    request_body(content = serde_json::Value, description = "Update operators or a JSON merge patch"),
+#[utoipa::path(patch, path = "/data/{id}", operation_id = "update_document", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
+    request_body(content = Object, description = "Update operators (`$set`, `$unset`, `$inc`) or a JSON merge patch: a JSON object"),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -536,8 +539,8 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 }
 
 /// `DELETE /data/{id}`.
-#[utoipa::path(delete, path = "/data/{id}", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id")),
+#[utoipa::path(delete, path = "/data/{id}", operation_id = "delete_document", tag = "data", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -567,28 +570,31 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryBody {
-    /// Filter (MongoDB subset); empty matches all.
+    /// Filter (MongoDB subset); empty or `null` matches all.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     filter: Value,
-    /// `{field: 1 | -1}`; ties are broken by `_id`.
+    /// `{field: 1 | -1}`; ties are broken by `_id`; `null` sorts by `_id`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     sort: Value,
-    /// Inclusion `{a: 1}` or exclusion `{a: 0}`.
+    /// Inclusion `{a: 1}` or exclusion `{a: 0}`; `null` returns whole documents.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     projection: Value,
-    /// Page size (default 100, at most 1,000).
-    #[serde(default)]
+    /// Page size: 1 to `data.max_limit` (1000 by default); default `data.default_limit`.
+    #[serde(default, deserialize_with = "crate::domain::whole::opt_u64")]
+    #[schema(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
     /// Documents to skip; not with `cursor`. A sorted query (any order but `_id` order)
     /// may span at most `data.max_sort_window` documents (`skip + limit`, default 10,000):
     /// beyond, 400 `sort_window_exceeded`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::whole::opt_u64")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     skip: Option<u64>,
-    /// A previous page's `next_cursor` (same filter and sort): the page continues strictly
-    /// after that page's last document, whatever was inserted or deleted meanwhile.
+    /// A previous page's `next_cursor` (same filter and sort; not with `skip`): the page
+    /// continues strictly after that page's last document, whatever was inserted or deleted
+    /// meanwhile.
     #[serde(default)]
     cursor: Option<String>,
 }
@@ -653,7 +659,7 @@ fn fingerprint(filter: &Filter, sort: &Sort) -> String {
 
 /// `POST /data/query`: `{filter, sort, projection, limit, skip, cursor}` ->
 /// `{documents, next_cursor}`.
-#[utoipa::path(post, path = "/data/query", tag = "data", security(("bearer" = [])), request_body = QueryBody,
+#[utoipa::path(post, path = "/data/query", operation_id = "query_documents", tag = "data", security(("bearer" = [])), request_body = QueryBody,
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -717,7 +723,7 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 }
 
 /// `POST /data/count`: `{filter}` -> `{count}`.
-#[utoipa::path(post, path = "/data/count", tag = "data", security(("bearer" = [])), request_body = CountBody,
+#[utoipa::path(post, path = "/data/count", operation_id = "count_documents", tag = "data", security(("bearer" = [])), request_body = CountBody,
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -737,9 +743,9 @@ pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountBody {
-    /// Filter (MongoDB subset); empty matches all.
+    /// Filter (MongoDB subset); empty or `null` matches all.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     filter: Value,
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use std::time::Duration;
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = Object)))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, description = "Alive", body = Object)))]
 pub async fn healthz(state: &AppState) -> ApiResult {
     Ok(Reply::json(
         StatusCode::OK,
@@ -19,7 +19,7 @@ pub async fn healthz(state: &AppState) -> ApiResult {
 
 /// Readiness: the catalog and each shard answer. 503 if the catalog or every shard is down.
 /// `rate_limits` shows whether the limit store answers (informational).
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready, with per-shard status", body = Object), (status = 503, description = "Not ready", body = Object)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", responses((status = 200, description = "Ready, with per-shard status", body = Object), (status = 503, description = "Not ready", body = Object)))]
 pub async fn readyz(state: &AppState) -> ApiResult {
     let catalog_ok = state.catalog().get_setting("readiness-probe").await.is_ok();
     let mut shards = Vec::new();
@@ -61,7 +61,7 @@ pub async fn readyz(state: &AppState) -> ApiResult {
 }
 
 /// Prometheus exposition; bearer-protected when `ops.metrics_token` is set.
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, description = "metrics_token required", body = crate::error::ProblemBody, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), (status = 401, description = "metrics_token required", body = crate::error::ProblemBody, content_type = "application/problem+json")))]
 pub async fn metrics(state: &AppState, req: &Request) -> ApiResult {
     let token = state.config.ops.metrics_token.expose();
     if !token.is_empty() && !super::ops::bearer_matches(req, token) {

@@ -83,7 +83,8 @@ pub async fn handle(
 ) -> ApiResult {
     match route {
         Route::Healthz => health::healthz(state).await,
-        Route::OpenApi => openapi::openapi_json().await,
+        Route::OpenApi => openapi::openapi_json(state, routes::Listener::Public).await,
+        Route::OpsOpenApi => openapi::openapi_json(state, routes::Listener::Ops).await,
         Route::Readyz => health::readyz(state).await,
         Route::Metrics => health::metrics(state, req).await,
         Route::OrgCreate => orgs::create(state, req, log).await,

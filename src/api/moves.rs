@@ -20,9 +20,13 @@ use std::time::{Duration, Instant};
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartMove {
-    /// The organization to move.
+    /// The organization to move: 1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed).
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     organization_name: String,
-    /// Target shard id.
+    /// Target shard id: 1 to 32 of a-z, 0-9, '_' and '-'; a shard that is not configured is
+    /// 400 `unknown_shard`.
     to_shard: String,
     /// Target database on that shard (`<prefix>_<n>`); default: its open database.
     #[serde(default)]
@@ -39,10 +43,12 @@ pub struct Rebalance {
     /// `shards` (tenants per shard by weight, the default) or `databases` (tenants per
     /// database within each shard).
     #[serde(default)]
+    #[schema(pattern = "^(shards|databases)$")]
     scope: Option<String>,
     /// Allowed deviation from the ideal count, as a fraction (default 0.1; at least one
     /// tenant).
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     tolerance: Option<f64>,
 }
 
@@ -149,7 +155,7 @@ async fn queue(
 }
 
 /// `POST /ops/moves`.
-#[utoipa::path(post, path = "/ops/moves", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/ops/moves", operation_id = "start_move", tag = "operator", security(("operator" = [])),
     request_body = StartMove,
     responses((status = 202, description = "Move queued; follow it with GET /ops/moves/{move_id}", body = MoveRecord),
         (status = 400, description = "Invalid input, unknown or draining target shard, or the organization already lives there", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -188,8 +194,8 @@ pub async fn start(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/moves?state=`.
-#[utoipa::path(get, path = "/ops/moves", tag = "operator", security(("operator" = [])),
-    params(("state" = Option<String>, Query, description = "Only moves in this state")),
+#[utoipa::path(get, path = "/ops/moves", operation_id = "list_moves", tag = "operator", security(("operator" = [])),
+    params(("state" = Option<String>, Query, description = "Only moves in this state", pattern = "^(queued|copying|catching_up|cutover|done|failed|cancelled)$")),
     responses((status = 200, description = "Moves, oldest first", body = Object),
         (status = 400, description = "Unknown state", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -214,8 +220,8 @@ pub async fn list(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/moves/{move_id}`.
-#[utoipa::path(get, path = "/ops/moves/{move_id}", tag = "operator", security(("operator" = [])),
-    params(("move_id" = String, Path, description = "Move id")),
+#[utoipa::path(get, path = "/ops/moves/{move_id}", operation_id = "get_move", tag = "operator", security(("operator" = [])),
+    params(("move_id" = String, Path, description = "Move id: 32 hex digits (anything else is an unknown move)")),
     responses((status = 200, description = "The move", body = MoveRecord),
         (status = 404, description = "Unknown move", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -232,8 +238,8 @@ pub async fn get(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `DELETE /ops/moves/{move_id}`: cancels a move before its cutover.
-#[utoipa::path(delete, path = "/ops/moves/{move_id}", tag = "operator", security(("operator" = [])),
-    params(("move_id" = String, Path, description = "Move id")),
+#[utoipa::path(delete, path = "/ops/moves/{move_id}", operation_id = "cancel_move", tag = "operator", security(("operator" = [])),
+    params(("move_id" = String, Path, description = "Move id: 32 hex digits (anything else is an unknown move)")),
     responses((status = 200, description = "Cancelled (the source stays authoritative)", body = MoveRecord),
         (status = 202, description = "Cancel requested; the move stops at its next step", body = MoveRecord),
         (status = 404, description = "Unknown move", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -301,8 +307,8 @@ fn planned_view(p: &PlannedMove, mv: Option<&MoveRecord>) -> Value {
 }
 
 /// `POST /ops/shards/{id}/drain`: moves every tenant off a shard; it takes no new ones.
-#[utoipa::path(post, path = "/ops/shards/{id}/drain", tag = "operator", security(("operator" = [])),
-    params(("id" = String, Path, description = "Shard id")),
+#[utoipa::path(post, path = "/ops/shards/{id}/drain", operation_id = "drain_shard", tag = "operator", security(("operator" = [])),
+    params(("id" = String, Path, description = "Shard id (anything that is not a configured shard's id is 404)")),
     responses((status = 202, description = "Draining: the moves queued (progress in GET /ops/shards and /ops/moves)", body = Object),
         (status = 404, description = "Unknown shard", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "No other shard accepts tenants", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -380,7 +386,7 @@ pub async fn drain(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `POST /ops/rebalance`.
-#[utoipa::path(post, path = "/ops/rebalance", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/ops/rebalance", operation_id = "rebalance", tag = "operator", security(("operator" = [])),
     request_body = Rebalance,
     responses((status = 200, description = "The moves that even out tenants (queued unless dry_run)", body = Object),
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),

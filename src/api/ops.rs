@@ -68,7 +68,7 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
 }
 
 /// `GET /ops/shards`.
-#[utoipa::path(get, path = "/ops/shards", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/ops/shards", operation_id = "list_shards", tag = "operator", security(("operator" = [])),
     responses((status = 200, description = "Shards with per-database capacity", body = Object),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -200,8 +200,8 @@ fn org_from_path(path: &str, prefix: &str, suffix: &str) -> Result<OrgName, ApiE
 }
 
 /// `PUT /ops/orgs/{organization}/limits`.
-#[utoipa::path(put, path = "/ops/orgs/{organization}/limits", tag = "operator", security(("operator" = [])),
-    params(("organization" = String, Path, description = "Organization name")),
+#[utoipa::path(put, path = "/ops/orgs/{organization}/limits", operation_id = "set_organization_limits", tag = "operator", security(("operator" = [])),
+    params(("organization" = String, Path, description = "Organization name: 1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed)", pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     request_body(content = Option<RateOverride>, description = "New limits, or null to remove the override"),
     responses((status = 200, description = "Limits in force", body = Object),
         (status = 400, description = "Invalid limits", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -256,9 +256,10 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/tenants/top?n=10`: the busiest organizations by requests.
-#[utoipa::path(get, path = "/ops/tenants/top", tag = "operator", security(("operator" = [])),
-    params(("n" = Option<usize>, Query, description = "How many (default 10, max 1000)")),
+#[utoipa::path(get, path = "/ops/tenants/top", operation_id = "top_tenants", tag = "operator", security(("operator" = [])),
+    params(("n" = Option<u32>, Query, description = "How many (default 10)", minimum = 1, maximum = 1000)),
     responses((status = 200, description = "Busiest organizations of the last minute", body = Object),
+        (status = 400, description = "n out of range", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
@@ -295,7 +296,7 @@ pub async fn top_tenants(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/quotas`.
-#[utoipa::path(get, path = "/ops/quotas", tag = "operator", security(("operator" = [])),
+#[utoipa::path(get, path = "/ops/quotas", operation_id = "list_quotas", tag = "operator", security(("operator" = [])),
     responses((status = 200, description = "Organizations above the quota alert ratio", body = Object),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -330,7 +331,7 @@ pub async fn quotas(state: &AppState) -> ApiResult {
 }
 
 /// `POST /ops/shards`.
-#[utoipa::path(post, path = "/ops/shards", tag = "operator", security(("operator" = [])),
+#[utoipa::path(post, path = "/ops/shards", operation_id = "add_shard", tag = "operator", security(("operator" = [])),
     request_body(content = Object, description = "A shard, with the keys of a [[shards]] table"),
     responses((status = 201, description = "Shard added", body = Object),
         (status = 400, description = "Invalid shard", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -373,7 +374,7 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
         .await
         .map_err(|e| ApiError::invalid("invalid_shard", format!("cannot open shard: {e}")))?;
     if let Err(e) = tokio::time::timeout(
-        Duration::from_millis(cfg.server_selection_timeout_ms + 1000),
+        Duration::from_millis(cfg.server_selection_timeout_ms.saturating_add(1000)),
         store.ping(),
     )
     .await
@@ -407,9 +408,10 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/placements/{organization}`.
-#[utoipa::path(get, path = "/ops/placements/{organization}", tag = "operator", security(("operator" = [])),
-    params(("organization" = String, Path, description = "Organization name")),
+#[utoipa::path(get, path = "/ops/placements/{organization}", operation_id = "get_placement", tag = "operator", security(("operator" = [])),
+    params(("organization" = String, Path, description = "Organization name: 1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed)", pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     responses((status = 200, description = "The placement", body = Object),
+        (status = 400, description = "Invalid organization name", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -428,7 +430,7 @@ pub async fn placement(state: &AppState, req: &Request) -> ApiResult {
 }
 
 /// `GET /ops/instances`: the instance registry.
-#[utoipa::path(get, path = "/ops/instances", tag = "operator",
+#[utoipa::path(get, path = "/ops/instances", operation_id = "list_instances", tag = "operator",
     security(("operator" = [])),
     responses(
         (status = 200, description = "Registered instances: `live` while the lease runs", body = Object),

@@ -165,15 +165,26 @@ fn move_error(e: MoveError) -> ApiError {
 /// Body of `POST /org/create`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
+    /// 1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed).
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     organization_name: String,
+    /// The admin's email address (stored lowercased). The pattern is the ASCII form; letters
+    /// and digits of other scripts are accepted too.
+    #[schema(format = Email, max_length = 254, pattern = r"^(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")]
     email: String,
+    /// The admin's password: 8 to 128 characters, no NUL.
+    #[schema(min_length = 8, max_length = 128, pattern = r"^[^\u0000]*$")]
     password: String,
+    /// Place the organization on a shard of this region (one of the configured shards'
+    /// regions; another is 400 `no_shard_in_region`).
     #[serde(default)]
     region: Option<String>,
 }
 
 /// `POST /org/create`.
-#[utoipa::path(post, path = "/org/create", tag = "organizations", request_body = CreateBody,
+#[utoipa::path(post, path = "/org/create", operation_id = "create_organization", tag = "organizations", request_body = CreateBody,
     responses(
         (status = 201, description = "Organization created", body = OrgView),
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -325,8 +336,8 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
 
 /// `GET /org/get?organization_name=`: public metadata; the admin email and placement only
 /// for that organization's own admins.
-#[utoipa::path(get, path = "/org/get", tag = "organizations",
-    params(("organization_name" = String, Query, description = "Organization name")),
+#[utoipa::path(get, path = "/org/get", operation_id = "get_organization", tag = "organizations",
+    params(("organization_name" = String, Query, description = "1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed)", pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Organization metadata", body = OrgView),
@@ -349,12 +360,24 @@ pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiRe
 /// Body of `PUT /org/update`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct UpdateBody {
+    /// The organization to update: 1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed).
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     organization_name: String,
+    /// Rename to this name (same rules).
     #[serde(default)]
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     new_organization_name: Option<String>,
+    /// New admin email address.
     #[serde(default)]
+    #[schema(format = Email, max_length = 254, pattern = r"^(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")]
     email: Option<String>,
+    /// New admin password: 8 to 128 characters, no NUL.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 128, pattern = r"^[^\u0000]*$")]
     password: Option<String>,
 }
 
@@ -376,7 +399,7 @@ async fn own_org(
 }
 
 /// `PUT /org/update`: email, password and/or name; a rename moves the data.
-#[utoipa::path(put, path = "/org/update", tag = "organizations", request_body = UpdateBody,
+#[utoipa::path(put, path = "/org/update", operation_id = "update_organization", tag = "organizations", request_body = UpdateBody,
     security(("bearer" = [])),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -483,8 +506,8 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
 }
 
 /// `DELETE /org/delete?organization_name=`.
-#[utoipa::path(delete, path = "/org/delete", tag = "organizations",
-    params(("organization_name" = String, Query, description = "Organization name")),
+#[utoipa::path(delete, path = "/org/delete", operation_id = "delete_organization", tag = "organizations",
+    params(("organization_name" = String, Query, description = "1 to 64 ASCII letters, digits, spaces, '-' and '_' (surrounding whitespace is trimmed)", pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     security(("bearer" = [])),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),

@@ -17,8 +17,10 @@ pub enum Listener {
 pub enum Route {
     /// `GET /healthz` (both listeners).
     Healthz,
-    /// `GET /openapi.json` (both listeners).
+    /// `GET /openapi.json` on the public listener: the public routes' document.
     OpenApi,
+    /// `GET /openapi.json` on the ops listener: the operator routes' document.
+    OpsOpenApi,
     /// `GET /readyz` (ops).
     Readyz,
     /// `GET /metrics` (ops).
@@ -78,7 +80,7 @@ impl Route {
     pub fn template(self) -> &'static str {
         match self {
             Route::Healthz => "/healthz",
-            Route::OpenApi => "/openapi.json",
+            Route::OpenApi | Route::OpsOpenApi => "/openapi.json",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
             Route::OrgCreate => "/org/create",
@@ -163,7 +165,8 @@ pub const ALL: &[(Listener, &str, &str)] = &[
 pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Route, ApiError> {
     let candidates: &[(Method, Route)] = match (listener, path) {
         (_, "/healthz") => &[(Method::GET, Route::Healthz)],
-        (_, "/openapi.json") => &[(Method::GET, Route::OpenApi)],
+        (Listener::Public, "/openapi.json") => &[(Method::GET, Route::OpenApi)],
+        (Listener::Ops, "/openapi.json") => &[(Method::GET, Route::OpsOpenApi)],
         (Listener::Ops, "/readyz") => &[(Method::GET, Route::Readyz)],
         (Listener::Ops, "/metrics") => &[(Method::GET, Route::Metrics)],
         (Listener::Public, "/org/create") => &[(Method::POST, Route::OrgCreate)],
@@ -197,18 +200,10 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             &[(Method::PUT, Route::OpsLimits)]
         }
         (Listener::Public, "/data") => &[(Method::POST, Route::DataInsert)],
-        (Listener::Public, "/data/query") => &[
-            (Method::POST, Route::DataQuery),
-            (Method::GET, Route::DataGet),
-            (Method::PATCH, Route::DataPatch),
-            (Method::DELETE, Route::DataDelete),
-        ],
-        (Listener::Public, "/data/count") => &[
-            (Method::POST, Route::DataCount),
-            (Method::GET, Route::DataGet),
-            (Method::PATCH, Route::DataPatch),
-            (Method::DELETE, Route::DataDelete),
-        ],
+        // As in the OpenAPI document, where a literal path wins over `/data/{id}`: these
+        // two are not document ids (such documents are reached through `/data/query`).
+        (Listener::Public, "/data/query") => &[(Method::POST, Route::DataQuery)],
+        (Listener::Public, "/data/count") => &[(Method::POST, Route::DataCount)],
         (Listener::Public, p)
             if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 =>
         {
@@ -264,6 +259,13 @@ mod tests {
                 .unwrap_err()
                 .status,
             404
+        );
+        // `/data/query` and `/data/count` are not document ids
+        let query = match_route(Listener::Public, &Method::GET, "/data/query").unwrap_err();
+        assert_eq!(query.extra_headers, vec![("allow", "POST".to_string())]);
+        assert_eq!(
+            match_route(Listener::Public, &Method::GET, "/data/querx").unwrap(),
+            Route::DataGet
         );
         // operator routes are not on the public listener
         assert_eq!(

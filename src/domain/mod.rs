@@ -5,10 +5,11 @@ mod email;
 mod ids;
 mod org_name;
 mod password;
+pub mod whole;
 
 pub use email::Email;
 pub use ids::{AdminId, DatabaseName, OrgId, ShardId};
-pub use org_name::{CollectionName, NormalizedOrgName, OrgName};
+pub use org_name::{CollectionName, NormalizedOrgName, OrgName, MAX_ORG_NAME_CHARS};
 pub use password::Password;
 
 /// Why a value was rejected; the message is shown to API clients as the problem `detail`.

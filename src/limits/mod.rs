@@ -92,8 +92,12 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
-    /// Requests per minute.
+    /// Requests per minute (at least 1).
+    #[serde(deserialize_with = "crate::domain::whole::u32")]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub requests_per_minute: u32,
-    /// Requests per hour.
+    /// Requests per hour (at least 1).
+    #[serde(deserialize_with = "crate::domain::whole::u32")]
+    #[schema(minimum = 1, maximum = 4294967295_u32)]
     pub requests_per_hour: u32,
 }

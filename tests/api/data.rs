@@ -128,6 +128,15 @@ fn client_ids_duplicates_and_bad_documents() {
         Some(json!([{"_id": "new-1"}, {"_id": "sku-1"}])),
     );
     assert_problem(r, 409, "duplicate_id");
+    // the same `_id` twice in one batch is the same conflict
+    let r = call(
+        &gw,
+        &t,
+        Method::POST,
+        "/data",
+        Some(json!([{"_id": "twice"}, {"_id": "twice"}])),
+    );
+    assert_problem(r, 409, "duplicate_id");
     assert_problem(
         call(&gw, &t, Method::GET, "/data/new-1", None),
         404,
