@@ -149,7 +149,7 @@ fn reject(reason: VerifyError) -> ApiError {
 
 /// Verifies the bearer token and that its admin, credential version and organization are
 /// still current. `Ok(None)` when no Authorization header was sent and `required` is false.
-#[tracing::instrument(name = "auth", skip_all)]
+#[tracing::instrument(level = "debug", name = "auth", skip_all)]
 pub async fn authenticate_opt(
     state: &AppState,
     req: &Request,

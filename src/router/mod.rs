@@ -96,7 +96,7 @@ impl TenantRouter {
     }
 
     /// The organization with this id (cached).
-    #[tracing::instrument(name = "resolve_tenant", skip(self))]
+    #[tracing::instrument(level = "debug", name = "resolve_tenant", skip(self))]
     pub async fn org(&self, id: OrgId) -> CatalogResult<Option<Arc<OrgRecord>>> {
         let started = Instant::now();
         if let Some(hit) = self.orgs.get(&id).await {
