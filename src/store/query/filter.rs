@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Value};
 
 use super::{
-    array_index, check_value, compare_values, parse_path, type_rank, Document, QueryError,
+    array_index, check_value, clip, compare_values, parse_path, type_rank, Document, QueryError,
     QueryLimits,
 };
 
@@ -173,7 +173,10 @@ impl Parser<'_> {
                     return Err(QueryError::at(
                         "invalid_filter",
                         key,
-                        format!("cannot mix operators and the field `{field}` in one object"),
+                        format!(
+                            "cannot mix operators and the field `{}` in one object",
+                            clip(field)
+                        ),
                     ));
                 }
                 let nodes = self.parse_ops(key, &path, ops, depth + 1)?;
@@ -278,7 +281,7 @@ impl Parser<'_> {
                             "invalid_filter",
                             key,
                             op,
-                            format!("`$not` accepts only operators, found `{field}`"),
+                            format!("`$not` accepts only operators, found `{}`", clip(field)),
                         ));
                     }
                     self.bump(key)?;
