@@ -156,6 +156,11 @@ impl Parser<'_> {
                     format!("`{op}` entries must be objects"),
                 ));
             };
+            if m.is_empty() {
+                // Counted like a predicate: it is evaluated like one, and would otherwise
+                // let `{"$and": [{}, {}, ...]}` grow past every limit.
+                self.bump("")?;
+            }
             children.push(self.parse_doc(m, depth + 1)?);
         }
         Ok(match op {
@@ -887,6 +892,12 @@ mod tests {
         );
         assert_eq!(
             code(json!({"$or": [{"a": 1}, {"b": 1}, {"c": 1}, {"d": 1}, {"e": 1}]})),
+            "filter_too_large"
+        );
+        // empty entries of logical operators count too
+        ok(json!({"$or": [{}, {}, {}, {}]})).unwrap();
+        assert_eq!(
+            code(json!({"$or": [{}, {}, {}, {}, {}]})),
             "filter_too_large"
         );
         // $in length
