@@ -1,6 +1,7 @@
 //! Filter parsing, validation and MongoDB-compatible matching.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -18,6 +19,13 @@ use super::{
 /// matches missing fields and comparisons only match values of the same type.
 #[derive(Debug, Clone)]
 pub struct Filter {
+    /// Shared: a filter is cloned into every store call, and its literals may be a
+    /// megabyte.
+    inner: Arc<Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
     root: Node,
     original: Value,
 }
@@ -50,9 +58,11 @@ enum CmpOp {
 impl Filter {
     /// Validates a filter. `null` and `{}` match every document.
     pub fn parse(v: &Value, limits: &QueryLimits) -> Result<Filter, QueryError> {
-        let original = match v {
-            Value::Null => Value::Object(Map::new()),
-            Value::Object(_) => v.clone(),
+        let mut parser = Parser { limits, nodes: 0 };
+        // Validated before the copy kept for MongoDB is made: a refusal costs one walk.
+        let (root, original) = match v {
+            Value::Null => (Node::And(Vec::new()), Value::Object(Map::new())),
+            Value::Object(m) => (parser.parse_doc(m, 1)?, v.clone()),
             _ => {
                 return Err(QueryError::at(
                     "invalid_filter",
@@ -61,27 +71,24 @@ impl Filter {
                 ))
             }
         };
-        let mut parser = Parser { limits, nodes: 0 };
-        let root = match &original {
-            Value::Object(m) => parser.parse_doc(m, 1)?,
-            _ => Node::And(Vec::new()),
-        };
-        Ok(Filter { root, original })
+        Ok(Filter {
+            inner: Arc::new(Parsed { root, original }),
+        })
     }
 
     /// Whether `doc` satisfies the filter.
     pub fn matches(&self, doc: &Document) -> bool {
-        eval(&self.root, doc)
+        eval(&self.inner.root, doc)
     }
 
     /// The validated filter, to be sent to MongoDB verbatim (`null` becomes `{}`).
     pub fn to_json(&self) -> Value {
-        self.original.clone()
+        self.inner.original.clone()
     }
 
     /// True when the filter matches every document (`null` or `{}`).
     pub fn is_empty(&self) -> bool {
-        self.original.as_object().is_none_or(Map::is_empty)
+        self.inner.original.as_object().is_none_or(Map::is_empty)
     }
 }
 
