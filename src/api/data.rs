@@ -284,10 +284,6 @@ fn limits(state: &AppState) -> QueryLimits {
     }
 }
 
-fn body_json(req: &Request) -> Result<Value, ApiError> {
-    super::json_body::<Value>(req)
-}
-
 fn doc_id(req: &Request) -> Result<String, ApiError> {
     let raw = req.path.trim_start_matches("/data/");
     let id = url::form_urlencoded::parse(format!("i={raw}").replace('+', "%2B").as_bytes())
@@ -296,30 +292,6 @@ fn doc_id(req: &Request) -> Result<String, ApiError> {
         .unwrap_or_default();
     check_id(&id)?;
     Ok(id)
-}
-
-/// Integers must fit a signed 64-bit integer, as MongoDB stores them; both backends then
-/// hold the same values.
-fn check_numbers(v: &Value, path: &str) -> Result<(), ApiError> {
-    match v {
-        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::invalid(
-            "number_out_of_range",
-            format!("integer at `{path}` does not fit a signed 64-bit integer"),
-        )),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .try_for_each(|(i, x)| check_numbers(x, &format!("{path}.{i}"))),
-        Value::Object(map) => map.iter().try_for_each(|(k, x)| {
-            let p = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
-            check_numbers(x, &p)
-        }),
-        _ => Ok(()),
-    }
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -376,8 +348,8 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
 /// `POST /data`: one object or an array of up to `max_batch`, inserted in one round trip.
 pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log, Access::Write).await?;
-    let body = body_json(req)?;
-    check_numbers(&body, "")?;
+    // Any JSON: an object, or an array of them for a batch.
+    let body = super::json_value(req)?;
     let raw_docs = match body {
         Value::Object(o) => vec![o],
         Value::Array(items) => {
@@ -515,8 +487,7 @@ fn not_found(t: &Tenant) -> ApiError {
 pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log, Access::Write).await?;
     let id = doc_id(req)?;
-    let body = body_json(req)?;
-    check_numbers(&body, "")?;
+    let body = super::json_value(req)?;
     if !body.is_object() {
         return Err(ApiError::invalid(
             "invalid_update",
@@ -570,15 +541,15 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryBody {
-    /// Filter (MongoDB subset); empty or `null` matches all.
+    /// Filter (MongoDB subset); `{}`, `null` or no filter matches all.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     filter: Value,
-    /// `{field: 1 | -1}`; ties are broken by `_id`; `null` sorts by `_id`.
+    /// `{field: 1 | -1}`; ties are broken by `_id`. `null` is the same as none.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     sort: Value,
-    /// Inclusion `{a: 1}` or exclusion `{a: 0}`; `null` returns whole documents.
+    /// Inclusion `{a: 1}` or exclusion `{a: 0}`. `null` is the same as none.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     projection: Value,
@@ -743,7 +714,7 @@ pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountBody {
-    /// Filter (MongoDB subset); empty or `null` matches all.
+    /// Filter (MongoDB subset); `{}`, `null` or no filter matches all.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     filter: Value,

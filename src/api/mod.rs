@@ -13,11 +13,13 @@ pub mod routes;
 use crate::app::AppState;
 use crate::domain::OrgId;
 use crate::error::ApiError;
+use crate::store::query::{clip, Step, Trail};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use routes::Route;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::net::IpAddr;
 
 /// A parsed request with its whole body.
@@ -114,23 +116,105 @@ pub async fn handle(
     }
 }
 
-/// Parses a JSON body into `T`, with a 400 that says what was wrong. The content type is not
-/// checked: clients that forget the header still get their JSON parsed.
+/// Most JSON values (objects, arrays and scalars, nested ones included) one request body may
+/// hold. Every check after parsing walks the body once or a few times in linear time, so this
+/// bounds the work a request costs whatever `max_body_bytes` is (a 1 MiB body holds at most
+/// about 525,000 values); nesting is bounded by serde_json's recursion limit (128).
+pub const MAX_BODY_VALUES: usize = 1_000_000;
+
+/// Parses a JSON body that must be an object into `T`, with a 400 that says what was wrong:
+/// `invalid_json` when it is not JSON, `invalid_body` when it is not an object (serde would
+/// otherwise read a JSON array positionally into a struct) or does not fit `T`, and the
+/// [`json_value`] checks. The content type is not checked: clients that forget the header
+/// still get their JSON parsed.
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let value = json_value(req)?;
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
+    from_value(value)
+}
+
+/// Like [`json_body`], for a body that may also be `null` (`None`).
+pub fn json_body_or_null<T: DeserializeOwned>(req: &Request) -> Result<Option<T>, ApiError> {
+    match json_value(req)? {
+        Value::Null => Ok(None),
+        v @ Value::Object(_) => from_value(v).map(Some),
+        _ => Err(not_an_object()),
+    }
+}
+
+/// Parses a body of any JSON type. Integers must fit a signed 64-bit integer
+/// (`number_out_of_range`; MongoDB stores no larger ones, so both backends hold the same
+/// values) and the body may hold at most [`MAX_BODY_VALUES`] values (`body_too_complex`).
+pub fn json_value(req: &Request) -> Result<Value, ApiError> {
     if req.body.is_empty() {
         return Err(ApiError::invalid(
             "invalid_json",
             "request body must be a JSON object",
         ));
     }
-    serde_json::from_slice(&req.body).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_body"
-        } else {
-            "invalid_json"
-        };
-        ApiError::invalid(code, format!("invalid request body: {e}"))
+    let value: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        ApiError::invalid(
+            "invalid_json",
+            format!("invalid request body: {}", clip(&e.to_string())),
+        )
+    })?;
+    let mut budget = MAX_BODY_VALUES;
+    check_json(&value, &mut Trail::new(""), &mut budget)?;
+    Ok(value)
+}
+
+fn not_an_object() -> ApiError {
+    ApiError::invalid("invalid_body", "request body must be a JSON object")
+}
+
+fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    // serde's messages can quote the request (an unknown field, a wrong-typed string).
+    serde_json::from_value(v).map_err(|e| {
+        ApiError::invalid(
+            "invalid_body",
+            format!("invalid request body: {}", clip(&e.to_string())),
+        )
     })
+}
+
+/// One pass over a parsed body: integer range and the value budget. The path of an
+/// offending number is rendered only when it is reported.
+fn check_json<'a>(v: &'a Value, trail: &mut Trail<'a>, budget: &mut usize) -> Result<(), ApiError> {
+    if *budget == 0 {
+        return Err(ApiError::invalid(
+            "body_too_complex",
+            format!("request body holds more than {MAX_BODY_VALUES} JSON values"),
+        ));
+    }
+    *budget -= 1;
+    match v {
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::invalid(
+            "number_out_of_range",
+            format!(
+                "integer at `{}` does not fit a signed 64-bit integer",
+                trail.render()
+            ),
+        )),
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                trail.push(Step::Index(i));
+                check_json(x, trail, budget)?;
+                trail.pop();
+            }
+            Ok(())
+        }
+        Value::Object(map) => {
+            for (k, x) in map {
+                trail.push(Step::Key(k));
+                check_json(x, trail, budget)?;
+                trail.pop();
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads a single query parameter (percent-decoded). Repeated parameters are refused.

@@ -213,7 +213,7 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
     let name = org_from_path(&req.path, "/ops/orgs/", "/limits")?;
     let org = super::org_named(state, &name).await?;
     // `null` removes the override.
-    let body: Option<RateOverride> = json_body(req)?;
+    let body: Option<RateOverride> = super::json_body_or_null(req)?;
     if let Some(l) = &body {
         if l.requests_per_minute == 0 || l.requests_per_hour == 0 {
             return Err(ApiError::invalid(

@@ -381,13 +381,14 @@ pub struct UpdateBody {
     password: Option<String>,
 }
 
-/// Resolves the organization named in the request and checks the caller administers it.
+/// Resolves the organization named in the request and checks the authenticated caller
+/// administers it. The caller is authenticated before the body or query is validated, so a
+/// request without a valid token learns nothing but 401.
 async fn own_org(
     state: &AppState,
-    req: &Request,
+    caller: &super::auth::Authenticated,
     name: &OrgName,
-) -> Result<(super::auth::Authenticated, std::sync::Arc<OrgRecord>), ApiError> {
-    let caller = authenticate(state, req).await?;
+) -> Result<std::sync::Arc<OrgRecord>, ApiError> {
     let org = super::org_named(state, name).await?;
     if org.id != caller.org.id {
         return Err(ApiError::forbidden(
@@ -395,7 +396,7 @@ async fn own_org(
         ));
     }
     super::check_rate(state, org.id).await?;
-    Ok((caller, org))
+    Ok(org)
 }
 
 /// `PUT /org/update`: email, password and/or name; a rename moves the data.
@@ -412,6 +413,7 @@ async fn own_org(
         (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let caller = authenticate(state, req).await?;
     let body: UpdateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     let new_name = body
@@ -427,7 +429,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             "give at least one of new_organization_name, email, password",
         ));
     }
-    let (caller, org) = own_org(state, req, &name).await?;
+    let org = own_org(state, &caller, &name).await?;
     log.org_id = Some(org.id);
     if org.state != OrgState::Active {
         return Err(ApiError::unavailable(
@@ -519,8 +521,9 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let caller = authenticate(state, req).await?;
     let name = name_param(req)?;
-    let (_caller, org) = own_org(state, req, &name).await?;
+    let org = own_org(state, &caller, &name).await?;
     log.org_id = Some(org.id);
     if org.state != OrgState::Active {
         return Err(ApiError::unavailable(

@@ -9,6 +9,7 @@ mod secantus;
 
 mod auth;
 mod data;
+mod input;
 mod isolation;
 mod keys;
 mod lifecycle;

@@ -1,11 +1,12 @@
 //! Filter parsing, validation and MongoDB-compatible matching.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::{
-    array_index, check_value, compare_values, parse_path, type_rank, Document, QueryError,
+    array_index, check_value, clip, compare_values, parse_path, type_rank, Document, QueryError,
     QueryLimits,
 };
 
@@ -18,6 +19,13 @@ use super::{
 /// matches missing fields and comparisons only match values of the same type.
 #[derive(Debug, Clone)]
 pub struct Filter {
+    /// Shared: a filter is cloned into every store call, and its literals may be a
+    /// megabyte.
+    inner: Arc<Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
     root: Node,
     original: Value,
 }
@@ -50,9 +58,11 @@ enum CmpOp {
 impl Filter {
     /// Validates a filter. `null` and `{}` match every document.
     pub fn parse(v: &Value, limits: &QueryLimits) -> Result<Filter, QueryError> {
-        let original = match v {
-            Value::Null => Value::Object(Map::new()),
-            Value::Object(_) => v.clone(),
+        let mut parser = Parser { limits, nodes: 0 };
+        // Validated before the copy kept for MongoDB is made: a refusal costs one walk.
+        let (root, original) = match v {
+            Value::Null => (Node::And(Vec::new()), Value::Object(Map::new())),
+            Value::Object(m) => (parser.parse_doc(m, 1)?, v.clone()),
             _ => {
                 return Err(QueryError::at(
                     "invalid_filter",
@@ -61,27 +71,24 @@ impl Filter {
                 ))
             }
         };
-        let mut parser = Parser { limits, nodes: 0 };
-        let root = match &original {
-            Value::Object(m) => parser.parse_doc(m, 1)?,
-            _ => Node::And(Vec::new()),
-        };
-        Ok(Filter { root, original })
+        Ok(Filter {
+            inner: Arc::new(Parsed { root, original }),
+        })
     }
 
     /// Whether `doc` satisfies the filter.
     pub fn matches(&self, doc: &Document) -> bool {
-        eval(&self.root, doc)
+        eval(&self.inner.root, doc)
     }
 
     /// The validated filter, to be sent to MongoDB verbatim (`null` becomes `{}`).
     pub fn to_json(&self) -> Value {
-        self.original.clone()
+        self.inner.original.clone()
     }
 
     /// True when the filter matches every document (`null` or `{}`).
     pub fn is_empty(&self) -> bool {
-        self.original.as_object().is_none_or(Map::is_empty)
+        self.inner.original.as_object().is_none_or(Map::is_empty)
     }
 }
 
@@ -156,6 +163,11 @@ impl Parser<'_> {
                     format!("`{op}` entries must be objects"),
                 ));
             };
+            if m.is_empty() {
+                // Counted like a predicate: it is evaluated like one, and would otherwise
+                // let `{"$and": [{}, {}, ...]}` grow past every limit.
+                self.bump("")?;
+            }
             children.push(self.parse_doc(m, depth + 1)?);
         }
         Ok(match op {
@@ -173,7 +185,10 @@ impl Parser<'_> {
                     return Err(QueryError::at(
                         "invalid_filter",
                         key,
-                        format!("cannot mix operators and the field `{field}` in one object"),
+                        format!(
+                            "cannot mix operators and the field `{}` in one object",
+                            clip(field)
+                        ),
                     ));
                 }
                 let nodes = self.parse_ops(key, &path, ops, depth + 1)?;
@@ -278,7 +293,7 @@ impl Parser<'_> {
                             "invalid_filter",
                             key,
                             op,
-                            format!("`$not` accepts only operators, found `{field}`"),
+                            format!("`$not` accepts only operators, found `{}`", clip(field)),
                         ));
                     }
                     self.bump(key)?;
@@ -884,6 +899,12 @@ mod tests {
         );
         assert_eq!(
             code(json!({"$or": [{"a": 1}, {"b": 1}, {"c": 1}, {"d": 1}, {"e": 1}]})),
+            "filter_too_large"
+        );
+        // empty entries of logical operators count too
+        ok(json!({"$or": [{}, {}, {}, {}]})).unwrap();
+        assert_eq!(
+            code(json!({"$or": [{}, {}, {}, {}, {}]})),
             "filter_too_large"
         );
         // $in length

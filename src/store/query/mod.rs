@@ -7,6 +7,7 @@
 //! bracketing, `null` matching missing fields, BSON comparison order, and
 //! array-aware sort keys.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -28,6 +29,28 @@ pub type Document = Map<String, Value>;
 /// Maximum nesting depth of a stored document (the top-level object is depth 1).
 pub const MAX_DOCUMENT_DEPTH: usize = 32;
 
+/// Most components in a dotted field path. A stored document nests at most
+/// [`MAX_DOCUMENT_DEPTH`] levels, so longer paths can address nothing; the bound keeps the
+/// trees built from paths (projections, updates) shallow enough to walk and drop recursively.
+pub const MAX_PATH_PARTS: usize = 100;
+
+/// Longest field path, name or operator quoted in an error, in bytes; longer ones are cut
+/// short and end in `…`, so a 400 KiB key does not come back as a 400 KiB error body.
+pub const MAX_QUOTED_BYTES: usize = 200;
+
+/// `s` cut to at most [`MAX_QUOTED_BYTES`] (at a character boundary) and marked with `…`
+/// when it was longer. Cutting an already cut string gives the same string.
+pub fn clip(s: &str) -> Cow<'_, str> {
+    if s.len() <= MAX_QUOTED_BYTES {
+        return Cow::Borrowed(s);
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &s[..end]))
+}
+
 /// A rejected filter, sort, projection, update or document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryError {
@@ -43,6 +66,8 @@ pub struct QueryError {
 
 impl QueryError {
     fn new(code: &'static str, path: &str, operator: Option<&str>, message: String) -> Self {
+        // Paths and operators come from the request: quote them clipped.
+        let path = clip(path);
         let message = if path.is_empty() {
             message
         } else {
@@ -50,8 +75,8 @@ impl QueryError {
         };
         QueryError {
             code,
-            path: path.to_string(),
-            operator: operator.map(str::to_string),
+            path: path.into_owned(),
+            operator: operator.map(|op| clip(op).into_owned()),
             message,
         }
     }
@@ -61,7 +86,7 @@ impl QueryError {
             "unsupported_operator",
             path,
             Some(op),
-            format!("unsupported operator `{op}`"),
+            format!("unsupported operator `{}`", clip(op)),
         )
     }
 
@@ -224,6 +249,13 @@ pub(crate) fn parse_path(path: &str) -> Result<Vec<String>, QueryError> {
             "field path must not be empty",
         ));
     }
+    if path.split('.').nth(MAX_PATH_PARTS).is_some() {
+        return Err(QueryError::at(
+            "invalid_field_name",
+            path,
+            format!("field path has more than {MAX_PATH_PARTS} components"),
+        ));
+    }
     path.split('.')
         .map(|part| {
             if part.is_empty() {
@@ -242,7 +274,10 @@ pub(crate) fn parse_path(path: &str) -> Result<Vec<String>, QueryError> {
                 Err(QueryError::at(
                     "invalid_field_name",
                     path,
-                    format!("field path component `{part}` must not start with `$`"),
+                    format!(
+                        "field path component `{}` must not start with `$`",
+                        clip(part)
+                    ),
                 ))
             } else {
                 Ok(part.to_string())
@@ -272,7 +307,12 @@ pub(crate) fn join_path(prefix: &str, name: &str) -> String {
 
 /// Checks one stored field name.
 pub(crate) fn check_field_name(name: &str, path: &str) -> Result<(), QueryError> {
-    let problem = if name.is_empty() {
+    field_name_problem(name).map_err(|problem| QueryError::at("invalid_field_name", path, problem))
+}
+
+/// What is wrong with a stored field name, if anything.
+pub(crate) fn field_name_problem(name: &str) -> Result<(), &'static str> {
+    Err(if name.is_empty() {
         "field names must not be empty"
     } else if name.starts_with('$') {
         "field names must not start with `$`"
@@ -282,20 +322,96 @@ pub(crate) fn check_field_name(name: &str, path: &str) -> Result<(), QueryError>
         "field names must not contain NUL"
     } else {
         return Ok(());
-    };
-    Err(QueryError::at("invalid_field_name", path, problem))
+    })
+}
+
+/// One step into a JSON value: a field name or an array position.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step<'a> {
+    /// A field of an object.
+    Key(&'a str),
+    /// An element of an array.
+    Index(usize),
+}
+
+/// The path a walker stands at, as borrowed steps under a dotted `base`. It is rendered only
+/// when an error quotes it: building a string per visited node would cost key length x node
+/// count (a 400 KiB key over 300,000 array items is 120 GB of copying).
+#[derive(Debug)]
+pub(crate) struct Trail<'a> {
+    base: &'a str,
+    steps: Vec<Step<'a>>,
+}
+
+impl<'a> Trail<'a> {
+    /// A trail at `base` (a dotted path, empty at the top level).
+    pub(crate) fn new(base: &'a str) -> Self {
+        Trail {
+            base,
+            steps: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, step: Step<'a>) {
+        self.steps.push(step);
+    }
+
+    pub(crate) fn pop(&mut self) {
+        self.steps.pop();
+    }
+
+    /// The dotted path, clipped like every quoted path ([`clip`]); the work is bounded by the
+    /// clip length, not by the length of the keys.
+    pub(crate) fn render(&self) -> String {
+        // A few bytes over the limit tell `clip` to cut and mark the path.
+        let cap = MAX_QUOTED_BYTES + 4;
+        let mut out = String::new();
+        let parts = (!self.base.is_empty())
+            .then_some(Cow::Borrowed(self.base))
+            .into_iter()
+            .chain(self.steps.iter().map(|step| match step {
+                Step::Key(k) => Cow::Borrowed(*k),
+                Step::Index(i) => Cow::Owned(i.to_string()),
+            }));
+        for (n, part) in parts.enumerate() {
+            if n > 0 {
+                out.push('.');
+            }
+            let room = cap.saturating_sub(out.len());
+            let mut end = part.len().min(room);
+            while !part.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&part[..end]);
+            if out.len() >= cap {
+                break;
+            }
+        }
+        clip(&out).into_owned()
+    }
 }
 
 /// Recursively checks field names and nesting of a value located at `path`,
 /// whose own nesting depth is `depth` (objects and arrays count).
 pub(crate) fn check_value(v: &Value, depth: usize, path: &str) -> Result<(), QueryError> {
+    walk_value(v, depth, &mut Trail::new(path))
+}
+
+/// [`check_value`] at the walker's current position.
+pub(crate) fn walk_value<'a>(
+    v: &'a Value,
+    depth: usize,
+    trail: &mut Trail<'a>,
+) -> Result<(), QueryError> {
     match v {
-        Value::Object(m) => check_map(m, depth, path),
+        Value::Object(m) => walk_map(m, depth, trail),
         Value::Array(a) => {
-            check_depth(depth, path)?;
+            check_depth(depth, trail)?;
             for (i, e) in a.iter().enumerate() {
                 if e.is_object() || e.is_array() {
-                    check_value(e, depth + 1, &join_path(path, &i.to_string()))?;
+                    trail.push(Step::Index(i));
+                    walk_value(e, depth + 1, trail)?;
+                    trail.pop();
                 }
             }
             Ok(())
@@ -305,20 +421,35 @@ pub(crate) fn check_value(v: &Value, depth: usize, path: &str) -> Result<(), Que
 }
 
 fn check_map(m: &Map<String, Value>, depth: usize, path: &str) -> Result<(), QueryError> {
-    check_depth(depth, path)?;
+    walk_map(m, depth, &mut Trail::new(path))
+}
+
+fn walk_map<'a>(
+    m: &'a Map<String, Value>,
+    depth: usize,
+    trail: &mut Trail<'a>,
+) -> Result<(), QueryError> {
+    check_depth(depth, trail)?;
     for (k, v) in m {
-        let child = join_path(path, k);
-        check_field_name(k, &child)?;
-        check_value(v, depth + 1, &child)?;
+        trail.push(Step::Key(k));
+        if let Err(problem) = field_name_problem(k) {
+            return Err(QueryError::at(
+                "invalid_field_name",
+                &trail.render(),
+                problem,
+            ));
+        }
+        walk_value(v, depth + 1, trail)?;
+        trail.pop();
     }
     Ok(())
 }
 
-fn check_depth(depth: usize, path: &str) -> Result<(), QueryError> {
+fn check_depth(depth: usize, trail: &Trail<'_>) -> Result<(), QueryError> {
     if depth > MAX_DOCUMENT_DEPTH {
         Err(QueryError::at(
             "document_too_deep",
-            path,
+            &trail.render(),
             format!("document nesting exceeds {MAX_DOCUMENT_DEPTH} levels"),
         ))
     } else {
@@ -489,6 +620,94 @@ mod tests {
         assert_eq!(array_index("01"), None);
         assert_eq!(array_index("+1"), None);
         assert_eq!(array_index("a"), None);
+    }
+
+    #[test]
+    fn quoted_paths_are_clipped() {
+        assert_eq!(clip("a.b"), "a.b");
+        let long = "é".repeat(300);
+        let cut = clip(&long);
+        assert!(
+            cut.len() <= MAX_QUOTED_BYTES + '…'.len_utf8(),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        assert_eq!(clip(&cut), cut, "clipping twice changes nothing");
+
+        let key = "k".repeat(400 * 1024);
+        let e = validate_document(
+            &doc(json!({ key.clone(): [1, {"$x": 1}] })),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "invalid_field_name");
+        assert!(e.path.len() <= MAX_QUOTED_BYTES + 3 && e.path.ends_with('…'));
+        assert!(
+            e.message.len() < 2 * MAX_QUOTED_BYTES,
+            "{}",
+            e.message.len()
+        );
+        let e = QueryError::unsupported(&key, &format!("${key}"));
+        assert!(e.message.len() < 3 * MAX_QUOTED_BYTES);
+        assert!(e.operator.unwrap().len() <= MAX_QUOTED_BYTES + 3);
+    }
+
+    #[test]
+    fn trail_renders_only_what_it_is_asked_for() {
+        let mut t = Trail::new("a.b");
+        t.push(Step::Index(3));
+        t.push(Step::Key("c"));
+        assert_eq!(t.render(), "a.b.3.c");
+        t.pop();
+        assert_eq!(t.render(), "a.b.3");
+        let mut t = Trail::new("");
+        t.push(Step::Key(""));
+        assert_eq!(t.render(), "");
+        t.push(Step::Key("x"));
+        assert_eq!(t.render(), ".x");
+        // A path of many long keys is cut without being built whole.
+        let key = "y".repeat(100_000);
+        let mut t = Trail::new("");
+        for _ in 0..1000 {
+            t.push(Step::Key(&key));
+        }
+        let r = t.render();
+        assert!(
+            r.len() <= MAX_QUOTED_BYTES + 3 && r.ends_with('…'),
+            "{}",
+            r.len()
+        );
+    }
+
+    #[test]
+    fn long_keys_over_many_items_are_checked_in_one_pass() {
+        // 400 KiB key over 300,000 nested arrays: a path string per element would copy
+        // 120 GB; the trail copies nothing.
+        let key = "k".repeat(400 * 1024);
+        let items = vec![json!([]); 300_000];
+        let d = doc(json!({ key.clone(): items }));
+        validate_document(&d, &Default::default()).unwrap();
+        let mut items = vec![json!({"ok": 1}); 300_000];
+        items.push(json!({"bad.name": 1}));
+        let e = validate_document(&doc(json!({ key: items })), &Default::default()).unwrap_err();
+        assert_eq!(e.code, "invalid_field_name");
+        assert!(e.path.ends_with('…'));
+    }
+
+    #[test]
+    fn paths_have_a_bounded_number_of_components() {
+        let ok = vec!["a"; MAX_PATH_PARTS].join(".");
+        assert_eq!(parse_path(&ok).unwrap().len(), MAX_PATH_PARTS);
+        let long = vec!["a"; MAX_PATH_PARTS + 1].join(".");
+        assert_eq!(parse_path(&long).unwrap_err().code, "invalid_field_name");
+        let huge = vec!["a"; 300_000].join(".");
+        let e = parse_path(&huge).unwrap_err();
+        assert!(e.message.contains("components"), "{}", e.message);
+        assert!(Projection::parse(&json!({ huge.clone(): 1 })).is_err());
+        assert!(Sort::parse(&json!({ huge.clone(): 1 })).is_err());
+        assert!(Filter::parse(&json!({ huge.clone(): 1 }), &Default::default()).is_err());
+        assert!(Update::parse(&json!({"$set": { huge: 1 }}), &Default::default()).is_err());
     }
 
     pub(crate) fn arb_json() -> impl Strategy<Value = Value> {

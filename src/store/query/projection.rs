@@ -6,6 +6,11 @@ use serde_json::{Map, Value};
 
 use super::{parse_path, Document, QueryError};
 
+/// Most fields in a projection. Each is matched against every returned document (and sent to
+/// MongoDB), so a body of tens of thousands of fields would cost per document what its parse
+/// cost once.
+pub const MAX_PROJECTION_FIELDS: usize = 256;
+
 /// A validated projection: `{a: 1, "b.c": 1}` (inclusion) or `{a: 0}` (exclusion).
 ///
 /// As in MongoDB 4.4+: `_id` is kept unless excluded (`_id: 0` may appear in an
@@ -47,6 +52,13 @@ impl Projection {
                 ))
             }
         };
+        if spec_obj.len() > MAX_PROJECTION_FIELDS {
+            return Err(QueryError::at(
+                "invalid_projection",
+                "",
+                format!("projection has more than {MAX_PROJECTION_FIELDS} fields"),
+            ));
+        }
         let mut spec = Vec::with_capacity(spec_obj.len());
         let mut mode = None;
         let mut id_setting = None;
@@ -313,6 +325,16 @@ mod tests {
         let p = Projection::parse(&json!({"a": true, "b.c": 1.0, "_id": 0})).unwrap();
         assert!(!p.is_empty());
         assert_eq!(text(&p.to_json()), r#"{"a":1,"b.c":1,"_id":0}"#);
+    }
+
+    #[test]
+    fn projections_have_a_bounded_number_of_fields() {
+        let fields = |n: usize| -> Value {
+            Value::Object((0..n).map(|i| (format!("f{i}"), json!(1))).collect())
+        };
+        Projection::parse(&fields(MAX_PROJECTION_FIELDS)).unwrap();
+        let e = Projection::parse(&fields(MAX_PROJECTION_FIELDS + 1)).unwrap_err();
+        assert_eq!(e.code, "invalid_projection");
     }
 
     #[test]

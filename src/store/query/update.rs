@@ -5,13 +5,18 @@ use std::cmp::Ordering;
 use serde_json::{Map, Number, Value};
 
 use super::{
-    array_index, check_field_name, check_value, join_path, value_depth, Document, QueryError,
-    QueryLimits, MAX_DOCUMENT_DEPTH,
+    array_index, check_field_name, check_value, clip, field_name_problem, join_path, value_depth,
+    walk_value, Document, QueryError, QueryLimits, Step, Trail, MAX_DOCUMENT_DEPTH, MAX_PATH_PARTS,
 };
 
 /// Largest number of `null`s an update may append to pad an array
 /// (`$set: {"a.100": 1}` on a short array).
 pub const MAX_ARRAY_PADDING: usize = 10_000;
+
+/// Most bytes the dotted paths of one update may add up to. A merge patch repeats a parent's
+/// key in the path of each of its leaves, so without this bound a long key over a few hundred
+/// leaves would build hundreds of megabytes of paths.
+pub const MAX_UPDATE_PATH_BYTES: usize = 1024 * 1024;
 
 /// A validated update.
 ///
@@ -69,16 +74,25 @@ impl Update {
         let update = if top.keys().any(|k| k.starts_with('$')) {
             parse_operators(top)?
         } else {
-            check_patch(top, "", 1)?;
+            check_patch(top)?;
+            // Counted before `ops` builds the paths, which is what this bounds.
+            let (mut leaves, mut bytes) = (0, 0);
+            patch_size(top, 0, &mut leaves, &mut bytes);
+            if leaves > limits.max_nodes {
+                return Err(too_many_paths(limits));
+            }
+            if bytes > MAX_UPDATE_PATH_BYTES {
+                return Err(QueryError::at(
+                    "invalid_update",
+                    "",
+                    format!("update paths add up to more than {MAX_UPDATE_PATH_BYTES} bytes"),
+                ));
+            }
             Update::MergePatch(v.clone())
         };
         let ops = update.ops();
         if ops.len() > limits.max_nodes {
-            return Err(QueryError::at(
-                "invalid_update",
-                "",
-                format!("update touches more than {} paths", limits.max_nodes),
-            ));
+            return Err(too_many_paths(limits));
         }
         build_tree(&ops)?;
         Ok(update)
@@ -96,7 +110,7 @@ impl Update {
                     "merge patch must be an object",
                 ));
             };
-            check_patch(patch, "", 1)?;
+            check_patch(patch)?;
             if let Some(id) = patch.get("_id") {
                 match doc.get("_id") {
                     Some(current) if current == id => {
@@ -195,6 +209,33 @@ impl Update {
     }
 }
 
+fn too_many_paths(limits: &QueryLimits) -> QueryError {
+    QueryError::at(
+        "invalid_update",
+        "",
+        format!("update touches more than {} paths", limits.max_nodes),
+    )
+}
+
+/// Adds the leaves of a merge patch under a path of `prefix` bytes, and the bytes of their
+/// dotted paths, without building the paths.
+fn patch_size(patch: &Map<String, Value>, prefix: usize, leaves: &mut usize, bytes: &mut usize) {
+    for (k, v) in patch {
+        let len = if prefix == 0 {
+            k.len()
+        } else {
+            prefix + 1 + k.len()
+        };
+        match v {
+            Value::Object(m) => patch_size(m, len, leaves, bytes),
+            _ => {
+                *leaves += 1;
+                *bytes += len;
+            }
+        }
+    }
+}
+
 fn parse_operators(top: &Map<String, Value>) -> Result<Update, QueryError> {
     let mut set = Map::new();
     let mut unset = Map::new();
@@ -246,6 +287,13 @@ fn parse_operators(top: &Map<String, Value>) -> Result<Update, QueryError> {
 }
 
 fn check_update_path(path: &str) -> Result<(), QueryError> {
+    if path.split('.').nth(MAX_PATH_PARTS).is_some() {
+        return Err(QueryError::at(
+            "invalid_field_name",
+            path,
+            format!("field path has more than {MAX_PATH_PARTS} components"),
+        ));
+    }
     for part in path.split('.') {
         if part == "$" || part.starts_with("$[") {
             return Err(QueryError::unsupported(path, part));
@@ -262,32 +310,46 @@ fn check_update_path(path: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
-fn check_patch(patch: &Map<String, Value>, prefix: &str, depth: usize) -> Result<(), QueryError> {
-    if prefix.is_empty() {
-        if let Some(id) = patch.get("_id") {
-            if id.is_null() || id.is_object() || id.is_array() {
-                return Err(QueryError::at(
-                    "invalid_update",
-                    "_id",
-                    "`_id` may not be removed, merged or set to an array",
-                ));
-            }
+/// Checks a merge patch: field names, nesting, and `_id` left alone.
+fn check_patch(patch: &Map<String, Value>) -> Result<(), QueryError> {
+    if let Some(id) = patch.get("_id") {
+        if id.is_null() || id.is_object() || id.is_array() {
+            return Err(QueryError::at(
+                "invalid_update",
+                "_id",
+                "`_id` may not be removed, merged or set to an array",
+            ));
         }
     }
+    walk_patch(patch, 1, &mut Trail::new(""))
+}
+
+fn walk_patch<'a>(
+    patch: &'a Map<String, Value>,
+    depth: usize,
+    trail: &mut Trail<'a>,
+) -> Result<(), QueryError> {
     if depth > MAX_DOCUMENT_DEPTH {
         return Err(QueryError::at(
             "invalid_update",
-            prefix,
+            &trail.render(),
             format!("merge patch nests deeper than {MAX_DOCUMENT_DEPTH} levels"),
         ));
     }
     for (k, v) in patch {
-        let path = join_path(prefix, k);
-        check_field_name(k, &path)?;
-        match v {
-            Value::Object(m) => check_patch(m, &path, depth + 1)?,
-            other => check_value(other, depth + 1, &path)?,
+        trail.push(Step::Key(k));
+        if let Err(problem) = field_name_problem(k) {
+            return Err(QueryError::at(
+                "invalid_field_name",
+                &trail.render(),
+                problem,
+            ));
         }
+        match v {
+            Value::Object(m) => walk_patch(m, depth + 1, trail)?,
+            other => walk_value(other, depth + 1, trail)?,
+        }
+        trail.pop();
     }
     Ok(())
 }
@@ -442,7 +504,7 @@ fn apply_in_array(
             return Err(QueryError::at(
                 "invalid_update",
                 path,
-                format!("cannot create field `{name}` in an array"),
+                format!("cannot create field `{}` in an array", clip(name)),
             ));
         }
         return Ok(());
@@ -720,6 +782,23 @@ mod tests {
             json!({"$set": {}})
         );
         assert!(matches!(u, Update::Operators { .. }));
+    }
+
+    #[test]
+    fn merge_patch_size_is_bounded_before_paths_are_built() {
+        let limits = QueryLimits::default();
+        // A long key over many leaves: refused by count, before any path is built.
+        let key = "k".repeat(400 * 1024);
+        let leaves: Map<String, Value> = (0..50_000).map(|i| (format!("f{i}"), json!(1))).collect();
+        let e = Update::parse(&json!({ key.clone(): leaves }), &limits).unwrap_err();
+        assert_eq!(e.code, "invalid_update");
+        assert!(e.message.contains("paths"), "{}", e.message);
+        // Few leaves, but their paths repeat the long key: refused by bytes.
+        let leaves: Map<String, Value> = (0..10).map(|i| (format!("f{i}"), json!(1))).collect();
+        let e = Update::parse(&json!({ key.clone(): leaves }), &limits).unwrap_err();
+        assert!(e.message.contains("bytes"), "{}", e.message);
+        // One leaf under the long key is fine.
+        parse(json!({ key: {"f": 1} }));
     }
 
     #[test]
