@@ -50,7 +50,10 @@ impl QueuedStderr {
                 .expect("spawn the log writer thread");
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                flush();
+                // Not if this thread is the one draining (a panic inside a flush).
+                if let Some(rx) = QUEUE.get().and_then(|q| q.rx.try_lock()) {
+                    drain(&rx);
+                }
                 previous(info);
             }));
             Queue {
@@ -64,8 +67,12 @@ impl QueuedStderr {
 
 /// Writes every queued line to stderr now.
 pub fn flush() {
-    let Some(q) = QUEUE.get() else { return };
-    let rx = q.rx.lock();
+    if let Some(q) = QUEUE.get() {
+        drain(&q.rx.lock());
+    }
+}
+
+fn drain(rx: &Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
     while let Ok(line) = rx.try_recv() {
         batch.extend_from_slice(&line);
