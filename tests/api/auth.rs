@@ -102,8 +102,8 @@ fn generated_secret_is_stored_privately() {
     let meta = std::fs::metadata(gw.data_dir().join("jwt_secret")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(gw.log_contains("generated a 256-bit signing secret"));
     let log = gw.log();
-    assert!(log.contains("generated a 256-bit signing secret"), "{log}");
     let secret = std::fs::read_to_string(gw.data_dir().join("jwt_secret")).unwrap();
     assert!(!log.contains(secret.trim()), "secret leaked into the log");
 }

@@ -120,6 +120,7 @@ fn health_and_readiness() {
 fn secrets_never_reach_the_log() {
     let gw = TestGateway::start();
     let token = gw.org_with_token("Quiet", "quiet@example.com");
+    assert!(gw.log_contains("/org/create"));
     let log = gw.log();
     assert!(!log.contains("password123"));
     assert!(!log.contains(&token));
@@ -191,6 +192,7 @@ fn json_logs_carry_the_request_id_on_every_line_of_a_request() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
+    assert!(gw.log_contains("\"message\":\"request\",\"request_id\":\"trace-me-123\""));
     let lines: Vec<Value> = gw
         .log()
         .lines()

@@ -66,7 +66,7 @@ fn crash_during(failpoint: &str, rename: bool) {
             .json()
             .unwrap();
         assert_eq!(n["count"], 500);
-        assert!(gw.log().contains("completing an interrupted rename"));
+        assert!(gw.log_contains("completing an interrupted rename"));
     } else {
         assert_eq!(get("Crashy"), 404);
         // the name is free and the old collection is gone: a new org starts empty
@@ -129,7 +129,7 @@ fn crash_during_rename_with_password(failpoint: &str, completed: bool) {
         assert_eq!((get("Both%20Done"), get("Both%20Or%20None")), (404, 200));
         assert_eq!(login("password123"), 200);
         assert_eq!(login("a-brand-new-password"), 401);
-        assert!(gw.log().contains("rolling back an interrupted rename"));
+        assert!(gw.log_contains("rolling back an interrupted rename"));
     }
 }
 
@@ -151,7 +151,7 @@ fn create_interrupted_before_its_collection_is_rolled_back_at_restart() {
         .json(&json!({"organization_name": "Half Made", "email": "half@example.com", "password": "password123"}))
         .send();
     restart_after_crash(&mut gw, r);
-    assert!(gw.log().contains("rolling back an interrupted create"));
+    assert!(gw.log_contains("rolling back an interrupted create"));
     let r = gw
         .req(Method::GET, "/org/get?organization_name=Half%20Made")
         .send()
@@ -214,9 +214,7 @@ fn an_interrupted_rename_never_adopts_an_orphan_at_its_target() {
     }
     gw.env.clear();
     gw.restart();
-    assert!(gw
-        .log()
-        .contains("found an orphaned collection; set it aside"));
+    assert!(gw.log_contains("found an orphaned collection; set it aside"));
     let n: Value = gw
         .req(Method::POST, "/data/count")
         .bearer_auth(&t)

@@ -396,7 +396,7 @@ fn collection_counts_are_reconciled_with_the_shard_at_startup() {
     gw.restart();
     assert_eq!(count(&gw), Some(4));
     assert!(
-        gw.log().contains("collection count drifted"),
+        gw.log_contains("collection count drifted"),
         "drift is logged"
     );
     rt.block_on(mongo_env::drop_db(&uri, &format!("{prefix}_1")));

@@ -179,8 +179,41 @@ impl TestGateway {
     }
 
     /// The gateway's log so far.
+    ///
+    /// Lines reach the file through the gateway's log queue, drained every few milliseconds,
+    /// so this first waits until the file has stopped growing for 100 ms (at most 3 s): a line
+    /// logged before the call is in the answer, and an assertion that a line is absent sees
+    /// everything written so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("gateway.log")).unwrap_or_default()
+        let path = self.data_dir.join("gateway.log");
+        let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let started = Instant::now();
+        let mut last = size();
+        let mut stable_since = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = size();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            } else if stable_since.elapsed() >= Duration::from_millis(100) {
+                break;
+            }
+        }
+        std::fs::read_to_string(&path).unwrap_or_default()
+    }
+
+    /// Whether the log contains `needle`, waiting up to 10 s for it to appear.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+        }
     }
 
     /// Kills the process (SIGKILL) and waits for it.
