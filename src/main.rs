@@ -2,6 +2,13 @@ use clap::Parser;
 use org_gateway::cli::{Cli, Command, KeysCommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc: a large body (hundreds of thousands of JSON values) is
+/// handled in a third to a half of the CPU time, because freed memory is reused instead of
+/// returned to the kernel and faulted in again; small requests cost the same
+/// (`benches/crafted_bodies.py`, benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
