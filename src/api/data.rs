@@ -640,7 +640,7 @@ fn fingerprint(filter: &Filter, sort: &Sort) -> String {
     ))]
 pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log, Access::Read).await?;
-    let body: QueryBody = super::json_body(req)?;
+    let body: QueryBody = super::data_body(req)?;
     let lim = limits(state);
     let filter = Filter::parse(&body.filter, &lim).map_err(query_error)?;
     let sort = Sort::parse(&body.sort).map_err(query_error)?;
@@ -704,7 +704,7 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     ))]
 pub async fn count(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     let t = tenant(state, req, log, Access::Read).await?;
-    let body: CountBody = super::json_body(req)?;
+    let body: CountBody = super::data_body(req)?;
     let filter = Filter::parse(&body.filter, &limits(state)).map_err(query_error)?;
     let n = t.run("count", t.shard.store.count(&t.ns, &filter)).await?;
     Ok(t.reply(StatusCode::OK, &CountReply { count: n }))

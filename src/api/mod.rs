@@ -127,7 +127,20 @@ pub const MAX_BODY_VALUES: usize = 1_000_000;
 /// otherwise read a JSON array positionally into a struct) or does not fit `T`, and the
 /// [`json_value`] checks. The content type is not checked: clients that forget the header
 /// still get their JSON parsed.
+///
+/// Integer range is left to `T`'s typed fields (an unknown field is ignored, whatever it
+/// holds); tenant data goes through [`data_body`] or [`json_value`] instead.
 pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let value = parse(req, Integers::AsTyped)?;
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
+    from_value(value)
+}
+
+/// [`json_body`] for a body carrying tenant data (filters, sorts): every integer in it must
+/// fit a signed 64-bit integer, as for documents ([`json_value`]).
+pub fn data_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     let value = json_value(req)?;
     if !value.is_object() {
         return Err(not_an_object());
@@ -137,7 +150,7 @@ pub fn json_body<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
 
 /// Like [`json_body`], for a body that may also be `null` (`None`).
 pub fn json_body_or_null<T: DeserializeOwned>(req: &Request) -> Result<Option<T>, ApiError> {
-    match json_value(req)? {
+    match parse(req, Integers::AsTyped)? {
         Value::Null => Ok(None),
         v @ Value::Object(_) => from_value(v).map(Some),
         _ => Err(not_an_object()),
@@ -148,6 +161,19 @@ pub fn json_body_or_null<T: DeserializeOwned>(req: &Request) -> Result<Option<T>
 /// (`number_out_of_range`; MongoDB stores no larger ones, so both backends hold the same
 /// values) and the body may hold at most [`MAX_BODY_VALUES`] values (`body_too_complex`).
 pub fn json_value(req: &Request) -> Result<Value, ApiError> {
+    parse(req, Integers::Int64)
+}
+
+/// Which integers a body may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Integers {
+    /// Tenant data: every integer fits a signed 64-bit integer.
+    Int64,
+    /// A body read into typed fields, which check their own range.
+    AsTyped,
+}
+
+fn parse(req: &Request, integers: Integers) -> Result<Value, ApiError> {
     if req.body.is_empty() {
         return Err(ApiError::invalid(
             "invalid_json",
@@ -161,8 +187,62 @@ pub fn json_value(req: &Request) -> Result<Value, ApiError> {
         )
     })?;
     let mut budget = MAX_BODY_VALUES;
-    check_json(&value, &mut Trail::new(""), &mut budget)?;
+    check_json(&value, &mut Trail::new(""), &mut budget, integers)?;
+    if integers == Integers::Int64 && has_integer_beyond_i64(&req.body) {
+        return Err(ApiError::invalid(
+            "number_out_of_range",
+            "an integer in the request body does not fit a signed 64-bit integer",
+        ));
+    }
     Ok(value)
+}
+
+/// Whether valid JSON text holds an integer literal (no fraction, no exponent) outside the
+/// signed 64-bit range. serde_json reads those below `i64::MIN` or above `u64::MAX` as
+/// floats, so only the text tells them from a float such as `-9.3e18`. One linear pass.
+fn has_integer_beyond_i64(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                while i < json.len() {
+                    match json[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < json.len() && json[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let digits_end = i;
+                let integer = !matches!(json.get(i), Some(b'.' | b'e' | b'E'));
+                while i < json.len()
+                    && matches!(json[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                if integer
+                    && std::str::from_utf8(&json[start..digits_end])
+                        .ok()
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .is_none()
+                {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 fn not_an_object() -> ApiError {
@@ -181,7 +261,12 @@ fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 
 /// One pass over a parsed body: integer range and the value budget. The path of an
 /// offending number is rendered only when it is reported.
-fn check_json<'a>(v: &'a Value, trail: &mut Trail<'a>, budget: &mut usize) -> Result<(), ApiError> {
+fn check_json<'a>(
+    v: &'a Value,
+    trail: &mut Trail<'a>,
+    budget: &mut usize,
+    integers: Integers,
+) -> Result<(), ApiError> {
     if *budget == 0 {
         return Err(ApiError::invalid(
             "body_too_complex",
@@ -190,17 +275,19 @@ fn check_json<'a>(v: &'a Value, trail: &mut Trail<'a>, budget: &mut usize) -> Re
     }
     *budget -= 1;
     match v {
-        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::invalid(
-            "number_out_of_range",
-            format!(
-                "integer at `{}` does not fit a signed 64-bit integer",
-                trail.render()
-            ),
-        )),
+        Value::Number(n) if integers == Integers::Int64 && n.is_u64() && n.as_i64().is_none() => {
+            Err(ApiError::invalid(
+                "number_out_of_range",
+                format!(
+                    "integer at `{}` does not fit a signed 64-bit integer",
+                    trail.render()
+                ),
+            ))
+        }
         Value::Array(items) => {
             for (i, x) in items.iter().enumerate() {
                 trail.push(Step::Index(i));
-                check_json(x, trail, budget)?;
+                check_json(x, trail, budget, integers)?;
                 trail.pop();
             }
             Ok(())
@@ -208,7 +295,7 @@ fn check_json<'a>(v: &'a Value, trail: &mut Trail<'a>, budget: &mut usize) -> Re
         Value::Object(map) => {
             for (k, x) in map {
                 trail.push(Step::Key(k));
-                check_json(x, trail, budget)?;
+                check_json(x, trail, budget, integers)?;
                 trail.pop();
             }
             Ok(())
@@ -268,4 +355,29 @@ pub async fn check_rate(
     e.retry_after = Some(decision.retry_after);
     e.extra_headers = decision.headers;
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_integer_beyond_i64 as beyond;
+
+    #[test]
+    fn integer_literals_beyond_i64_are_found_whatever_serde_reads_them_as() {
+        for bad in [
+            r#"{"a": -9223372036854775809}"#,
+            r#"[1, 18446744073709551616]"#,
+            r#"{"a": {"b": [9223372036854775808]}}"#,
+            r#"-99999999999999999999999"#,
+        ] {
+            assert!(beyond(bad.as_bytes()), "{bad}");
+        }
+        for good in [
+            r#"{"a": -9223372036854775808, "b": 9223372036854775807}"#,
+            r#"{"a": -9.3e18, "b": 1e30, "c": 18446744073709551616.0, "d": 1E400}"#,
+            r#"{"n": "99999999999999999999", "k\"99999999999999999999": 0}"#,
+            r#"{"99999999999999999999": [0, -0, 12]}"#,
+        ] {
+            assert!(!beyond(good.as_bytes()), "{good}");
+        }
+    }
 }

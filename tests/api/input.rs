@@ -553,6 +553,17 @@ fn integers_above_i64_are_refused_in_filters_skip_limit_and_updates() {
             "/data",
             format!(r#"[{{"x": 1}}, {{"y": {big}}}]"#),
         ),
+        // Below i64::MIN and above u64::MAX serde reads a float: the literal still counts.
+        (
+            Method::POST,
+            "/data",
+            r#"[{"_id": "0", "0": {"0": -9223372036854775809}}]"#.to_owned(),
+        ),
+        (
+            Method::POST,
+            "/data/count",
+            r#"{"filter": {"a": 184467440737095516160}}"#.to_owned(),
+        ),
     ] {
         let (s, b, _) = send(&gw, &t, method, path, body.clone());
         assert_eq!(
