@@ -20,8 +20,11 @@ use std::time::Duration;
 
 /// Bytes of verified tokens remembered (token text plus claims); about 60,000 tokens.
 const VERIFIED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
-/// Weight of one cached token beyond its text: the claims and the cache's own bookkeeping.
-const VERIFIED_ENTRY_OVERHEAD: u32 = 256;
+/// Weight of one cached token beyond its text and its claims' strings: the claims' fixed part,
+/// their allocation and the cache's own bookkeeping.
+const VERIFIED_ENTRY_OVERHEAD: u32 = 512;
+/// Longest a verified token is remembered (ten years).
+const MAX_CACHED_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// Shortest signing secret accepted, in characters.
 pub const MIN_SECRET_CHARS: usize = 32;
@@ -140,8 +143,9 @@ pub enum SecretSource {
 
 /// Cache weight of a verified token (moka hands the key as stored).
 #[allow(clippy::borrowed_box)]
-fn weight(token: &Box<str>, _: &Arc<Claims>) -> u32 {
-    u32::try_from(token.len())
+fn weight(token: &Box<str>, claims: &Arc<Claims>) -> u32 {
+    let text = token.len() + claims.iss.len() + claims.aud.len() + claims.jti.len();
+    u32::try_from(text)
         .unwrap_or(u32::MAX)
         .saturating_add(VERIFIED_ENTRY_OVERHEAD)
 }
@@ -176,13 +180,16 @@ impl JwtKeys {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl_seconds: ttl_seconds as i64,
-            leeway_seconds: leeway_seconds as i64,
+            leeway_seconds: i64::try_from(leeway_seconds).unwrap_or(i64::MAX),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_BYTES)
                 .weigher(weight)
                 // No token outlives this; expired ones are refused on lookup before then.
+                // (Capped: moka refuses lifetimes beyond 1,000 years.)
                 .time_to_live(Duration::from_secs(
-                    ttl_seconds.saturating_add(leeway_seconds).max(1),
+                    ttl_seconds
+                        .saturating_add(leeway_seconds)
+                        .clamp(1, MAX_CACHED_SECONDS),
                 ))
                 .build(),
         })

@@ -78,7 +78,8 @@ impl EmbeddedStore {
 
     /// Like `read_collection`, on the calling thread: only for reads bounded by a few B-tree
     /// pages (a point read), where the hand-off to the blocking pool (a lock and two thread
-    /// wake-ups) costs more than the read itself.
+    /// wake-ups) costs more than the read itself. A page not in redb's cache is read from disk
+    /// on this thread.
     fn read_collection_inline<T>(
         &self,
         ns: &Namespace,
@@ -99,6 +100,10 @@ impl EmbeddedStore {
             .map_err(backend)?
     }
 }
+
+/// Largest stored document a point read decodes on the worker thread; larger ones are decoded
+/// on the blocking pool.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 /// Runs `f` on the collection's table in a read transaction; `None` if it does not exist.
 fn read_table<T>(
@@ -384,11 +389,31 @@ impl TenantStore for EmbeddedStore {
     }
 
     async fn get(&self, ns: &Namespace, id: &str) -> StoreResult<Option<Document>> {
+        enum Read {
+            Decoded(Document),
+            Large(Vec<u8>),
+        }
         let found = self.read_collection_inline(ns, |table| {
-            let found = table.get(id).map_err(backend)?;
-            found.map(|g| decode(g.value())).transpose()
+            let Some(row) = table.get(id).map_err(backend)? else {
+                return Ok(None);
+            };
+            let bytes = row.value();
+            Ok(Some(if bytes.len() > INLINE_DECODE_BYTES {
+                Read::Large(bytes.to_vec())
+            } else {
+                Read::Decoded(decode(bytes)?)
+            }))
         })?;
-        Ok(found.flatten())
+        match found.flatten() {
+            None => Ok(None),
+            Some(Read::Decoded(doc)) => Ok(Some(doc)),
+            // Decoding a large document would hold the worker (and its other connections)
+            // for milliseconds.
+            Some(Read::Large(bytes)) => tokio::task::spawn_blocking(move || decode(&bytes))
+                .await
+                .map_err(backend)?
+                .map(Some),
+        }
     }
 
     async fn get_many(&self, ns: &Namespace, ids: &[String]) -> StoreResult<Vec<Document>> {

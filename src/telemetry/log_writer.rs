@@ -28,7 +28,13 @@ struct Queue {
     tx: SyncSender<Vec<u8>>,
     /// Shared by the drain thread and [`flush`] only; workers never take it.
     rx: Mutex<Receiver<Vec<u8>>>,
+    /// Held while a batch is taken and written, so batches reach stderr in queue order.
+    out: Mutex<()>,
 }
+
+/// How long [`flush`] waits for a write in progress (stderr may be blocked by a stuck pipe:
+/// shutdown and aborts must not hang on it).
+const FLUSH_WAIT: Duration = Duration::from_millis(500);
 
 static QUEUE: OnceCell<Queue> = OnceCell::new();
 
@@ -45,41 +51,48 @@ impl QueuedStderr {
             thread
                 .spawn(|| loop {
                     std::thread::sleep(TICK);
-                    flush();
+                    if let Some(q) = QUEUE.get() {
+                        drain(q, None);
+                    }
                 })
                 .expect("spawn the log writer thread");
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                // Not if this thread is the one draining (a panic inside a flush).
-                if let Some(rx) = QUEUE.get().and_then(|q| q.rx.try_lock()) {
-                    drain(&rx);
-                }
+                flush();
                 previous(info);
             }));
             Queue {
                 tx,
                 rx: Mutex::new(rx),
+                out: Mutex::new(()),
             }
         });
         Self
     }
 }
 
-/// Writes every queued line to stderr now.
+/// Writes every queued line to stderr now, unless a write already in progress takes longer
+/// than [`FLUSH_WAIT`] (then those lines are left to the drain thread).
 pub fn flush() {
     if let Some(q) = QUEUE.get() {
-        drain(&q.rx.lock());
+        drain(q, Some(FLUSH_WAIT));
     }
 }
 
-fn drain(rx: &Receiver<Vec<u8>>) {
+/// Takes what is queued and writes it in one go; `wait` bounds the wait for another writer.
+fn drain(q: &Queue, wait: Option<Duration>) {
+    let _out = match wait {
+        Some(w) => match q.out.try_lock_for(w) {
+            Some(guard) => guard,
+            None => return,
+        },
+        None => q.out.lock(),
+    };
     let mut batch = Vec::new();
-    while let Ok(line) = rx.try_recv() {
-        batch.extend_from_slice(&line);
-        // Keep each write a reasonable size under a burst.
-        if batch.len() >= 1 << 20 {
-            write_stderr(&batch);
-            batch.clear();
+    {
+        let rx = q.rx.lock();
+        while let Ok(line) = rx.try_recv() {
+            batch.extend_from_slice(&line);
         }
     }
     if !batch.is_empty() {

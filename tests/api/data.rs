@@ -400,3 +400,31 @@ fn concurrent_patches_of_one_document_all_apply() {
         .unwrap();
     assert_eq!(doc["n"], 60);
 }
+
+/// Small documents are read on the worker, large ones decoded off it: both read back whole.
+#[test]
+fn small_and_large_documents_read_back_whole() {
+    let gw = TestGateway::start();
+    let t = gw.org_with_token("Sizes Co", "sizes@example.com");
+    let large = "x".repeat(200 * 1024);
+    for (id, body) in [
+        ("small", json!({"_id": "small", "v": 1})),
+        ("large", json!({"_id": "large", "v": large})),
+    ] {
+        let r = gw
+            .req(Method::POST, "/data")
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let got: Value = gw
+            .req(Method::GET, &format!("/data/{id}"))
+            .bearer_auth(&t)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(got, body);
+    }
+}
