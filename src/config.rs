@@ -200,7 +200,8 @@ pub struct AuthConfig {
     pub leeway_seconds: u64,
     /// argon2 hashing threads; each holds one scratch buffer of `argon2_memory_kib`.
     pub hash_concurrency: usize,
-    /// Hash/verify jobs allowed to wait for a thread; beyond that, 503 at once.
+    /// Jobs allowed to wait for a thread, per lane (password checks, served first; new
+    /// hashes); beyond that, 503 at once.
     pub hash_queue_limit: usize,
     /// argon2id memory cost in KiB (OWASP minimum 19456).
     pub argon2_memory_kib: u32,

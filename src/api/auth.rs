@@ -190,10 +190,12 @@ pub async fn authenticate(state: &AppState, req: &Request) -> Result<Authenticat
 /// Maps a hashing failure: overload is a 503 the client retries, anything else a 500.
 pub fn hash_error(e: crate::auth::password::HashError) -> ApiError {
     match e {
+        // Retry-After of 1 to 3 s at random: a burst refused together does not come back
+        // together.
         crate::auth::password::HashError::Overloaded => ApiError::unavailable(
             "overloaded",
             "too many password operations in flight; retry shortly",
-            1,
+            rand::Rng::gen_range(&mut rand::thread_rng(), 1..=3),
         ),
         other => internal("password hashing", other),
     }

@@ -4,17 +4,20 @@
 //! tokio's blocking pool let every short-lived thread keep its own allocator arena of those
 //! buffers (resident memory grew to gigabytes under load), so hashing runs on
 //! `hash_concurrency` dedicated threads instead, each reusing one preallocated buffer: memory is
-//! bounded by `hash_concurrency` × the memory cost. Jobs wait in a bounded queue; when it is
-//! full, callers are told at once ([`HashError::Overloaded`], answered 503 with `Retry-After`)
-//! instead of waiting out their request timeout.
+//! bounded by `hash_concurrency` × the memory cost. Jobs wait in two bounded lanes: password
+//! checks (logins: an existing user is waiting) are always served before new hashes (creates,
+//! password changes), and each lane has its own bound, so a burst of creates never refuses a
+//! login. When a lane is full, callers are told at once ([`HashError::Overloaded`], answered
+//! 503 with `Retry-After`) instead of waiting out their request timeout.
 
 use crate::domain::Password;
 use crate::telemetry::metrics;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
@@ -47,10 +50,67 @@ struct Queued {
     queued_at: Instant,
 }
 
+/// Jobs waiting for a hashing thread.
+struct JobQueue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    /// Most jobs waiting in each lane.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct Lanes {
+    verify: VecDeque<Queued>,
+    hash: VecDeque<Queued>,
+    /// Every [`PasswordHasher`] is gone: the threads finish what waits and stop.
+    closed: bool,
+}
+
+impl JobQueue {
+    fn push(&self, queued: Queued) -> Result<(), Queued> {
+        let mut lanes = self.lanes.lock();
+        let lane = match queued.job {
+            Job::Verify { .. } => &mut lanes.verify,
+            Job::Hash { .. } => &mut lanes.hash,
+        };
+        if lane.len() >= self.limit {
+            return Err(queued);
+        }
+        lane.push_back(queued);
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, password checks first; `None` once closed and empty.
+    fn pop(&self) -> Option<Queued> {
+        let mut lanes = self.lanes.lock();
+        loop {
+            if let Some(job) = lanes.verify.pop_front().or_else(|| lanes.hash.pop_front()) {
+                return Some(job);
+            }
+            if lanes.closed {
+                return None;
+            }
+            self.ready.wait(&mut lanes);
+        }
+    }
+}
+
+/// Closes the queue when the last [`PasswordHasher`] clone is dropped.
+struct Submitter(Arc<JobQueue>);
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        self.0.lanes.lock().closed = true;
+        self.0.ready.notify_all();
+    }
+}
+
 /// Hashes and verifies passwords without blocking the event loop.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    jobs: SyncSender<Queued>,
+    jobs: Arc<Submitter>,
     waiting: Arc<AtomicUsize>,
     /// A hash of a random password: verified against when the email is unknown, so a failed
     /// login costs the same whether or not the account exists.
@@ -59,7 +119,7 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     /// Starts `concurrency` hashing threads with the given argon2id cost; at most
-    /// `queue_limit` jobs wait for them.
+    /// `queue_limit` password checks and `queue_limit` new hashes wait for them.
     pub fn new(
         memory_kib: u32,
         iterations: u32,
@@ -69,11 +129,14 @@ impl PasswordHasher {
     ) -> Result<Self, HashError> {
         let params = Params::new(memory_kib, iterations, parallelism, None)
             .map_err(|e| HashError::Failed(e.to_string()))?;
-        let (jobs, rx) = sync_channel::<Queued>(queue_limit.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(JobQueue {
+            lanes: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            limit: queue_limit.max(1),
+        });
         let waiting = Arc::new(AtomicUsize::new(0));
         for i in 0..concurrency.max(1) {
-            let (rx, params, waiting) = (rx.clone(), params.clone(), waiting.clone());
+            let (rx, params, waiting) = (queue.clone(), params.clone(), waiting.clone());
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || worker(rx, params, waiting))
@@ -84,7 +147,7 @@ impl PasswordHasher {
         rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
         let dummy = worker.hash(&hex::encode(bytes))?;
         Ok(Self {
-            jobs,
+            jobs: Arc::new(Submitter(queue)),
             waiting,
             dummy_hash: Arc::new(dummy),
         })
@@ -93,12 +156,12 @@ impl PasswordHasher {
     fn submit(&self, job: Job) -> Result<(), HashError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         metrics::ARGON2_QUEUE_DEPTH.inc();
-        match self.jobs.try_send(Queued {
+        match self.jobs.0.push(Queued {
             job,
             queued_at: Instant::now(),
         }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
                 metrics::ARGON2_QUEUE_DEPTH.dec();
                 Err(HashError::Overloaded)
@@ -215,16 +278,9 @@ impl Worker {
     }
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Queued>>>, params: Params, waiting: Arc<AtomicUsize>) {
+fn worker(queue: Arc<JobQueue>, params: Params, waiting: Arc<AtomicUsize>) {
     let mut state = Worker::new(params);
-    loop {
-        let next = match rx.lock() {
-            Ok(guard) => guard.recv(),
-            Err(_) => return,
-        };
-        let Ok(Queued { job, queued_at }) = next else {
-            return;
-        };
+    while let Some(Queued { job, queued_at }) = queue.pop() {
         waiting.fetch_sub(1, Ordering::Relaxed);
         metrics::ARGON2_QUEUE_DEPTH.dec();
         metrics::ARGON2_WAIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
@@ -273,6 +329,54 @@ mod tests {
         .to_string();
         assert!(h.verify("another one", Some(&other)).await.unwrap());
         assert!(!h.verify("another two", Some(&other)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn password_checks_are_served_before_new_hashes() {
+        // One thread: while it hashes, three hashes and then one check wait.
+        let h = PasswordHasher::new(19_456, 2, 1, 1, 8).unwrap();
+        let pw = Password::parse("correct horse").unwrap();
+        let phc = h.hash(&pw).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let (h, pw, order) = (h.clone(), pw.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                h.hash(&pw).await.unwrap();
+                order.lock().push(format!("hash {i}"));
+            }));
+            tokio::task::yield_now().await;
+        }
+        // Queued behind the hash in progress and the three waiting ones.
+        while h.waiting.load(Ordering::Relaxed) < 3 {
+            tokio::task::yield_now().await;
+        }
+        let (h2, order2) = (h.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            assert!(h2.verify("correct horse", Some(&phc)).await.unwrap());
+            order2.lock().push("verify".to_string());
+        }));
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().clone();
+        let verify_at = order.iter().position(|s| s == "verify").unwrap();
+        // At most the hash already running finished before the check.
+        assert!(verify_at <= 1, "{order:?}");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_new_hashes_does_not_refuse_password_checks() {
+        let h = PasswordHasher::new(19_456, 2, 1, 1, 2).unwrap();
+        let pw = Password::parse("correct horse").unwrap();
+        let phc = h.hash(&pw).await.unwrap();
+        let burst: Vec<_> = (0..8).map(|_| h.hash(&pw)).collect();
+        let check = h.verify("correct horse", Some(&phc));
+        let (burst, check) = tokio::join!(futures_util::future::join_all(burst), check);
+        assert!(burst
+            .iter()
+            .any(|r| matches!(r, Err(HashError::Overloaded))));
+        assert!(check.unwrap());
     }
 
     #[tokio::test]
