@@ -432,17 +432,17 @@ fn walk_map<'a>(
     check_depth(depth, trail)?;
     for (k, v) in m {
         trail.push(Step::Key(k));
-        if let Err(problem) = field_name_problem(k) {
-            return Err(QueryError::at(
-                "invalid_field_name",
-                &trail.render(),
-                problem,
-            ));
-        }
+        check_key(k, trail)?;
         walk_value(v, depth + 1, trail)?;
         trail.pop();
     }
     Ok(())
+}
+
+/// Refuses a stored field name (`invalid_field_name`) at `trail`, which already ends with it.
+pub(crate) fn check_key(key: &str, trail: &Trail<'_>) -> Result<(), QueryError> {
+    field_name_problem(key)
+        .map_err(|problem| QueryError::at("invalid_field_name", &trail.render(), problem))
 }
 
 fn check_depth(depth: usize, trail: &Trail<'_>) -> Result<(), QueryError> {

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Number, Value};
 
 use super::{
-    array_index, check_field_name, check_value, clip, field_name_problem, join_path, value_depth,
+    array_index, check_field_name, check_key, check_value, clip, join_path, value_depth,
     walk_value, Document, QueryError, QueryLimits, Step, Trail, MAX_DOCUMENT_DEPTH, MAX_PATH_PARTS,
 };
 
@@ -338,13 +338,7 @@ fn walk_patch<'a>(
     }
     for (k, v) in patch {
         trail.push(Step::Key(k));
-        if let Err(problem) = field_name_problem(k) {
-            return Err(QueryError::at(
-                "invalid_field_name",
-                &trail.render(),
-                problem,
-            ));
-        }
+        check_key(k, trail)?;
         match v {
             Value::Object(m) => walk_patch(m, depth + 1, trail)?,
             other => walk_value(other, depth + 1, trail)?,
