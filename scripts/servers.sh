@@ -65,6 +65,19 @@ start_secantus() { # $1 = name, $2 = variable set to its URI
     printf -v "$2" 'mongodb://127.0.0.1:%s' "$port"
 }
 
+start_gateway() { # $1 = name, $2 = data dir, $3/$4 = variables set to its API/ops ports, then flags
+    local name="$1" data="$2" api ops; shift 2
+    local api_var="$1" ops_var="$2"; shift 2
+    api="$(free_port)"; ops="$(free_port)"
+    "$GATEWAY_BIN" serve --listen "127.0.0.1:$api" --ops-listen "127.0.0.1:$ops" \
+        --data-dir "$data" "$@" >"$SERVERS_TMP/$name.log" 2>&1 &
+    SERVER_PIDS+=("$!")
+    LAST_SERVER_PID=$!
+    wait_port "$ops" "$name" "$!" || return 1
+    printf -v "$api_var" '%s' "$api"
+    printf -v "$ops_var" '%s' "$ops"
+}
+
 start_redis() { # $1 = variable set to its URL; no persistence, fresh directory
     local port; port="$(free_port)"
     mkdir -p "$SERVERS_TMP/redis"

@@ -105,7 +105,12 @@ impl AppState {
             a.argon2_parallelism,
             a.hash_concurrency,
             a.hash_queue_limit,
-        )?;
+        )?
+        .with_wait_budget(Duration::from_millis(a.hash_queue_wait_ms))
+        .with_credential_cache(
+            a.credential_cache_entries,
+            Duration::from_secs(a.credential_cache_seconds),
+        );
         let cache_ttl = Duration::from_secs(config.cache.ttl_seconds);
         let router = TenantRouter::new(catalog.clone(), config.cache.max_entries, cache_ttl);
         let shared = config.catalog.kind == StoreKind::Mongodb;

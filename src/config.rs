@@ -200,9 +200,18 @@ pub struct AuthConfig {
     pub leeway_seconds: u64,
     /// argon2 hashing threads; each holds one scratch buffer of `argon2_memory_kib`.
     pub hash_concurrency: usize,
-    /// Jobs allowed to wait for a thread, per lane (password checks, served first; new
+    /// Most jobs allowed to wait for a thread, per lane (password checks, served first; new
     /// hashes); beyond that, 503 at once.
     pub hash_queue_limit: usize,
+    /// Longest queueing a lane admits: it holds as many jobs as the threads hash in this time
+    /// at the measured hash time (at least one per thread, at most `hash_queue_limit`).
+    /// 0 admits up to `hash_queue_limit` whatever the hash time.
+    pub hash_queue_wait_ms: u64,
+    /// Recently verified credentials remembered (as keyed MACs, never the password), so a
+    /// login with the same password as a recent create or login costs no second hash. 0: none.
+    pub credential_cache_entries: u64,
+    /// How long a verified credential is remembered.
+    pub credential_cache_seconds: u64,
     /// argon2id memory cost in KiB (OWASP minimum 19456).
     pub argon2_memory_kib: u32,
     /// argon2id iterations (OWASP minimum 2).
@@ -222,7 +231,10 @@ impl Default for AuthConfig {
             token_ttl_seconds: 3600,
             leeway_seconds: 5,
             hash_concurrency: 2,
-            hash_queue_limit: 64,
+            hash_queue_limit: 256,
+            hash_queue_wait_ms: 1_000,
+            credential_cache_entries: 10_000,
+            credential_cache_seconds: 1_200,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,

@@ -55,7 +55,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .thread_name("org-gateway-bg")
         .enable_all()
         .build()?;
-    let state = background.block_on(async {
+    let (state, sweep_cursor) = background.block_on(async {
         let state = AppState::build(config.clone()).await?;
         // Follow the fleet before recovery: its fences wait for this instance too.
         let listener: Arc<dyn crate::fleet::SettingsListener> = state.clone();
@@ -87,26 +87,29 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             tracing::error!(error = %e, "capacity reconciliation failed");
         }
         state.refresh_capacity().await;
-        if let Err(e) = movers::sweep_quotas(&state.lifecycle(), &state.quotas, QUOTA_SWEEP_PER_MINUTE).await {
+        let mut sweep_cursor = None;
+        if let Err(e) = movers::sweep_quotas(&state.lifecycle(), &state.quotas, QUOTA_SWEEP_PER_MINUTE, &mut sweep_cursor).await {
             tracing::warn!(error = %e, "quota sweep failed");
         }
-        anyhow::Ok(state)
+        anyhow::Ok((state, sweep_cursor))
     })?;
     {
         let state = state.clone();
         let top_state = state.clone();
         background.spawn(async move {
+            let mut sweep_cursor = sweep_cursor;
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             tick.tick().await;
             loop {
                 tick.tick().await;
                 top_state.top_tenants.rotate();
-                // A bounded number of organizations per minute, in catalog order, skipping
-                // those measured recently.
+                // A bounded number of organizations per minute, in catalog order from where
+                // the last sweep stopped, skipping those measured recently.
                 match movers::sweep_quotas(
                     &top_state.lifecycle(),
                     &top_state.quotas,
                     QUOTA_SWEEP_PER_MINUTE,
+                    &mut sweep_cursor,
                 )
                 .await
                 {

@@ -7,18 +7,28 @@
 //! bounded by `hash_concurrency` × the memory cost. Jobs wait in two bounded lanes: password
 //! checks (logins: an existing user is waiting) are always served before new hashes (creates,
 //! password changes), and each lane has its own bound, so a burst of creates never refuses a
-//! login. When a lane is full, callers are told at once ([`HashError::Overloaded`], answered
-//! 503 with `Retry-After`) instead of waiting out their request timeout.
+//! login. A lane holds as many jobs as the threads can hash within `hash_queue_wait_ms`, from
+//! the measured time of recent hashes (at most `hash_queue_limit`). When a lane is full,
+//! callers are told at once ([`HashError::Overloaded`], answered 503 with `Retry-After`)
+//! instead of waiting out their request timeout.
+//!
+//! Scratch buffers are allocated by each thread on its first job, so an idle gateway holds
+//! none.
+//!
+//! Verified credentials are remembered ([`CredentialCache`]): the login that follows a create,
+//! and each later login with the same password, is answered without hashing again.
 
 use crate::domain::Password;
 use crate::telemetry::metrics;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use hmac::{Hmac, Mac};
 use parking_lot::{Condvar, Mutex};
+use sha2::Sha256;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
@@ -54,8 +64,16 @@ struct Queued {
 struct JobQueue {
     lanes: Mutex<Lanes>,
     ready: Condvar,
-    /// Most jobs waiting in each lane.
+    /// Most jobs waiting in each lane, whatever the hash time.
     limit: usize,
+    /// Longest wait to admit, in nanoseconds: a lane holds `wait × threads / hash time` jobs.
+    /// Zero: `limit`.
+    wait_budget_nanos: AtomicU64,
+    threads: usize,
+    /// Moving average of one hash's duration, in nanoseconds (0 until the first).
+    hash_nanos: AtomicU64,
+    /// argon2 computations finished.
+    done: AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,13 +91,39 @@ impl JobQueue {
             Job::Verify { .. } => &mut lanes.verify,
             Job::Hash { .. } => &mut lanes.hash,
         };
-        if lane.len() >= self.limit {
+        if lane.len() >= self.lane_bound() {
             return Err(queued);
         }
         lane.push_back(queued);
         drop(lanes);
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// How many jobs a lane admits: those the threads finish within the wait budget at the
+    /// measured hash time, at least one per thread, at most `limit`.
+    fn lane_bound(&self) -> usize {
+        let nanos = self.hash_nanos.load(Ordering::Relaxed);
+        let budget = self.wait_budget_nanos.load(Ordering::Relaxed);
+        if budget == 0 || nanos == 0 {
+            return self.limit;
+        }
+        let fits = budget as u128 * self.threads as u128 / nanos as u128;
+        (fits as usize).clamp(self.threads, self.limit)
+    }
+
+    /// Folds one measured hash into the moving average (weight 1/8).
+    fn record_hash(&self, took: Duration) {
+        let took = took.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.hash_nanos.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
+        self.hash_nanos.store(new, Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Relaxed);
+        metrics::ARGON2_LANE_BOUND.set(self.lane_bound() as i64);
     }
 
     /// The next job, password checks first; `None` once closed and empty.
@@ -112,9 +156,57 @@ impl Drop for Submitter {
 pub struct PasswordHasher {
     jobs: Arc<Submitter>,
     waiting: Arc<AtomicUsize>,
-    /// A hash of a random password: verified against when the email is unknown, so a failed
-    /// login costs the same whether or not the account exists.
+    /// A PHC string with this cost and a random salt and output: verified against when the
+    /// email is unknown, so a failed login costs the same whether or not the account exists.
+    /// No password hashes to it (finding one is a preimage attack on argon2).
     dummy_hash: Arc<String>,
+    credentials: Option<Arc<CredentialCache>>,
+}
+
+/// Credentials verified recently, so a login with the same password as a moment ago (the
+/// login right after a create, a token refresh) costs no second argon2 hash.
+///
+/// Entries are HMAC-SHA256 tags of (stored PHC string, password) under a key drawn at start-up
+/// and never stored: no password or hash is kept, a wrong password never matches, and a
+/// password change makes every older entry unreachable (the PHC string changes with its salt).
+/// The trade-off is the one of Elasticsearch's realm cache: whoever can read this process's
+/// memory can test guesses against a cached entry at SHA-256 speed rather than argon2's, until
+/// it expires. Set `auth.credential_cache_entries = 0` to keep none.
+pub struct CredentialCache {
+    key: [u8; 32],
+    verified: moka::sync::Cache<[u8; 32], ()>,
+}
+
+impl CredentialCache {
+    /// Holds at most `entries` credentials, each for `ttl` after it was last verified.
+    pub fn new(entries: u64, ttl: Duration) -> Self {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+        Self {
+            key,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    fn tag(&self, phc: &str, password: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
+        // Length-prefixed, so no (phc, password) pair collides with another.
+        mac.update(&(phc.len() as u64).to_be_bytes());
+        mac.update(phc.as_bytes());
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn remember(&self, phc: &str, password: &str) {
+        self.verified.insert(self.tag(phc, password), ());
+    }
+
+    fn knows(&self, phc: &str, password: &str) -> bool {
+        self.verified.contains_key(&self.tag(phc, password))
+    }
 }
 
 impl PasswordHasher {
@@ -133,6 +225,10 @@ impl PasswordHasher {
             lanes: Mutex::new(Lanes::default()),
             ready: Condvar::new(),
             limit: queue_limit.max(1),
+            wait_budget_nanos: AtomicU64::new(0),
+            threads: concurrency.max(1),
+            hash_nanos: AtomicU64::new(0),
+            done: AtomicU64::new(0),
         });
         let waiting = Arc::new(AtomicUsize::new(0));
         for i in 0..concurrency.max(1) {
@@ -142,15 +238,43 @@ impl PasswordHasher {
                 .spawn(move || worker(rx, params, waiting))
                 .map_err(|e| HashError::Failed(e.to_string()))?;
         }
-        let mut worker = Worker::new(params);
-        let mut bytes = [0u8; 24];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
-        let dummy = worker.hash(&hex::encode(bytes))?;
+        let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut output);
+        let dummy = phc_string(&params, &random_salt(), &output)?;
         Ok(Self {
             jobs: Arc::new(Submitter(queue)),
             waiting,
             dummy_hash: Arc::new(dummy),
+            credentials: None,
         })
+    }
+
+    /// Bounds each lane by the jobs the threads can hash within `wait` at the measured hash
+    /// time (still at most the `queue_limit` given to [`Self::new`]); zero keeps that limit.
+    pub fn with_wait_budget(self, wait: Duration) -> Self {
+        let nanos = wait.as_nanos().min(u64::MAX as u128) as u64;
+        self.jobs
+            .0
+            .wait_budget_nanos
+            .store(nanos, Ordering::Relaxed);
+        self
+    }
+
+    /// Remembers verified credentials (see [`CredentialCache`]); `entries == 0` keeps none.
+    pub fn with_credential_cache(mut self, entries: u64, ttl: Duration) -> Self {
+        self.credentials =
+            (entries > 0 && !ttl.is_zero()).then(|| Arc::new(CredentialCache::new(entries, ttl)));
+        self
+    }
+
+    /// Jobs a lane admits now (from the measured hash time).
+    pub fn lane_bound(&self) -> usize {
+        self.jobs.0.lane_bound()
+    }
+
+    /// argon2 computations finished so far.
+    pub fn hashes_done(&self) -> u64 {
+        self.jobs.0.done.load(Ordering::Relaxed)
     }
 
     fn submit(&self, job: Job) -> Result<(), HashError> {
@@ -176,26 +300,61 @@ impl PasswordHasher {
             password: password.expose().to_owned(),
             reply,
         })?;
-        rx.await
-            .map_err(|_| HashError::Failed("hash worker stopped".into()))?
+        let phc = rx
+            .await
+            .map_err(|_| HashError::Failed("hash worker stopped".into()))??;
+        if let Some(cache) = &self.credentials {
+            cache.remember(&phc, password.expose());
+        }
+        Ok(phc)
     }
 
     /// Checks a password against a PHC string; `None` verifies against the dummy hash and
     /// returns false, taking the same time as a real check.
     pub async fn verify(&self, password: &str, phc: Option<&str>) -> Result<bool, HashError> {
         let known = phc.is_some();
+        if let (Some(cache), Some(phc)) = (&self.credentials, phc) {
+            if cache.knows(phc, password) {
+                metrics::CREDENTIAL_CACHE_HITS.inc();
+                return Ok(true);
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Verify {
             password: password.to_owned(),
             phc: phc.unwrap_or(self.dummy_hash.as_str()).to_owned(),
             reply,
         })?;
-        let ok = rx.await.unwrap_or(false);
-        Ok(ok && known)
+        let ok = rx.await.unwrap_or(false) && known;
+        if let (true, Some(cache), Some(phc)) = (ok, &self.credentials, phc) {
+            cache.remember(phc, password);
+        }
+        Ok(ok)
     }
 }
 
-/// One hashing thread's state: the argon2 context and its reusable scratch memory.
+fn random_salt() -> SaltString {
+    SaltString::generate(&mut argon2::password_hash::rand_core::OsRng)
+}
+
+fn failed(e: &dyn std::fmt::Display) -> HashError {
+    HashError::Failed(e.to_string())
+}
+
+/// The PHC string of an argon2id output with these parameters and salt.
+fn phc_string(params: &Params, salt: &SaltString, output: &[u8]) -> Result<String, HashError> {
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| failed(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(output).map_err(|e| failed(&e))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// One hashing thread's state: the argon2 context and its reusable scratch memory, allocated
+/// on the first job.
 struct Worker {
     params: Params,
     argon2: Argon2<'static>,
@@ -205,36 +364,32 @@ struct Worker {
 impl Worker {
     fn new(params: Params) -> Self {
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-        let blocks = vec![Block::default(); params.block_count()];
         Self {
             params,
             argon2,
-            blocks,
+            blocks: Vec::new(),
         }
     }
 
-    fn hash(&mut self, password: &str) -> Result<String, HashError> {
-        let fail = |e: &dyn std::fmt::Display| HashError::Failed(e.to_string());
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        let mut salt_bytes = [0u8; 64];
-        let salt_raw = salt.decode_b64(&mut salt_bytes).map_err(|e| fail(&e))?;
-        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    /// Hashes into `out` with the thread's scratch memory.
+    fn hash_into(&mut self, password: &str, salt: &[u8], out: &mut [u8]) -> bool {
+        if self.blocks.is_empty() {
+            self.blocks = vec![Block::default(); self.params.block_count()];
+        }
         self.argon2
-            .hash_password_into_with_memory(
-                password.as_bytes(),
-                salt_raw,
-                &mut out,
-                &mut self.blocks,
-            )
-            .map_err(|e| fail(&e))?;
-        let phc = PasswordHash {
-            algorithm: argon2::ARGON2ID_IDENT,
-            version: Some(Version::V0x13.into()),
-            params: ParamsString::try_from(&self.params).map_err(|e| fail(&e))?,
-            salt: Some(salt.as_salt()),
-            hash: Some(Output::new(&out).map_err(|e| fail(&e))?),
-        };
-        Ok(phc.to_string())
+            .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut self.blocks)
+            .is_ok()
+    }
+
+    fn hash(&mut self, password: &str) -> Result<String, HashError> {
+        let salt = random_salt();
+        let mut salt_bytes = [0u8; 64];
+        let salt_raw = salt.decode_b64(&mut salt_bytes).map_err(|e| failed(&e))?;
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        if !self.hash_into(password, salt_raw, &mut out) {
+            return Err(HashError::Failed("argon2 rejected its input".into()));
+        }
+        phc_string(&self.params, &salt, &out)
     }
 
     fn verify(&mut self, password: &str, phc: &str) -> bool {
@@ -262,16 +417,7 @@ impl Worker {
             return false;
         };
         let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-        if self
-            .argon2
-            .hash_password_into_with_memory(
-                password.as_bytes(),
-                salt_raw,
-                &mut out,
-                &mut self.blocks,
-            )
-            .is_err()
-        {
+        if !self.hash_into(password, salt_raw, &mut out) {
             return false;
         }
         bool::from(out.as_slice().ct_eq(expected.as_bytes()))
@@ -284,16 +430,22 @@ fn worker(queue: Arc<JobQueue>, params: Params, waiting: Arc<AtomicUsize>) {
         waiting.fetch_sub(1, Ordering::Relaxed);
         metrics::ARGON2_QUEUE_DEPTH.dec();
         metrics::ARGON2_WAIT_SECONDS.observe(queued_at.elapsed().as_secs_f64());
+        let started = Instant::now();
+        // Counted before the reply, so whoever waits on it sees the count.
         match job {
             Job::Hash { password, reply } => {
-                let _ = reply.send(state.hash(&password));
+                let result = state.hash(&password);
+                queue.record_hash(started.elapsed());
+                let _ = reply.send(result);
             }
             Job::Verify {
                 password,
                 phc,
                 reply,
             } => {
-                let _ = reply.send(state.verify(&password, &phc));
+                let ok = state.verify(&password, &phc);
+                queue.record_hash(started.elapsed());
+                let _ = reply.send(ok);
             }
         }
     }
@@ -389,5 +541,97 @@ mod tests {
             .iter()
             .any(|r| matches!(r, Err(HashError::Overloaded))));
         assert!(results.iter().any(|r| r.is_ok()));
+    }
+
+    #[tokio::test]
+    async fn remembered_credentials_skip_the_hash_and_nothing_else() {
+        let h = PasswordHasher::new(19_456, 2, 1, 1, 8)
+            .unwrap()
+            .with_credential_cache(100, Duration::from_secs(60));
+        let pw = Password::parse("correct horse").unwrap();
+        let phc = h.hash(&pw).await.unwrap();
+        let done = h.hashes_done();
+        assert_eq!(done, 1);
+        // The login after the create: no hash.
+        assert!(h.verify("correct horse", Some(&phc)).await.unwrap());
+        assert_eq!(h.hashes_done(), done);
+        // A wrong password is hashed and refused, every time.
+        for _ in 0..2 {
+            assert!(!h.verify("correct horse!", Some(&phc)).await.unwrap());
+        }
+        assert_eq!(h.hashes_done(), done + 2);
+        // Unknown account: the dummy is hashed, never matched.
+        assert!(!h.verify("correct horse", None).await.unwrap());
+        assert_eq!(h.hashes_done(), done + 3);
+        // After a password change the old password meets a new PHC string: hashed, refused.
+        let new_phc = h
+            .hash(&Password::parse("battery staple").unwrap())
+            .await
+            .unwrap();
+        let done = h.hashes_done();
+        assert!(!h.verify("correct horse", Some(&new_phc)).await.unwrap());
+        assert!(h.verify("battery staple", Some(&new_phc)).await.unwrap());
+        assert_eq!(h.hashes_done(), done + 1);
+        // A checked password is remembered too (a hasher without the cache never skips).
+        let plain = PasswordHasher::new(19_456, 2, 1, 1, 8).unwrap();
+        for _ in 0..2 {
+            assert!(plain.verify("correct horse", Some(&phc)).await.unwrap());
+        }
+        assert_eq!(plain.hashes_done(), 2);
+        let other = PasswordHasher::new(19_456, 2, 1, 1, 8)
+            .unwrap()
+            .with_credential_cache(100, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(other.verify("correct horse", Some(&phc)).await.unwrap());
+        }
+        assert_eq!(other.hashes_done(), 1);
+    }
+
+    #[tokio::test]
+    async fn remembered_credentials_expire() {
+        let h = PasswordHasher::new(19_456, 2, 1, 1, 8)
+            .unwrap()
+            .with_credential_cache(100, Duration::from_millis(200));
+        let phc = h
+            .hash(&Password::parse("correct horse").unwrap())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(h.verify("correct horse", Some(&phc)).await.unwrap());
+        assert_eq!(h.hashes_done(), 2);
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_configured_cost_and_no_hashing_at_start() {
+        let h = PasswordHasher::new(19_456, 2, 1, 1, 8).unwrap();
+        assert!(h.dummy_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(PasswordHash::new(&h.dummy_hash).is_ok());
+        assert_eq!(h.hashes_done(), 0);
+    }
+
+    #[test]
+    fn lanes_admit_what_the_threads_hash_within_the_wait_budget() {
+        let h = PasswordHasher::new(19_456, 2, 1, 2, 256)
+            .unwrap()
+            .with_wait_budget(Duration::from_millis(100));
+        // Unmeasured: the configured limit.
+        assert_eq!(h.lane_bound(), 256);
+        let q = &h.jobs.0;
+        q.record_hash(Duration::from_millis(10));
+        // 100 ms x 2 threads / 10 ms.
+        assert_eq!(h.lane_bound(), 20);
+        // Slower hashes: fewer admitted, never fewer than one per thread.
+        for _ in 0..100 {
+            q.record_hash(Duration::from_secs(1));
+        }
+        assert_eq!(h.lane_bound(), 2);
+        // Faster: capped by the limit.
+        for _ in 0..200 {
+            q.record_hash(Duration::from_micros(10));
+        }
+        assert_eq!(h.lane_bound(), 256);
+        let unbudgeted = PasswordHasher::new(19_456, 2, 1, 2, 7).unwrap();
+        unbudgeted.jobs.0.record_hash(Duration::from_secs(1));
+        assert_eq!(unbudgeted.lane_bound(), 7);
     }
 }

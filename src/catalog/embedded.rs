@@ -59,6 +59,9 @@ fn count_key(shard: &ShardId, db: &DatabaseName) -> String {
     format!("{shard}/{db}")
 }
 
+/// Bytes of catalog pages redb keeps decoded in memory.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// The redb-backed [`Catalog`].
 #[derive(Clone)]
 pub struct EmbeddedCatalog {
@@ -71,7 +74,12 @@ impl EmbeddedCatalog {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(backend)?;
         }
-        let db = Database::create(path).map_err(backend)?;
+        // redb's default page cache is 1 GiB, which a catalog of 100,000 organizations would
+        // fill with pages read once at start-up; lookups that miss it read the OS page cache.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             for t in [
@@ -381,6 +389,33 @@ impl Catalog for EmbeddedCatalog {
 
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.all_of(ORGS).await
+    }
+
+    async fn orgs_after(
+        &self,
+        after: Option<OrgId>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        self.read(move |txn| {
+            let t = txn.open_table(ORGS).map_err(backend)?;
+            let after = after.map(|id| id.to_string());
+            let rows = match &after {
+                Some(k) => t
+                    .range::<&str>((
+                        std::ops::Bound::Excluded(k.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map_err(backend)?,
+                None => t.iter().map_err(backend)?,
+            };
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for row in rows.take(limit) {
+                let (_, v) = row.map_err(backend)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {

@@ -360,8 +360,14 @@ pub trait Catalog: Send + Sync + 'static {
     /// Looks an organization up by its normalized current name.
     async fn org_by_name(&self, name: &NormalizedOrgName) -> CatalogResult<Option<OrgRecord>>;
 
-    /// Every organization (reconciliation and quota sweeps).
+    /// Every organization at once (operator plans: drain, rebalance). Background loops page
+    /// with [`Catalog::orgs_after`] instead, so their memory does not grow with the catalog.
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>>;
+
+    /// Up to `limit` organizations with ids after `after` (from the first when `None`), in
+    /// id order.
+    async fn orgs_after(&self, after: Option<OrgId>, limit: usize)
+        -> CatalogResult<Vec<OrgRecord>>;
 
     /// Organizations not `Active` (creating or renaming): what recovery looks at, read
     /// through an index rather than a scan of every organization.
@@ -572,3 +578,46 @@ pub trait ChangeFeed: Send {
 
 /// A boxed [`ChangeFeed`].
 pub type ChangeStream = Box<dyn ChangeFeed>;
+
+/// Pages through every organization in id order, [`OrgPages::PAGE`] at a time, so a loop over
+/// the whole catalog holds one page in memory, not 100,000 records.
+pub struct OrgPages<'a> {
+    catalog: &'a dyn Catalog,
+    after: Option<OrgId>,
+    done: bool,
+}
+
+impl<'a> OrgPages<'a> {
+    /// Organizations read per catalog call.
+    pub const PAGE: usize = 1_000;
+
+    /// Pages starting after `after` (from the first organization when `None`).
+    pub fn new(catalog: &'a dyn Catalog, after: Option<OrgId>) -> Self {
+        Self {
+            catalog,
+            after,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last organization.
+    pub async fn next_page(&mut self) -> CatalogResult<Option<Vec<OrgRecord>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.catalog.orgs_after(self.after, Self::PAGE).await?;
+        self.done = page.len() < Self::PAGE;
+        match page.last() {
+            Some(last) => {
+                self.after = Some(last.id);
+                Ok(Some(page))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The id of the last organization returned (where a later walk can resume).
+    pub fn position(&self) -> Option<OrgId> {
+        self.after
+    }
+}

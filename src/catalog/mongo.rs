@@ -639,6 +639,28 @@ impl Catalog for MongoCatalog {
         self.find_orgs(doc! {}).await
     }
 
+    async fn orgs_after(
+        &self,
+        after: Option<OrgId>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id.to_string() } },
+            None => doc! {},
+        };
+        let docs: Vec<Document> = self
+            .orgs
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit.min(i64::MAX as usize) as i64)
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
+    }
+
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.find_orgs(doc! { "active": false }).await
     }

@@ -21,8 +21,10 @@ pub mod balance;
 pub mod copy;
 pub mod moves;
 
-use crate::catalog::{AdminRecord, Catalog, CatalogError, OrgRecord, OrgState, PendingDrop};
-use crate::domain::{DatabaseName, OrgName, ShardId};
+use crate::catalog::{
+    AdminRecord, Catalog, CatalogError, OrgPages, OrgRecord, OrgState, PendingDrop,
+};
+use crate::domain::{DatabaseName, OrgId, OrgName, ShardId};
 use crate::fleet::{FenceError, Fleet};
 use crate::limits::quota::Quotas;
 use crate::placement::{CapacityCounts, ShardSet};
@@ -513,36 +515,52 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
 
 /// Measures the storage of up to `budget` organizations whose usage is unknown or stale, so
 /// `/ops/quotas` covers organizations that have not written since this instance started.
-/// Returns how many were measured.
+/// Walks the catalog a page at a time from `cursor` (wrapping around at the end) and leaves
+/// `cursor` where the next sweep should continue. Returns how many were measured.
 pub async fn sweep_quotas(
     lc: &Lifecycle<'_>,
     quotas: &Quotas,
     budget: usize,
+    cursor: &mut Option<OrgId>,
 ) -> Result<usize, MoveError> {
     let mut measured = 0;
-    for org in lc.catalog.list_orgs().await? {
-        if measured >= budget {
-            break;
-        }
-        if org.state != OrgState::Active || !quotas.needs_measuring(org.id) {
-            continue;
-        }
-        let Some(shard) = lc.shards.get(&org.placement.shard) else {
+    let mut wrapped = cursor.is_none();
+    let mut pages = OrgPages::new(lc.catalog.as_ref(), *cursor);
+    loop {
+        let Some(page) = pages.next_page().await? else {
+            // The end of the catalog: start over once, from the first organization.
+            *cursor = None;
+            if wrapped {
+                return Ok(measured);
+            }
+            wrapped = true;
+            pages = OrgPages::new(lc.catalog.as_ref(), None);
             continue;
         };
-        if !shard.is_up() {
-            continue;
-        }
-        match shard.store.collection_bytes(&namespace(&org)).await {
-            Ok(bytes) => quotas.set_measured(org.id, bytes),
-            Err(e) => {
-                tracing::debug!(org_id = %org.id, error = %e, "quota measurement failed");
+        for org in page {
+            if measured >= budget {
+                return Ok(measured);
+            }
+            *cursor = Some(org.id);
+            if org.state != OrgState::Active || !quotas.needs_measuring(org.id) {
                 continue;
             }
+            let Some(shard) = lc.shards.get(&org.placement.shard) else {
+                continue;
+            };
+            if !shard.is_up() {
+                continue;
+            }
+            match shard.store.collection_bytes(&namespace(&org)).await {
+                Ok(bytes) => quotas.set_measured(org.id, bytes),
+                Err(e) => {
+                    tracing::debug!(org_id = %org.id, error = %e, "quota measurement failed");
+                    continue;
+                }
+            }
+            measured += 1;
         }
-        measured += 1;
     }
-    Ok(measured)
 }
 
 /// Recounts tenant collections per database from the shards themselves and fixes the
@@ -553,11 +571,14 @@ pub async fn reconcile_capacity(lc: &Lifecycle<'_>) -> Result<(), MoveError> {
     for (shard, db, _) in catalog.collection_counts().await? {
         databases.entry(shard).or_default().insert(db);
     }
-    for org in catalog.list_orgs().await? {
-        databases
-            .entry(org.placement.shard.clone())
-            .or_default()
-            .insert(org.placement.database.clone());
+    let mut pages = OrgPages::new(catalog.as_ref(), None);
+    while let Some(page) = pages.next_page().await? {
+        for org in page {
+            databases
+                .entry(org.placement.shard)
+                .or_default()
+                .insert(org.placement.database);
+        }
     }
     let recorded: BTreeMap<(ShardId, DatabaseName), u64> = catalog
         .collection_counts()

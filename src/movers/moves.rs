@@ -38,8 +38,8 @@
 use super::copy::{canonical_json, Fingerprint};
 use super::{create_collection, CollectionLock, Lifecycle, MoveError};
 use crate::catalog::{
-    CatalogError, Location, MoveMark, MovePhase, MoveRecord, MoveState, OrgRecord, OrgState,
-    PendingDrop, Verification,
+    CatalogError, Location, MoveMark, MovePhase, MoveRecord, MoveState, OrgPages, OrgRecord,
+    OrgState, PendingDrop, Verification,
 };
 use crate::store::{Document, Namespace, TenantStore};
 use crate::telemetry::metrics;
@@ -1154,15 +1154,22 @@ async fn location_in_use(lc: &Lifecycle<'_>, loc: &Location) -> Result<bool, Mov
         }
     }
     // Any organization: a new one under the same name may have been placed there since.
-    Ok(lc.catalog.list_orgs().await?.iter().any(|o| {
-        let renaming_to = match &o.state {
-            OrgState::Renaming { to_collection, .. } => Some(to_collection),
-            _ => None,
-        };
-        o.placement.shard == loc.shard
-            && o.placement.database == loc.database
-            && (o.placement.collection == loc.collection || renaming_to == Some(&loc.collection))
-    }))
+    let mut pages = OrgPages::new(lc.catalog.as_ref(), None);
+    while let Some(page) = pages.next_page().await? {
+        if page.iter().any(|o| {
+            let renaming_to = match &o.state {
+                OrgState::Renaming { to_collection, .. } => Some(to_collection),
+                _ => None,
+            };
+            o.placement.shard == loc.shard
+                && o.placement.database == loc.database
+                && (o.placement.collection == loc.collection
+                    || renaming_to == Some(&loc.collection))
+        }) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Test hook, as in the rest of the movers.

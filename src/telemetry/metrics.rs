@@ -129,6 +129,24 @@ pub static ARGON2_WAIT_SECONDS: Lazy<Histogram> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Password checks answered from the verified-credential cache, without hashing.
+pub static CREDENTIAL_CACHE_HITS: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_credential_cache_hits_total",
+        "Password checks answered from recently verified credentials, without an argon2 hash",
+    )
+    .unwrap())
+});
+
+/// Jobs each argon2 queue lane admits now, from the measured hash time.
+pub static ARGON2_LANE_BOUND: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_argon2_lane_bound",
+        "Password hash jobs each queue lane admits, sized from the measured hash time",
+    )
+    .unwrap())
+});
+
 /// Tenant cache lookups by result (`hit`, `miss`).
 pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     reg(IntCounterVec::new(
@@ -453,6 +471,8 @@ pub fn init() {
     Lazy::force(&LOGIN_THROTTLE_EVICTIONS);
     Lazy::force(&ARGON2_QUEUE_DEPTH);
     Lazy::force(&ARGON2_WAIT_SECONDS);
+    Lazy::force(&CREDENTIAL_CACHE_HITS);
+    Lazy::force(&ARGON2_LANE_BOUND);
     Lazy::force(&CACHE_LOOKUPS);
     Lazy::force(&CACHE_ENTRIES);
     Lazy::force(&PLACEMENT_RESOLVE_SECONDS);
