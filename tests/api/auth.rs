@@ -146,3 +146,78 @@ fn rotated_keys_keep_verifying_until_removed() {
     assert_eq!(get(&gw, &token), 401, "old key removed");
     assert_eq!(get(&gw, &fresh), 200);
 }
+
+fn credential_cache_hits(gw: &TestGateway) -> u64 {
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.ops))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("org_gateway_credential_cache_hits_total "))
+        .expect("credential cache metric")
+        .parse()
+        .unwrap()
+}
+
+/// The login after a create and repeated logins are answered from remembered credentials;
+/// a wrong password, and the old password after a change, never are.
+#[test]
+fn remembered_credentials_spare_the_hash_but_not_the_check() {
+    let gw = TestGateway::start();
+    let created = gw.create_org("Remembered", "remembered@example.com", "password123");
+    assert_eq!(created.status(), 201);
+    assert_eq!(credential_cache_hits(&gw), 0);
+    let r = gw.login("remembered@example.com", "password123");
+    assert_eq!(r.status(), 200);
+    assert_eq!(credential_cache_hits(&gw), 1);
+    let token = r.json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.login("remembered@example.com", "password123").status(),
+        200
+    );
+    assert_eq!(credential_cache_hits(&gw), 2);
+    assert_problem(
+        gw.login("remembered@example.com", "password124"),
+        401,
+        "invalid_credentials",
+    );
+    assert_eq!(credential_cache_hits(&gw), 2);
+    let changed = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"organization_name": "Remembered", "password": "a new password"}))
+        .send()
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_problem(
+        gw.login("remembered@example.com", "password123"),
+        401,
+        "invalid_credentials",
+    );
+    assert_eq!(
+        gw.login("remembered@example.com", "a new password")
+            .status(),
+        200
+    );
+    assert_eq!(credential_cache_hits(&gw), 3);
+
+    let off = TestGateway::start_with(Options {
+        config: "[auth]\ncredential_cache_entries = 0\n".into(),
+        ..Default::default()
+    });
+    off.create_org("Not Remembered", "forgotten@example.com", "password123");
+    for _ in 0..2 {
+        assert_eq!(
+            off.login("forgotten@example.com", "password123").status(),
+            200
+        );
+    }
+    assert_eq!(credential_cache_hits(&off), 0);
+}
