@@ -1,5 +1,6 @@
-//! `org-gateway bench` against the real gateway binary: a short `original` run must exercise
-//! every operation, see no errors and clean up after itself. No latency is asserted.
+//! `org-gateway bench` against the real gateway binary: short `churn` and `original` runs must
+//! exercise every operation, see no errors and clean up after themselves. No latency is
+//! asserted.
 
 use serde_json::Value;
 use std::net::TcpListener;
@@ -79,13 +80,13 @@ impl Drop for Gateway {
 }
 
 #[test]
-fn original_scenario_exercises_every_operation_without_errors() {
+fn churn_scenario_exercises_every_operation_without_errors() {
     let gw = Gateway::start();
     let report_path = gw.dir.path().join("report.json");
     let out = Command::new(BIN)
         .args(["bench", "--base-url", &gw.base])
         .args(["--users", "8", "--requests", "400", "--warmup", "0s"])
-        .args(["--orgs", "4", "--scenario", "original", "--timeout", "30s"])
+        .args(["--orgs", "4", "--scenario", "churn", "--timeout", "30s"])
         .arg("--json")
         .arg(&report_path)
         .output()
@@ -101,7 +102,7 @@ fn original_scenario_exercises_every_operation_without_errors() {
 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
-    assert_eq!(report["scenario"], "original");
+    assert_eq!(report["scenario"], "churn");
     assert_eq!(report["overall"]["count"], 400, "{report:#}");
     let ops: Vec<&str> = report["operations"]
         .as_array()
@@ -136,6 +137,92 @@ fn original_scenario_exercises_every_operation_without_errors() {
     // Every org the run created is gone.
     assert_eq!(report["cleanup"]["failed"], 0, "{report:#}");
     let first = format!("bench-{}-u0-c0", report["run_id"].as_str().unwrap());
+    let status = reqwest::blocking::Client::new()
+        .get(format!("{}/org/get", gw.base))
+        .query(&[("organization_name", first)])
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}
+
+/// `original`'s users: spawned over a ramp-up, each creating and logging into its own
+/// organization, then weighted tasks with think time; the report splits ramp-up and steady
+/// state and every organization is deleted afterwards.
+#[test]
+fn original_scenario_runs_users_with_think_time_and_reports_the_ramp_up_apart() {
+    let gw = Gateway::start();
+    let report_path = gw.dir.path().join("report.json");
+    let out = Command::new(BIN)
+        .args(["bench", "--base-url", &gw.base, "--scenario", "original"])
+        .args([
+            "--users",
+            "10",
+            "--spawn-rate",
+            "10",
+            "--think-time",
+            "10ms..40ms",
+        ])
+        .args(["--duration", "4s", "--timeout", "30s"])
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
+        gw.log()
+    );
+    assert!(stdout.contains("ramp_up"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report["scenario"], "original");
+    assert_eq!(report["spawn_rate"], 10.0);
+    assert_eq!(report["warmup_s"], 0.0);
+    // 10 users over a 25 ms mean think time.
+    assert_eq!(report["offered_rps"], 400.0);
+    let ops: Vec<&str> = report["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create",
+            "login",
+            "get",
+            "update",
+            "data_write",
+            "data_query"
+        ]
+    );
+    for op in report["operations"].as_array().unwrap() {
+        assert!(op["count"].as_u64().unwrap() > 0, "{op:#}");
+        assert_eq!(op["errors"], 0, "{op:#}");
+        assert_eq!(op["ok"], op["count"], "{op:#}");
+    }
+    // Every user creates exactly one organization.
+    assert_eq!(report["operations"][0]["count"], 10, "{report:#}");
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    assert_eq!(phases[0]["phase"], "ramp_up");
+    assert_eq!(phases[1]["phase"], "steady");
+    // The last of 10 users starts 0.9 s in.
+    let ramp = phases[0]["seconds"].as_f64().unwrap();
+    assert!((0.85..0.95).contains(&ramp), "{ramp}");
+    let (a, b) = (
+        phases[0]["overall"]["count"].as_u64().unwrap(),
+        phases[1]["overall"]["count"].as_u64().unwrap(),
+    );
+    assert!(a > 0 && b > 0);
+    assert_eq!(a + b, report["overall"]["count"].as_u64().unwrap());
+    assert_eq!(report["cleanup"]["deleted"], 10, "{report:#}");
+    assert_eq!(report["cleanup"]["failed"], 0, "{report:#}");
+    let first = format!("bench-{}-u0", report["run_id"].as_str().unwrap());
     let status = reqwest::blocking::Client::new()
         .get(format!("{}/org/get", gw.base))
         .query(&[("organization_name", first)])

@@ -80,6 +80,27 @@ impl Api {
         send(rb).await
     }
 
+    /// `GET /org/get?organization_name=` as the organization's admin (the full view).
+    pub async fn get_org_as(&self, token: &str, name: &str) -> Reply {
+        let rb = self
+            .client
+            .get(self.url("/org/get"))
+            .query(&[("organization_name", name)])
+            .bearer_auth(token);
+        send(rb).await
+    }
+
+    /// `POST /data/query` with this body.
+    pub async fn query(&self, token: &str, body: &Value) -> Reply {
+        send(
+            self.client
+                .post(self.url("/data/query"))
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+
     /// `PUT /org/update` changing the admin email.
     pub async fn update_email(&self, token: &str, name: &str, email: &str) -> Reply {
         let body = json!({"organization_name": name, "email": email});

@@ -52,9 +52,24 @@ fn from_secs(secs: f64, raw: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses `MIN..MAX` (two durations, MIN <= MAX) or a single duration (both bounds).
+pub fn parse_range(s: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = match s.split_once("..") {
+        Some((a, b)) => (parse_duration(a)?, parse_duration(b)?),
+        None => {
+            let d = parse_duration(s)?;
+            (d, d)
+        }
+    };
+    if min > max {
+        return Err(format!("{s:?}: the first bound is above the second"));
+    }
+    Ok((min, max))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_range};
     use std::time::Duration;
 
     #[test]
@@ -79,5 +94,18 @@ mod tests {
         for bad in ["", "s", "10x", "-1s", "1..2s", "ms5", "inf"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn ranges() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_range("1s..3s"), Ok((s(1), s(3))));
+        assert_eq!(parse_range("2"), Ok((s(2), s(2))));
+        assert_eq!(
+            parse_range("10ms..1.5s"),
+            Ok((Duration::from_millis(10), Duration::from_millis(1500)))
+        );
+        assert!(parse_range("3s..1s").is_err());
+        assert!(parse_range("1s..x").is_err());
     }
 }

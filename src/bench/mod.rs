@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use client::Api;
 use pace::{Budget, Mode, Pace};
 use report::{Cleanup, Report, RunInfo};
-use scenario::{Run, Scenario, Work};
+use scenario::{Run, Scenario, UserModel, Work};
 use stats::{Op, Stats};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -37,15 +37,23 @@ pub struct BenchArgs {
     /// Concurrent virtual users (in open loop: the most requests in flight).
     #[arg(long, default_value_t = 1000)]
     pub users: usize,
-    /// Length of the measured window, e.g. `30s` [default: 30s unless --requests].
+    /// Length of the measured window, e.g. `30s` [default: 90s for `original`, else 30s,
+    /// unless --requests].
     #[arg(long, value_parser = duration::parse_duration, conflicts_with = "requests")]
     pub duration: Option<Duration>,
     /// Measured requests in total (instead of --duration).
     #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
-    /// Warm-up before measuring (requests sent, not counted).
-    #[arg(long, default_value = "5s", value_parser = duration::parse_duration)]
-    pub warmup: Duration,
+    /// Warm-up before measuring (requests sent, not counted) [default: 0s for `original`, whose
+    /// ramp-up is reported on its own, else 5s].
+    #[arg(long, value_parser = duration::parse_duration)]
+    pub warmup: Option<Duration>,
+    /// `original`: users started per second [default: 50].
+    #[arg(long, value_name = "USERS_PER_S")]
+    pub spawn_rate: Option<f64>,
+    /// `original`: wait before each task, drawn uniformly from MIN..MAX [default: 1s..3s].
+    #[arg(long, value_name = "MIN..MAX", value_parser = duration::parse_range)]
+    pub think_time: Option<(Duration, Duration)>,
     /// closed: next request when the previous completes; open: constant --rate.
     #[arg(long, value_enum, default_value_t = Mode::Closed)]
     pub mode: Mode,
@@ -84,6 +92,16 @@ impl BenchArgs {
         if self.mode == Mode::Open && !self.rate.is_some_and(|r| r > 0.0 && r.is_finite()) {
             bail!("--mode open needs --rate R (requests/s, > 0)");
         }
+        let users_model = self.raw_path.is_none() && self.scenario == Scenario::Original;
+        if users_model && self.mode == Mode::Open {
+            bail!("--scenario original paces itself with think time; it runs in closed loop only");
+        }
+        if !users_model && (self.spawn_rate.is_some() || self.think_time.is_some()) {
+            bail!("--spawn-rate and --think-time apply to --scenario original only");
+        }
+        if self.spawn_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            bail!("--spawn-rate must be a number of users per second above 0");
+        }
         if self.requests == Some(0) {
             bail!("--requests must be at least 1");
         }
@@ -107,10 +125,31 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// Whether the run is `original`'s users with think time.
+    fn user_model(&self) -> Option<UserModel> {
+        if self.raw_path.is_some() || self.scenario != Scenario::Original {
+            return None;
+        }
+        let (think_min, think_max) = self
+            .think_time
+            .unwrap_or((Duration::from_secs(1), Duration::from_secs(3)));
+        Some(UserModel {
+            think_min,
+            think_max,
+            spawn_rate: Some(self.spawn_rate.unwrap_or(50.0)),
+        })
+    }
+
+    fn warmup(&self) -> Duration {
+        let default = if self.user_model().is_some() { 0 } else { 5 };
+        self.warmup.unwrap_or(Duration::from_secs(default))
+    }
+
     fn budget(&self) -> Budget {
+        let default = if self.user_model().is_some() { 90 } else { 30 };
         match self.requests {
             Some(n) => Budget::Requests(n),
-            None => Budget::Time(self.duration.unwrap_or(Duration::from_secs(30))),
+            None => Budget::Time(self.duration.unwrap_or(Duration::from_secs(default))),
         }
     }
 }
@@ -139,7 +178,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         ),
     };
 
-    let needs_fixtures = matches!(work, Work::Scenario(s) if s != Scenario::Original);
+    let needs_fixtures =
+        matches!(work, Work::Scenario(s) if s == Scenario::GetOrg || s == Scenario::DataRead);
     let mut fixtures = Vec::new();
     if needs_fixtures {
         eprintln!(
@@ -166,8 +206,19 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         fixtures = orgs;
     }
 
-    let pace = Pace::new(args.mode, args.rate, args.warmup, args.budget());
+    let pace = Pace::new(args.mode, args.rate, args.warmup(), args.budget());
+    let model = args.user_model();
+    let phases = model.map(|m| scenario::Phases {
+        ramp_end: Some(pace.start() + m.start_offset(args.users.saturating_sub(1))),
+        ..Default::default()
+    });
     let run = Arc::new(Run {
+        users: model.unwrap_or(UserModel {
+            think_min: Duration::ZERO,
+            think_max: Duration::ZERO,
+            spawn_rate: None,
+        }),
+        phases,
         api: api.clone(),
         pace,
         stats: Stats::default(),
@@ -178,13 +229,21 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         unmeasured_rate_limited: Default::default(),
     });
     eprintln!(
-        "running {scenario_name}: {} users, {} loop, warm-up {:.1} s, {}",
+        "running {scenario_name}: {} users{}, {} loop, warm-up {:.1} s, {}",
         args.users,
+        model
+            .map(|m| format!(
+                " spawned at {}/s, think time {:.1}-{:.1} s",
+                m.spawn_rate.unwrap_or(0.0),
+                m.think_min.as_secs_f64(),
+                m.think_max.as_secs_f64()
+            ))
+            .unwrap_or_default(),
         match args.mode {
             Mode::Closed => "closed",
             Mode::Open => "open",
         },
-        args.warmup.as_secs_f64(),
+        args.warmup().as_secs_f64(),
         match args.budget() {
             Budget::Time(d) => format!("measuring {:.1} s", d.as_secs_f64()),
             Budget::Requests(n) => format!("measuring {n} requests"),
@@ -203,11 +262,35 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         mode: args.mode,
         users: args.users,
         rate: args.rate,
-        warmup_s: args.warmup.as_secs_f64(),
+        spawn_rate: model.and_then(|m| m.spawn_rate),
+        think_time_s: model.map(|m| (m.think_min.as_secs_f64(), m.think_max.as_secs_f64())),
+        warmup_s: args.warmup().as_secs_f64(),
         orgs: if needs_fixtures { args.orgs } else { 0 },
         started_at,
     };
-    let mut report = Report::build(info, expected_ops, run.stats.snapshot(), elapsed);
+    // What the clients offered: the open loop's rate, or users over their mean think time.
+    let offered = match (args.mode, model) {
+        (Mode::Open, _) => args.rate,
+        (_, Some(m)) => {
+            let mean_think = (m.think_min + m.think_max).as_secs_f64() / 2.0;
+            (mean_think > 0.0).then(|| args.users as f64 / mean_think)
+        }
+        _ => None,
+    };
+    let mut report = Report::build(info, expected_ops, run.stats.snapshot(), elapsed, offered);
+    if let Some(p) = &run.phases {
+        let ramp_end = p.ramp_end.unwrap_or(window_end).min(window_end);
+        let ramp_s = ramp_end.saturating_duration_since(run.pace.measure_start());
+        let steady_s = window_end.saturating_duration_since(ramp_end);
+        report.add_phases(
+            expected_ops,
+            p.ramp.snapshot(),
+            ramp_s,
+            p.steady.snapshot(),
+            steady_s,
+            offered,
+        );
+    }
     report.unmeasured_rate_limited = run.unmeasured_rate_limited.load(Ordering::Relaxed);
     report.tail_s = end.saturating_duration_since(window_end).as_secs_f64();
     report.open_loop_unsent = run.pace.unsent();

@@ -82,6 +82,11 @@ impl Pace {
         }
     }
 
+    /// When the run started (the warm-up begins).
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// Start of the measured window.
     pub fn measure_start(&self) -> Instant {
         self.measure_start

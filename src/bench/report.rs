@@ -115,6 +115,10 @@ pub struct RunInfo {
     pub users: usize,
     /// Open-loop arrival rate.
     pub rate: Option<f64>,
+    /// `original`: users started per second.
+    pub spawn_rate: Option<f64>,
+    /// `original`: think time bounds, seconds.
+    pub think_time_s: Option<(f64, f64)>,
     /// Warm-up excluded from the figures, seconds.
     pub warmup_s: f64,
     /// Fixture organizations.
@@ -156,8 +160,55 @@ pub struct Report {
     pub unmeasured_rate_limited: u64,
     /// Target checks.
     pub targets: Vec<TargetResult>,
+    /// What the clients offered, requests/s (open loop: the rate; `original`: users over
+    /// their mean think time); throughput targets are checked against it.
+    pub offered_rps: Option<f64>,
+    /// `original`: the ramp-up (until the last user started) and the steady state apart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseReport>,
     /// Clean-up.
     pub cleanup: Cleanup,
+}
+
+/// Figures of one phase of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    /// `ramp_up` or `steady`.
+    pub phase: &'static str,
+    /// Length of the phase, seconds.
+    pub seconds: f64,
+    /// Per operation.
+    pub operations: Vec<OpReport>,
+    /// All operations together.
+    pub overall: OpReport,
+}
+
+/// Per-operation reports of `measured` over `elapsed`, and their total.
+fn op_reports(
+    expected_ops: &[Op],
+    measured: &[(Op, OpStats)],
+    elapsed: Duration,
+) -> (Vec<OpReport>, OpReport) {
+    let mut ops: Vec<Op> = expected_ops.to_vec();
+    ops.extend(measured.iter().map(|(op, _)| *op));
+    ops.sort();
+    ops.dedup();
+    let empty = OpStats::default();
+    let mut total = OpStats::default();
+    let operations = ops
+        .iter()
+        .map(|op| {
+            let s = measured
+                .iter()
+                .find(|(o, _)| o == op)
+                .map(|(_, s)| s)
+                .unwrap_or(&empty);
+            total.merge(s);
+            OpReport::new(op.name(), s, elapsed)
+        })
+        .collect::<Vec<_>>();
+    let overall = OpReport::new("overall", &total, elapsed);
+    (operations, overall)
 }
 
 impl Report {
@@ -167,28 +218,13 @@ impl Report {
         expected_ops: &[Op],
         measured: Vec<(Op, OpStats)>,
         elapsed: Duration,
+        offered_rps: Option<f64>,
     ) -> Self {
-        let mut ops: Vec<Op> = expected_ops.to_vec();
-        ops.extend(measured.iter().map(|(op, _)| *op));
-        ops.sort();
-        ops.dedup();
-        let empty = OpStats::default();
-        let mut total = OpStats::default();
-        let operations = ops
-            .iter()
-            .map(|op| {
-                let s = measured
-                    .iter()
-                    .find(|(o, _)| o == op)
-                    .map(|(_, s)| s)
-                    .unwrap_or(&empty);
-                total.merge(s);
-                OpReport::new(op.name(), s, elapsed)
-            })
-            .collect::<Vec<_>>();
-        let overall = OpReport::new("overall", &total, elapsed);
-        let targets = targets::check(targets::TARGETS, &operations, &overall);
+        let (operations, overall) = op_reports(expected_ops, &measured, elapsed);
+        let targets = targets::check(targets::TARGETS, &operations, &overall, offered_rps);
         Self {
+            offered_rps,
+            phases: Vec::new(),
             info,
             measured_s: elapsed.as_secs_f64(),
             tail_s: 0.0,
@@ -198,6 +234,51 @@ impl Report {
             unmeasured_rate_limited: 0,
             targets,
             cleanup: Cleanup::default(),
+        }
+    }
+
+    /// Adds the ramp-up and steady-state figures. Throughput targets are then checked on the
+    /// steady state (the ramp-up has fewer users by design); latency and error targets stay on
+    /// the whole run, ramp-up included.
+    pub fn add_phases(
+        &mut self,
+        expected_ops: &[Op],
+        ramp: Vec<(Op, OpStats)>,
+        ramp_len: Duration,
+        steady: Vec<(Op, OpStats)>,
+        steady_len: Duration,
+        offered_rps: Option<f64>,
+    ) {
+        for (phase, measured, len) in [("ramp_up", ramp, ramp_len), ("steady", steady, steady_len)]
+        {
+            let (operations, overall) = op_reports(expected_ops, &measured, len);
+            self.phases.push(PhaseReport {
+                phase,
+                seconds: len.as_secs_f64(),
+                operations,
+                overall,
+            });
+        }
+        let steady = &self.phases[1];
+        let throughput: Vec<_> = targets::TARGETS
+            .iter()
+            .copied()
+            .filter(|t| t.metric == targets::Metric::Throughput)
+            .collect();
+        let checked = targets::check(
+            &throughput,
+            &steady.operations,
+            &steady.overall,
+            offered_rps,
+        );
+        for result in checked {
+            if let Some(t) = self
+                .targets
+                .iter_mut()
+                .find(|t| t.metric == result.metric && t.op == result.op && t.set == result.set)
+            {
+                *t = TargetResult { op: t.op, ..result };
+            }
         }
     }
 
@@ -220,7 +301,13 @@ impl Report {
                 super::pace::Mode::Open => "open",
             },
             i.users,
-            i.rate.map(|r| format!(", {r} req/s")).unwrap_or_default(),
+            i.rate.map(|r| format!(", {r} req/s")).unwrap_or_default()
+                + &i.think_time_s
+                    .map(|(a, b)| format!(
+                        ", spawned at {}/s, think time {a:.1}-{b:.1} s",
+                        i.spawn_rate.unwrap_or(0.0)
+                    ))
+                    .unwrap_or_default(),
             self.measured_s,
             i.warmup_s,
         );
@@ -272,6 +359,38 @@ impl Report {
             ]);
         }
         out.push_str(&table(&rows, 1));
+        if !self.phases.is_empty() {
+            out.push('\n');
+            let mut rows = vec![row(&[
+                "phase",
+                "operation",
+                "count",
+                "2xx/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "err %",
+            ])];
+            for p in &self.phases {
+                for r in p.operations.iter().chain(std::iter::once(&p.overall)) {
+                    let l = &r.latency_ms;
+                    rows.push(vec![
+                        format!("{} ({:.1} s)", p.phase, p.seconds),
+                        r.op.clone(),
+                        r.count.to_string(),
+                        format!("{:.1}", r.goodput_rps),
+                        ms(l.p50),
+                        ms(l.p95),
+                        ms(l.p99),
+                        format!("{:.2}", r.error_rate * 100.0),
+                    ]);
+                }
+            }
+            out.push_str(&table(&rows, 2));
+        }
+        if let Some(offered) = self.offered_rps {
+            let _ = writeln!(out, "\noffered load: {offered:.1} req/s");
+        }
         if !self.targets.is_empty() {
             out.push('\n');
             let mut rows = vec![row(&["targets", "check", "target", "actual", "result"])];
@@ -358,6 +477,8 @@ mod tests {
             mode: Mode::Closed,
             users: 2,
             rate: None,
+            spawn_rate: None,
+            think_time_s: None,
             warmup_s: 0.0,
             orgs: 1,
             started_at: "2026-01-01T00:00:00Z".into(),
@@ -418,6 +539,7 @@ mod tests {
             &[Op::Get, Op::DataRead],
             vec![(Op::Get, get)],
             Duration::from_secs(1),
+            None,
         );
         let names: Vec<&str> = r.operations.iter().map(|o| o.op.as_str()).collect();
         assert_eq!(names, vec!["get", "data_read"]);
@@ -443,6 +565,7 @@ mod tests {
             &[Op::Get],
             vec![(Op::Get, get)],
             Duration::from_secs(1),
+            None,
         );
         let text = r.to_text();
         let lines: Vec<&str> = text.lines().skip(2).take(3).collect();

@@ -1,9 +1,14 @@
 //! What the virtual users do: the set-up of fixture organizations, the request loop of each
 //! scenario, and the clean-up.
 //!
-//! `original` replays the original FastAPI service's traffic as a lifecycle per user:
-//! create an org, log its admin in, then reads and writes of the org and its data, an email
-//! change and finally the delete (12 requests; 2 of them hash a password):
+//! `original` mirrors the original service's Locust test (`benches/locust/locustfile.py`):
+//! users start at `--spawn-rate` a second; each creates its own organization and logs in, then
+//! waits `--think-time` (1-3 s) before each task, picked by weight: get its organization 5,
+//! query its data 4, insert a document 3, change its admin email 1, log in again 1.
+//!
+//! `churn` runs an organization's whole lifecycle per cycle, with no think time: create an
+//! org, log its admin in, then reads and writes of the org and its data, an email change and
+//! finally the delete (12 requests; 2 of them hash a password):
 //!
 //! `create, login, get, data_write, data_read, get, update, data_read, data_write, get,
 //! data_read, delete`.
@@ -19,13 +24,16 @@ use futures_util::{stream, StreamExt};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The request mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The original service's mix: org lifecycle plus tenant data reads and writes.
+    /// The original service's Locust test: each user the admin of its own organization,
+    /// with think time between weighted tasks, users spawned at `--spawn-rate`.
     Original,
+    /// Organization lifecycles back to back (create, login, reads, writes, update, delete).
+    Churn,
     /// Only `GET /org/get?organization_name=` (served from the metadata cache).
     GetOrg,
     /// Only `GET /data/{id}` with a valid token.
@@ -37,6 +45,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Original => "original",
+            Scenario::Churn => "churn",
             Scenario::GetOrg => "get-org",
             Scenario::DataRead => "data-read",
         }
@@ -45,14 +54,24 @@ impl Scenario {
     /// The operations this scenario sends.
     pub fn ops(self) -> &'static [Op] {
         match self {
-            Scenario::Original => &ORIGINAL_OPS,
+            Scenario::Original => &USER_OPS,
+            Scenario::Churn => &CHURN_OPS,
             Scenario::GetOrg => &[Op::Get],
             Scenario::DataRead => &[Op::DataRead],
         }
     }
 }
 
-const ORIGINAL_OPS: [Op; 7] = [
+const USER_OPS: [Op; 6] = [
+    Op::Create,
+    Op::Login,
+    Op::Get,
+    Op::Update,
+    Op::DataWrite,
+    Op::DataQuery,
+];
+
+const CHURN_OPS: [Op; 7] = [
     Op::Create,
     Op::Login,
     Op::Get,
@@ -94,6 +113,50 @@ pub struct Run {
     pub leftovers: Mutex<Vec<BenchOrg>>,
     /// 429s seen outside the measured window (warm-up, set-up).
     pub unmeasured_rate_limited: std::sync::atomic::AtomicU64,
+    /// How `original` users pace themselves.
+    pub users: UserModel,
+    /// Figures of requests sent while users were still being spawned, and after.
+    pub phases: Option<Phases>,
+}
+
+/// Think time and ramp-up of the `original` users.
+#[derive(Debug, Clone, Copy)]
+pub struct UserModel {
+    /// Shortest wait before a task.
+    pub think_min: Duration,
+    /// Longest wait before a task.
+    pub think_max: Duration,
+    /// Users started per second (`None`: all at once).
+    pub spawn_rate: Option<f64>,
+}
+
+impl UserModel {
+    /// When user `user` starts, after the run's start.
+    pub fn start_offset(&self, user: usize) -> Duration {
+        match self.spawn_rate {
+            Some(r) if r > 0.0 => Duration::from_secs_f64(user as f64 / r),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// A think time drawn uniformly between the bounds.
+    fn think(&self) -> Duration {
+        if self.think_max <= self.think_min {
+            return self.think_min;
+        }
+        rand::Rng::gen_range(&mut rand::thread_rng(), self.think_min..=self.think_max)
+    }
+}
+
+/// Separate figures for the ramp-up (until the last user started) and the steady state.
+#[derive(Debug, Default)]
+pub struct Phases {
+    /// When the last user starts.
+    pub ramp_end: Option<Instant>,
+    /// Requests sent before `ramp_end`.
+    pub ramp: Stats,
+    /// Requests sent after.
+    pub steady: Stats,
 }
 
 /// What one user does.
@@ -118,6 +181,13 @@ impl Run {
             let in_window = self.pace.window_end().is_none_or(|end| done <= end);
             self.stats
                 .record(op, done - slot.intended, &reply.outcome, in_window);
+            if let Some(p) = &self.phases {
+                let phase = match p.ramp_end {
+                    Some(end) if slot.intended < end => &p.ramp,
+                    _ => &p.steady,
+                };
+                phase.record(op, done - slot.intended, &reply.outcome, in_window);
+            }
         } else if reply.outcome == Outcome::RateLimited {
             self.unmeasured_rate_limited
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -154,17 +224,117 @@ impl Run {
                     i += 1;
                 }
             }
-            Work::Scenario(Scenario::Original) => {
+            Work::Scenario(Scenario::Original) => self.original_user(user).await,
+            Work::Scenario(Scenario::Churn) => {
                 let mut cycle = 0u64;
-                while self.original_cycle(user, cycle).await {
+                while self.churn_cycle(user, cycle).await {
                     cycle += 1;
                 }
             }
         }
     }
 
-    /// One lifecycle of the original mix; `false` once the budget is spent.
-    async fn original_cycle(&self, user: usize, cycle: u64) -> bool {
+    /// A user of the original service's load test, from its spawn to the end of the run.
+    async fn original_user(&self, user: usize) {
+        tokio::time::sleep_until((self.pace.start() + self.users.start_offset(user)).into()).await;
+        let name = format!("{}-u{user}", self.prefix);
+        let mut org = BenchOrg {
+            email: format!("{name}@example.com"),
+            name,
+            token: None,
+            doc_id: None,
+        };
+        let pw = self.password.as_str();
+        // Create until it lands, as a client told to retry would; a 409 after an attempt that
+        // timed out means that attempt landed.
+        let mut tried = false;
+        loop {
+            let Some(slot) = self.pace.next().await else {
+                if tried {
+                    self.leave(org);
+                }
+                return;
+            };
+            let created = self
+                .timed(
+                    Op::Create,
+                    slot,
+                    self.api.create_org(&org.name, &org.email, pw),
+                )
+                .await;
+            match &created.outcome {
+                Outcome::Ok => break,
+                Outcome::Error(k) if k == "409" && tried => break,
+                _ => {}
+            }
+            tried = true;
+            let wait = created.retry_after.unwrap_or_else(|| self.users.think());
+            tokio::time::sleep(wait.min(MAX_BACKOFF)).await;
+        }
+        let mut docs = 0u64;
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::time::sleep(self.users.think()).await;
+            }
+            first = false;
+            let Some(slot) = self.pace.next().await else {
+                break;
+            };
+            let Some(token) = org.token.clone() else {
+                let login = self
+                    .timed(Op::Login, slot, self.api.login(&org.email, pw))
+                    .await;
+                org.token = login.str_field("access_token");
+                continue;
+            };
+            // Locust's task weights: get 5, query 4, write 3, update 1, log in again 1.
+            let pick = rand::Rng::gen_range(&mut rand::thread_rng(), 0..14u32);
+            match pick {
+                0..=4 => {
+                    self.timed(Op::Get, slot, self.api.get_org_as(&token, &org.name))
+                        .await;
+                }
+                5..=8 => {
+                    let body = json!({"filter": {}, "limit": 10});
+                    self.timed(Op::DataQuery, slot, self.api.query(&token, &body))
+                        .await;
+                }
+                9..=11 => {
+                    docs += 1;
+                    let doc = json!({"sku": format!("S-{docs}"), "qty": docs});
+                    self.timed(Op::DataWrite, slot, self.api.insert(&token, &doc))
+                        .await;
+                }
+                12 => {
+                    let email =
+                        format!("{}-{}@example.com", org.name, uuid::Uuid::new_v4().simple());
+                    let updated = self
+                        .timed(
+                            Op::Update,
+                            slot,
+                            self.api.update_email(&token, &org.name, &email),
+                        )
+                        .await;
+                    if updated.outcome == Outcome::Ok {
+                        org.email = email;
+                    }
+                }
+                _ => {
+                    let login = self
+                        .timed(Op::Login, slot, self.api.login(&org.email, pw))
+                        .await;
+                    if let Some(t) = login.str_field("access_token") {
+                        org.token = Some(t);
+                    }
+                }
+            }
+        }
+        self.leave(org);
+    }
+
+    /// One organization lifecycle of `churn`; `false` once the budget is spent.
+    async fn churn_cycle(&self, user: usize, cycle: u64) -> bool {
         let name = format!("{}-u{user}-c{cycle}", self.prefix);
         let mut org = BenchOrg {
             email: format!("{name}@example.com"),

@@ -23,13 +23,15 @@ pub enum Op {
     DataWrite,
     /// `GET /data/{id}`.
     DataRead,
+    /// `POST /data/query` (first page of 10).
+    DataQuery,
     /// A plain `GET` of `--raw-path`.
     Raw,
 }
 
 impl Op {
     /// Every operation, in report order.
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Create,
         Op::Login,
         Op::Get,
@@ -37,6 +39,7 @@ impl Op {
         Op::Delete,
         Op::DataWrite,
         Op::DataRead,
+        Op::DataQuery,
         Op::Raw,
     ];
 
@@ -50,6 +53,7 @@ impl Op {
             Op::Delete => "delete",
             Op::DataWrite => "data_write",
             Op::DataRead => "data_read",
+            Op::DataQuery => "data_query",
             Op::Raw => "raw",
         }
     }

@@ -123,7 +123,16 @@ impl TargetResult {
 }
 
 /// Checks every target whose operation the run measured.
-pub fn check(targets: &[Target], ops: &[OpReport], overall: &OpReport) -> Vec<TargetResult> {
+/// Share of an offered rate a run may fall short by and still count as keeping up (a
+/// request due at the window's edge, think times drawn at random).
+pub const OFFER_TOLERANCE: f64 = 0.02;
+
+pub fn check(
+    targets: &[Target],
+    ops: &[OpReport],
+    overall: &OpReport,
+    offered_rps: Option<f64>,
+) -> Vec<TargetResult> {
     targets
         .iter()
         .filter_map(|tg| {
@@ -136,22 +145,46 @@ pub fn check(targets: &[Target], ops: &[OpReport], overall: &OpReport) -> Vec<Ta
                 return None;
             }
             let actual = tg.metric.value(r);
-            let pass = if tg.metric.is_lower_bound() {
-                actual >= tg.limit
-            } else {
-                actual < tg.limit
+            // Clients cannot be served faster than they ask: against an offered rate, a
+            // throughput target holds when the gateway kept up with the offer (within
+            // OFFER_TOLERANCE) and the offer reached the target.
+            let (limit, target) = match offered_rps {
+                Some(offered) if tg.metric.is_lower_bound() => {
+                    let kept_up = offered * (1.0 - OFFER_TOLERANCE);
+                    (
+                        tg.limit.min(kept_up),
+                        format!(
+                            ">= {} and {:.0}% of the {} offered",
+                            tg.metric.format(tg.limit.min(offered)),
+                            (1.0 - OFFER_TOLERANCE) * 100.0,
+                            tg.metric.format(offered)
+                        ),
+                    )
+                }
+                _ => (
+                    tg.limit,
+                    format!(
+                        "{} {}",
+                        if tg.metric.is_lower_bound() {
+                            ">="
+                        } else {
+                            "<"
+                        },
+                        tg.metric.format(tg.limit)
+                    ),
+                ),
             };
-            let cmp = if tg.metric.is_lower_bound() {
-                ">="
+            let pass = if tg.metric.is_lower_bound() {
+                actual >= limit && offered_rps.is_none_or(|o| o >= tg.limit)
             } else {
-                "<"
+                actual < limit
             };
             Some(TargetResult {
                 set: tg.set,
                 op: tg.op,
                 metric: tg.metric,
-                target: format!("{cmp} {}", tg.metric.format(tg.limit)),
-                limit: tg.limit,
+                target,
+                limit,
                 actual,
                 pass,
             })
@@ -191,7 +224,7 @@ mod tests {
     fn upper_and_lower_bounds() {
         let ops = vec![op("get", 99.0, 6.0, 1000.0, 0.0)];
         let overall = op("overall", 399.0, 801.0, 499.0, 0.0);
-        let res = check(TARGETS, &ops, &overall);
+        let res = check(TARGETS, &ops, &overall, None);
         let find = |set: &str, o: &str, m: Metric| {
             res.iter()
                 .find(|r| r.set == set && r.op == o && r.metric == m)
@@ -210,7 +243,7 @@ mod tests {
     fn skips_operations_not_measured() {
         let ops = vec![op("data_read", 1.0, 2.0, 10.0, 0.0)];
         let overall = op("overall", 1.0, 2.0, 10.0, 0.0);
-        let res = check(TARGETS, &ops, &overall);
+        let res = check(TARGETS, &ops, &overall, None);
         assert!(res.iter().all(|r| r.op == "data_read" || r.op == "overall"));
         assert_eq!(res.iter().filter(|r| r.op == "data_read").count(), 1);
     }
@@ -219,10 +252,35 @@ mod tests {
     fn limits_are_exclusive_for_latency() {
         let ops = vec![op("create", 500.0, 500.0, 1.0, 0.0)];
         let overall = op("overall", 1.0, 1.0, 1000.0, 0.0);
-        let res = check(TARGETS, &ops, &overall);
+        let res = check(TARGETS, &ops, &overall, None);
         let create = res.iter().find(|r| r.op == "create").unwrap();
         assert!(!create.pass);
         assert_eq!(create.target, "< 500.00 ms");
         assert_eq!(create.actual_text(), "500.00 ms");
+    }
+
+    /// In open loop (or against users' think time) the gateway cannot serve more than it is
+    /// offered: keeping up with an offer at or above the target passes; falling behind, or an
+    /// offer below the target, does not.
+    #[test]
+    fn throughput_is_judged_against_the_offered_rate() {
+        let through = |goodput: f64, offered: f64| {
+            let overall = op("overall", 1.0, 1.0, goodput, 0.0);
+            check(TARGETS, &[], &overall, Some(offered))
+                .into_iter()
+                .find(|r| r.metric == Metric::Throughput)
+                .unwrap()
+        };
+        assert!(through(499.9, 500.0).pass);
+        assert!(through(991.0, 1000.0).pass);
+        assert!(!through(450.0, 500.0).pass);
+        assert!(
+            !through(300.0, 300.0).pass,
+            "an offer below the target proves nothing"
+        );
+        assert_eq!(
+            through(499.9, 500.0).target,
+            ">= 500 req/s and 98% of the 500 req/s offered"
+        );
     }
 }
