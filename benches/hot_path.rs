@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: JWT verification and tenant lookup through
-//! the moka cache (100,000 organizations cached).
+//! the moka cache (100,000 organizations cached); and what a create or login costs: one argon2id
+//! hash at OWASP cost, and a login answered from remembered credentials.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use org_gateway::auth::JwtKeys;
@@ -134,5 +135,39 @@ fn limiter(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, jwt, lookup, filters, limiter);
+/// One argon2id hash at m = 19 MiB, t = 2, p = 1 through the hashing threads (what a create or
+/// a login waits for), and a check of credentials verified a moment ago (the login after a
+/// create).
+fn password(c: &mut Criterion) {
+    use org_gateway::auth::PasswordHasher;
+    use org_gateway::domain::Password;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hasher = PasswordHasher::new(19_456, 2, 1, 1, 8)
+        .unwrap()
+        .with_credential_cache(1_000, Duration::from_secs(600));
+    let password = Password::parse("correct horse battery").unwrap();
+    let phc = rt.block_on(hasher.hash(&password)).unwrap();
+    let mut group = c.benchmark_group("argon2id_owasp");
+    group.sample_size(20);
+    group.bench_function("hash", |b| {
+        b.iter(|| rt.block_on(hasher.hash(&password)).unwrap())
+    });
+    group.bench_function("verify_wrong_password", |b| {
+        b.iter(|| {
+            assert!(!rt
+                .block_on(hasher.verify("wrong horse battery", Some(&phc)))
+                .unwrap())
+        })
+    });
+    group.finish();
+    c.bench_function("verify_remembered_credentials", |b| {
+        b.iter(|| {
+            assert!(rt
+                .block_on(hasher.verify("correct horse battery", Some(&phc)))
+                .unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, jwt, lookup, filters, limiter, password);
 criterion_main!(benches);
