@@ -705,6 +705,29 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_cidr_networks() {
+        let parse = |toml: &str| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract::<Config>()
+                .ok()
+        };
+        let c = parse("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        let shown: Vec<String> = c
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        assert!(parse("[limits]\ntrusted_proxies = [\"10.0.0.1/8\"]\n").is_none());
+        assert!(parse("[limits]\ntrusted_proxies = [\"proxy.example\"]\n").is_none());
+        let mut zero = Config::default();
+        zero.limits.creates_per_minute_per_address = 0;
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
     fn short_secret_refused() {
         let mut c = Config::default();
         c.auth.jwt_secret = Secret::from("short");

@@ -123,6 +123,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 tick.tick().await;
                 state.rate_limits.evict_idle();
                 state.login_throttle.evict_expired();
+                state.address_limits.evict_idle();
                 state.load_rate_overrides().await;
                 state.refresh_capacity().await;
                 metrics::QUOTA_ALERTS.set(state.quotas.over_alert().len() as i64);

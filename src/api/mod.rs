@@ -37,7 +37,8 @@ pub struct Request {
     pub body: Bytes,
     /// The request id echoed in `X-Request-Id`.
     pub request_id: String,
-    /// Client address, when known.
+    /// Client address, when known: the TCP peer, or the client a trusted proxy reported
+    /// (`crate::limits::address::client_address`).
     pub client_ip: Option<IpAddr>,
 }
 
@@ -351,6 +352,34 @@ pub async fn check_rate(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         "request rate limit exceeded for this organization",
+    );
+    e.retry_after = Some(decision.retry_after);
+    e.extra_headers = decision.headers;
+    Err(e)
+}
+
+/// Counts one request of the client against its per-address limit `kind` (fleet-wide when
+/// limits are in Redis): the headers to send, or 429. A request without a known address (not
+/// over TCP) is not limited.
+pub async fn check_address(
+    state: &AppState,
+    kind: crate::limits::address::AddressLimit,
+    req: &Request,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let Some(ip) = req.client_ip else {
+        return Ok(Vec::new());
+    };
+    let decision = match &state.redis_limits {
+        Some(redis) => redis.check_address(kind, ip, &state.address_limits).await,
+        None => state.address_limits.check(kind, ip),
+    };
+    if decision.allowed {
+        return Ok(decision.headers);
+    }
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests from this client address; retry later",
     );
     e.retry_after = Some(decision.retry_after);
     e.extra_headers = decision.headers;

@@ -190,9 +190,13 @@ pub struct CreateBody {
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many creates from this client address (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "No shard available", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
+    // Before the body is even parsed: a flood from one address must not reach the hasher.
+    let limit_headers =
+        super::check_address(state, crate::limits::address::AddressLimit::Creates, req).await?;
     let body: CreateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     let email = Email::parse(&body.email)?;
@@ -232,10 +236,9 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             .in_current_span(),
     );
     let org = task.await.map_err(|e| internal("create task", e))??;
-    Ok(Reply::json(
-        StatusCode::CREATED,
-        &view(&org, Some(&email), true),
-    ))
+    let mut reply = Reply::json(StatusCode::CREATED, &view(&org, Some(&email), true));
+    reply.headers = limit_headers;
+    Ok(reply)
 }
 
 /// Picks the placement, records the organization, creates its collection and activates it;
@@ -344,17 +347,31 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "A token was sent and is invalid", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many token-less reads from this client address (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    // A request without a token is public: limited per client address, before anything else.
+    let limit_headers = if req.headers.contains_key(http::header::AUTHORIZATION) {
+        Vec::new()
+    } else {
+        super::check_address(
+            state,
+            crate::limits::address::AddressLimit::PublicReads,
+            req,
+        )
+        .await?
+    };
     let name = name_param(req)?;
     let caller = authenticate_opt(state, req, false).await?;
     let org = super::org_named(state, &name).await?;
     log.org_id = Some(org.id);
     let own = caller.as_ref().filter(|c| c.org.id == org.id);
-    Ok(Reply::json(
+    let mut reply = Reply::json(
         StatusCode::OK,
         &view(&org, own.map(|c| &c.admin.email), own.is_some()),
-    ))
+    );
+    reply.headers = limit_headers;
+    Ok(reply)
 }
 
 /// Body of `PUT /org/update`.
