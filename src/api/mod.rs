@@ -1,6 +1,7 @@
 //! HTTP handlers. The listener (`crate::listener`) turns a pingora session into a [`Request`],
 //! calls [`handle`], and writes the [`Reply`] or the [`ApiError`] as problem+json.
 
+pub mod admins;
 pub mod auth;
 pub mod data;
 pub mod health;
@@ -95,6 +96,9 @@ pub async fn handle(
         Route::OrgUpdate => orgs::update(state, req, log).await,
         Route::OrgDelete => orgs::delete(state, req, log).await,
         Route::AdminLogin => auth::login(state, req, log).await,
+        Route::OrgAdmins => admins::list(state, req, log).await,
+        Route::OrgAdminCreate => admins::create(state, req, log).await,
+        Route::OrgAdminDelete => admins::delete(state, req, log).await,
         Route::OpsShards
         | Route::OpsShardAdd
         | Route::OpsPlacement

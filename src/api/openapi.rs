@@ -26,6 +26,9 @@ use utoipa::{Modify, OpenApi};
         super::orgs::update,
         super::orgs::delete,
         super::auth::login,
+        super::admins::create,
+        super::admins::list,
+        super::admins::delete,
         super::data::insert,
         super::data::query,
         super::data::count,
@@ -54,6 +57,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "organizations", description = "Create, read, update (rename with data migration), delete"),
         (name = "auth", description = "Admin login"),
+        (name = "admins", description = "Admins of the token's organization"),
         (name = "data", description = "Tenant documents, scoped to the token's organization"),
         (name = "operator", description = "Operator listener; Bearer ops.token"),
         (name = "health", description = "Liveness, readiness, metrics"),

@@ -85,7 +85,8 @@ fn conflict(taken: Taken) -> ApiError {
     }
 }
 
-fn catalog_error(e: CatalogError) -> ApiError {
+/// Maps catalog failures to responses.
+pub fn catalog_error(e: CatalogError) -> ApiError {
     match e {
         CatalogError::Conflict(t) => conflict(t),
         CatalogError::NotFound => ApiError::conflict(
@@ -95,6 +96,14 @@ fn catalog_error(e: CatalogError) -> ApiError {
         CatalogError::Stale => ApiError::conflict(
             "concurrent_update",
             "the record changed concurrently; read it again and retry",
+        ),
+        CatalogError::AdminLimit => ApiError::conflict(
+            "admin_limit_reached",
+            "the organization already has the most admins allowed",
+        ),
+        CatalogError::LastAdmin => ApiError::conflict(
+            "last_admin",
+            "the organization's last admin cannot be deleted",
         ),
         CatalogError::Backend(e) => internal("catalog", e),
     }

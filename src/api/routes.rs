@@ -35,6 +35,12 @@ pub enum Route {
     OrgDelete,
     /// `POST /admin/login`.
     AdminLogin,
+    /// `GET /org/admins`.
+    OrgAdmins,
+    /// `POST /org/admins`.
+    OrgAdminCreate,
+    /// `DELETE /org/admins/{admin_id}`.
+    OrgAdminDelete,
     /// `GET /ops/shards`.
     OpsShards,
     /// `POST /ops/shards`.
@@ -88,6 +94,8 @@ impl Route {
             Route::OrgUpdate => "/org/update",
             Route::OrgDelete => "/org/delete",
             Route::AdminLogin => "/admin/login",
+            Route::OrgAdmins | Route::OrgAdminCreate => "/org/admins",
+            Route::OrgAdminDelete => "/org/admins/{admin_id}",
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
@@ -112,6 +120,7 @@ impl Route {
             Route::OrgCreate
                 | Route::OrgUpdate
                 | Route::AdminLogin
+                | Route::OrgAdminCreate
                 | Route::OpsShardAdd
                 | Route::OpsLimits
                 | Route::OpsMoveStart
@@ -135,6 +144,9 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "PUT", "/org/update"),
     (Listener::Public, "DELETE", "/org/delete"),
     (Listener::Public, "POST", "/admin/login"),
+    (Listener::Public, "GET", "/org/admins"),
+    (Listener::Public, "POST", "/org/admins"),
+    (Listener::Public, "DELETE", "/org/admins/{admin_id}"),
     (Listener::Public, "POST", "/data"),
     (Listener::Public, "POST", "/data/query"),
     (Listener::Public, "POST", "/data/count"),
@@ -174,6 +186,15 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Public, "/org/update") => &[(Method::PUT, Route::OrgUpdate)],
         (Listener::Public, "/org/delete") => &[(Method::DELETE, Route::OrgDelete)],
         (Listener::Public, "/admin/login") => &[(Method::POST, Route::AdminLogin)],
+        (Listener::Public, "/org/admins") => &[
+            (Method::GET, Route::OrgAdmins),
+            (Method::POST, Route::OrgAdminCreate),
+        ],
+        (Listener::Public, p)
+            if p.starts_with("/org/admins/") && p.len() > 12 && !p[12..].contains('/') =>
+        {
+            &[(Method::DELETE, Route::OrgAdminDelete)]
+        }
         (Listener::Ops, "/ops/shards") => &[
             (Method::GET, Route::OpsShards),
             (Method::POST, Route::OpsShardAdd),
@@ -237,6 +258,7 @@ mod tests {
         for (listener, method, template) in ALL {
             let path = template
                 .replace("{id}", "abc123")
+                .replace("{admin_id}", "0190c1d2-0000-7000-8000-000000000000")
                 .replace("{organization}", "Acme%20Corp");
             let method: Method = method.parse().unwrap();
             let route = match_route(*listener, &method, &path)

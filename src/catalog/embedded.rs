@@ -191,6 +191,22 @@ fn lookup(
         .map(|v| v.value().to_owned()))
 }
 
+/// Keys of an index table that start with `prefix`.
+fn count_prefix(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    prefix: &str,
+) -> CatalogResult<usize> {
+    let mut n = 0;
+    for row in table.range(prefix..).map_err(backend)? {
+        let (k, _) = row.map_err(backend)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn add_count(txn: &WriteTransaction, key: &str, delta: i64) -> CatalogResult<()> {
     let mut counts = txn.open_table(COUNTS).map_err(backend)?;
     let current = counts
@@ -465,6 +481,63 @@ impl Catalog for EmbeddedCatalog {
                 .insert(id.as_str(), encode(&admin)?.as_slice())
                 .map_err(backend)?;
             Ok(admin)
+        })
+        .await
+    }
+
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
+        let mut admin = admin.clone();
+        // One write transaction (redb has one writer at a time): the count, the email and
+        // the insert are decided together.
+        self.write(move |txn| {
+            load_org(txn, admin.org_id)?;
+            let org_key = admin.org_id.to_string();
+            let admin_id = admin.id.to_string();
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
+                return Err(CatalogError::AdminLimit);
+            }
+            let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+            if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                return Err(CatalogError::Conflict(Taken::Email));
+            }
+            emails
+                .insert(admin.email.as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            by_org
+                .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            admin.revision = bump_revision(txn)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            admins
+                .insert(admin_id.as_str(), encode(&admin)?.as_slice())
+                .map_err(backend)?;
+            Ok(admin)
+        })
+        .await
+    }
+
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        self.write(move |txn| {
+            let (org_key, admin_id) = (org.to_string(), admin.to_string());
+            let index_key = format!("{org_key}/{admin_id}");
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
+                return Ok(None);
+            }
+            if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
+                return Err(CatalogError::LastAdmin);
+            }
+            by_org.remove(index_key.as_str()).map_err(backend)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+            admins.remove(admin_id.as_str()).map_err(backend)?;
+            if let Some(a) = &removed {
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                emails.remove(a.email.as_str()).map_err(backend)?;
+            }
+            bump_revision(txn)?;
+            Ok(removed)
         })
         .await
     }

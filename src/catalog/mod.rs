@@ -334,6 +334,12 @@ pub enum CatalogError {
     /// The record changed since the caller read it (compare-and-set on its revision failed).
     #[error("changed concurrently")]
     Stale,
+    /// The organization already has the most admins allowed.
+    #[error("admin limit reached")]
+    AdminLimit,
+    /// The admin to remove is the organization's last one.
+    #[error("last admin")]
+    LastAdmin,
     /// The catalog store failed.
     #[error("catalog store error: {0}")]
     Backend(String),
@@ -380,6 +386,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// `admin.revision` ([`CatalogError::Stale`] otherwise); the new email must be free.
     /// Returns the stored record with its new revision.
     async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord>;
+
+    /// Adds an admin to an existing organization, if it has fewer than `max` admins and the
+    /// email is free ([`CatalogError::AdminLimit`], [`CatalogError::Conflict`]); decided
+    /// atomically, so concurrent adds never pass `max`. [`CatalogError::NotFound`] if the
+    /// organization is gone. Returns the admin as stored.
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord>;
+
+    /// Removes an admin of `org` unless it is the organization's last one
+    /// ([`CatalogError::LastAdmin`]); decided atomically, so concurrent removals never leave
+    /// an organization without an admin. `Ok(None)` if `org` has no such admin.
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>>;
 
     /// Reserves `to_name` and its collection for the org and marks it `Renaming`, journaling
     /// the credentials change that goes with it, if any.

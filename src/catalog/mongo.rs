@@ -5,6 +5,10 @@
 //!   holds the normalized current name plus, during a rename, the reserved new one; likewise
 //!   `collections`. Unique multikey indexes on both make every reservation atomic.
 //! - `admins`: `{_id: admin id, email, org_id, record}`, unique on `email`, indexed on `org_id`.
+//! - `admin_rosters`: `{_id: org id, ids: [admin ids], n}`: the seats of an organization's
+//!   admins, so that adding one under the cap and removing one that is not the last are each
+//!   decided by one conditional update of one document. Created on first use from the
+//!   `admins` of the organization.
 //! - `pending_drops`: `{_id: drop key, org_id, drop}`.
 //! - `collection_counts`: `{_id: "shard/database", shard, database, count}`.
 //! - `settings`: `{_id: key, json}` (the value as JSON text, so any JSON round-trips).
@@ -22,6 +26,11 @@
 //! crash in between leaves only a state the startup recovery (`crate::movers`) handles:
 //! - insert: the org is written first, always as `Creating` (rolled back at startup), then its
 //!   collection is counted, then the admin; an email conflict deletes the org again.
+//! - add admin: a seat is taken in the roster first, then the admin is inserted (an email
+//!   conflict gives the seat back). A crash in between leaves a seat without an admin: the
+//!   cap is then one lower for that organization (never higher).
+//! - remove admin: the seat is given up first (only if another remains), then the admin is
+//!   removed. A crash in between leaves an admin without a seat; removing it again finishes.
 //! - delete: the pending drops are written first (tagged with the org id: the delete is
 //!   decided), then the admins and the org are removed. [`Catalog::pending_drops`] finishes the
 //!   removal of any org whose drops are recorded but which is still present.
@@ -112,6 +121,7 @@ pub struct MongoCatalog {
     secrets: Secrets,
     orgs: Collection<Document>,
     admins: Collection<Document>,
+    rosters: Collection<Document>,
     pending: Collection<Document>,
     counts: Collection<Document>,
     settings: Collection<Document>,
@@ -146,6 +156,7 @@ impl MongoCatalog {
         let catalog = Self {
             orgs: db.collection("organizations"),
             admins: db.collection("admins"),
+            rosters: db.collection("admin_rosters"),
             pending: db.collection("pending_drops"),
             counts: db.collection("collection_counts"),
             settings: db.collection("settings"),
@@ -409,6 +420,10 @@ impl MongoCatalog {
             .delete_many(doc! { "org_id": &id })
             .await
             .map_err(|e| self.err(&e))?;
+        self.rosters
+            .delete_one(doc! { "_id": &id })
+            .await
+            .map_err(|e| self.err(&e))?;
         let mut filter = doc! { "_id": &id };
         if let Some(rev) = rev {
             filter.insert("rev", rev);
@@ -449,6 +464,56 @@ impl MongoCatalog {
                 .await
                 .map_err(|e| self.err(&e))?;
         }
+        Ok(())
+    }
+
+    /// Makes sure the organization has its admin roster: organizations created before rosters
+    /// existed get one listing their admins. No admin is added without a roster, so the
+    /// admins read here are all of them; of two racing initializers, one inserts.
+    async fn ensure_roster(&self, org: OrgId) -> CatalogResult<()> {
+        let id = org.to_string();
+        if self
+            .rosters
+            .find_one(doc! { "_id": &id })
+            .await
+            .map_err(|e| self.err(&e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .admins_of_org(org)
+            .await?
+            .into_iter()
+            .map(|a| a.id.to_string())
+            .collect();
+        let n = ids.len() as i64;
+        match self
+            .rosters
+            .update_one(
+                doc! { "_id": &id },
+                doc! { "$setOnInsert": { "ids": ids, "n": n } },
+            )
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.classify(&e) {
+                Failure::Duplicate { .. } => Ok(()),
+                f => Err(backend_msg(f.message())),
+            },
+        }
+    }
+
+    /// Gives an admin's seat back (a failed add); nothing if it holds none.
+    async fn release_seat(&self, org: OrgId, admin: AdminId) -> CatalogResult<()> {
+        self.rosters
+            .update_one(
+                doc! { "_id": org.to_string(), "ids": admin.to_string() },
+                doc! { "$pull": { "ids": admin.to_string() }, "$inc": { "n": -1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
         Ok(())
     }
 
@@ -709,6 +774,111 @@ impl Catalog for MongoCatalog {
                 f => backend_msg(f.message()),
             }),
         }
+    }
+
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
+        let org = admin.org_id;
+        if self.load(org).await?.is_none() {
+            return Err(CatalogError::NotFound);
+        }
+        // A taken email is refused before a seat is taken (the insert below re-checks).
+        if self.admin_by_email(&admin.email).await?.is_some() {
+            return Err(CatalogError::Conflict(Taken::Email));
+        }
+        self.ensure_roster(org).await?;
+        let admin_id = admin.id.to_string();
+        // The seat: one conditional update decides the cap for every racing add.
+        let seated = self
+            .rosters
+            .update_one(
+                doc! { "_id": org.to_string(), "n": { "$lt": i64::from(max) }, "ids": { "$ne": &admin_id } },
+                doc! { "$push": { "ids": &admin_id }, "$inc": { "n": 1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        if seated.matched_count == 0 {
+            return Err(match self.load(org).await? {
+                Some(_) => CatalogError::AdminLimit,
+                None => CatalogError::NotFound,
+            });
+        }
+        let mut admin = admin.clone();
+        let inserted = async {
+            admin.revision = self.bump_revision().await?;
+            let admin_doc = doc! {
+                "_id": &admin_id,
+                "email": admin.email.as_str(),
+                "org_id": org.to_string(),
+                "rev": admin.revision as i64,
+                "record": to_doc(&admin)?,
+            };
+            self.admins
+                .insert_one(admin_doc)
+                .await
+                .map_err(|e| match self.classify(&e) {
+                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
+                        CatalogError::Conflict(Taken::Email)
+                    }
+                    f => backend_msg(f.message()),
+                })?;
+            CatalogResult::Ok(())
+        };
+        if let Err(e) = inserted.await {
+            self.release_seat(org, admin.id).await?;
+            return Err(e);
+        }
+        // An organization deleted meanwhile took its admins with it, maybe before this one
+        // was inserted: remove it, or its email would stay taken.
+        if self.load(org).await?.is_none() {
+            self.admins
+                .delete_one(doc! { "_id": &admin_id })
+                .await
+                .map_err(|e| self.err(&e))?;
+            return Err(CatalogError::NotFound);
+        }
+        Ok(admin)
+    }
+
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        let (org_key, admin_id) = (org.to_string(), admin.to_string());
+        let Some(found) = self
+            .admins
+            .find_one(doc! { "_id": &admin_id, "org_id": &org_key })
+            .await
+            .map_err(|e| self.err(&e))?
+        else {
+            return Ok(None);
+        };
+        let record: AdminRecord = from_field(&found, "record")?;
+        self.ensure_roster(org).await?;
+        // Giving the seat up only while another remains: of the last two admins removed at
+        // once, exactly one goes.
+        let unseated = self
+            .rosters
+            .update_one(
+                doc! { "_id": &org_key, "ids": &admin_id, "n": { "$gt": 1_i64 } },
+                doc! { "$pull": { "ids": &admin_id }, "$inc": { "n": -1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        if unseated.matched_count == 0 {
+            let seated = self
+                .rosters
+                .find_one(doc! { "_id": &org_key, "ids": &admin_id })
+                .await
+                .map_err(|e| self.err(&e))?
+                .is_some();
+            if seated {
+                return Err(CatalogError::LastAdmin);
+            }
+            // No seat: a removal of this admin ran (or was interrupted) past that step.
+        }
+        self.bump_revision().await?;
+        self.admins
+            .delete_one(doc! { "_id": &admin_id, "org_id": &org_key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(Some(record))
     }
 
     async fn begin_rename(

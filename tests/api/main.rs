@@ -7,6 +7,7 @@ mod mongo_env;
 #[path = "../common/secantus.rs"]
 mod secantus;
 
+mod admins;
 mod auth;
 mod data;
 mod input;

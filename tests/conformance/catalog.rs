@@ -96,6 +96,9 @@ conformance!(
     a_rename_whose_data_may_have_moved_cannot_be_aborted,
     collection_counts,
     settings_round_trip,
+    admins_are_added_and_removed,
+    concurrent_adds_never_pass_the_cap,
+    concurrent_removals_never_remove_the_last_admin,
 );
 
 fn shard() -> ShardId {
@@ -915,4 +918,160 @@ async fn a_rename_whose_data_may_have_moved_cannot_be_aborted(c: Arc<dyn Catalog
     ));
     let done = c.commit_rename(o.id).await.unwrap();
     assert_eq!(done.name, name("Elsewhere"));
+}
+
+async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
+    let o = create(&*c, "Admins Co", "first@admins.example").await;
+    let other = create(&*c, "Other Co", "other@admins.example").await;
+    let second = admin(&o, "second@admins.example");
+    let stored = c.add_admin(&second, 3).await.unwrap();
+    assert!(stored.revision > 0);
+    assert_eq!(
+        c.admin_by_email(&email("second@admins.example"))
+            .await
+            .unwrap()
+            .map(unrev_admin),
+        Some(unrev_admin(second.clone()))
+    );
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 2);
+    // Emails are unique across the gateway.
+    assert_eq!(
+        conflict(c.add_admin(&admin(&o, "other@admins.example"), 3).await),
+        Taken::Email
+    );
+    assert_eq!(
+        conflict(c.add_admin(&admin(&o, "SECOND@admins.example"), 3).await),
+        Taken::Email
+    );
+    c.add_admin(&admin(&o, "third@admins.example"), 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.add_admin(&admin(&o, "fourth@admins.example"), 3).await,
+        Err(CatalogError::AdminLimit)
+    ));
+    // The refused ones left nothing behind: the email is free, the seat count right.
+    assert_eq!(
+        c.admin_by_email(&email("fourth@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+    // An admin of another organization is not found through this one.
+    let others = c.admins_of_org(other.id).await.unwrap();
+    assert_eq!(c.remove_admin(o.id, others[0].id).await.unwrap(), None);
+    assert_eq!(
+        c.remove_admin(o.id, AdminId::generate()).await.unwrap(),
+        None
+    );
+    let removed = c.remove_admin(o.id, second.id).await.unwrap().unwrap();
+    assert_eq!(removed.id, second.id);
+    assert_eq!(c.admin_by_id(second.id).await.unwrap(), None);
+    assert_eq!(
+        c.admin_by_email(&email("second@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+    // A seat is free again.
+    c.add_admin(&admin(&o, "fourth@admins.example"), 3)
+        .await
+        .unwrap();
+    let rest = c.admins_of_org(o.id).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    c.remove_admin(o.id, rest[0].id).await.unwrap().unwrap();
+    c.remove_admin(o.id, rest[1].id).await.unwrap().unwrap();
+    assert!(matches!(
+        c.remove_admin(o.id, rest[2].id).await,
+        Err(CatalogError::LastAdmin)
+    ));
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 1);
+    // No admin for an organization that is gone; deleting one removes its admins.
+    let gone = org("Gone Co");
+    not_found(c.add_admin(&admin(&gone, "gone@admins.example"), 3).await);
+    c.delete_org(o.id).await.unwrap();
+    assert!(c.admins_of_org(o.id).await.unwrap().is_empty());
+    assert_eq!(
+        c.admin_by_email(&email("fourth@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn concurrent_adds_never_pass_the_cap(c: Arc<dyn Catalog>) {
+    let o = create(&*c, "Crowded Co", "one@crowded.example").await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (c, a) = (c.clone(), admin(&o, &format!("a{i}@crowded.example")));
+            tokio::spawn(async move { c.add_admin(&a, 5).await })
+        })
+        .collect();
+    let mut added = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => added += 1,
+            Err(CatalogError::AdminLimit) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(added, 4, "one admin was there: four seats left");
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 5);
+}
+
+async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
+    for round in 0..5 {
+        let o = create(
+            &*c,
+            &format!("Last {round}"),
+            &format!("l{round}a@last.example"),
+        )
+        .await;
+        for k in ["b", "c"] {
+            c.add_admin(&admin(&o, &format!("l{round}{k}@last.example")), 10)
+                .await
+                .unwrap();
+        }
+        let ids: Vec<AdminId> = c
+            .admins_of_org(o.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        // Every admin removed at once, one of them twice.
+        let tasks: Vec<_> = ids
+            .iter()
+            .chain(ids.first())
+            .map(|id| {
+                let (c, id, org) = (c.clone(), *id, o.id);
+                tokio::spawn(async move { c.remove_admin(org, id).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(match t.await.unwrap() {
+                Ok(Some(_)) => "removed",
+                Ok(None) => "absent",
+                Err(CatalogError::LastAdmin) => "last",
+                Err(e) => panic!("unexpected {e:?}"),
+            });
+        }
+        let left = c.admins_of_org(o.id).await.unwrap();
+        assert_eq!(left.len(), 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.contains(&"last"), "round {round}: {outcomes:?}");
+        // The survivor still counts as the last one.
+        assert!(matches!(
+            c.remove_admin(o.id, left[0].id).await,
+            Err(CatalogError::LastAdmin)
+        ));
+        c.add_admin(&admin(&o, &format!("l{round}d@last.example")), 2)
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.add_admin(&admin(&o, &format!("l{round}e@last.example")), 2)
+                .await,
+            Err(CatalogError::AdminLimit)
+        ));
+    }
 }
