@@ -103,6 +103,7 @@ pub async fn handle(
         | Route::OpsShardAdd
         | Route::OpsPlacement
         | Route::OpsLimits
+        | Route::OpsOrgs
         | Route::OpsQuotas
         | Route::OpsTopTenants
         | Route::OpsInstances

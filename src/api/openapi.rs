@@ -42,6 +42,7 @@ use utoipa::{Modify, OpenApi};
         super::ops::add_shard,
         super::ops::placement,
         super::ops::set_limits,
+        super::ops::search_orgs,
         super::ops::quotas,
         super::ops::top_tenants,
         super::ops::instances,

@@ -49,6 +49,8 @@ pub enum Route {
     OpsPlacement,
     /// `PUT /ops/orgs/{organization}/limits`.
     OpsLimits,
+    /// `GET /ops/orgs`.
+    OpsOrgs,
     /// `GET /ops/quotas`.
     OpsQuotas,
     /// `GET /ops/tenants/top`.
@@ -99,6 +101,7 @@ impl Route {
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
+            Route::OpsOrgs => "/ops/orgs",
             Route::OpsQuotas => "/ops/quotas",
             Route::OpsTopTenants => "/ops/tenants/top",
             Route::OpsInstances => "/ops/instances",
@@ -161,6 +164,7 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "POST", "/ops/shards"),
     (Listener::Ops, "GET", "/ops/placements/{organization}"),
     (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
+    (Listener::Ops, "GET", "/ops/orgs"),
     (Listener::Ops, "GET", "/ops/quotas"),
     (Listener::Ops, "GET", "/ops/tenants/top"),
     (Listener::Ops, "GET", "/ops/instances"),
@@ -203,6 +207,7 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             &[(Method::GET, Route::OpsPlacement)]
         }
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
+        (Listener::Ops, "/ops/orgs") => &[(Method::GET, Route::OpsOrgs)],
         (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
         (Listener::Ops, "/ops/instances") => &[(Method::GET, Route::OpsInstances)],
         (Listener::Ops, "/ops/moves") => &[

@@ -399,6 +399,43 @@ impl Catalog for EmbeddedCatalog {
         self.all_of(ORGS).await
     }
 
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let prefix = prefix.to_owned();
+        let after = after.cloned();
+        self.read(move |txn| {
+            let names = txn.open_table(ORG_NAMES).map_err(backend)?;
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            let start = match &after {
+                Some(a) if a.as_str() >= prefix.as_str() => a.as_str().to_owned(),
+                _ => prefix.clone(),
+            };
+            let mut out = Vec::new();
+            for row in names.range(start.as_str()..).map_err(backend)? {
+                let (k, id) = row.map_err(backend)?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) || out.len() >= limit {
+                    break;
+                }
+                if after.as_ref().is_some_and(|a| key <= a.as_str()) {
+                    continue;
+                }
+                // The index also holds names reserved by renames in progress.
+                if let Some(org) = get_json::<OrgRecord>(&orgs, id.value())? {
+                    if org.normalized_name().as_str() == key {
+                        out.push(org);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.read(|txn| {
             let ids = txn.open_table(NOT_ACTIVE).map_err(backend)?;

@@ -369,6 +369,16 @@ pub trait Catalog: Send + Sync + 'static {
     /// Every organization (reconciliation and quota sweeps).
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>>;
 
+    /// Up to `limit` organizations whose normalized current name starts with `prefix`, in
+    /// name order, strictly after `after` when given: a range scan of the name index, never
+    /// a read of every organization.
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>>;
+
     /// Organizations not `Active` (creating or renaming): what recovery looks at, read
     /// through an index rather than a scan of every organization.
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>>;

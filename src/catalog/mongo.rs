@@ -1,9 +1,10 @@
 //! The catalog in a MongoDB database, for gateways that share one catalog.
 //!
 //! Collections:
-//! - `organizations`: `{_id: org id, names: [...], collections: [...], rev, record}`. `names`
-//!   holds the normalized current name plus, during a rename, the reserved new one; likewise
-//!   `collections`. Unique multikey indexes on both make every reservation atomic.
+//! - `organizations`: `{_id: org id, names: [...], collections: [...], name, rev, record}`.
+//!   `names` holds the normalized current name plus, during a rename, the reserved new one;
+//!   likewise `collections`. Unique multikey indexes on both make every reservation atomic.
+//!   `name` is the normalized current name alone, indexed for operator search by prefix.
 //! - `admins`: `{_id: admin id, email, org_id, record}`, unique on `email`, indexed on `org_id`.
 //! - `admin_rosters`: `{_id: org id, ids: [admin ids], n}`: the seats of an organization's
 //!   admins, so that adding one under the cap and removing one that is not the last are each
@@ -236,6 +237,34 @@ impl MongoCatalog {
             )
             .await
             .map_err(|e| self.err(&e))?;
+        self.orgs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "name": 1 })
+                    .options(IndexOptions::builder().name("name".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        // Documents written before `name` existed: derive it once from the record.
+        let unnamed: Vec<Document> = self
+            .orgs
+            .find(doc! { "name": { "$exists": false } })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        for d in unnamed {
+            let org: OrgRecord = from_field(&d, "record")?;
+            self.orgs
+                .update_one(
+                    doc! { "_id": org.id.to_string(), "name": { "$exists": false } },
+                    doc! { "$set": { "name": org.normalized_name().as_str() } },
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
         // Documents written before `active` existed: derive it once from the record.
         self.orgs
             .update_many(
@@ -532,6 +561,7 @@ impl MongoCatalog {
         };
         record.revision = self.bump_revision().await.map_err(other)?;
         let active = record.state == OrgState::Active;
+        let name = record.normalized_name().as_str().to_owned();
         let rev = record.revision as i64;
         let record = to_doc(&*record).map_err(other)?;
         match update.get_mut("$set") {
@@ -539,11 +569,12 @@ impl MongoCatalog {
                 set.insert("record", record);
                 set.insert("rev", rev);
                 set.insert("active", active);
+                set.insert("name", name);
             }
             _ => {
                 update.insert(
                     "$set",
-                    doc! { "record": record, "rev": rev, "active": active },
+                    doc! { "record": record, "rev": rev, "active": active, "name": name },
                 );
             }
         }
@@ -566,6 +597,19 @@ impl MongoCatalog {
             .await
             .map_err(|f| backend_msg(f.message()))
     }
+}
+
+/// The least string above every string starting with `prefix` (its last character bumped),
+/// or `None` for the empty prefix. Normalized names are ASCII, so a bumped byte stays ASCII.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
 }
 
 /// Whether an unordered insert failed only on duplicate `_id`s.
@@ -597,6 +641,7 @@ impl Catalog for MongoCatalog {
             "collections": colls,
             "rev": creating.revision as i64,
             "active": false,
+            "name": org.normalized_name().as_str(),
             "record": to_doc(&creating)?,
         };
         if let Err(e) = self.orgs.insert_one(org_doc).await {
@@ -702,6 +747,33 @@ impl Catalog for MongoCatalog {
 
     async fn list_orgs(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.find_orgs(doc! {}).await
+    }
+
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let mut range = doc! { "$gte": prefix };
+        if let Some(upper) = prefix_upper_bound(prefix) {
+            range.insert("$lt", upper);
+        }
+        let mut filter = doc! { "name": range };
+        if let Some(after) = after {
+            filter = doc! { "$and": [ filter, { "name": { "$gt": after.as_str() } } ] };
+        }
+        let docs: Vec<Document> = self
+            .orgs
+            .find(filter)
+            .sort(doc! { "name": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {

@@ -99,6 +99,7 @@ conformance!(
     admins_are_added_and_removed,
     concurrent_adds_never_pass_the_cap,
     concurrent_removals_never_remove_the_last_admin,
+    orgs_by_name_pages_by_prefix,
 );
 
 fn shard() -> ShardId {
@@ -1074,4 +1075,64 @@ async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
             Err(CatalogError::AdminLimit)
         ));
     }
+}
+
+async fn orgs_by_name_pages_by_prefix(c: Arc<dyn Catalog>) {
+    for (n, mail) in [
+        ("Beta", "b"),
+        ("alpha", "a"),
+        ("Gamma", "g"),
+        ("Alp", "p"),
+        ("Alq", "q"),
+    ] {
+        create(&*c, n, &format!("{mail}@prefix.example")).await;
+    }
+    let names = |orgs: Vec<OrgRecord>| -> Vec<String> {
+        orgs.into_iter().map(|o| o.name.to_string()).collect()
+    };
+    assert_eq!(
+        names(c.orgs_by_name("", None, 10).await.unwrap()),
+        ["Alp", "alpha", "Alq", "Beta", "Gamma"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("alp", None, 10).await.unwrap()),
+        ["Alp", "alpha"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("", None, 2).await.unwrap()),
+        ["Alp", "alpha"]
+    );
+    let after = name("ALPHA").normalized();
+    assert_eq!(
+        names(c.orgs_by_name("", Some(&after), 2).await.unwrap()),
+        ["Alq", "Beta"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("al", Some(&after), 5).await.unwrap()),
+        ["Alq"]
+    );
+    assert!(c.orgs_by_name("z", None, 5).await.unwrap().is_empty());
+    // A name reserved by a rename in progress is not a result; the current one is.
+    let beta = c
+        .org_by_name(&name("beta").normalized())
+        .await
+        .unwrap()
+        .unwrap();
+    c.begin_rename(beta.id, &name("Alpine"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        names(c.orgs_by_name("alpi", None, 5).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(c.orgs_by_name("be", None, 5).await.unwrap()),
+        ["Beta"]
+    );
+    c.commit_rename(beta.id).await.unwrap();
+    assert_eq!(
+        names(c.orgs_by_name("alpi", None, 5).await.unwrap()),
+        ["Alpine"]
+    );
+    assert!(c.orgs_by_name("be", None, 5).await.unwrap().is_empty());
 }
