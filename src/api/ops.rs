@@ -344,7 +344,7 @@ fn encode_org_cursor(name: &crate::domain::NormalizedOrgName) -> String {
     params(
         ("prefix" = Option<String>, Query, description = "Start of the name, compared case-insensitively with runs of spaces as one (empty: every organization)", max_length = 64, pattern = r"^[A-Za-z0-9 _-]*$"),
         ("limit" = Option<u32>, Query, description = "Page size (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, with the same prefix"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, with the same prefix (opaque)", pattern = r"^[A-Za-z0-9_-]{1,86}$"),
     ),
     responses((status = 200, description = "A page of organizations", body = OrgPage),
         (status = 400, description = "Invalid prefix, limit or cursor", body = crate::error::ProblemBody, content_type = "application/problem+json"),
