@@ -109,6 +109,8 @@ pub struct Config {
     pub moves: crate::movers::moves::MovesConfig,
     /// Tenant data API bounds.
     pub data: DataConfig,
+    /// Tenant lifecycle: audit event retention.
+    pub lifecycle: LifecycleConfig,
     /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
     pub shards: Vec<ShardConfig>,
 }
@@ -172,6 +174,7 @@ impl Default for Config {
             fleet: crate::fleet::FleetConfig::default(),
             moves: crate::movers::moves::MovesConfig::default(),
             data: DataConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             shards: Vec::new(),
         }
     }
@@ -323,6 +326,22 @@ pub struct OpsConfig {
     pub token: Secret,
     /// Optional bearer token for `/metrics`; empty means unauthenticated.
     pub metrics_token: Secret,
+}
+
+/// Tenant lifecycle settings (`[lifecycle]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Days audit events are kept; older ones are removed by a background sweep.
+    pub event_retention_days: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            event_retention_days: 90,
+        }
+    }
 }
 
 /// Backend kind of a shard or of the catalog.
@@ -574,6 +593,9 @@ impl Config {
             return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
         }
         self.limits.validate()?;
+        if !(1..=36_500).contains(&self.lifecycle.event_retention_days) {
+            return Err("lifecycle.event_retention_days must be 1 to 36500".into());
+        }
         self.moves.validate()?;
         let d = &self.data;
         if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {

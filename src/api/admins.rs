@@ -7,12 +7,13 @@ use super::auth::{authenticate, internal, Authenticated};
 use super::orgs::catalog_error;
 use super::{json_body, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
-use crate::catalog::{AdminRecord, OrgState};
+use crate::catalog::{Actor, AdminRecord, EventType, OrgState};
 use crate::domain::{AdminId, Email, Password};
 use crate::error::ApiError;
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// Body of `POST /org/admins`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -149,6 +150,17 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         e => catalog_error(e),
     })?;
     tracing::info!(org_id = %stored.org_id, admin_id = %stored.id, "admin created");
+    super::events::record(
+        state,
+        req,
+        EventType::AdminCreated,
+        Some(stored.org_id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "admin_id": stored.id, "email": stored.email.as_str() }),
+    )
+    .await;
     let mut reply = Reply::json(StatusCode::CREATED, &AdminView::of(&stored));
     reply.headers = headers;
     Ok(reply)
@@ -214,6 +226,17 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     // change (its tokens then find no admin: 401).
     state.router.invalidate_admin(removed.id).await;
     tracing::info!(org_id = %removed.org_id, admin_id = %removed.id, "admin deleted");
+    super::events::record(
+        state,
+        req,
+        EventType::AdminDeleted,
+        Some(removed.org_id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "admin_id": removed.id, "email": removed.email.as_str() }),
+    )
+    .await;
     let mut reply = Reply::json(
         StatusCode::OK,
         &DeletedAdmin {

@@ -4,6 +4,7 @@
 pub mod admins;
 pub mod auth;
 pub mod data;
+pub mod events;
 pub mod health;
 pub mod moves;
 pub mod openapi;
@@ -99,11 +100,13 @@ pub async fn handle(
         Route::OrgAdmins => admins::list(state, req, log).await,
         Route::OrgAdminCreate => admins::create(state, req, log).await,
         Route::OrgAdminDelete => admins::delete(state, req, log).await,
+        Route::OrgEvents => events::org_events(state, req, log).await,
         Route::OpsShards
         | Route::OpsShardAdd
         | Route::OpsPlacement
         | Route::OpsLimits
         | Route::OpsOrgs
+        | Route::OpsEvents
         | Route::OpsQuotas
         | Route::OpsTopTenants
         | Route::OpsInstances

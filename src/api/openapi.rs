@@ -43,6 +43,8 @@ use utoipa::{Modify, OpenApi};
         super::ops::placement,
         super::ops::set_limits,
         super::ops::search_orgs,
+        super::events::org_events,
+        super::events::ops_events,
         super::ops::quotas,
         super::ops::top_tenants,
         super::ops::instances,

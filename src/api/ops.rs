@@ -56,6 +56,7 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsLimits => set_limits(state, req).await,
         Route::OpsQuotas => quotas(state).await,
         Route::OpsOrgs => search_orgs(state, req).await,
+        Route::OpsEvents => super::events::ops_events(state, req).await,
         Route::OpsTopTenants => top_tenants(state, req).await,
         Route::OpsInstances => instances(state).await,
         Route::OpsMoves => super::moves::list(state, req).await,
@@ -245,6 +246,15 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
         .map_err(|e| internal("catalog", e))?;
     state.rate_limits.set_override(org.id, body);
     let effective = state.rate_limits.limits_of(org.id);
+    super::events::record(
+        state,
+        req,
+        crate::catalog::EventType::LimitsChanged,
+        Some(org.id),
+        crate::catalog::Actor::Operator,
+        json!({ "override": body }),
+    )
+    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &json!({

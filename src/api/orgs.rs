@@ -3,7 +3,9 @@
 use super::auth::{authenticate, authenticate_opt, internal};
 use super::{json_body, query_param, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
-use crate::catalog::{AdminRecord, CatalogError, OrgRecord, OrgState, Placement, Taken};
+use crate::catalog::{
+    Actor, AdminRecord, CatalogError, EventType, OrgRecord, OrgState, Placement, Taken,
+};
 use crate::domain::{AdminId, Email, OrgId, OrgName, Password};
 use crate::error::ApiError;
 use crate::movers::{self, MoveError};
@@ -11,6 +13,7 @@ use crate::store::{Namespace, StoreError};
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -228,8 +231,9 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     let now = Utc::now();
     let org_id = OrgId::generate();
     log.org_id = Some(org_id);
+    let first_admin = AdminId::generate();
     let admin = AdminRecord {
-        id: AdminId::generate(),
+        id: first_admin,
         org_id,
         email: email.clone(),
         password_hash: hash,
@@ -245,6 +249,23 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             .in_current_span(),
     );
     let org = task.await.map_err(|e| internal("create task", e))??;
+    super::events::record(
+        state,
+        req,
+        EventType::OrganizationCreated,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: first_admin,
+        },
+        json!({
+            "organization_name": org.name.as_str(),
+            "admin_id": first_admin,
+            "collection": org.placement.collection.as_str(),
+            "shard": org.placement.shard.as_str(),
+            "database": org.placement.database.to_string(),
+        }),
+    )
+    .await;
     let mut reply = Reply::json(StatusCode::CREATED, &view(&org, Some(&email), true));
     reply.headers = limit_headers;
     Ok(reply)
@@ -464,6 +485,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             1,
         ));
     }
+    let old_name = org.name.clone();
     // Build on the stored admin, not a cached copy: a stale copy would undo a change made
     // elsewhere. The write is a compare-and-set on the revision read here.
     let current = state
@@ -527,6 +549,45 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         }
     };
     state.router.invalidate_org(&org).await;
+    let actor = Actor::Admin {
+        admin_id: caller.admin.id,
+    };
+    if org.name != old_name {
+        let details = json!({ "from": old_name.as_str(), "to": org.name.as_str() });
+        super::events::record(
+            state,
+            req,
+            EventType::OrganizationRenamed,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
+    if let Some(e) = &email {
+        let details = json!({ "admin_id": caller.admin.id, "email": e.as_str() });
+        super::events::record(
+            state,
+            req,
+            EventType::OrganizationUpdated,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
+    if password.is_some() {
+        let details = json!({ "admin_id": caller.admin.id });
+        super::events::record(
+            state,
+            req,
+            EventType::AdminPasswordChanged,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
     Ok(Reply::json(
         StatusCode::OK,
         &view(&org, Some(&admin.email), true),
@@ -574,6 +635,17 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     state.rate_limits.set_override(org.id, None);
     crate::telemetry::metrics::ORGANIZATIONS.dec();
     tracing::info!(org_id = %org.id, "organization deleted");
+    super::events::record(
+        state,
+        req,
+        EventType::OrganizationDeleted,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "organization_name": org.name.as_str() }),
+    )
+    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &DeletedOrg {

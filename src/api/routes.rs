@@ -41,6 +41,10 @@ pub enum Route {
     OrgAdminCreate,
     /// `DELETE /org/admins/{admin_id}`.
     OrgAdminDelete,
+    /// `GET /org/events`.
+    OrgEvents,
+    /// `GET /ops/events`.
+    OpsEvents,
     /// `GET /ops/shards`.
     OpsShards,
     /// `POST /ops/shards`.
@@ -98,6 +102,8 @@ impl Route {
             Route::AdminLogin => "/admin/login",
             Route::OrgAdmins | Route::OrgAdminCreate => "/org/admins",
             Route::OrgAdminDelete => "/org/admins/{admin_id}",
+            Route::OrgEvents => "/org/events",
+            Route::OpsEvents => "/ops/events",
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
@@ -150,6 +156,7 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "GET", "/org/admins"),
     (Listener::Public, "POST", "/org/admins"),
     (Listener::Public, "DELETE", "/org/admins/{admin_id}"),
+    (Listener::Public, "GET", "/org/events"),
     (Listener::Public, "POST", "/data"),
     (Listener::Public, "POST", "/data/query"),
     (Listener::Public, "POST", "/data/count"),
@@ -165,6 +172,7 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "GET", "/ops/placements/{organization}"),
     (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
     (Listener::Ops, "GET", "/ops/orgs"),
+    (Listener::Ops, "GET", "/ops/events"),
     (Listener::Ops, "GET", "/ops/quotas"),
     (Listener::Ops, "GET", "/ops/tenants/top"),
     (Listener::Ops, "GET", "/ops/instances"),
@@ -190,6 +198,7 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Public, "/org/update") => &[(Method::PUT, Route::OrgUpdate)],
         (Listener::Public, "/org/delete") => &[(Method::DELETE, Route::OrgDelete)],
         (Listener::Public, "/admin/login") => &[(Method::POST, Route::AdminLogin)],
+        (Listener::Public, "/org/events") => &[(Method::GET, Route::OrgEvents)],
         (Listener::Public, "/org/admins") => &[
             (Method::GET, Route::OrgAdmins),
             (Method::POST, Route::OrgAdminCreate),
@@ -208,6 +217,7 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         }
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
         (Listener::Ops, "/ops/orgs") => &[(Method::GET, Route::OpsOrgs)],
+        (Listener::Ops, "/ops/events") => &[(Method::GET, Route::OpsEvents)],
         (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
         (Listener::Ops, "/ops/instances") => &[(Method::GET, Route::OpsInstances)],
         (Listener::Ops, "/ops/moves") => &[

@@ -1,9 +1,11 @@
 //! The catalog in a redb file: one ACID write transaction per method, fsync on commit.
 //! Unique keys are explicit index tables checked and written in the same transaction.
 
+use super::events::id_floor;
 use super::{
-    AdminRecord, Catalog, CatalogError, CatalogResult, ChangeStream, FeedToken, InstanceInfo,
-    MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, AuditEvent, Catalog, CatalogError, CatalogResult, ChangeStream, EventPage,
+    EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop,
+    Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use async_trait::async_trait;
@@ -42,6 +44,15 @@ const MOVES: Json = TableDefinition::new("moves");
 /// Move change logs: `<move id>/<sequence, 20 digits>` -> document id.
 const MOVE_CHANGES: Index = TableDefinition::new("move_changes");
 const MOVE_CHANGE_SEQ: &str = "move_change_seq";
+/// Audit events by id (time-ordered).
+const EVENTS: Json = TableDefinition::new("events");
+/// `<org id>/<event id>` -> event id: one organization's events in order.
+const EVENTS_BY_ORG: Index = TableDefinition::new("events_by_org");
+/// Rows one events query reads at most: a rare type in a long log answers a short (or empty)
+/// page with a cursor to go on, instead of a scan of the whole log.
+const EVENT_SCAN_BUDGET: usize = 10_000;
+/// Events one purge removes at most (the next maintenance cycle goes on).
+const EVENT_PURGE_BATCH: usize = 10_000;
 
 fn backend(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Backend(e.to_string())
@@ -82,6 +93,7 @@ impl EmbeddedCatalog {
                 INSTANCES,
                 LEASES,
                 MOVES,
+                EVENTS,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -92,6 +104,7 @@ impl EmbeddedCatalog {
                 ADMINS_BY_ORG,
                 NOT_ACTIVE,
                 MOVE_CHANGES,
+                EVENTS_BY_ORG,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -964,6 +977,112 @@ impl Catalog for EmbeddedCatalog {
                 t.remove(name.as_str()).map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()> {
+        let event = event.clone();
+        self.write(move |txn| {
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            events
+                .insert(event.id.as_str(), encode(&event)?.as_slice())
+                .map_err(backend)?;
+            if let Some(org) = event.organization_id {
+                let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+                by_org
+                    .insert(format!("{org}/{}", event.id).as_str(), event.id.as_str())
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
+        let q = query.clone();
+        self.read(move |txn| {
+            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let mut start = q.since.map(id_floor).unwrap_or_default();
+            if let Some(after) = &q.after {
+                if *after > start {
+                    start = after.clone();
+                }
+            }
+            let prefix = q.organization.map(|o| format!("{o}/")).unwrap_or_default();
+            let mut page = EventPage::default();
+            let mut scanned = 0;
+            let mut last_scanned = None;
+            let mut visit = |id: &str, event: Option<AuditEvent>| -> bool {
+                scanned += 1;
+                last_scanned = Some(id.to_owned());
+                if q.after.as_deref().is_some_and(|a| id <= a) {
+                    return true;
+                }
+                let Some(event) = event else { return true };
+                if q.until.is_some_and(|u| event.at > u) {
+                    return false;
+                }
+                if q.kind.is_none_or(|k| k == event.kind) {
+                    page.events.push(event);
+                }
+                page.events.len() <= q.limit && scanned < EVENT_SCAN_BUDGET
+            };
+            if prefix.is_empty() {
+                for row in events.range(start.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if !visit(k.value(), Some(decode(v.value())?)) {
+                        break;
+                    }
+                }
+            } else {
+                let by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+                let from = format!("{prefix}{start}");
+                for row in by_org.range(from.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    let event = get_json(&events, v.value())?;
+                    if !visit(v.value(), event) {
+                        break;
+                    }
+                }
+            }
+            if page.events.len() > q.limit {
+                page.events.truncate(q.limit);
+                page.next_after = page.events.last().map(|e| e.id.clone());
+            } else if scanned >= EVENT_SCAN_BUDGET {
+                page.next_after = last_scanned;
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64> {
+        let end = id_floor(before);
+        self.write(move |txn| {
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            let mut doomed = Vec::new();
+            for row in events.range(..end.as_str()).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let event: AuditEvent = decode(v.value())?;
+                doomed.push((k.value().to_owned(), event.organization_id));
+                if doomed.len() >= EVENT_PURGE_BATCH {
+                    break;
+                }
+            }
+            let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+            for (id, org) in &doomed {
+                events.remove(id.as_str()).map_err(backend)?;
+                if let Some(org) = org {
+                    by_org
+                        .remove(format!("{org}/{id}").as_str())
+                        .map_err(backend)?;
+                }
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }

@@ -6,7 +6,10 @@
 //! so concurrent creates of one name yield exactly one winner.
 
 pub mod embedded;
+pub mod events;
 pub mod mongo;
+
+pub use events::{Actor, AuditEvent, EventPage, EventQuery, EventType};
 
 use crate::domain::{
     AdminId, CollectionName, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId,
@@ -517,6 +520,16 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Removes applied entries (by key); entries logged meanwhile stay.
     async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()>;
+
+    /// Appends an audit event.
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()>;
+
+    /// A page of audit events matching `query`, oldest first. A page may hold fewer than
+    /// `query.limit` events and still have a next one (the scan behind it is bounded).
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage>;
+
+    /// Removes the events from before `before`; returns how many.
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64>;
 
     /// Follows the catalog's changes from `resume` (or from now). `Ok(None)` when this catalog
     /// has no change feed (the embedded catalog belongs to one process, which makes every

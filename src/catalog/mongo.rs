@@ -18,6 +18,8 @@
 //!   compare-and-set writes pin.
 //! - `instances`: the registry, `{_id: instance id, info}`; `leases`: `{_id: name, holder,
 //!   expires_at}`.
+//! - `events`: the audit log, `{_id: event id (time-ordered), org, type, at, record}`, indexed
+//!   on `(org, _id)` and `(type, _id)`.
 //! - `moves`: `{_id: move id, json}`; `move_changes`: `{_id: ObjectId, move, doc}`, indexed on
 //!   `(move, _id)`: the ids tenant writes touched while their organization was moving.
 //!
@@ -39,9 +41,11 @@
 //! A crash between a count update and the write it accompanies can leave a collection count
 //! off by one; the startup capacity reconciliation recounts from the shards.
 
+use super::events::id_floor;
 use super::{
-    AdminRecord, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed, ChangeStream,
-    FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, AuditEvent, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed,
+    ChangeStream, EventPage, EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord,
+    OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use crate::store::mongo::{
@@ -131,6 +135,7 @@ pub struct MongoCatalog {
     leases: Collection<Document>,
     moves: Collection<Document>,
     move_changes: Collection<Document>,
+    events: Collection<Document>,
     db: mongodb::Database,
     _client: LazyClient,
 }
@@ -166,6 +171,7 @@ impl MongoCatalog {
             leases: db.collection("leases"),
             moves: db.collection("moves"),
             move_changes: db.collection("move_changes"),
+            events: db.collection("events"),
             db,
             secrets,
             _client: lazy,
@@ -244,6 +250,19 @@ impl MongoCatalog {
                     .options(IndexOptions::builder().name("name".to_owned()).build())
                     .build(),
             )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.events
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "org": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("org".to_owned()).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "type": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("type".to_owned()).build())
+                    .build(),
+            ])
             .await
             .map_err(|e| self.err(&e))?;
         // Documents written before `name` existed: derive it once from the record.
@@ -1380,6 +1399,74 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
+    }
+
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()> {
+        let org = event.organization_id.map(|o| o.to_string());
+        self.events
+            .insert_one(doc! {
+                "_id": &event.id,
+                "org": org,
+                "type": event.kind.as_str(),
+                "at": bson::DateTime::from_chrono(event.at),
+                "record": to_doc(event)?,
+            })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
+        let mut id = doc! {};
+        if let Some(since) = query.since {
+            id.insert("$gte", id_floor(since));
+        }
+        if let Some(after) = &query.after {
+            id.insert("$gt", after.as_str());
+        }
+        let mut filter = doc! {};
+        if !id.is_empty() {
+            filter.insert("_id", id);
+        }
+        if let Some(org) = query.organization {
+            filter.insert("org", org.to_string());
+        }
+        if let Some(kind) = query.kind {
+            filter.insert("type", kind.as_str());
+        }
+        if let Some(until) = query.until {
+            filter.insert("at", doc! { "$lte": bson::DateTime::from_chrono(until) });
+        }
+        let docs: Vec<Document> = self
+            .events
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut events: Vec<AuditEvent> = docs
+            .iter()
+            .map(|d| from_field(d, "record"))
+            .collect::<CatalogResult<_>>()?;
+        let mut page = EventPage::default();
+        if events.len() > query.limit {
+            events.truncate(query.limit);
+            page.next_after = events.last().map(|e| e.id.clone());
+        }
+        page.events = events;
+        Ok(page)
+    }
+
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64> {
+        let r = self
+            .events
+            .delete_many(doc! { "_id": { "$lt": id_floor(before) } })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(r.deleted_count)
     }
 
     async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {

@@ -120,6 +120,18 @@ pub static ADDRESS_LIMITER_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Audit events written, by type; and those that could not be written.
+pub static AUDIT_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_audit_events_total",
+            "Audit events written to the catalog, by type (outcome=\"failed\" when the write failed)",
+        ),
+        &["type", "outcome"],
+    )
+    .unwrap())
+});
+
 /// argon2 operations waiting for a permit.
 pub static ARGON2_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new(
@@ -464,6 +476,7 @@ pub fn init() {
     Lazy::force(&LOGINS);
     Lazy::force(&LOGIN_THROTTLE_EVICTIONS);
     Lazy::force(&ADDRESS_LIMITER_EVICTIONS);
+    Lazy::force(&AUDIT_EVENTS);
     Lazy::force(&ARGON2_QUEUE_DEPTH);
     Lazy::force(&ARGON2_WAIT_SECONDS);
     Lazy::force(&CACHE_LOOKUPS);

@@ -10,6 +10,7 @@ mod secantus;
 mod admins;
 mod auth;
 mod data;
+mod events;
 mod input;
 mod isolation;
 mod keys;

@@ -100,6 +100,7 @@ conformance!(
     concurrent_adds_never_pass_the_cap,
     concurrent_removals_never_remove_the_last_admin,
     orgs_by_name_pages_by_prefix,
+    audit_events_page_filter_and_purge,
 );
 
 fn shard() -> ShardId {
@@ -1135,4 +1136,119 @@ async fn orgs_by_name_pages_by_prefix(c: Arc<dyn Catalog>) {
         ["Alpine"]
     );
     assert!(c.orgs_by_name("be", None, 5).await.unwrap().is_empty());
+}
+
+async fn audit_events_page_filter_and_purge(c: Arc<dyn Catalog>) {
+    use org_gateway::catalog::{Actor, AuditEvent, EventQuery, EventType};
+    let (a, b) = (OrgId::generate(), OrgId::generate());
+    let mut written = Vec::new();
+    for (i, (org, kind)) in [
+        (Some(a), EventType::OrganizationCreated),
+        (Some(b), EventType::OrganizationCreated),
+        (Some(a), EventType::AdminLoginFailed),
+        (None, EventType::LimitsChanged),
+        (Some(a), EventType::AdminLoginSucceeded),
+        (Some(a), EventType::AdminLoginFailed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = AuditEvent::new(
+            kind,
+            org,
+            Actor::System,
+            Some(&format!("req-{i}")),
+            json!({"i": i}),
+        );
+        c.append_event(&e).await.unwrap();
+        written.push(e);
+        // Distinct milliseconds, so `since` can split them.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let ids =
+        |events: &[AuditEvent]| -> Vec<String> { events.iter().map(|e| e.id.clone()).collect() };
+    let all = c
+        .events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.events, written, "round trip, oldest first");
+    assert_eq!(all.next_after, None);
+    // One organization's, a page of two at a time.
+    let mut q = EventQuery {
+        organization: Some(a),
+        limit: 2,
+        ..Default::default()
+    };
+    let first = c.events(&q).await.unwrap();
+    assert_eq!(
+        ids(&first.events),
+        [written[0].id.clone(), written[2].id.clone()]
+    );
+    q.after = first.next_after.clone();
+    let second = c.events(&q).await.unwrap();
+    assert_eq!(
+        ids(&second.events),
+        [written[4].id.clone(), written[5].id.clone()]
+    );
+    assert_eq!(second.next_after, None, "the last page");
+    // By type, across organizations and within one.
+    let failed = c
+        .events(&EventQuery {
+            kind: Some(EventType::AdminLoginFailed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&failed.events),
+        [written[2].id.clone(), written[5].id.clone()]
+    );
+    let b_created = c
+        .events(&EventQuery {
+            organization: Some(b),
+            kind: Some(EventType::OrganizationCreated),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&b_created.events), [written[1].id.clone()]);
+    // A time window.
+    let window = c
+        .events(&EventQuery {
+            since: Some(written[2].at),
+            until: Some(written[4].at),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&window.events), ids(&written[2..5]));
+    // Retention: everything before the fourth event goes.
+    let removed = c.purge_events(written[3].at).await.unwrap();
+    assert_eq!(removed, 3);
+    let left = c
+        .events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.events, written[3..]);
+    let a_left = c
+        .events(&EventQuery {
+            organization: Some(a),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&a_left.events),
+        [written[4].id.clone(), written[5].id.clone()]
+    );
 }
