@@ -101,9 +101,9 @@ async fn page(state: &AppState, query: EventQuery) -> ApiResult {
 /// `GET /org/events`: the caller's organization's events, oldest first.
 #[utoipa::path(get, path = "/org/events", operation_id = "list_organization_events", tag = "organizations",
     params(
-        ("type" = Option<String>, Query, description = "Only events of this type (`organization.created`, `admin.login_failed`, ...)"),
+        ("type" = Option<EventType>, Query, description = "Only events of this type"),
         ("limit" = Option<u32>, Query, description = "Page size (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
     ),
     security(("bearer" = [])),
     responses(
@@ -132,11 +132,11 @@ pub async fn org_events(state: &AppState, req: &Request, log: &mut RequestLog) -
 #[utoipa::path(get, path = "/ops/events", operation_id = "list_events", tag = "operator", security(("operator" = [])),
     params(
         ("organization" = Option<String>, Query, description = "An organization id (also of a deleted one), or the current name of an organization"),
-        ("type" = Option<String>, Query, description = "Only events of this type"),
-        ("since" = Option<String>, Query, description = "Only events at or after this RFC 3339 time (to the millisecond)"),
-        ("until" = Option<String>, Query, description = "Only events at or before this RFC 3339 time"),
+        ("type" = Option<EventType>, Query, description = "Only events of this type"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this RFC 3339 time (to the millisecond)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only events at or before this RFC 3339 time"),
         ("limit" = Option<u32>, Query, description = "Page size (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)", pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
     ),
     responses(
         (status = 200, description = "A page of events, oldest first", body = EventList),
