@@ -428,3 +428,33 @@ fn token_less_reads_are_limited_per_address_and_admins_are_not() {
     let body: Value = r.json().unwrap();
     assert_eq!(body["admin_email"], "read@example.com");
 }
+
+#[test]
+fn a_create_flood_from_one_address_is_refused_before_the_hasher_and_others_go_on() {
+    let gw = std::sync::Arc::new(TestGateway::start_with(Options {
+        config: "[auth]\nhash_concurrency = 1\nhash_queue_limit = 1\n\
+                 [limits]\ncreates_per_minute_per_address = 1\n\
+                 trusted_proxies = [\"127.0.0.1/32\"]\n"
+            .into(),
+        ..Default::default()
+    }));
+    assert_eq!(create_from(&gw, "192.0.2.50", "Flood Target").status(), 201);
+    let flood: Vec<_> = (0..12)
+        .map(|i| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                let r = create_from(&gw, "192.0.2.50", &format!("Flood {i}"));
+                r.json::<Value>().unwrap()["code"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        })
+        .collect();
+    // Logins and other clients' creates meanwhile: the flood never reaches the hasher.
+    let login = gw.login("flood-target@example.com", "password123");
+    assert_eq!(login.status(), 200);
+    assert_eq!(create_from(&gw, "192.0.2.51", "Other Client").status(), 201);
+    let codes: Vec<String> = flood.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| c == "rate_limited"), "{codes:?}");
+}
