@@ -377,7 +377,7 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "A token was sent and is invalid", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Too many token-less reads from this client address (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many token-less reads from this client address, or requests of the token's organization (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
     // A request without a token is public: limited per client address, before anything else.
@@ -393,6 +393,12 @@ pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiRe
     };
     let name = name_param(req)?;
     let caller = authenticate_opt(state, req, false).await?;
+    // With a token, the caller's organization's rate limit applies instead: one valid token
+    // must not read (or scrape) past every limit.
+    let limit_headers = match &caller {
+        Some(c) => super::check_rate(state, c.org.id).await?,
+        None => limit_headers,
+    };
     let org = super::org_named(state, &name).await?;
     log.org_id = Some(org.id);
     let own = caller.as_ref().filter(|c| c.org.id == org.id);

@@ -425,6 +425,9 @@ fn token_less_reads_are_limited_per_address_and_admins_are_not() {
     assert_problem(r, 429, "rate_limited");
     let r = get(Some(&token));
     assert_eq!(r.status(), 200);
+    // With a token it is the organization's own rate limit that counts.
+    let policy = r.headers()["ratelimit-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("\"minute\";q=100;w=60"), "{policy}");
     let body: Value = r.json().unwrap();
     assert_eq!(body["admin_email"], "read@example.com");
 }
