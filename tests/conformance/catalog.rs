@@ -1252,3 +1252,33 @@ async fn audit_events_page_filter_and_purge(c: Arc<dyn Catalog>) {
         [written[4].id.clone(), written[5].id.clone()]
     );
 }
+
+/// Organizations written before the indexed `name` field existed are found by prefix once a
+/// catalog of this version opens the database (it backfills the field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_orgs_from_before_the_name_field_are_searchable() {
+    let Some(uri) = mongo_env::uri() else { return };
+    let db = mongo_env::unique_db("catname");
+    let catalog = MongoCatalog::open(&uri, &db).await.expect("open");
+    create(&catalog, "Legacy Co", "legacy@old.example").await;
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let orgs = client
+        .database(&db)
+        .collection::<bson::Document>("organizations");
+    let r = orgs
+        .update_many(bson::doc! {}, bson::doc! { "$unset": { "name": "" } })
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    assert!(catalog
+        .orgs_by_name("legacy", None, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    drop(catalog);
+    let reopened = MongoCatalog::open(&uri, &db).await.expect("reopen");
+    let found = reopened.orgs_by_name("legacy", None, 5).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name.as_str(), "Legacy Co");
+    mongo_env::drop_db(&uri, &db).await;
+}
