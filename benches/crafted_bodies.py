@@ -100,7 +100,9 @@ def main():
     port, ops = free_port(), free_port()
     env = dict(os.environ,
                ORG_GATEWAY_LIMITS__REQUESTS_PER_MINUTE="1000000",
-               ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR="100000000")
+               ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR="100000000",
+               ORG_GATEWAY_LIMITS__CREATES_PER_MINUTE_PER_ADDRESS="1000000",
+               ORG_GATEWAY_LIMITS__PUBLIC_READS_PER_MINUTE_PER_ADDRESS="1000000")
     log = open(os.path.join(tmp, "gateway.log"), "w")
     gw = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--ops-listen",
                            f"127.0.0.1:{ops}", "--data-dir", os.path.join(tmp, "data")],

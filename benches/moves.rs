@@ -111,6 +111,7 @@ impl Gateway {
             format!(
                 "[ops]\ntoken = \"{OPS_TOKEN}\"\n\
                  [limits]\nrequests_per_minute = 100000000\nrequests_per_hour = 1000000000\n\
+                 creates_per_minute_per_address = 1000000\n\
                  [moves]\nsource_grace_seconds = 1\n\
                  [[shards]]\nid = \"a\"\nkind = \"embedded\"\npath = \"shards/a.redb\"\n\
                  [[shards]]\nid = \"b\"\nkind = \"embedded\"\npath = \"shards/b.redb\"\n"

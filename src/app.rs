@@ -34,6 +34,8 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     /// Failed-login counters.
     pub login_throttle: LoginThrottle,
+    /// Per-client-address limits of the unauthenticated routes.
+    pub address_limits: crate::limits::address::AddressLimits,
     /// With `limits.store = "redis"`: rate limits and login throttling shared by the fleet;
     /// `rate_limits` and `login_throttle` then decide only when Redis cannot.
     pub redis_limits: Option<Arc<crate::limits::fleet::RedisLimits>>,
@@ -165,6 +167,10 @@ impl AppState {
             login_throttle: LoginThrottle::new(
                 config.limits.login_failures_per_minute,
                 config.limits.login_failures_per_minute_per_address,
+            ),
+            address_limits: crate::limits::address::AddressLimits::new(
+                config.limits.creates_per_minute_per_address,
+                config.limits.public_reads_per_minute_per_address,
             ),
             redis_limits: crate::limits::fleet::RedisLimits::from_config(&config.limits)
                 .await

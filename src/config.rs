@@ -109,6 +109,8 @@ pub struct Config {
     pub moves: crate::movers::moves::MovesConfig,
     /// Tenant data API bounds.
     pub data: DataConfig,
+    /// Tenant lifecycle: audit event retention.
+    pub lifecycle: LifecycleConfig,
     /// Shards tenants are placed on. Empty means one embedded shard `local` in the data dir.
     pub shards: Vec<ShardConfig>,
 }
@@ -172,6 +174,7 @@ impl Default for Config {
             fleet: crate::fleet::FleetConfig::default(),
             moves: crate::movers::moves::MovesConfig::default(),
             data: DataConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             shards: Vec::new(),
         }
     }
@@ -335,6 +338,22 @@ pub struct OpsConfig {
     pub token: Secret,
     /// Optional bearer token for `/metrics`; empty means unauthenticated.
     pub metrics_token: Secret,
+}
+
+/// Tenant lifecycle settings (`[lifecycle]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Days audit events are kept; older ones are removed by a background sweep.
+    pub event_retention_days: u32,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            event_retention_days: 90,
+        }
+    }
 }
 
 /// Backend kind of a shard or of the catalog.
@@ -586,6 +605,9 @@ impl Config {
             return Err("limits.requests_per_minute, requests_per_hour and login_failures_per_minute must be > 0".into());
         }
         self.limits.validate()?;
+        if !(1..=36_500).contains(&self.lifecycle.event_retention_days) {
+            return Err("lifecycle.event_retention_days must be 1 to 36500".into());
+        }
         self.moves.validate()?;
         let d = &self.data;
         if d.max_batch == 0 || d.default_limit == 0 || d.default_limit > d.max_limit {
@@ -714,6 +736,29 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("db-password"), "{shown}");
         assert!(!shown.contains("a-very-secret") && !shown.contains("operator-token-value"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidr_networks() {
+        let parse = |toml: &str| {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract::<Config>()
+                .ok()
+        };
+        let c = parse("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        let shown: Vec<String> = c
+            .limits
+            .trusted_proxies
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        assert!(parse("[limits]\ntrusted_proxies = [\"10.0.0.1/8\"]\n").is_none());
+        assert!(parse("[limits]\ntrusted_proxies = [\"proxy.example\"]\n").is_none());
+        let mut zero = Config::default();
+        zero.limits.creates_per_minute_per_address = 0;
+        assert!(zero.validate().is_err());
     }
 
     #[test]

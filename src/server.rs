@@ -38,6 +38,9 @@ const QUOTA_SWEEP_PER_MINUTE: usize = 500;
 /// How often limiter state is trimmed, overrides reloaded and capacity gauges refreshed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(15);
 
+/// How often audit events past their retention are removed.
+const EVENT_PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
 /// How often the move runner looks for moves to start or resume.
 const MOVE_TICK: Duration = Duration::from_millis(250);
 
@@ -120,12 +123,34 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 metrics::QUOTA_ALERTS.set(top_state.quotas.over_alert().len() as i64);
             }
         });
+        let purge_state = Arc::clone(&state);
+        background.spawn(async move {
+            let state = purge_state;
+            let mut tick = tokio::time::interval(EVENT_PURGE_INTERVAL);
+            let keep =
+                chrono::Duration::days(i64::from(state.config.lifecycle.event_retention_days));
+            loop {
+                tick.tick().await;
+                match state
+                    .catalog()
+                    .purge_events(chrono::Utc::now() - keep)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(removed = n, "audit events past their retention removed")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "audit event purge failed"),
+                }
+            }
+        });
         background.spawn(async move {
             let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
             loop {
                 tick.tick().await;
                 state.rate_limits.evict_idle();
                 state.login_throttle.evict_expired();
+                state.address_limits.evict_idle();
                 state.load_rate_overrides().await;
                 state.refresh_capacity().await;
                 metrics::QUOTA_ALERTS.set(state.quotas.over_alert().len() as i64);

@@ -36,6 +36,14 @@ impl Gateway {
             .arg(dir.path().join("data"))
             .env("ORG_GATEWAY_LIMITS__REQUESTS_PER_MINUTE", "1000000")
             .env("ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR", "100000000")
+            .env(
+                "ORG_GATEWAY_LIMITS__CREATES_PER_MINUTE_PER_ADDRESS",
+                "1000000",
+            )
+            .env(
+                "ORG_GATEWAY_LIMITS__PUBLIC_READS_PER_MINUTE_PER_ADDRESS",
+                "1000000",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

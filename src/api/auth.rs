@@ -3,7 +3,7 @@
 use super::{json_body, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
 use crate::auth::{Claims, VerifyError};
-use crate::catalog::{AdminRecord, OrgRecord};
+use crate::catalog::{Actor, AdminRecord, EventType, OrgRecord};
 use crate::domain::Email;
 use crate::error::ApiError;
 use crate::telemetry::metrics;
@@ -66,18 +66,45 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
         }
     };
     let verdict = verify_login(state, email.as_ref(), &body.password).await;
-    let failed = matches!(verdict, Ok(None));
+    let failed = matches!(verdict, Ok((_, false)));
     match &state.redis_limits {
         Some(redis) => redis.settle_login(attempt, failed).await,
         None if failed => attempt.fail(),
         None => attempt.release(),
     }
-    let Some(admin) = verdict? else {
-        metrics::LOGINS.with_label_values(&["failure"]).inc();
-        return Err(ApiError::bad_credentials());
+    let (found, ok) = verdict?;
+    let admin = match found {
+        Some(admin) if ok => admin,
+        target => {
+            metrics::LOGINS.with_label_values(&["failure"]).inc();
+            // Only a failure against an existing admin is an event of its organization; the
+            // throttle bounds how many there can be.
+            if let Some(target) = target {
+                let details = serde_json::json!({ "admin_id": target.id });
+                super::events::record(
+                    state,
+                    req,
+                    EventType::AdminLoginFailed,
+                    Some(target.org_id),
+                    Actor::System,
+                    details,
+                )
+                .await;
+            }
+            return Err(ApiError::bad_credentials());
+        }
     };
     metrics::LOGINS.with_label_values(&["success"]).inc();
     log.org_id = Some(admin.org_id);
+    super::events::record(
+        state,
+        req,
+        EventType::AdminLoginSucceeded,
+        Some(admin.org_id),
+        Actor::Admin { admin_id: admin.id },
+        serde_json::json!({}),
+    )
+    .await;
     let token = state
         .jwt
         .issue(admin.id, admin.org_id, admin.credential_version);
@@ -93,13 +120,13 @@ pub async fn login(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     ))
 }
 
-/// The admin whose password this is, `None` for bad credentials (one argon2 verify either
-/// way), or an error with no verdict (store or hasher trouble).
+/// The admin with that email, if any, and whether the password is theirs (one argon2 verify
+/// either way), or an error with no verdict (store or hasher trouble).
 async fn verify_login(
     state: &AppState,
     email: Option<&Email>,
     password: &str,
-) -> Result<Option<AdminRecord>, ApiError> {
+) -> Result<(Option<AdminRecord>, bool), ApiError> {
     let admin = match email {
         Some(email) => state
             .catalog()
@@ -115,7 +142,7 @@ async fn verify_login(
             .verify(password, admin.as_ref().map(|a| a.password_hash.as_str()))
             .await
             .map_err(hash_error)?;
-    Ok(admin.filter(|_| password_ok))
+    Ok((admin, password_ok))
 }
 
 /// An authenticated org admin.

@@ -1,8 +1,10 @@
 //! HTTP handlers. The listener (`crate::listener`) turns a pingora session into a [`Request`],
 //! calls [`handle`], and writes the [`Reply`] or the [`ApiError`] as problem+json.
 
+pub mod admins;
 pub mod auth;
 pub mod data;
+pub mod events;
 pub mod health;
 pub mod moves;
 pub mod openapi;
@@ -37,7 +39,8 @@ pub struct Request {
     pub body: Bytes,
     /// The request id echoed in `X-Request-Id`.
     pub request_id: String,
-    /// Client address, when known.
+    /// Client address, when known: the TCP peer, or the client a trusted proxy reported
+    /// (`crate::limits::address::client_address`).
     pub client_ip: Option<IpAddr>,
 }
 
@@ -94,10 +97,16 @@ pub async fn handle(
         Route::OrgUpdate => orgs::update(state, req, log).await,
         Route::OrgDelete => orgs::delete(state, req, log).await,
         Route::AdminLogin => auth::login(state, req, log).await,
+        Route::OrgAdmins => admins::list(state, req, log).await,
+        Route::OrgAdminCreate => admins::create(state, req, log).await,
+        Route::OrgAdminDelete => admins::delete(state, req, log).await,
+        Route::OrgEvents => events::org_events(state, req, log).await,
         Route::OpsShards
         | Route::OpsShardAdd
         | Route::OpsPlacement
         | Route::OpsLimits
+        | Route::OpsOrgs
+        | Route::OpsEvents
         | Route::OpsQuotas
         | Route::OpsTopTenants
         | Route::OpsInstances
@@ -351,6 +360,34 @@ pub async fn check_rate(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         "request rate limit exceeded for this organization",
+    );
+    e.retry_after = Some(decision.retry_after);
+    e.extra_headers = decision.headers;
+    Err(e)
+}
+
+/// Counts one request of the client against its per-address limit `kind` (fleet-wide when
+/// limits are in Redis): the headers to send, or 429. A request without a known address (not
+/// over TCP) is not limited.
+pub async fn check_address(
+    state: &AppState,
+    kind: crate::limits::address::AddressLimit,
+    req: &Request,
+) -> Result<Vec<(&'static str, String)>, ApiError> {
+    let Some(ip) = req.client_ip else {
+        return Ok(Vec::new());
+    };
+    let decision = match &state.redis_limits {
+        Some(redis) => redis.check_address(kind, ip, &state.address_limits).await,
+        None => state.address_limits.check(kind, ip),
+    };
+    if decision.allowed {
+        return Ok(decision.headers);
+    }
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests from this client address; retry later",
     );
     e.retry_after = Some(decision.retry_after);
     e.extra_headers = decision.headers;

@@ -55,6 +55,8 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsPlacement => placement(state, req).await,
         Route::OpsLimits => set_limits(state, req).await,
         Route::OpsQuotas => quotas(state).await,
+        Route::OpsOrgs => search_orgs(state, req).await,
+        Route::OpsEvents => super::events::ops_events(state, req).await,
         Route::OpsTopTenants => top_tenants(state, req).await,
         Route::OpsInstances => instances(state).await,
         Route::OpsMoves => super::moves::list(state, req).await,
@@ -244,6 +246,15 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
         .map_err(|e| internal("catalog", e))?;
     state.rate_limits.set_override(org.id, body);
     let effective = state.rate_limits.limits_of(org.id);
+    super::events::record(
+        state,
+        req,
+        crate::catalog::EventType::LimitsChanged,
+        Some(org.id),
+        crate::catalog::Actor::Operator,
+        json!({ "override": body }),
+    )
+    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &json!({
@@ -292,6 +303,111 @@ pub async fn top_tenants(state: &AppState, req: &Request) -> ApiResult {
     Ok(Reply::json(
         StatusCode::OK,
         &json!({ "window_seconds": seconds, "organizations": orgs }),
+    ))
+}
+
+/// Largest page of `GET /ops/orgs`.
+const MAX_SEARCH_LIMIT: usize = 1000;
+
+/// One organization in `GET /ops/orgs`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrgSummary {
+    organization_id: String,
+    organization_name: String,
+    placement: PlacementView,
+    /// Stored bytes as last measured by this instance (null when not measured lately).
+    size_bytes: Option<u64>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Reply of `GET /ops/orgs`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrgPage {
+    organizations: Vec<OrgSummary>,
+    /// Pass back as `cursor` for the next page; null on the last one.
+    next_cursor: Option<String>,
+}
+
+/// A cursor of `GET /ops/orgs`: the last normalized name of a page, base64url. Anything
+/// else is 400 `invalid_cursor` (never echoed back).
+fn decode_org_cursor(raw: &str) -> Result<crate::domain::NormalizedOrgName, ApiError> {
+    use base64::Engine;
+    let malformed = || ApiError::invalid("invalid_cursor", "cursor is malformed");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| malformed())?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let name = OrgName::parse(&text).map_err(|_| malformed())?.normalized();
+    if name.as_str() != text {
+        return Err(malformed());
+    }
+    Ok(name)
+}
+
+fn encode_org_cursor(name: &crate::domain::NormalizedOrgName) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_str())
+}
+
+/// `GET /ops/orgs`: organizations by name prefix, in name order, a page at a time.
+#[utoipa::path(get, path = "/ops/orgs", operation_id = "search_organizations", tag = "operator", security(("operator" = [])),
+    params(
+        ("prefix" = Option<String>, Query, description = "Start of the name, compared case-insensitively with runs of spaces as one (empty: every organization)", max_length = 64, pattern = r"^[A-Za-z0-9 _-]*$"),
+        ("limit" = Option<u32>, Query, description = "Page size (default 100)", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page, with the same prefix (opaque)", pattern = r"^[A-Za-z0-9_-]{1,86}$"),
+    ),
+    responses((status = 200, description = "A page of organizations", body = OrgPage),
+        (status = 400, description = "Invalid prefix, limit or cursor", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong operator token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Operator routes disabled (no ops.token)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn search_orgs(state: &AppState, req: &Request) -> ApiResult {
+    let prefix =
+        crate::domain::NamePrefix::parse(&super::query_param(req, "prefix")?.unwrap_or_default())?;
+    let limit = match super::query_param(req, "limit")? {
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_SEARCH_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_query",
+                    format!("limit must be 1 to {MAX_SEARCH_LIMIT}"),
+                )
+            })?,
+        None => 100,
+    };
+    let after = super::query_param(req, "cursor")?
+        .map(|c| decode_org_cursor(&c))
+        .transpose()?;
+    // One more than the page: whether there is a next one, without another query.
+    let mut orgs = state
+        .catalog()
+        .orgs_by_name(prefix.as_str(), after.as_ref(), limit + 1)
+        .await
+        .map_err(|e| internal("organization search", e))?;
+    let next_cursor = if orgs.len() > limit {
+        orgs.truncate(limit);
+        orgs.last().map(|o| encode_org_cursor(&o.normalized_name()))
+    } else {
+        None
+    };
+    let organizations = orgs
+        .iter()
+        .map(|o| OrgSummary {
+            organization_id: o.id.to_string(),
+            organization_name: o.name.to_string(),
+            placement: PlacementView::of(o),
+            size_bytes: state.quotas.cached(o.id),
+            created_at: o.created_at,
+        })
+        .collect();
+    Ok(Reply::json(
+        StatusCode::OK,
+        &OrgPage {
+            organizations,
+            next_cursor,
+        },
     ))
 }
 

@@ -3,7 +3,9 @@
 use super::auth::{authenticate, authenticate_opt, internal};
 use super::{json_body, query_param, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
-use crate::catalog::{AdminRecord, CatalogError, OrgRecord, OrgState, Placement, Taken};
+use crate::catalog::{
+    Actor, AdminRecord, CatalogError, EventType, OrgRecord, OrgState, Placement, Taken,
+};
 use crate::domain::{AdminId, Email, OrgId, OrgName, Password};
 use crate::error::ApiError;
 use crate::movers::{self, MoveError};
@@ -11,6 +13,7 @@ use crate::store::{Namespace, StoreError};
 use chrono::{DateTime, Utc};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -85,7 +88,8 @@ fn conflict(taken: Taken) -> ApiError {
     }
 }
 
-fn catalog_error(e: CatalogError) -> ApiError {
+/// Maps catalog failures to responses.
+pub fn catalog_error(e: CatalogError) -> ApiError {
     match e {
         CatalogError::Conflict(t) => conflict(t),
         CatalogError::NotFound => ApiError::conflict(
@@ -95,6 +99,14 @@ fn catalog_error(e: CatalogError) -> ApiError {
         CatalogError::Stale => ApiError::conflict(
             "concurrent_update",
             "the record changed concurrently; read it again and retry",
+        ),
+        CatalogError::AdminLimit => ApiError::conflict(
+            "admin_limit_reached",
+            "the organization already has the most admins allowed",
+        ),
+        CatalogError::LastAdmin => ApiError::conflict(
+            "last_admin",
+            "the organization's last admin cannot be deleted",
         ),
         CatalogError::Backend(e) => internal("catalog", e),
     }
@@ -190,9 +202,13 @@ pub struct CreateBody {
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name or email taken", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many creates from this client address (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "No shard available", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) -> ApiResult {
+    // Before the body is even parsed: a flood from one address must not reach the hasher.
+    let limit_headers =
+        super::check_address(state, crate::limits::address::AddressLimit::Creates, req).await?;
     let body: CreateBody = json_body(req)?;
     let name = OrgName::parse(&body.organization_name)?;
     let email = Email::parse(&body.email)?;
@@ -215,8 +231,9 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     let now = Utc::now();
     let org_id = OrgId::generate();
     log.org_id = Some(org_id);
+    let first_admin = AdminId::generate();
     let admin = AdminRecord {
-        id: AdminId::generate(),
+        id: first_admin,
         org_id,
         email: email.clone(),
         password_hash: hash,
@@ -232,10 +249,26 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             .in_current_span(),
     );
     let org = task.await.map_err(|e| internal("create task", e))??;
-    Ok(Reply::json(
-        StatusCode::CREATED,
-        &view(&org, Some(&email), true),
-    ))
+    super::events::record(
+        state,
+        req,
+        EventType::OrganizationCreated,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: first_admin,
+        },
+        json!({
+            "organization_name": org.name.as_str(),
+            "admin_id": first_admin,
+            "collection": org.placement.collection.as_str(),
+            "shard": org.placement.shard.as_str(),
+            "database": org.placement.database.to_string(),
+        }),
+    )
+    .await;
+    let mut reply = Reply::json(StatusCode::CREATED, &view(&org, Some(&email), true));
+    reply.headers = limit_headers;
+    Ok(reply)
 }
 
 /// Picks the placement, records the organization, creates its collection and activates it;
@@ -344,17 +377,37 @@ fn name_param(req: &Request) -> Result<OrgName, ApiError> {
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "A token was sent and is invalid", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many token-less reads from this client address, or requests of the token's organization (Retry-After, RateLimit headers)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
     ))]
 pub async fn get(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    // A request without a token is public: limited per client address, before anything else.
+    let limit_headers = if req.headers.contains_key(http::header::AUTHORIZATION) {
+        Vec::new()
+    } else {
+        super::check_address(
+            state,
+            crate::limits::address::AddressLimit::PublicReads,
+            req,
+        )
+        .await?
+    };
     let name = name_param(req)?;
     let caller = authenticate_opt(state, req, false).await?;
+    // With a token, the caller's organization's rate limit applies instead: one valid token
+    // must not read (or scrape) past every limit.
+    let limit_headers = match &caller {
+        Some(c) => super::check_rate(state, c.org.id).await?,
+        None => limit_headers,
+    };
     let org = super::org_named(state, &name).await?;
     log.org_id = Some(org.id);
     let own = caller.as_ref().filter(|c| c.org.id == org.id);
-    Ok(Reply::json(
+    let mut reply = Reply::json(
         StatusCode::OK,
         &view(&org, own.map(|c| &c.admin.email), own.is_some()),
-    ))
+    );
+    reply.headers = limit_headers;
+    Ok(reply)
 }
 
 /// Body of `PUT /org/update`.
@@ -438,6 +491,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             1,
         ));
     }
+    let old_name = org.name.clone();
     // Build on the stored admin, not a cached copy: a stale copy would undo a change made
     // elsewhere. The write is a compare-and-set on the revision read here.
     let current = state
@@ -501,6 +555,45 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         }
     };
     state.router.invalidate_org(&org).await;
+    let actor = Actor::Admin {
+        admin_id: caller.admin.id,
+    };
+    if org.name != old_name {
+        let details = json!({ "from": old_name.as_str(), "to": org.name.as_str() });
+        super::events::record(
+            state,
+            req,
+            EventType::OrganizationRenamed,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
+    if let Some(e) = &email {
+        let details = json!({ "admin_id": caller.admin.id, "email": e.as_str() });
+        super::events::record(
+            state,
+            req,
+            EventType::OrganizationUpdated,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
+    if password.is_some() {
+        let details = json!({ "admin_id": caller.admin.id });
+        super::events::record(
+            state,
+            req,
+            EventType::AdminPasswordChanged,
+            Some(org.id),
+            actor,
+            details,
+        )
+        .await;
+    }
     Ok(Reply::json(
         StatusCode::OK,
         &view(&org, Some(&admin.email), true),
@@ -548,6 +641,17 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     state.rate_limits.set_override(org.id, None);
     crate::telemetry::metrics::ORGANIZATIONS.dec();
     tracing::info!(org_id = %org.id, "organization deleted");
+    super::events::record(
+        state,
+        req,
+        EventType::OrganizationDeleted,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "organization_name": org.name.as_str() }),
+    )
+    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &DeletedOrg {

@@ -35,6 +35,16 @@ pub enum Route {
     OrgDelete,
     /// `POST /admin/login`.
     AdminLogin,
+    /// `GET /org/admins`.
+    OrgAdmins,
+    /// `POST /org/admins`.
+    OrgAdminCreate,
+    /// `DELETE /org/admins/{admin_id}`.
+    OrgAdminDelete,
+    /// `GET /org/events`.
+    OrgEvents,
+    /// `GET /ops/events`.
+    OpsEvents,
     /// `GET /ops/shards`.
     OpsShards,
     /// `POST /ops/shards`.
@@ -43,6 +53,8 @@ pub enum Route {
     OpsPlacement,
     /// `PUT /ops/orgs/{organization}/limits`.
     OpsLimits,
+    /// `GET /ops/orgs`.
+    OpsOrgs,
     /// `GET /ops/quotas`.
     OpsQuotas,
     /// `GET /ops/tenants/top`.
@@ -88,9 +100,14 @@ impl Route {
             Route::OrgUpdate => "/org/update",
             Route::OrgDelete => "/org/delete",
             Route::AdminLogin => "/admin/login",
+            Route::OrgAdmins | Route::OrgAdminCreate => "/org/admins",
+            Route::OrgAdminDelete => "/org/admins/{admin_id}",
+            Route::OrgEvents => "/org/events",
+            Route::OpsEvents => "/ops/events",
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
             Route::OpsLimits => "/ops/orgs/{organization}/limits",
+            Route::OpsOrgs => "/ops/orgs",
             Route::OpsQuotas => "/ops/quotas",
             Route::OpsTopTenants => "/ops/tenants/top",
             Route::OpsInstances => "/ops/instances",
@@ -112,6 +129,7 @@ impl Route {
             Route::OrgCreate
                 | Route::OrgUpdate
                 | Route::AdminLogin
+                | Route::OrgAdminCreate
                 | Route::OpsShardAdd
                 | Route::OpsLimits
                 | Route::OpsMoveStart
@@ -135,6 +153,10 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "PUT", "/org/update"),
     (Listener::Public, "DELETE", "/org/delete"),
     (Listener::Public, "POST", "/admin/login"),
+    (Listener::Public, "GET", "/org/admins"),
+    (Listener::Public, "POST", "/org/admins"),
+    (Listener::Public, "DELETE", "/org/admins/{admin_id}"),
+    (Listener::Public, "GET", "/org/events"),
     (Listener::Public, "POST", "/data"),
     (Listener::Public, "POST", "/data/query"),
     (Listener::Public, "POST", "/data/count"),
@@ -149,6 +171,8 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "POST", "/ops/shards"),
     (Listener::Ops, "GET", "/ops/placements/{organization}"),
     (Listener::Ops, "PUT", "/ops/orgs/{organization}/limits"),
+    (Listener::Ops, "GET", "/ops/orgs"),
+    (Listener::Ops, "GET", "/ops/events"),
     (Listener::Ops, "GET", "/ops/quotas"),
     (Listener::Ops, "GET", "/ops/tenants/top"),
     (Listener::Ops, "GET", "/ops/instances"),
@@ -174,6 +198,16 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Public, "/org/update") => &[(Method::PUT, Route::OrgUpdate)],
         (Listener::Public, "/org/delete") => &[(Method::DELETE, Route::OrgDelete)],
         (Listener::Public, "/admin/login") => &[(Method::POST, Route::AdminLogin)],
+        (Listener::Public, "/org/events") => &[(Method::GET, Route::OrgEvents)],
+        (Listener::Public, "/org/admins") => &[
+            (Method::GET, Route::OrgAdmins),
+            (Method::POST, Route::OrgAdminCreate),
+        ],
+        (Listener::Public, p)
+            if p.starts_with("/org/admins/") && p.len() > 12 && !p[12..].contains('/') =>
+        {
+            &[(Method::DELETE, Route::OrgAdminDelete)]
+        }
         (Listener::Ops, "/ops/shards") => &[
             (Method::GET, Route::OpsShards),
             (Method::POST, Route::OpsShardAdd),
@@ -182,6 +216,8 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             &[(Method::GET, Route::OpsPlacement)]
         }
         (Listener::Ops, "/ops/quotas") => &[(Method::GET, Route::OpsQuotas)],
+        (Listener::Ops, "/ops/orgs") => &[(Method::GET, Route::OpsOrgs)],
+        (Listener::Ops, "/ops/events") => &[(Method::GET, Route::OpsEvents)],
         (Listener::Ops, "/ops/tenants/top") => &[(Method::GET, Route::OpsTopTenants)],
         (Listener::Ops, "/ops/instances") => &[(Method::GET, Route::OpsInstances)],
         (Listener::Ops, "/ops/moves") => &[
@@ -237,6 +273,7 @@ mod tests {
         for (listener, method, template) in ALL {
             let path = template
                 .replace("{id}", "abc123")
+                .replace("{admin_id}", "0190c1d2-0000-7000-8000-000000000000")
                 .replace("{organization}", "Acme%20Corp");
             let method: Method = method.parse().unwrap();
             let route = match_route(*listener, &method, &path)

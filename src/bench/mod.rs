@@ -24,9 +24,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The environment that lifts the gateway's per-organization rate limits for a benchmark.
+/// The environment that lifts the gateway's per-organization rate limits, and the per-address
+/// limits of creates and public reads (the harness sends everything from one address), for a
+/// benchmark.
 pub const RAISED_LIMITS_HINT: &str =
-    "ORG_GATEWAY_LIMITS__REQUESTS_PER_MINUTE=1000000 ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR=100000000";
+    "ORG_GATEWAY_LIMITS__REQUESTS_PER_MINUTE=1000000 ORG_GATEWAY_LIMITS__REQUESTS_PER_HOUR=100000000 \
+     ORG_GATEWAY_LIMITS__CREATES_PER_MINUTE_PER_ADDRESS=1000000 \
+     ORG_GATEWAY_LIMITS__PUBLIC_READS_PER_MINUTE_PER_ADDRESS=1000000";
 
 /// Flags of `bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -334,8 +338,9 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
 
 fn rate_limit_hint() -> String {
     format!(
-        "hint: the gateway rate-limited requests (429). Its default limit is 100 requests/minute \
-         per organization; run the gateway under test with raised limits:\n  {RAISED_LIMITS_HINT} \
+        "hint: the gateway rate-limited requests (429). Its default limits are 100 requests/minute \
+         per organization and, per client address, 60 creates and 600 token-less reads a minute; \
+         run the gateway under test with raised limits:\n  {RAISED_LIMITS_HINT} \
          org-gateway serve ..."
     )
 }

@@ -1,9 +1,11 @@
 //! The catalog in a redb file: one ACID write transaction per method, fsync on commit.
 //! Unique keys are explicit index tables checked and written in the same transaction.
 
+use super::events::id_floor;
 use super::{
-    AdminRecord, Catalog, CatalogError, CatalogResult, ChangeStream, FeedToken, InstanceInfo,
-    MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, AuditEvent, Catalog, CatalogError, CatalogResult, ChangeStream, EventPage,
+    EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop,
+    Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use async_trait::async_trait;
@@ -42,6 +44,15 @@ const MOVES: Json = TableDefinition::new("moves");
 /// Move change logs: `<move id>/<sequence, 20 digits>` -> document id.
 const MOVE_CHANGES: Index = TableDefinition::new("move_changes");
 const MOVE_CHANGE_SEQ: &str = "move_change_seq";
+/// Audit events by id (time-ordered).
+const EVENTS: Json = TableDefinition::new("events");
+/// `<org id>/<event id>` -> event id: one organization's events in order.
+const EVENTS_BY_ORG: Index = TableDefinition::new("events_by_org");
+/// Rows one events query reads at most: a rare type in a long log answers a short (or empty)
+/// page with a cursor to go on, instead of a scan of the whole log.
+const EVENT_SCAN_BUDGET: usize = 10_000;
+/// Events one purge removes at most (the next maintenance cycle goes on).
+const EVENT_PURGE_BATCH: usize = 10_000;
 
 fn backend(e: impl std::fmt::Display) -> CatalogError {
     CatalogError::Backend(e.to_string())
@@ -90,6 +101,7 @@ impl EmbeddedCatalog {
                 INSTANCES,
                 LEASES,
                 MOVES,
+                EVENTS,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -100,6 +112,7 @@ impl EmbeddedCatalog {
                 ADMINS_BY_ORG,
                 NOT_ACTIVE,
                 MOVE_CHANGES,
+                EVENTS_BY_ORG,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -197,6 +210,22 @@ fn lookup(
         .get(key)
         .map_err(backend)?
         .map(|v| v.value().to_owned()))
+}
+
+/// Keys of an index table that start with `prefix`.
+fn count_prefix(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    prefix: &str,
+) -> CatalogResult<usize> {
+    let mut n = 0;
+    for row in table.range(prefix..).map_err(backend)? {
+        let (k, _) = row.map_err(backend)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn add_count(txn: &WriteTransaction, key: &str, delta: i64) -> CatalogResult<()> {
@@ -418,6 +447,43 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let prefix = prefix.to_owned();
+        let after = after.cloned();
+        self.read(move |txn| {
+            let names = txn.open_table(ORG_NAMES).map_err(backend)?;
+            let orgs = txn.open_table(ORGS).map_err(backend)?;
+            let start = match &after {
+                Some(a) if a.as_str() >= prefix.as_str() => a.as_str().to_owned(),
+                _ => prefix.clone(),
+            };
+            let mut out = Vec::new();
+            for row in names.range(start.as_str()..).map_err(backend)? {
+                let (k, id) = row.map_err(backend)?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) || out.len() >= limit {
+                    break;
+                }
+                if after.as_ref().is_some_and(|a| key <= a.as_str()) {
+                    continue;
+                }
+                // The index also holds names reserved by renames in progress.
+                if let Some(org) = get_json::<OrgRecord>(&orgs, id.value())? {
+                    if org.normalized_name().as_str() == key {
+                        out.push(org);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.read(|txn| {
             let ids = txn.open_table(NOT_ACTIVE).map_err(backend)?;
@@ -500,6 +566,63 @@ impl Catalog for EmbeddedCatalog {
                 .insert(id.as_str(), encode(&admin)?.as_slice())
                 .map_err(backend)?;
             Ok(admin)
+        })
+        .await
+    }
+
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
+        let mut admin = admin.clone();
+        // One write transaction (redb has one writer at a time): the count, the email and
+        // the insert are decided together.
+        self.write(move |txn| {
+            load_org(txn, admin.org_id)?;
+            let org_key = admin.org_id.to_string();
+            let admin_id = admin.id.to_string();
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
+                return Err(CatalogError::AdminLimit);
+            }
+            let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+            if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                return Err(CatalogError::Conflict(Taken::Email));
+            }
+            emails
+                .insert(admin.email.as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            by_org
+                .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            admin.revision = bump_revision(txn)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            admins
+                .insert(admin_id.as_str(), encode(&admin)?.as_slice())
+                .map_err(backend)?;
+            Ok(admin)
+        })
+        .await
+    }
+
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        self.write(move |txn| {
+            let (org_key, admin_id) = (org.to_string(), admin.to_string());
+            let index_key = format!("{org_key}/{admin_id}");
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
+                return Ok(None);
+            }
+            if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
+                return Err(CatalogError::LastAdmin);
+            }
+            by_org.remove(index_key.as_str()).map_err(backend)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+            admins.remove(admin_id.as_str()).map_err(backend)?;
+            if let Some(a) = &removed {
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                emails.remove(a.email.as_str()).map_err(backend)?;
+            }
+            bump_revision(txn)?;
+            Ok(removed)
         })
         .await
     }
@@ -889,6 +1012,112 @@ impl Catalog for EmbeddedCatalog {
                 t.remove(name.as_str()).map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()> {
+        let event = event.clone();
+        self.write(move |txn| {
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            events
+                .insert(event.id.as_str(), encode(&event)?.as_slice())
+                .map_err(backend)?;
+            if let Some(org) = event.organization_id {
+                let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+                by_org
+                    .insert(format!("{org}/{}", event.id).as_str(), event.id.as_str())
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
+        let q = query.clone();
+        self.read(move |txn| {
+            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let mut start = q.since.map(id_floor).unwrap_or_default();
+            if let Some(after) = &q.after {
+                if *after > start {
+                    start = after.clone();
+                }
+            }
+            let prefix = q.organization.map(|o| format!("{o}/")).unwrap_or_default();
+            let mut page = EventPage::default();
+            let mut scanned = 0;
+            let mut last_scanned = None;
+            let mut visit = |id: &str, event: Option<AuditEvent>| -> bool {
+                scanned += 1;
+                last_scanned = Some(id.to_owned());
+                if q.after.as_deref().is_some_and(|a| id <= a) {
+                    return true;
+                }
+                let Some(event) = event else { return true };
+                if q.until.is_some_and(|u| event.at > u) {
+                    return false;
+                }
+                if q.kind.is_none_or(|k| k == event.kind) {
+                    page.events.push(event);
+                }
+                page.events.len() <= q.limit && scanned < EVENT_SCAN_BUDGET
+            };
+            if prefix.is_empty() {
+                for row in events.range(start.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if !visit(k.value(), Some(decode(v.value())?)) {
+                        break;
+                    }
+                }
+            } else {
+                let by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+                let from = format!("{prefix}{start}");
+                for row in by_org.range(from.as_str()..).map_err(backend)? {
+                    let (k, v) = row.map_err(backend)?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    let event = get_json(&events, v.value())?;
+                    if !visit(v.value(), event) {
+                        break;
+                    }
+                }
+            }
+            if page.events.len() > q.limit {
+                page.events.truncate(q.limit);
+                page.next_after = page.events.last().map(|e| e.id.clone());
+            } else if scanned >= EVENT_SCAN_BUDGET {
+                page.next_after = last_scanned;
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64> {
+        let end = id_floor(before);
+        self.write(move |txn| {
+            let mut events = txn.open_table(EVENTS).map_err(backend)?;
+            let mut doomed = Vec::new();
+            for row in events.range(..end.as_str()).map_err(backend)? {
+                let (k, v) = row.map_err(backend)?;
+                let event: AuditEvent = decode(v.value())?;
+                doomed.push((k.value().to_owned(), event.organization_id));
+                if doomed.len() >= EVENT_PURGE_BATCH {
+                    break;
+                }
+            }
+            let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+            for (id, org) in &doomed {
+                events.remove(id.as_str()).map_err(backend)?;
+                if let Some(org) = org {
+                    by_org
+                        .remove(format!("{org}/{id}").as_str())
+                        .map_err(backend)?;
+                }
+            }
+            Ok(doomed.len() as u64)
         })
         .await
     }

@@ -6,7 +6,10 @@
 //! so concurrent creates of one name yield exactly one winner.
 
 pub mod embedded;
+pub mod events;
 pub mod mongo;
+
+pub use events::{Actor, AuditEvent, EventPage, EventQuery, EventType};
 
 use crate::domain::{
     AdminId, CollectionName, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId,
@@ -334,6 +337,12 @@ pub enum CatalogError {
     /// The record changed since the caller read it (compare-and-set on its revision failed).
     #[error("changed concurrently")]
     Stale,
+    /// The organization already has the most admins allowed.
+    #[error("admin limit reached")]
+    AdminLimit,
+    /// The admin to remove is the organization's last one.
+    #[error("last admin")]
+    LastAdmin,
     /// The catalog store failed.
     #[error("catalog store error: {0}")]
     Backend(String),
@@ -369,6 +378,16 @@ pub trait Catalog: Send + Sync + 'static {
     async fn orgs_after(&self, after: Option<OrgId>, limit: usize)
         -> CatalogResult<Vec<OrgRecord>>;
 
+    /// Up to `limit` organizations whose normalized current name starts with `prefix`, in
+    /// name order, strictly after `after` when given: a range scan of the name index, never
+    /// a read of every organization.
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>>;
+
     /// Organizations not `Active` (creating or renaming): what recovery looks at, read
     /// through an index rather than a scan of every organization.
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>>;
@@ -386,6 +405,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// `admin.revision` ([`CatalogError::Stale`] otherwise); the new email must be free.
     /// Returns the stored record with its new revision.
     async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord>;
+
+    /// Adds an admin to an existing organization, if it has fewer than `max` admins and the
+    /// email is free ([`CatalogError::AdminLimit`], [`CatalogError::Conflict`]); decided
+    /// atomically, so concurrent adds never pass `max`. [`CatalogError::NotFound`] if the
+    /// organization is gone. Returns the admin as stored.
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord>;
+
+    /// Removes an admin of `org` unless it is the organization's last one
+    /// ([`CatalogError::LastAdmin`]); decided atomically, so concurrent removals never leave
+    /// an organization without an admin. `Ok(None)` if `org` has no such admin.
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>>;
 
     /// Reserves `to_name` and its collection for the org and marks it `Renaming`, journaling
     /// the credentials change that goes with it, if any.
@@ -496,6 +526,16 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Removes applied entries (by key); entries logged meanwhile stay.
     async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()>;
+
+    /// Appends an audit event.
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()>;
+
+    /// A page of audit events matching `query`, oldest first. A page may hold fewer than
+    /// `query.limit` events and still have a next one (the scan behind it is bounded).
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage>;
+
+    /// Removes the events from before `before`; returns how many.
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64>;
 
     /// Follows the catalog's changes from `resume` (or from now). `Ok(None)` when this catalog
     /// has no change feed (the embedded catalog belongs to one process, which makes every

@@ -1,10 +1,15 @@
 //! The catalog in a MongoDB database, for gateways that share one catalog.
 //!
 //! Collections:
-//! - `organizations`: `{_id: org id, names: [...], collections: [...], rev, record}`. `names`
-//!   holds the normalized current name plus, during a rename, the reserved new one; likewise
-//!   `collections`. Unique multikey indexes on both make every reservation atomic.
+//! - `organizations`: `{_id: org id, names: [...], collections: [...], name, rev, record}`.
+//!   `names` holds the normalized current name plus, during a rename, the reserved new one;
+//!   likewise `collections`. Unique multikey indexes on both make every reservation atomic.
+//!   `name` is the normalized current name alone, indexed for operator search by prefix.
 //! - `admins`: `{_id: admin id, email, org_id, record}`, unique on `email`, indexed on `org_id`.
+//! - `admin_rosters`: `{_id: org id, ids: [admin ids], n}`: the seats of an organization's
+//!   admins, so that adding one under the cap and removing one that is not the last are each
+//!   decided by one conditional update of one document. Created on first use from the
+//!   `admins` of the organization.
 //! - `pending_drops`: `{_id: drop key, org_id, drop}`.
 //! - `collection_counts`: `{_id: "shard/database", shard, database, count}`.
 //! - `settings`: `{_id: key, json}` (the value as JSON text, so any JSON round-trips).
@@ -13,6 +18,8 @@
 //!   compare-and-set writes pin.
 //! - `instances`: the registry, `{_id: instance id, info}`; `leases`: `{_id: name, holder,
 //!   expires_at}`.
+//! - `events`: the audit log, `{_id: event id (time-ordered), org, type, at, record}`, indexed
+//!   on `(org, _id)` and `(type, _id)`.
 //! - `moves`: `{_id: move id, json}`; `move_changes`: `{_id: ObjectId, move, doc}`, indexed on
 //!   `(move, _id)`: the ids tenant writes touched while their organization was moving.
 //!
@@ -22,6 +29,11 @@
 //! crash in between leaves only a state the startup recovery (`crate::movers`) handles:
 //! - insert: the org is written first, always as `Creating` (rolled back at startup), then its
 //!   collection is counted, then the admin; an email conflict deletes the org again.
+//! - add admin: a seat is taken in the roster first, then the admin is inserted (an email
+//!   conflict gives the seat back). A crash in between leaves a seat without an admin: the
+//!   cap is then one lower for that organization (never higher).
+//! - remove admin: the seat is given up first (only if another remains), then the admin is
+//!   removed. A crash in between leaves an admin without a seat; removing it again finishes.
 //! - delete: the pending drops are written first (tagged with the org id: the delete is
 //!   decided), then the admins and the org are removed. [`Catalog::pending_drops`] finishes the
 //!   removal of any org whose drops are recorded but which is still present.
@@ -29,9 +41,11 @@
 //! A crash between a count update and the write it accompanies can leave a collection count
 //! off by one; the startup capacity reconciliation recounts from the shards.
 
+use super::events::id_floor;
 use super::{
-    AdminRecord, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed, ChangeStream,
-    FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop, Taken,
+    AdminRecord, AuditEvent, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed,
+    ChangeStream, EventPage, EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord,
+    OrgRecord, OrgState, PendingDrop, Taken,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use crate::store::mongo::{
@@ -112,6 +126,7 @@ pub struct MongoCatalog {
     secrets: Secrets,
     orgs: Collection<Document>,
     admins: Collection<Document>,
+    rosters: Collection<Document>,
     pending: Collection<Document>,
     counts: Collection<Document>,
     settings: Collection<Document>,
@@ -120,6 +135,7 @@ pub struct MongoCatalog {
     leases: Collection<Document>,
     moves: Collection<Document>,
     move_changes: Collection<Document>,
+    events: Collection<Document>,
     db: mongodb::Database,
     _client: LazyClient,
 }
@@ -146,6 +162,7 @@ impl MongoCatalog {
         let catalog = Self {
             orgs: db.collection("organizations"),
             admins: db.collection("admins"),
+            rosters: db.collection("admin_rosters"),
             pending: db.collection("pending_drops"),
             counts: db.collection("collection_counts"),
             settings: db.collection("settings"),
@@ -154,6 +171,7 @@ impl MongoCatalog {
             leases: db.collection("leases"),
             moves: db.collection("moves"),
             move_changes: db.collection("move_changes"),
+            events: db.collection("events"),
             db,
             secrets,
             _client: lazy,
@@ -225,6 +243,47 @@ impl MongoCatalog {
             )
             .await
             .map_err(|e| self.err(&e))?;
+        self.orgs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "name": 1 })
+                    .options(IndexOptions::builder().name("name".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.events
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "org": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("org".to_owned()).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "type": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("type".to_owned()).build())
+                    .build(),
+            ])
+            .await
+            .map_err(|e| self.err(&e))?;
+        // Documents written before `name` existed: derive it once from the record.
+        let unnamed: Vec<Document> = self
+            .orgs
+            .find(doc! { "name": { "$exists": false } })
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        for d in unnamed {
+            let org: OrgRecord = from_field(&d, "record")?;
+            self.orgs
+                .update_one(
+                    doc! { "_id": org.id.to_string(), "name": { "$exists": false } },
+                    doc! { "$set": { "name": org.normalized_name().as_str() } },
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
         // Documents written before `active` existed: derive it once from the record.
         self.orgs
             .update_many(
@@ -409,6 +468,10 @@ impl MongoCatalog {
             .delete_many(doc! { "org_id": &id })
             .await
             .map_err(|e| self.err(&e))?;
+        self.rosters
+            .delete_one(doc! { "_id": &id })
+            .await
+            .map_err(|e| self.err(&e))?;
         let mut filter = doc! { "_id": &id };
         if let Some(rev) = rev {
             filter.insert("rev", rev);
@@ -452,6 +515,56 @@ impl MongoCatalog {
         Ok(())
     }
 
+    /// Makes sure the organization has its admin roster: organizations created before rosters
+    /// existed get one listing their admins. No admin is added without a roster, so the
+    /// admins read here are all of them; of two racing initializers, one inserts.
+    async fn ensure_roster(&self, org: OrgId) -> CatalogResult<()> {
+        let id = org.to_string();
+        if self
+            .rosters
+            .find_one(doc! { "_id": &id })
+            .await
+            .map_err(|e| self.err(&e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let ids: Vec<String> = self
+            .admins_of_org(org)
+            .await?
+            .into_iter()
+            .map(|a| a.id.to_string())
+            .collect();
+        let n = ids.len() as i64;
+        match self
+            .rosters
+            .update_one(
+                doc! { "_id": &id },
+                doc! { "$setOnInsert": { "ids": ids, "n": n } },
+            )
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.classify(&e) {
+                Failure::Duplicate { .. } => Ok(()),
+                f => Err(backend_msg(f.message())),
+            },
+        }
+    }
+
+    /// Gives an admin's seat back (a failed add); nothing if it holds none.
+    async fn release_seat(&self, org: OrgId, admin: AdminId) -> CatalogResult<()> {
+        self.rosters
+            .update_one(
+                doc! { "_id": org.to_string(), "ids": admin.to_string() },
+                doc! { "$pull": { "ids": admin.to_string() }, "$inc": { "n": -1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
     /// Applies `update` plus the new `record` to the organization matching `filter` (which
     /// pins the expected revision); `Ok(false)` if none matched. Duplicate keys come back as
     /// [`Failure::Duplicate`].
@@ -467,6 +580,7 @@ impl MongoCatalog {
         };
         record.revision = self.bump_revision().await.map_err(other)?;
         let active = record.state == OrgState::Active;
+        let name = record.normalized_name().as_str().to_owned();
         let rev = record.revision as i64;
         let record = to_doc(&*record).map_err(other)?;
         match update.get_mut("$set") {
@@ -474,11 +588,12 @@ impl MongoCatalog {
                 set.insert("record", record);
                 set.insert("rev", rev);
                 set.insert("active", active);
+                set.insert("name", name);
             }
             _ => {
                 update.insert(
                     "$set",
-                    doc! { "record": record, "rev": rev, "active": active },
+                    doc! { "record": record, "rev": rev, "active": active, "name": name },
                 );
             }
         }
@@ -501,6 +616,19 @@ impl MongoCatalog {
             .await
             .map_err(|f| backend_msg(f.message()))
     }
+}
+
+/// The least string above every string starting with `prefix` (its last character bumped),
+/// or `None` for the empty prefix. Normalized names are ASCII, so a bumped byte stays ASCII.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
 }
 
 /// Whether an unordered insert failed only on duplicate `_id`s.
@@ -532,6 +660,7 @@ impl Catalog for MongoCatalog {
             "collections": colls,
             "rev": creating.revision as i64,
             "active": false,
+            "name": org.normalized_name().as_str(),
             "record": to_doc(&creating)?,
         };
         if let Err(e) = self.orgs.insert_one(org_doc).await {
@@ -661,6 +790,33 @@ impl Catalog for MongoCatalog {
         docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
+    async fn orgs_by_name(
+        &self,
+        prefix: &str,
+        after: Option<&NormalizedOrgName>,
+        limit: usize,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let mut range = doc! { "$gte": prefix };
+        if let Some(upper) = prefix_upper_bound(prefix) {
+            range.insert("$lt", upper);
+        }
+        let mut filter = doc! { "name": range };
+        if let Some(after) = after {
+            filter = doc! { "$and": [ filter, { "name": { "$gt": after.as_str() } } ] };
+        }
+        let docs: Vec<Document> = self
+            .orgs
+            .find(filter)
+            .sort(doc! { "name": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
+    }
+
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
         self.find_orgs(doc! { "active": false }).await
     }
@@ -731,6 +887,111 @@ impl Catalog for MongoCatalog {
                 f => backend_msg(f.message()),
             }),
         }
+    }
+
+    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
+        let org = admin.org_id;
+        if self.load(org).await?.is_none() {
+            return Err(CatalogError::NotFound);
+        }
+        // A taken email is refused before a seat is taken (the insert below re-checks).
+        if self.admin_by_email(&admin.email).await?.is_some() {
+            return Err(CatalogError::Conflict(Taken::Email));
+        }
+        self.ensure_roster(org).await?;
+        let admin_id = admin.id.to_string();
+        // The seat: one conditional update decides the cap for every racing add.
+        let seated = self
+            .rosters
+            .update_one(
+                doc! { "_id": org.to_string(), "n": { "$lt": i64::from(max) }, "ids": { "$ne": &admin_id } },
+                doc! { "$push": { "ids": &admin_id }, "$inc": { "n": 1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        if seated.matched_count == 0 {
+            return Err(match self.load(org).await? {
+                Some(_) => CatalogError::AdminLimit,
+                None => CatalogError::NotFound,
+            });
+        }
+        let mut admin = admin.clone();
+        let inserted = async {
+            admin.revision = self.bump_revision().await?;
+            let admin_doc = doc! {
+                "_id": &admin_id,
+                "email": admin.email.as_str(),
+                "org_id": org.to_string(),
+                "rev": admin.revision as i64,
+                "record": to_doc(&admin)?,
+            };
+            self.admins
+                .insert_one(admin_doc)
+                .await
+                .map_err(|e| match self.classify(&e) {
+                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
+                        CatalogError::Conflict(Taken::Email)
+                    }
+                    f => backend_msg(f.message()),
+                })?;
+            CatalogResult::Ok(())
+        };
+        if let Err(e) = inserted.await {
+            self.release_seat(org, admin.id).await?;
+            return Err(e);
+        }
+        // An organization deleted meanwhile took its admins with it, maybe before this one
+        // was inserted: remove it, or its email would stay taken.
+        if self.load(org).await?.is_none() {
+            self.admins
+                .delete_one(doc! { "_id": &admin_id })
+                .await
+                .map_err(|e| self.err(&e))?;
+            return Err(CatalogError::NotFound);
+        }
+        Ok(admin)
+    }
+
+    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
+        let (org_key, admin_id) = (org.to_string(), admin.to_string());
+        let Some(found) = self
+            .admins
+            .find_one(doc! { "_id": &admin_id, "org_id": &org_key })
+            .await
+            .map_err(|e| self.err(&e))?
+        else {
+            return Ok(None);
+        };
+        let record: AdminRecord = from_field(&found, "record")?;
+        self.ensure_roster(org).await?;
+        // Giving the seat up only while another remains: of the last two admins removed at
+        // once, exactly one goes.
+        let unseated = self
+            .rosters
+            .update_one(
+                doc! { "_id": &org_key, "ids": &admin_id, "n": { "$gt": 1_i64 } },
+                doc! { "$pull": { "ids": &admin_id }, "$inc": { "n": -1_i64 } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        if unseated.matched_count == 0 {
+            let seated = self
+                .rosters
+                .find_one(doc! { "_id": &org_key, "ids": &admin_id })
+                .await
+                .map_err(|e| self.err(&e))?
+                .is_some();
+            if seated {
+                return Err(CatalogError::LastAdmin);
+            }
+            // No seat: a removal of this admin ran (or was interrupted) past that step.
+        }
+        self.bump_revision().await?;
+        self.admins
+            .delete_one(doc! { "_id": &admin_id, "org_id": &org_key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(Some(record))
     }
 
     async fn begin_rename(
@@ -1160,6 +1421,74 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
+    }
+
+    async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()> {
+        let org = event.organization_id.map(|o| o.to_string());
+        self.events
+            .insert_one(doc! {
+                "_id": &event.id,
+                "org": org,
+                "type": event.kind.as_str(),
+                "at": bson::DateTime::from_chrono(event.at),
+                "record": to_doc(event)?,
+            })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
+        let mut id = doc! {};
+        if let Some(since) = query.since {
+            id.insert("$gte", id_floor(since));
+        }
+        if let Some(after) = &query.after {
+            id.insert("$gt", after.as_str());
+        }
+        let mut filter = doc! {};
+        if !id.is_empty() {
+            filter.insert("_id", id);
+        }
+        if let Some(org) = query.organization {
+            filter.insert("org", org.to_string());
+        }
+        if let Some(kind) = query.kind {
+            filter.insert("type", kind.as_str());
+        }
+        if let Some(until) = query.until {
+            filter.insert("at", doc! { "$lte": bson::DateTime::from_chrono(until) });
+        }
+        let docs: Vec<Document> = self
+            .events
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut events: Vec<AuditEvent> = docs
+            .iter()
+            .map(|d| from_field(d, "record"))
+            .collect::<CatalogResult<_>>()?;
+        let mut page = EventPage::default();
+        if events.len() > query.limit {
+            events.truncate(query.limit);
+            page.next_after = events.last().map(|e| e.id.clone());
+        }
+        page.events = events;
+        Ok(page)
+    }
+
+    async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64> {
+        let r = self
+            .events
+            .delete_many(doc! { "_id": { "$lt": id_floor(before) } })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(r.deleted_count)
     }
 
     async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {

@@ -9,7 +9,7 @@ pub mod whole;
 
 pub use email::Email;
 pub use ids::{AdminId, DatabaseName, OrgId, ShardId};
-pub use org_name::{CollectionName, NormalizedOrgName, OrgName, MAX_ORG_NAME_CHARS};
+pub use org_name::{CollectionName, NamePrefix, NormalizedOrgName, OrgName, MAX_ORG_NAME_CHARS};
 pub use password::Password;
 
 /// Why a value was rejected; the message is shown to API clients as the problem `detail`.

@@ -95,6 +95,46 @@ impl NormalizedOrgName {
     }
 }
 
+/// The start of an organization name, for searching by prefix: at most 64 of the characters
+/// a name may hold, compared in normalized form (lowercase, leading spaces dropped, runs of
+/// spaces as one). The empty prefix matches every name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamePrefix(String);
+
+impl NamePrefix {
+    /// Validates and normalizes a raw prefix.
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        const FIELD: &str = "prefix";
+        if raw.chars().count() > MAX_ORG_NAME_CHARS {
+            return Err(ValidationError::new(
+                FIELD,
+                format!("must be at most {MAX_ORG_NAME_CHARS} characters"),
+            ));
+        }
+        if raw
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '_')))
+        {
+            return Err(ValidationError::new(
+                FIELD,
+                "may contain only letters, digits, spaces, '-' and '_'",
+            ));
+        }
+        let mut out = String::with_capacity(raw.len());
+        for c in raw.trim_start().chars() {
+            if !(c == ' ' && out.ends_with(' ')) {
+                out.push(c.to_ascii_lowercase());
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The normalized prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A tenant collection name, derived from an [`OrgName`]; unique across the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -133,6 +173,19 @@ impl fmt::Display for CollectionName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_compare_as_normalized_names_do() {
+        let p = NamePrefix::parse("  Acme   C").unwrap();
+        assert_eq!(p.as_str(), "acme c");
+        let name = OrgName::parse("ACME  Corp").unwrap().normalized();
+        assert!(name.as_str().starts_with(p.as_str()));
+        assert_eq!(NamePrefix::parse("").unwrap().as_str(), "");
+        assert_eq!(NamePrefix::parse("ab  ").unwrap().as_str(), "ab ");
+        for bad in ["a$", "a\tb", "é", &"a".repeat(65)] {
+            assert!(NamePrefix::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn trims_and_accepts_allowed_characters() {

@@ -12,6 +12,7 @@
 //! instead (fail open; counted in `org_gateway_rate_limit_fallbacks_total`), and requests stop
 //! calling Redis until a background probe, once a second, finds it answering again.
 
+use super::address::{AddressKey, AddressLimit, AddressLimits};
 use super::login::{email_digest, EmailDigest, LoginAttempt, LoginThrottle};
 use super::rate::{RateDecision, RateLimits, WindowState};
 use super::{LimitStore, LimitsConfig, RateOverride};
@@ -34,17 +35,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Window of the failed-login counters (as the in-memory throttle).
 const LOGIN_WINDOW_MS: u64 = 60_000;
 
-/// GCRA over two windows at once. KEYS: the minute and hour keys (theoretical arrival times in
-/// µs of server time). ARGV: limit and emission interval (µs) of each window. A request is
-/// admitted only if both windows admit it, and only then are both spent. Returns
-/// `{admitted, remaining_minute, wait_minute_us, remaining_hour, wait_hour_us}`; a window that
-/// refuses has a wait > 0.
+/// GCRA over one or more windows at once. KEYS: one key per window (theoretical arrival times
+/// in µs of server time), e.g. an organization's minute and hour. ARGV: limit and emission
+/// interval (µs) of each window. A request is admitted only if every window admits it, and
+/// only then are they spent. Returns `{admitted, remaining_1, wait_1_us, remaining_2, …}`; a
+/// window that refuses has a wait > 0.
 const RATE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local admitted = 1
 local limit, interval, base, tat, rem, wait = {}, {}, {}, {}, {}, {}
-for i = 1, 2 do
+for i = 1, #KEYS do
   limit[i] = tonumber(ARGV[2 * i - 1])
   interval[i] = tonumber(ARGV[2 * i])
   base[i] = math.max(tonumber(redis.call('GET', KEYS[i]) or 0) or 0, now)
@@ -58,7 +59,8 @@ for i = 1, 2 do
     wait[i] = 0
   end
 end
-for i = 1, 2 do
+local out = {admitted}
+for i = 1, #KEYS do
   if admitted == 1 then
     redis.call('SET', KEYS[i], string.format('%d', tat[i]),
       'PX', string.format('%d', math.ceil((tat[i] - now) / 1000)))
@@ -66,8 +68,10 @@ for i = 1, 2 do
     -- Nothing was spent: report the budget this window still has.
     rem[i] = limit[i] - math.ceil((base[i] - now) / interval[i])
   end
+  out[2 * i] = rem[i]
+  out[2 * i + 1] = wait[i]
 end
-return {admitted, rem[1], wait[1], rem[2], wait[2]}
+return out
 ";
 
 /// Reserves a login attempt. KEYS: failure counters; ARGV: the limit of each, then the window
@@ -275,6 +279,53 @@ impl RedisLimits {
         ))
     }
 
+    /// Counts one request from `ip` against its per-address limit `kind`, fleet-wide;
+    /// `local` decides when Redis cannot.
+    pub async fn check_address(
+        &self,
+        kind: AddressLimit,
+        ip: IpAddr,
+        local: &AddressLimits,
+    ) -> RateDecision {
+        if self.is_up() {
+            match self.address_in_redis(kind, ip, local.limit(kind)).await {
+                Ok(decision) => return decision,
+                Err(e) => self.set_up(false, Some(&e)),
+            }
+        }
+        metrics::RATE_LIMIT_FALLBACKS
+            .with_label_values(&["address"])
+            .inc();
+        local.check(kind, ip)
+    }
+
+    async fn address_in_redis(
+        &self,
+        kind: AddressLimit,
+        ip: IpAddr,
+        limit: u32,
+    ) -> Result<RateDecision, CallError> {
+        let mut conn = self.conn.clone();
+        let mut script = self.rate.prepare_invoke();
+        script
+            .key(self.address_key(kind, AddressKey::of(ip), limit))
+            .arg(limit)
+            .arg(interval_us(limit, 60));
+        let (_admitted, remaining, wait_us): (i64, i64, i64) =
+            self.call(script.invoke_async(&mut conn)).await?;
+        let state = WindowState {
+            allowed: wait_us <= 0,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            wait: Duration::from_micros(wait_us.max(0) as u64),
+        };
+        Ok(RateDecision::single(kind.name(), limit, 60, state))
+    }
+
+    /// A per-address window's key (names the limit, as [`Self::rate_key`] does).
+    fn address_key(&self, kind: AddressLimit, key: AddressKey, limit: u32) -> String {
+        format!("{}addr:{}:{key}:m{limit}", self.prefix, kind.name())
+    }
+
     /// A window's key. It names the limit, so that a new override starts with a full budget
     /// (as in memory) while the old key expires; the org is the hash tag, so both windows live
     /// in one slot should this ever run on a cluster.
@@ -458,6 +509,57 @@ mod tests {
         let d = redis.check_rate(a, &local).await;
         assert!(d.allowed, "{d:?}");
         assert!(d.headers[0].1.contains("q=10;w=60"), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn address_limits_are_shared_and_fixed_size() {
+        let Some(url) = redis_url() else { return };
+        let (one, _) = limiter(&url, 1, 1).await;
+        let two = second_instance(&url, &one).await;
+        let (local_one, local_two) = (AddressLimits::new(3, 100), AddressLimits::new(3, 100));
+        let ip: IpAddr = "2001:db8:7:7::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:7:7::2".parse().unwrap();
+        assert!(
+            one.check_address(AddressLimit::Creates, ip, &local_one)
+                .await
+                .allowed
+        );
+        assert!(
+            two.check_address(AddressLimit::Creates, same_64, &local_two)
+                .await
+                .allowed
+        );
+        let d = one
+            .check_address(AddressLimit::Creates, ip, &local_one)
+            .await;
+        assert!(
+            d.allowed && d.headers[1].1.starts_with("\"creates\";r=0;"),
+            "{d:?}"
+        );
+        let d = two
+            .check_address(AddressLimit::Creates, ip, &local_two)
+            .await;
+        assert!(!d.allowed && (1..=20).contains(&d.retry_after), "{d:?}");
+        assert_eq!(d.headers[0].1, "\"creates\";q=3;w=60");
+        // Reads have a budget of their own; each instance alone saw fewer than 3 creates.
+        assert!(
+            two.check_address(AddressLimit::PublicReads, ip, &local_two)
+                .await
+                .allowed
+        );
+        assert!(local_two.check(AddressLimit::Creates, ip).allowed);
+        let key = one.address_key(AddressLimit::Creates, AddressKey::of(ip), 3);
+        assert_eq!(
+            key,
+            format!("{}addr:creates:2001:db8:7:7::/64:m3", one.prefix)
+        );
+        let mut conn = one.conn.clone();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=60_000).contains(&ttl), "{ttl}");
     }
 
     #[tokio::test]

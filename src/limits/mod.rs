@@ -3,6 +3,7 @@
 //! unless `limits.store = "redis"`: then rate limits and login throttling are shared by the
 //! fleet through Redis ([`fleet::RedisLimits`]), with the in-memory limiters as the fallback.
 
+pub mod address;
 pub mod fleet;
 pub mod login;
 pub mod quota;
@@ -33,6 +34,13 @@ pub struct LimitsConfig {
     pub login_failures_per_minute: u32,
     /// Failed logins allowed per client address per minute (higher: addresses are shared).
     pub login_failures_per_minute_per_address: u32,
+    /// Organization creates allowed per client address per minute (all at once if need be).
+    pub creates_per_minute_per_address: u32,
+    /// Public (token-less) `GET /org/get` requests allowed per client address per minute.
+    pub public_reads_per_minute_per_address: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR networks); empty: none, the TCP peer
+    /// is the client.
+    pub trusted_proxies: Vec<address::Cidr>,
     /// Storage quota per organization, in bytes.
     pub storage_quota_bytes: u64,
     /// Share of the quota at which an organization is listed at `/ops/quotas`.
@@ -57,6 +65,9 @@ impl Default for LimitsConfig {
             requests_per_hour: 1000,
             login_failures_per_minute: 5,
             login_failures_per_minute_per_address: 50,
+            creates_per_minute_per_address: 60,
+            public_reads_per_minute_per_address: 600,
+            trusted_proxies: Vec::new(),
             storage_quota_bytes: 10 * 1024 * 1024 * 1024,
             quota_alert_ratio: 0.8,
             max_admins_per_org: 100,
@@ -73,6 +84,16 @@ impl LimitsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.store == LimitStore::Redis && self.redis_url.is_none() {
             return Err("limits.store = \"redis\" needs limits.redis_url".into());
+        }
+        if self.creates_per_minute_per_address == 0
+            || self.public_reads_per_minute_per_address == 0
+            || self.login_failures_per_minute_per_address == 0
+        {
+            return Err(
+                "limits.creates_per_minute_per_address, public_reads_per_minute_per_address \
+                        and login_failures_per_minute_per_address must be > 0"
+                    .into(),
+            );
         }
         if !(1..=10_000).contains(&self.redis_timeout_ms) {
             return Err("limits.redis_timeout_ms must be 1 to 10000".into());

@@ -77,6 +77,34 @@ impl RateDecision {
     }
 }
 
+impl RateDecision {
+    /// The decision and headers for a single window of `limit` requests per `window_secs`,
+    /// named `name` in the headers and in `org_gateway_rate_limited_requests_total{limiter}`.
+    pub fn single(name: &'static str, limit: u32, window_secs: u64, state: WindowState) -> Self {
+        let retry_after = (state.wait.as_secs_f64().ceil() as u64).max(u64::from(!state.allowed));
+        let left = state.remaining;
+        let reset = if retry_after > 0 {
+            retry_after
+        } else {
+            (u64::from(limit.saturating_sub(left)) * window_secs).div_ceil(u64::from(limit.max(1)))
+        };
+        if !state.allowed {
+            metrics::RATE_LIMITED.with_label_values(&[name]).inc();
+        }
+        RateDecision {
+            allowed: state.allowed,
+            retry_after,
+            headers: vec![
+                (
+                    "ratelimit-policy",
+                    format!("\"{name}\";q={limit};w={window_secs}"),
+                ),
+                ("ratelimit", format!("\"{name}\";r={left};t={reset}")),
+            ],
+        }
+    }
+}
+
 struct Windows<L> {
     minute: L,
     hour: L,

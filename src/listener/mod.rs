@@ -185,10 +185,14 @@ impl GatewayApp {
             headers: head.headers.clone(),
             body,
             request_id: request_id.to_owned(),
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client_ip: crate::limits::address::client_address(
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                &head.headers,
+                &self.state.config.limits.trusted_proxies,
+            ),
         };
         api::handle(&self.state, route, &req, log).await
     }

@@ -912,6 +912,23 @@ impl Driver<'_, '_> {
         self.lc
             .capacity
             .release(&self.mv.from.shard, &self.mv.from.database);
+        crate::catalog::events::record(
+            self.lc.catalog.as_ref(),
+            crate::catalog::AuditEvent::new(
+                crate::catalog::EventType::TenantMoved,
+                Some(self.mv.organization_id),
+                crate::catalog::Actor::System,
+                None,
+                serde_json::json!({
+                    "move_id": self.mv.move_id,
+                    "reason": self.mv.reason,
+                    "from": self.mv.from,
+                    "to": self.mv.to,
+                    "docs_copied": self.mv.docs_copied,
+                }),
+            ),
+        )
+        .await;
         let _ = clear_log(self.lc, &self.mv.move_id).await;
         // Best effort: the reply then means every live instance routes to the target.
         if let Err(e) = self.lc.fleet.fence().await {

@@ -108,6 +108,30 @@ pub static LOGIN_THROTTLE_EVICTIONS: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Per-address limiter states dropped because the limiter's table was full, by limit.
+pub static ADDRESS_LIMITER_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_address_limiter_evictions_total",
+            "Per-address limiter states dropped (closest to a full budget first) because the table was full",
+        ),
+        &["limit"],
+    )
+    .unwrap())
+});
+
+/// Audit events written, by type; and those that could not be written.
+pub static AUDIT_EVENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_audit_events_total",
+            "Audit events written to the catalog, by type (outcome=\"failed\" when the write failed)",
+        ),
+        &["type", "outcome"],
+    )
+    .unwrap())
+});
+
 /// argon2 operations waiting for a permit.
 pub static ARGON2_QUEUE_DEPTH: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new(
@@ -193,7 +217,7 @@ pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Checks decided by the in-memory limiter because the shared (Redis) store failed, was too
-/// slow or is being left alone after a failure, by check (`rate`, `login`).
+/// slow or is being left alone after a failure, by check (`rate`, `login`, `address`).
 pub static RATE_LIMIT_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
     reg(IntCounterVec::new(
         Opts::new(
@@ -469,6 +493,8 @@ pub fn init() {
     Lazy::force(&JWT_FAILURES);
     Lazy::force(&LOGINS);
     Lazy::force(&LOGIN_THROTTLE_EVICTIONS);
+    Lazy::force(&ADDRESS_LIMITER_EVICTIONS);
+    Lazy::force(&AUDIT_EVENTS);
     Lazy::force(&ARGON2_QUEUE_DEPTH);
     Lazy::force(&ARGON2_WAIT_SECONDS);
     Lazy::force(&CREDENTIAL_CACHE_HITS);

@@ -627,6 +627,7 @@ fn object_bodies_must_be_objects() {
         (Method::POST, "/data/query"),
         (Method::POST, "/data/count"),
         (Method::PUT, "/org/update"),
+        (Method::POST, "/org/admins"),
     ] {
         for body in ["[null,null]", "[]", "\"x\"", "1", "null", "true"] {
             let r = gw
@@ -767,6 +768,7 @@ fn protected_routes_authenticate_before_validating() {
         let path = template
             .replace("{organization}", "%24bad")
             .replace("{move_id}", "%00")
+            .replace("{admin_id}", "%00")
             .replace("{id}", &"x".repeat(300));
         let base = match listener {
             Listener::Public => &gw.base,

@@ -7,8 +7,10 @@ mod mongo_env;
 #[path = "../common/secantus.rs"]
 mod secantus;
 
+mod admins;
 mod auth;
 mod data;
+mod events;
 mod input;
 mod isolation;
 mod keys;

@@ -376,6 +376,23 @@ pub fn move_org_under_paced_writes(
         assert_ne!(db, from_db);
     }
     check_expected(gw, &token, &expected);
+    // The finished move is an audit event of the organization.
+    let (s, events) = ops(
+        gw,
+        Method::GET,
+        &format!(
+            "/ops/events?type=tenant.moved&organization={}",
+            org.replace(' ', "%20")
+        ),
+        None,
+    );
+    assert_eq!(s, 200, "{events}");
+    assert_eq!(
+        events["events"][0]["details"]["move_id"],
+        id.as_str(),
+        "{events}"
+    );
+    assert_eq!(events["events"][0]["actor"]["type"], "system");
     done
 }
 

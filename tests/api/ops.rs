@@ -169,3 +169,94 @@ fn busiest_tenants_are_listed_without_metric_labels() {
         .unwrap();
     assert!(!metrics.contains(orgs[0]["organization_id"].as_str().unwrap()));
 }
+
+#[test]
+fn operators_search_organizations_by_name_prefix_a_page_at_a_time() {
+    let gw = TestGateway::start_with(Options {
+        config: format!("[ops]\ntoken = \"{TOKEN}\"\n"),
+        ..Default::default()
+    });
+    // Created out of order; the search answers in name order.
+    let mut expected = Vec::new();
+    for i in [7, 3, 11, 0, 9, 1, 5, 10, 2, 8, 4, 6] {
+        let name = format!("Search Co {i:02}");
+        let r = gw.create_org(&name, &format!("s{i}@search.example"), "password123");
+        assert_eq!(r.status(), 201);
+        expected.push(name);
+    }
+    expected.sort();
+    for name in ["Searcher", "Other Co", "Sea"] {
+        let r = gw.create_org(
+            name,
+            &format!("{}@other.example", name.replace(' ', "")),
+            "password123",
+        );
+        assert_eq!(r.status(), 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = "/ops/orgs?prefix=SEARCH%20%20co&limit=5".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let r = ops(&gw, Method::GET, &path, None);
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().unwrap();
+        let orgs = page["organizations"].as_array().unwrap();
+        assert!(orgs.len() <= 5);
+        for o in orgs {
+            seen.push(o["organization_name"].as_str().unwrap().to_owned());
+            assert_eq!(o["organization_id"].as_str().unwrap().len(), 36);
+            assert!(o["placement"]["collection"]
+                .as_str()
+                .unwrap()
+                .starts_with("org_search_co_"));
+            assert!(o["created_at"].is_string());
+            assert!(o.as_object().unwrap().contains_key("size_bytes"));
+        }
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+    // No prefix: everyone, in name order.
+    let all: Value = ops(&gw, Method::GET, "/ops/orgs", None).json().unwrap();
+    let names: Vec<&str> = all["organizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["organization_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 15);
+    assert_eq!(names[0], "Other Co");
+    assert_eq!(names[1], "Sea");
+    assert_eq!(names[14], "Searcher");
+    assert_eq!(all["next_cursor"], Value::Null);
+    let none: Value = ops(&gw, Method::GET, "/ops/orgs?prefix=zz", None)
+        .json()
+        .unwrap();
+    assert_eq!(none, json!({"organizations": [], "next_cursor": null}));
+    // Bad input.
+    for (path, code) in [
+        ("/ops/orgs?limit=0", "invalid_query"),
+        ("/ops/orgs?limit=1001", "invalid_query"),
+        ("/ops/orgs?limit=x", "invalid_query"),
+        ("/ops/orgs?prefix=a%24", "validation_failed"),
+        ("/ops/orgs?cursor=%%%", "invalid_cursor"),
+        ("/ops/orgs?cursor=QUNNRQ", "invalid_cursor"),
+        ("/ops/orgs?prefix=a&prefix=b", "invalid_query"),
+    ] {
+        assert_problem(ops(&gw, Method::GET, path, None), 400, code);
+    }
+    let r = gw
+        .client
+        .get(format!("{}/ops/orgs", gw.ops))
+        .send()
+        .unwrap();
+    assert_problem(r, 401, "unauthorized");
+}

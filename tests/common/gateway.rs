@@ -135,6 +135,17 @@ impl TestGateway {
                 .arg("--data-dir")
                 .arg(&self.data_dir)
                 .env("RUST_LOG", "info")
+                // Every test comes from 127.0.0.1: the per-address limits of unauthenticated
+                // routes are raised unless a test's config sets them (the file wins over the
+                // environment).
+                .env(
+                    "ORG_GATEWAY_LIMITS__CREATES_PER_MINUTE_PER_ADDRESS",
+                    "1000000",
+                )
+                .env(
+                    "ORG_GATEWAY_LIMITS__PUBLIC_READS_PER_MINUTE_PER_ADDRESS",
+                    "1000000",
+                )
                 .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())

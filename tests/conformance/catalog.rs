@@ -98,6 +98,11 @@ conformance!(
     collection_counts,
     settings_round_trip,
     orgs_page_in_id_order,
+    admins_are_added_and_removed,
+    concurrent_adds_never_pass_the_cap,
+    concurrent_removals_never_remove_the_last_admin,
+    orgs_by_name_pages_by_prefix,
+    audit_events_page_filter_and_purge,
 );
 
 /// `orgs_after` pages through every organization once, in id order, whatever the page size;
@@ -966,4 +971,365 @@ async fn a_rename_whose_data_may_have_moved_cannot_be_aborted(c: Arc<dyn Catalog
     ));
     let done = c.commit_rename(o.id).await.unwrap();
     assert_eq!(done.name, name("Elsewhere"));
+}
+
+async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
+    let o = create(&*c, "Admins Co", "first@admins.example").await;
+    let other = create(&*c, "Other Co", "other@admins.example").await;
+    let second = admin(&o, "second@admins.example");
+    let stored = c.add_admin(&second, 3).await.unwrap();
+    assert!(stored.revision > 0);
+    assert_eq!(
+        c.admin_by_email(&email("second@admins.example"))
+            .await
+            .unwrap()
+            .map(unrev_admin),
+        Some(unrev_admin(second.clone()))
+    );
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 2);
+    // Emails are unique across the gateway.
+    assert_eq!(
+        conflict(c.add_admin(&admin(&o, "other@admins.example"), 3).await),
+        Taken::Email
+    );
+    assert_eq!(
+        conflict(c.add_admin(&admin(&o, "SECOND@admins.example"), 3).await),
+        Taken::Email
+    );
+    c.add_admin(&admin(&o, "third@admins.example"), 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.add_admin(&admin(&o, "fourth@admins.example"), 3).await,
+        Err(CatalogError::AdminLimit)
+    ));
+    // The refused ones left nothing behind: the email is free, the seat count right.
+    assert_eq!(
+        c.admin_by_email(&email("fourth@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+    // An admin of another organization is not found through this one.
+    let others = c.admins_of_org(other.id).await.unwrap();
+    assert_eq!(c.remove_admin(o.id, others[0].id).await.unwrap(), None);
+    assert_eq!(
+        c.remove_admin(o.id, AdminId::generate()).await.unwrap(),
+        None
+    );
+    let removed = c.remove_admin(o.id, second.id).await.unwrap().unwrap();
+    assert_eq!(removed.id, second.id);
+    assert_eq!(c.admin_by_id(second.id).await.unwrap(), None);
+    assert_eq!(
+        c.admin_by_email(&email("second@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+    // A seat is free again.
+    c.add_admin(&admin(&o, "fourth@admins.example"), 3)
+        .await
+        .unwrap();
+    let rest = c.admins_of_org(o.id).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    c.remove_admin(o.id, rest[0].id).await.unwrap().unwrap();
+    c.remove_admin(o.id, rest[1].id).await.unwrap().unwrap();
+    assert!(matches!(
+        c.remove_admin(o.id, rest[2].id).await,
+        Err(CatalogError::LastAdmin)
+    ));
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 1);
+    // No admin for an organization that is gone; deleting one removes its admins.
+    let gone = org("Gone Co");
+    not_found(c.add_admin(&admin(&gone, "gone@admins.example"), 3).await);
+    c.delete_org(o.id).await.unwrap();
+    assert!(c.admins_of_org(o.id).await.unwrap().is_empty());
+    assert_eq!(
+        c.admin_by_email(&email("fourth@admins.example"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn concurrent_adds_never_pass_the_cap(c: Arc<dyn Catalog>) {
+    let o = create(&*c, "Crowded Co", "one@crowded.example").await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (c, a) = (c.clone(), admin(&o, &format!("a{i}@crowded.example")));
+            tokio::spawn(async move { c.add_admin(&a, 5).await })
+        })
+        .collect();
+    let mut added = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => added += 1,
+            Err(CatalogError::AdminLimit) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(added, 4, "one admin was there: four seats left");
+    assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 5);
+}
+
+async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
+    for round in 0..5 {
+        let o = create(
+            &*c,
+            &format!("Last {round}"),
+            &format!("l{round}a@last.example"),
+        )
+        .await;
+        for k in ["b", "c"] {
+            c.add_admin(&admin(&o, &format!("l{round}{k}@last.example")), 10)
+                .await
+                .unwrap();
+        }
+        let ids: Vec<AdminId> = c
+            .admins_of_org(o.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        // Every admin removed at once, one of them twice.
+        let tasks: Vec<_> = ids
+            .iter()
+            .chain(ids.first())
+            .map(|id| {
+                let (c, id, org) = (c.clone(), *id, o.id);
+                tokio::spawn(async move { c.remove_admin(org, id).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(match t.await.unwrap() {
+                Ok(Some(_)) => "removed",
+                Ok(None) => "absent",
+                Err(CatalogError::LastAdmin) => "last",
+                Err(e) => panic!("unexpected {e:?}"),
+            });
+        }
+        let left = c.admins_of_org(o.id).await.unwrap();
+        assert_eq!(left.len(), 1, "round {round}: {outcomes:?}");
+        assert!(outcomes.contains(&"last"), "round {round}: {outcomes:?}");
+        // The survivor still counts as the last one.
+        assert!(matches!(
+            c.remove_admin(o.id, left[0].id).await,
+            Err(CatalogError::LastAdmin)
+        ));
+        c.add_admin(&admin(&o, &format!("l{round}d@last.example")), 2)
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.add_admin(&admin(&o, &format!("l{round}e@last.example")), 2)
+                .await,
+            Err(CatalogError::AdminLimit)
+        ));
+    }
+}
+
+async fn orgs_by_name_pages_by_prefix(c: Arc<dyn Catalog>) {
+    for (n, mail) in [
+        ("Beta", "b"),
+        ("alpha", "a"),
+        ("Gamma", "g"),
+        ("Alp", "p"),
+        ("Alq", "q"),
+    ] {
+        create(&*c, n, &format!("{mail}@prefix.example")).await;
+    }
+    let names = |orgs: Vec<OrgRecord>| -> Vec<String> {
+        orgs.into_iter().map(|o| o.name.to_string()).collect()
+    };
+    assert_eq!(
+        names(c.orgs_by_name("", None, 10).await.unwrap()),
+        ["Alp", "alpha", "Alq", "Beta", "Gamma"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("alp", None, 10).await.unwrap()),
+        ["Alp", "alpha"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("", None, 2).await.unwrap()),
+        ["Alp", "alpha"]
+    );
+    let after = name("ALPHA").normalized();
+    assert_eq!(
+        names(c.orgs_by_name("", Some(&after), 2).await.unwrap()),
+        ["Alq", "Beta"]
+    );
+    assert_eq!(
+        names(c.orgs_by_name("al", Some(&after), 5).await.unwrap()),
+        ["Alq"]
+    );
+    assert!(c.orgs_by_name("z", None, 5).await.unwrap().is_empty());
+    // A name reserved by a rename in progress is not a result; the current one is.
+    let beta = c
+        .org_by_name(&name("beta").normalized())
+        .await
+        .unwrap()
+        .unwrap();
+    c.begin_rename(beta.id, &name("Alpine"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        names(c.orgs_by_name("alpi", None, 5).await.unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(c.orgs_by_name("be", None, 5).await.unwrap()),
+        ["Beta"]
+    );
+    c.commit_rename(beta.id).await.unwrap();
+    assert_eq!(
+        names(c.orgs_by_name("alpi", None, 5).await.unwrap()),
+        ["Alpine"]
+    );
+    assert!(c.orgs_by_name("be", None, 5).await.unwrap().is_empty());
+}
+
+async fn audit_events_page_filter_and_purge(c: Arc<dyn Catalog>) {
+    use org_gateway::catalog::{Actor, AuditEvent, EventQuery, EventType};
+    let (a, b) = (OrgId::generate(), OrgId::generate());
+    let mut written = Vec::new();
+    for (i, (org, kind)) in [
+        (Some(a), EventType::OrganizationCreated),
+        (Some(b), EventType::OrganizationCreated),
+        (Some(a), EventType::AdminLoginFailed),
+        (None, EventType::LimitsChanged),
+        (Some(a), EventType::AdminLoginSucceeded),
+        (Some(a), EventType::AdminLoginFailed),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = AuditEvent::new(
+            kind,
+            org,
+            Actor::System,
+            Some(&format!("req-{i}")),
+            json!({"i": i}),
+        );
+        c.append_event(&e).await.unwrap();
+        written.push(e);
+        // Distinct milliseconds, so `since` can split them.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let ids =
+        |events: &[AuditEvent]| -> Vec<String> { events.iter().map(|e| e.id.clone()).collect() };
+    let all = c
+        .events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.events, written, "round trip, oldest first");
+    assert_eq!(all.next_after, None);
+    // One organization's, a page of two at a time.
+    let mut q = EventQuery {
+        organization: Some(a),
+        limit: 2,
+        ..Default::default()
+    };
+    let first = c.events(&q).await.unwrap();
+    assert_eq!(
+        ids(&first.events),
+        [written[0].id.clone(), written[2].id.clone()]
+    );
+    q.after = first.next_after.clone();
+    let second = c.events(&q).await.unwrap();
+    assert_eq!(
+        ids(&second.events),
+        [written[4].id.clone(), written[5].id.clone()]
+    );
+    assert_eq!(second.next_after, None, "the last page");
+    // By type, across organizations and within one.
+    let failed = c
+        .events(&EventQuery {
+            kind: Some(EventType::AdminLoginFailed),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&failed.events),
+        [written[2].id.clone(), written[5].id.clone()]
+    );
+    let b_created = c
+        .events(&EventQuery {
+            organization: Some(b),
+            kind: Some(EventType::OrganizationCreated),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&b_created.events), [written[1].id.clone()]);
+    // A time window.
+    let window = c
+        .events(&EventQuery {
+            since: Some(written[2].at),
+            until: Some(written[4].at),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&window.events), ids(&written[2..5]));
+    // Retention: everything before the fourth event goes.
+    let removed = c.purge_events(written[3].at).await.unwrap();
+    assert_eq!(removed, 3);
+    let left = c
+        .events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.events, written[3..]);
+    let a_left = c
+        .events(&EventQuery {
+            organization: Some(a),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&a_left.events),
+        [written[4].id.clone(), written[5].id.clone()]
+    );
+}
+
+/// Organizations written before the indexed `name` field existed are found by prefix once a
+/// catalog of this version opens the database (it backfills the field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_orgs_from_before_the_name_field_are_searchable() {
+    let Some(uri) = mongo_env::uri() else { return };
+    let db = mongo_env::unique_db("catname");
+    let catalog = MongoCatalog::open(&uri, &db).await.expect("open");
+    create(&catalog, "Legacy Co", "legacy@old.example").await;
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let orgs = client
+        .database(&db)
+        .collection::<bson::Document>("organizations");
+    let r = orgs
+        .update_many(bson::doc! {}, bson::doc! { "$unset": { "name": "" } })
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    assert!(catalog
+        .orgs_by_name("legacy", None, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    drop(catalog);
+    let reopened = MongoCatalog::open(&uri, &db).await.expect("reopen");
+    let found = reopened.orgs_by_name("legacy", None, 5).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name.as_str(), "Legacy Co");
+    mongo_env::drop_db(&uri, &db).await;
 }

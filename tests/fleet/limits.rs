@@ -237,3 +237,35 @@ fn without_redis_limits_fail_open_per_instance_and_come_back_with_it() {
         "shared again"
     );
 }
+
+#[test]
+fn creates_per_address_are_counted_across_the_fleet() {
+    let (Some(_), Some(redis)) = (mongo_env::uri(), redis_env::url()) else {
+        return;
+    };
+    let fleet = Fleet::start(
+        2,
+        &redis_limits(
+            &redis,
+            "creates_per_minute_per_address = 3\ntrusted_proxies = [\"127.0.0.1/32\"]",
+        ),
+    );
+    let create = |i: usize, client: &str| {
+        fleet.gateways[i % 2]
+            .req(Method::POST, "/org/create")
+            .header("x-forwarded-for", client)
+            .json(&json!({
+                "organization_name": format!("Flood {i} {}", client.replace('.', "-")),
+                "email": format!("flood{i}-{client}@example.com"),
+                "password": "password123",
+            }))
+            .send()
+            .unwrap()
+    };
+    // Alternating instances: one budget of 3 for the address, not 3 on each.
+    let statuses: Vec<u16> = (0..5)
+        .map(|i| create(i, "198.51.100.20").status().as_u16())
+        .collect();
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+    assert_eq!(create(5, "198.51.100.21").status(), 201);
+}

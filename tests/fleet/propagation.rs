@@ -134,6 +134,43 @@ fn changes_on_one_instance_are_seen_on_the_others_within_a_second() {
 }
 
 #[test]
+fn an_admin_deleted_on_one_instance_is_refused_on_the_others_within_a_second() {
+    let Some(cluster) = Cluster::new("") else {
+        return;
+    };
+    let (a, b) = (cluster.start(), cluster.start());
+    let first = a.org_with_token("Fleet Admins", "first@fleetadmins.example");
+    let r = authed(&a, Method::POST, "/org/admins", &first)
+        .json(&json!({"email": "second@fleetadmins.example", "password": "password123"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().unwrap()["admin_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = b.login("second@fleetadmins.example", "password123");
+    assert_eq!(r.status(), 200);
+    let second = r.json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // B has the second admin cached.
+    let list_b = || {
+        authed(&b, Method::GET, "/org/admins", &second)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(list_b().status(), 200);
+    let r = authed(&a, Method::DELETE, &format!("/org/admins/{id}"), &first)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let took = until(LIMIT, list_b, |r| r.status() == 401);
+    assert!(took < CONVERGED, "revocation took {took:?}");
+}
+
+#[test]
 fn the_registry_lists_instances_and_a_killed_one_expires() {
     let Some(cluster) = Cluster::new("request_timeout_ms = 2000\n[fleet]\nlease_seconds = 2\n")
     else {
