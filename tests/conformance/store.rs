@@ -3,11 +3,13 @@
 
 use crate::mongo_env;
 use org_gateway::config::{ShardConfig, StoreKind};
-use org_gateway::domain::{CollectionName, DatabaseName, ShardId};
+use org_gateway::domain::{CollectionName, DatabaseName, IndexKeys, IndexName, ShardId};
 use org_gateway::store::embedded::EmbeddedStore;
 use org_gateway::store::mongo::{MongoStore, RenameStrategy};
 use org_gateway::store::query::{QueryLimits, Update};
-use org_gateway::store::{Document, Namespace, StoreError, TenantStore};
+use org_gateway::store::{
+    Document, FindQuery, IndexSpec, IndexState, Namespace, StoreError, TenantStore,
+};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +172,11 @@ conformance!(
     upsert_many_inserts_replaces_and_is_idempotent,
     upsert_many_never_creates_the_collection,
     delete_many_ids_removes_those_there,
+    indexes_are_declared_listed_and_dropped,
+    unique_index_refuses_duplicates_on_every_write,
+    unique_index_build_over_duplicates_fails,
+    rename_keeps_indexes,
+    indexed_queries_answer_like_scans,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -741,5 +748,344 @@ async fn delete_many_ids_removes_those_there(f: &Fixture) {
     assert_eq!(f.store.count_all(&ns).await.unwrap(), 0);
     if f.mongo_uri.is_none() {
         assert_eq!(f.store.collection_bytes(&ns).await.unwrap(), 0);
+    }
+}
+
+fn index(name: &str, keys: serde_json::Value, unique: bool) -> IndexSpec {
+    IndexSpec {
+        name: IndexName::parse(name).unwrap(),
+        keys: IndexKeys::parse(&keys).unwrap(),
+        unique,
+    }
+}
+
+/// Creates an index and waits until it is ready (a build may outlast the call).
+async fn ready_index(f: &Fixture, ns: &Namespace, spec: &IndexSpec) {
+    let info = f.store.create_index(ns, spec, 16).await.unwrap();
+    assert_eq!(info.name, spec.name.as_str());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = f.store.list_indexes(ns).await.unwrap();
+        let it = listed
+            .iter()
+            .find(|i| i.name == spec.name.as_str())
+            .unwrap();
+        if it.state == IndexState::Ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "index build did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn indexes_are_declared_listed_and_dropped(f: &Fixture) {
+    let ns = f.ns(1, "idx");
+    assert!(f.store.list_indexes(&ns).await.unwrap().is_empty());
+    let sku = index("sku_1", json!({"sku": 1}), false);
+    assert!(matches!(
+        f.store.create_index(&ns, &sku, 16).await,
+        Err(StoreError::CollectionMissing)
+    ));
+    fill(f, &ns, numbered(0..20)).await.unwrap();
+    ready_index(f, &ns, &sku).await;
+    let compound = index("by_i", json!({"i": -1, "half": 1}), false);
+    ready_index(f, &ns, &compound).await;
+    let listed = f.store.list_indexes(&ns).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["_id_", "by_i", "sku_1"]);
+    assert_eq!(listed[0].keys, json!({"_id": 1}));
+    assert!(listed[0].unique);
+    assert_eq!(listed[1].keys.to_string(), r#"{"i":-1,"half":1}"#);
+    assert!(!listed[1].unique);
+    // The same declaration again changes nothing; a different one under the name is refused,
+    // and so are the same keys under another name.
+    f.store.create_index(&ns, &sku, 16).await.unwrap();
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("sku_1", json!({"sku": -1}), false), 16)
+            .await,
+        Err(StoreError::IndexConflict(_))
+    ));
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("other", json!({"sku": 1}), false), 16)
+            .await,
+        Err(StoreError::IndexConflict(_))
+    ));
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("third", json!({"x": 1}), false), 2)
+            .await,
+        Err(StoreError::TooManyIndexes(2))
+    ));
+    f.store
+        .drop_index(&ns, &IndexName::parse("sku_1").unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.store
+            .drop_index(&ns, &IndexName::parse("sku_1").unwrap())
+            .await,
+        Err(StoreError::IndexNotFound)
+    ));
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_", "by_i"]);
+    // Dropping the collection drops its indexes.
+    f.store.drop_collection(&ns).await.unwrap();
+    assert!(f.store.list_indexes(&ns).await.unwrap().is_empty());
+}
+
+fn duplicate_in(e: StoreError, name: &str) {
+    match e {
+        StoreError::DuplicateKey { index, .. } => assert_eq!(index, name),
+        other => panic!("expected a duplicate key in {name}, got {other:?}"),
+    }
+}
+
+async fn unique_index_refuses_duplicates_on_every_write(f: &Fixture) {
+    let ns = f.ns(1, "uniq");
+    fill(
+        f,
+        &ns,
+        vec![
+            doc(json!({"_id": "a", "sku": "S-1", "n": 1})),
+            doc(json!({"_id": "b", "sku": "S-2", "n": 2})),
+        ],
+    )
+    .await
+    .unwrap();
+    ready_index(f, &ns, &index("sku_u", json!({"sku": 1}), true)).await;
+    let e = f
+        .store
+        .insert_many(&ns, vec![doc(json!({"_id": "c", "sku": "S-1"}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    // A batch with one duplicate inserts nothing, wherever the duplicate is.
+    let e = f
+        .store
+        .insert_many(
+            &ns,
+            vec![
+                doc(json!({"_id": "d", "sku": "S-4"})),
+                doc(json!({"_id": "e", "sku": "S-5"})),
+                doc(json!({"_id": "f", "sku": "S-2"})),
+            ],
+        )
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+    // An update to a taken key changes nothing.
+    let e = f
+        .store
+        .update_by_id(&ns, "b", &update(json!({"$set": {"sku": "S-1"}})), 1 << 20)
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    assert_eq!(f.store.get(&ns, "b").await.unwrap().unwrap()["sku"], "S-2");
+    // An update keeping its own key is fine; a freed key can be taken.
+    f.store
+        .update_by_id(&ns, "b", &update(json!({"$inc": {"n": 1}})), 1 << 20)
+        .await
+        .unwrap();
+    assert!(f.store.delete_by_id(&ns, "a").await.unwrap());
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "c", "sku": "S-1"}))])
+        .await
+        .unwrap();
+    // A missing field is a null key: only one document may lack it.
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "g"}))])
+        .await
+        .unwrap();
+    let e = f
+        .store
+        .insert_many(&ns, vec![doc(json!({"_id": "h", "sku": null}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    // Moves' writes keep the index too.
+    f.store
+        .upsert_many(&ns, vec![doc(json!({"_id": "g", "sku": "S-9"}))])
+        .await
+        .unwrap();
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "h", "sku": null}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.delete_many_ids(&ns, &["h".into()]).await.unwrap(),
+        1
+    );
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "i"}))])
+        .await
+        .unwrap();
+}
+
+async fn unique_index_build_over_duplicates_fails(f: &Fixture) {
+    let ns = f.ns(1, "uniqbuild");
+    let mut docs = numbered(0..50);
+    docs.push(doc(json!({"_id": "dup", "i": 7})));
+    fill(f, &ns, docs).await.unwrap();
+    let e = f
+        .store
+        .create_index(&ns, &index("i_u", json!({"i": 1}), true), 16)
+        .await
+        .unwrap_err();
+    duplicate_in(e, "i_u");
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_"]);
+    // Nothing is enforced afterwards.
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "dup2", "i": 7}))])
+        .await
+        .unwrap();
+}
+
+async fn rename_keeps_indexes(f: &Fixture) {
+    let (from, to) = (f.ns(1, "idxfrom"), f.ns(1, "idxto"));
+    fill(f, &from, numbered(0..30)).await.unwrap();
+    ready_index(f, &from, &index("i_u", json!({"i": 1}), true)).await;
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 30);
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&to)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_", "i_u"]);
+    assert!(f.store.list_indexes(&from).await.unwrap().is_empty());
+    let e = f
+        .store
+        .insert_many(&to, vec![doc(json!({"_id": "x", "i": 3}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "i_u");
+}
+
+async fn indexed_queries_answer_like_scans(f: &Fixture) {
+    let ns = f.ns(1, "idxq");
+    let docs: Vec<Document> = (0..300)
+        .map(|i| {
+            let mut d = doc(json!({
+                "_id": format!("q{i:04}"),
+                "sku": format!("S-{:03}", i % 100),
+                "qty": (i * 7) % 50,
+                "tags": [format!("t{}", i % 3), format!("t{}", i % 5)],
+                "nested": {"v": i % 10},
+            }));
+            if i % 11 == 0 {
+                d.remove("qty");
+            }
+            if i % 13 == 0 {
+                d.insert("qty".into(), json!(format!("{}", i % 7)));
+            }
+            d
+        })
+        .collect();
+    fill(f, &ns, docs).await.unwrap();
+    let queries = [
+        (json!({"sku": "S-042"}), json!(null)),
+        (json!({"qty": {"$gte": 10, "$lt": 20}}), json!({"qty": 1})),
+        (json!({"qty": {"$gt": 45}}), json!({"qty": -1})),
+        (json!({"qty": null}), json!(null)),
+        (
+            json!({"qty": {"$in": [1, 2, "3", null]}}),
+            json!({"sku": 1}),
+        ),
+        (json!({"tags": "t2"}), json!({"qty": 1})),
+        (
+            json!({"tags": {"$in": ["t1", "t4"]}, "qty": {"$lt": 5}}),
+            json!(null),
+        ),
+        (
+            json!({"nested.v": 3, "sku": {"$gte": "S-050"}}),
+            json!({"qty": -1}),
+        ),
+        (json!({}), json!({"qty": 1})),
+        (json!({}), json!({"qty": -1, "_id": -1})),
+        (json!({"sku": {"$gt": "S-090"}}), json!({"sku": -1})),
+    ];
+    let run = |filter: &serde_json::Value, sort: &serde_json::Value, skip: u64| FindQuery {
+        filter: org_gateway::store::query::Filter::parse(filter, &QueryLimits::default()).unwrap(),
+        sort: org_gateway::store::query::Sort::parse(sort).unwrap(),
+        projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+        skip,
+        limit: 1000,
+        after: None,
+    };
+    let mut before = Vec::new();
+    for (filter, sort) in &queries {
+        for skip in [0, 7] {
+            let q = run(filter, sort, skip);
+            before.push((
+                ids(&f
+                    .store
+                    .find(&ns, &q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|x| x.document)
+                    .collect::<Vec<_>>()),
+                f.store.count(&ns, &q.filter).await.unwrap(),
+            ));
+        }
+    }
+    for (name, keys) in [
+        ("sku_1", json!({"sku": 1})),
+        ("qty_1", json!({"qty": 1})),
+        ("tags_1", json!({"tags": 1})),
+        ("nv_sku", json!({"nested.v": 1, "sku": -1})),
+    ] {
+        ready_index(f, &ns, &index(name, keys, false)).await;
+    }
+    let mut after = Vec::new();
+    for (filter, sort) in &queries {
+        for skip in [0, 7] {
+            let q = run(filter, sort, skip);
+            after.push((
+                ids(&f
+                    .store
+                    .find(&ns, &q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|x| x.document)
+                    .collect::<Vec<_>>()),
+                f.store.count(&ns, &q.filter).await.unwrap(),
+            ));
+        }
+    }
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(b, a, "query {} differs with indexes", i / 2);
+    }
+    assert!(before.iter().any(|(ids, _)| !ids.is_empty()));
+    let (_, explain) = f
+        .store
+        .explain_find(&ns, &run(&json!({"sku": "S-042"}), &json!(null), 0))
+        .await
+        .unwrap();
+    if f.prefix == "db" {
+        // The embedded store says what it did (a MongoDB server may not support explain).
+        assert_eq!(explain.index.as_deref(), Some("sku_1"));
+        assert_eq!(explain.docs_examined, 3);
     }
 }
