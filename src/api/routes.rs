@@ -73,6 +73,12 @@ pub enum Route {
     DataPatch,
     /// `DELETE /data/{id}`.
     DataDelete,
+    /// `GET /data/indexes`.
+    DataIndexes,
+    /// `POST /data/indexes`.
+    DataIndexCreate,
+    /// `DELETE /data/indexes/{name}`.
+    DataIndexDrop,
 }
 
 impl Route {
@@ -102,6 +108,8 @@ impl Route {
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
             Route::DataGet | Route::DataPatch | Route::DataDelete => "/data/{id}",
+            Route::DataIndexes | Route::DataIndexCreate => "/data/indexes",
+            Route::DataIndexDrop => "/data/indexes/{name}",
         }
     }
 
@@ -121,6 +129,7 @@ impl Route {
                 | Route::DataQuery
                 | Route::DataCount
                 | Route::DataPatch
+                | Route::DataIndexCreate
         )
     }
 }
@@ -141,6 +150,9 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "GET", "/data/{id}"),
     (Listener::Public, "PATCH", "/data/{id}"),
     (Listener::Public, "DELETE", "/data/{id}"),
+    (Listener::Public, "GET", "/data/indexes"),
+    (Listener::Public, "POST", "/data/indexes"),
+    (Listener::Public, "DELETE", "/data/indexes/{name}"),
     (Listener::Ops, "GET", "/healthz"),
     (Listener::Ops, "GET", "/openapi.json"),
     (Listener::Ops, "GET", "/readyz"),
@@ -201,9 +213,18 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         }
         (Listener::Public, "/data") => &[(Method::POST, Route::DataInsert)],
         // As in the OpenAPI document, where a literal path wins over `/data/{id}`: these
-        // two are not document ids (such documents are reached through `/data/query`).
+        // three are not document ids (such documents are reached through `/data/query`).
         (Listener::Public, "/data/query") => &[(Method::POST, Route::DataQuery)],
         (Listener::Public, "/data/count") => &[(Method::POST, Route::DataCount)],
+        (Listener::Public, "/data/indexes") => &[
+            (Method::GET, Route::DataIndexes),
+            (Method::POST, Route::DataIndexCreate),
+        ],
+        (Listener::Public, p)
+            if p.starts_with("/data/indexes/") && p.len() > 14 && !p[14..].contains('/') =>
+        {
+            &[(Method::DELETE, Route::DataIndexDrop)]
+        }
         (Listener::Public, p)
             if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 =>
         {
@@ -237,6 +258,7 @@ mod tests {
         for (listener, method, template) in ALL {
             let path = template
                 .replace("{id}", "abc123")
+                .replace("{name}", "sku_1")
                 .replace("{organization}", "Acme%20Corp");
             let method: Method = method.parse().unwrap();
             let route = match_route(*listener, &method, &path)
@@ -267,6 +289,25 @@ mod tests {
             match_route(Listener::Public, &Method::GET, "/data/querx").unwrap(),
             Route::DataGet
         );
+        // nor is `/data/indexes`; an index name follows it
+        let indexes = match_route(Listener::Public, &Method::PATCH, "/data/indexes").unwrap_err();
+        assert_eq!(
+            indexes.extra_headers,
+            vec![("allow", "GET, POST, HEAD".to_string())]
+        );
+        assert_eq!(
+            match_route(Listener::Public, &Method::DELETE, "/data/indexes/sku_1").unwrap(),
+            Route::DataIndexDrop
+        );
+        for path in ["/data/indexes/", "/data/indexes/a/b"] {
+            assert_eq!(
+                match_route(Listener::Public, &Method::DELETE, path)
+                    .unwrap_err()
+                    .status,
+                404,
+                "{path}"
+            );
+        }
         // operator routes are not on the public listener
         assert_eq!(
             match_route(Listener::Public, &Method::GET, "/ops/shards")

@@ -1432,12 +1432,24 @@ impl TenantStore for MongoStore {
             .run_command(doc! { "collStats": ns.collection.as_str() })
             .await
         {
-            Ok(stats) => Ok(match stats.get("size") {
-                Some(Bson::Int32(n)) => *n as u64,
-                Some(Bson::Int64(n)) => *n as u64,
-                Some(Bson::Double(n)) => *n as u64,
-                _ => 0,
-            }),
+            Ok(stats) => {
+                let number = |b: Option<&Bson>| match b {
+                    Some(Bson::Int32(n)) => *n as u64,
+                    Some(Bson::Int64(n)) => *n as u64,
+                    Some(Bson::Double(n)) => *n as u64,
+                    _ => 0,
+                };
+                // Secondary indexes count toward the quota, as on the embedded store; the
+                // `_id` index, which every collection has, does not.
+                let id_index = number(
+                    stats
+                        .get_document("indexSizes")
+                        .ok()
+                        .and_then(|s| s.get(ID_INDEX_NAME)),
+                );
+                let indexes = number(stats.get("totalIndexSize")).saturating_sub(id_index);
+                Ok(number(stats.get("size")) + indexes)
+            }
             Err(e) => match self.classify(&e) {
                 f if f.code() == Some(NAMESPACE_NOT_FOUND) => Ok(0),
                 f => Err(self.error(f)),

@@ -9,6 +9,7 @@ mod secantus;
 
 mod auth;
 mod data;
+mod indexes;
 mod input;
 mod isolation;
 mod keys;
