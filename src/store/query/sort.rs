@@ -148,12 +148,14 @@ impl Sort {
         doc_id(doc).as_bytes().cmp(pos.id.as_bytes())
     }
 
-    /// Whether two positions of this order have equal sort keys (their `_id`s aside).
+    /// Whether two positions of this order have equal sort keys, `_id` aside (also when it
+    /// is one of the keys).
     pub fn same_keys(&self, a: &SortPosition, b: &SortPosition) -> bool {
-        a.keys
+        self.keys
             .iter()
-            .zip(&b.keys)
-            .all(|(x, y)| cmp_keys(&owned_key(x), &owned_key(y)) == Ordering::Equal)
+            .zip(a.keys.iter().zip(&b.keys))
+            .filter(|(k, _)| k.path != "_id")
+            .all(|(_, (x, y))| cmp_keys(&owned_key(x), &owned_key(y)) == Ordering::Equal)
     }
 
     /// Compares two positions of this order.
