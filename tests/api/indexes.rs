@@ -428,3 +428,136 @@ fn index_count_is_bounded_per_collection() {
         "too_many_indexes",
     );
 }
+
+/// Declares a unique and a compound index on a seeded tenant, moves it to `to`, and checks
+/// that the target enforces and uses them.
+fn indexes_follow_a_move(shards: &str, extra: &str, to: &str, tag: &str) {
+    use crate::moves::{config, create_org, ops, placement, wait_move};
+    let gw = TestGateway::start_with(Options {
+        config: config(shards, extra),
+        ..Default::default()
+    });
+    let name = format!("Index Mover {tag}");
+    let token = create_org(&gw, &name, &format!("index-mover-{tag}@example.com"));
+    let (from, _) = placement(&gw, &name);
+    let to = if from == to {
+        // Placement chose the intended target: go the other way.
+        if to == "a" {
+            "b"
+        } else {
+            "a"
+        }
+    } else {
+        to
+    };
+    let docs: Vec<Value> = (0..300)
+        .map(|i| json!({"_id": format!("m{i:03}"), "sku": format!("S-{i}"), "qty": i % 10}))
+        .collect();
+    assert_eq!(insert(&gw, &token, json!(docs)).status(), 201);
+    for body in [
+        json!({"keys": {"sku": 1}, "unique": true}),
+        json!({"keys": {"qty": -1, "sku": 1}, "name": "by_qty"}),
+    ] {
+        assert_eq!(
+            call(&gw, &token, Method::POST, "/data/indexes", Some(body)).status(),
+            201
+        );
+    }
+    wait_ready(&gw, &token, "sku_1");
+    wait_ready(&gw, &token, "by_qty");
+    let before: Value = call(&gw, &token, Method::GET, "/data/indexes", None)
+        .json()
+        .unwrap();
+    let (s, mv) = ops(
+        &gw,
+        Method::POST,
+        "/ops/moves",
+        Some(json!({"organization_name": name, "to_shard": to})),
+    );
+    assert_eq!(s, 202, "{mv}");
+    let done = wait_move(
+        &gw,
+        mv["move_id"].as_str().unwrap(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(placement(&gw, &name).0, to);
+    let after: Value = call(&gw, &token, Method::GET, "/data/indexes", None)
+        .json()
+        .unwrap();
+    assert_eq!(after, before, "the target has the source's indexes, ready");
+    assert_problem(
+        insert(&gw, &token, json!({"sku": "S-7"})),
+        409,
+        "duplicate_key",
+    );
+    let page: Value = call(
+        &gw,
+        &token,
+        Method::POST,
+        "/data/query",
+        Some(json!({"filter": {"qty": 3}, "sort": {"sku": 1}, "limit": 2, "explain": true})),
+    )
+    .json()
+    .unwrap();
+    let ids: Vec<&str> = page["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m103", "m113"], "string order");
+    if !shards.contains("mongodb") {
+        assert_eq!(page["explain"]["index"], "by_qty", "{page}");
+    }
+}
+
+#[test]
+fn indexes_follow_a_move_between_embedded_shards() {
+    indexes_follow_a_move(&crate::moves::two_embedded(), "", "b", "ee");
+}
+
+#[test]
+fn indexes_follow_a_move_to_mongodb() {
+    let Some(uri) = crate::mongo_env::uri() else {
+        return;
+    };
+    let prefix = format!("idxmv{:x}", std::process::id() % 4096);
+    let shards = format!(
+        "[[shards]]\nid = \"a\"\nkind = \"embedded\"\npath = \"shards/a.redb\"\n\
+         [[shards]]\nid = \"b\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{prefix}\"\n"
+    );
+    indexes_follow_a_move(&shards, crate::moves::writer_moves(true), "b", "em");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for n in 1..=2 {
+        rt.block_on(crate::mongo_env::drop_db(&uri, &format!("{prefix}_{n}")));
+    }
+}
+
+#[test]
+fn a_rename_keeps_the_indexes() {
+    let gw = TestGateway::start();
+    let t = gw.org_with_token("Renamed Index Co", "renamed-index@example.com");
+    assert_eq!(
+        insert(&gw, &t, json!([{"sku": "A"}, {"sku": "B"}])).status(),
+        201
+    );
+    let r = call(
+        &gw,
+        &t,
+        Method::POST,
+        "/data/indexes",
+        Some(json!({"keys": {"sku": 1}, "unique": true})),
+    );
+    assert_eq!(r.status(), 201);
+    wait_ready(&gw, &t, "sku_1");
+    let r = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&t)
+        .json(&json!({"organization_name": "Renamed Index Co", "new_organization_name": "Index Renamed Co"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    assert_eq!(names(&gw, &t), ["_id_", "sku_1"]);
+    assert_problem(insert(&gw, &t, json!({"sku": "A"})), 409, "duplicate_key");
+}
