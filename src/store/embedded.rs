@@ -716,6 +716,26 @@ fn find_snapshot(snap: &Snapshot, name: &str, q: &FindQuery) -> StoreResult<(Vec
         return Ok((found, explain));
     };
     explain.index = Some(snap.ready[plan.index].name.clone());
+    let mut plan = plan;
+    if let (Some(after), Some(seek), [(lo, hi)]) =
+        (&q.after, &plan.seek, plan.ranges.as_mut_slice())
+    {
+        // A keyset page starts at its cursor's key (the entries with that very key and an
+        // earlier `_id` are dropped below with every other earlier document).
+        if let Some(at) = seek.key(after.keys()) {
+            if plan.reverse {
+                let end = succ(&at);
+                if hi.as_ref().is_none_or(|h| end < *h) {
+                    *hi = Some(end.max(lo.clone()));
+                }
+            } else if at > *lo {
+                *lo = match hi {
+                    Some(h) if at > *h => h.clone(),
+                    _ => at,
+                };
+            }
+        }
+    }
     let entries = snap.entries(name, &plan)?;
     let skip = usize::try_from(q.skip).unwrap_or(usize::MAX);
     let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);

@@ -275,6 +275,32 @@ pub struct Plan {
     pub exact: bool,
     /// A document may appear in several entries: keep the first only.
     pub dedupe: bool,
+    /// For a sorted plan, where a keyset page's cursor lands in the index.
+    pub seek: Option<Seek>,
+}
+
+/// How to turn a keyset cursor into an index key, so a page starts at its cursor instead of
+/// reading past every earlier entry.
+#[derive(Debug, Clone)]
+pub struct Seek {
+    /// The encoded values of the fields fixed by equality.
+    prefix: Vec<u8>,
+    /// Per following index field: which sort key holds its value, and whether the field is
+    /// descending.
+    fields: Vec<(usize, bool)>,
+}
+
+impl Seek {
+    /// The index key of a position's sort key values (`keys`, in sort order); `None` when
+    /// one is undefined (never in a plan that provides order).
+    pub fn key(&self, keys: &[Option<Value>]) -> Option<Vec<u8>> {
+        let mut out = self.prefix.clone();
+        for &(at, descending) in &self.fields {
+            let v = keys.get(at)?.as_ref()?;
+            encode_key(IndexKey::Val(v), descending, &mut out);
+        }
+        Some(out)
+    }
 }
 
 /// A bound at the start or the end of the keys beginning with `prefix`.
@@ -482,9 +508,17 @@ fn plan_one(
     if !filtered && order.is_none() {
         return None;
     }
-    let (sorted, reverse, regroup) = match order {
-        Some((reverse, regroup)) => (true, reverse, regroup),
-        None => (false, false, false),
+    let (sorted, reverse, regroup, seek) = match order {
+        Some((reverse, regroup, fields)) => (
+            true,
+            reverse,
+            regroup,
+            Some(Seek {
+                prefix: prefixes[0].clone(),
+                fields,
+            }),
+        ),
+        None => (false, false, false, None),
     };
     let score = eq_fields * 8 + u32::from(tail.is_some()) * 4 + u32::from(sorted) * 2;
     Some((
@@ -497,25 +531,35 @@ fn plan_one(
             regroup,
             exact,
             dedupe: def.multikey,
+            seek,
         },
     ))
 }
 
-/// `Some((reverse, regroup))` when reading the index (after its first `fixed` fields, each
-/// fixed to one value) gives `sort`'s order.
-fn sort_order(def: &IndexDef, fixed: usize, sort: &Sort) -> Option<(bool, bool)> {
-    let mut fields: Vec<(&str, bool)> = sort.fields().collect();
+/// `Some((reverse, regroup, seek fields))` when reading the index (after its first `fixed`
+/// fields, each fixed to one value) gives `sort`'s order.
+#[allow(clippy::type_complexity)]
+fn sort_order(
+    def: &IndexDef,
+    fixed: usize,
+    sort: &Sort,
+) -> Option<(bool, bool, Vec<(usize, bool)>)> {
+    let mut fields: Vec<(usize, &str, bool)> = sort
+        .fields()
+        .enumerate()
+        .map(|(i, (p, d))| (i, p, d))
+        .collect();
     // `_id` last sets the tiebreak's direction; anywhere else, later fields never matter
     // but this planner does not reason about it.
     let id_descending = match fields.last() {
-        Some(("_id", d)) => {
+        Some((_, "_id", d)) => {
             let d = *d;
             fields.pop();
             d
         }
         _ => false,
     };
-    if fields.iter().any(|(p, _)| *p == "_id") {
+    if fields.iter().any(|(_, p, _)| *p == "_id") {
         return None;
     }
     // Sort fields fixed by equality order nothing.
@@ -523,12 +567,12 @@ fn sort_order(def: &IndexDef, fixed: usize, sort: &Sort) -> Option<(bool, bool)>
         .iter()
         .map(|(p, _)| p.join("."))
         .collect();
-    fields.retain(|(p, _)| !fixed_paths.iter().any(|f| f == p));
+    fields.retain(|(_, p, _)| !fixed_paths.iter().any(|f| f == p));
     if fields.is_empty() || fixed + fields.len() > def.fields.len() {
         return None;
     }
     let mut reverse = None;
-    for ((path, desc), (parts, idx_desc)) in fields.iter().zip(&def.fields[fixed..]) {
+    for ((_, path, desc), (parts, idx_desc)) in fields.iter().zip(&def.fields[fixed..]) {
         if parts.join(".") != *path {
             return None;
         }
@@ -540,7 +584,12 @@ fn sort_order(def: &IndexDef, fixed: usize, sort: &Sort) -> Option<(bool, bool)>
     let reverse = reverse?;
     // Entries with equal keys are in ascending `_id` order, after any further index fields.
     let natural = fixed + fields.len() == def.fields.len() && reverse == id_descending;
-    Some((reverse, !natural))
+    let seek = fields
+        .iter()
+        .zip(&def.fields[fixed..])
+        .map(|((at, _, _), (_, idx_desc))| (*at, *idx_desc))
+        .collect();
+    Some((reverse, !natural, seek))
 }
 
 #[cfg(test)]
