@@ -13,6 +13,7 @@
 //!
 //! ```sh
 //! cargo bench --bench indexes
+//! INDEX_BENCH_ROUNDS=20 cargo bench --bench indexes   # fewer query rounds
 //! ```
 //!
 //! Without `--bench` (as under `cargo test --all-targets`) a tenant of 2,000 documents only
@@ -239,7 +240,14 @@ fn main() {
         return;
     }
     let bench = std::env::args().any(|a| a == "--bench");
-    let (docs, rounds) = if bench { (100_000, 200) } else { (2_000, 5) };
+    let (docs, mut rounds) = if bench { (100_000, 200) } else { (2_000, 5) };
+    // Fewer rounds for a profile of the other parts.
+    if let Some(r) = std::env::var("INDEX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        rounds = r;
+    }
     if !bench {
         println!("indexes: smoke run; `cargo bench --bench indexes` for figures");
     }

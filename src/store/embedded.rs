@@ -2,7 +2,9 @@
 //! commit, pure Rust. Each collection `db.coll` is one table keyed by `_id` holding the
 //! document as JSON bytes; a side table keeps byte counts for quotas.
 
-use super::index::{document_keys, entry_key, plan, same_key_pattern, succ, IndexDef, Plan};
+use super::index::{
+    document_keys, entry_id, entry_key, plan, same_key_pattern, succ, IndexDef, Plan,
+};
 use super::query::{Filter, SortPosition, TopK, Update};
 use super::{
     Document, Explain, FindQuery, Found, IndexInfo, IndexSpec, IndexState, Namespace, StoreError,
@@ -32,8 +34,8 @@ const STORE_META: TableDefinition<&str, u64> = TableDefinition::new("__store_met
 /// Secondary index declarations, keyed by (collection table, index name).
 const INDEXES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("__indexes");
 
-/// An index's entries: encoded key values then `_id` (see `store::index`), to the `_id`.
-type EntryTable<'a> = TableDefinition<'a, &'static [u8], &'static str>;
+/// An index's entries: encoded key values then the `_id` (see `store::index::entry_key`).
+type EntryTable<'a> = TableDefinition<'a, &'static [u8], ()>;
 
 /// The table holding an index's entries; starts with `__`, so it is never taken for a
 /// collection.
@@ -139,11 +141,7 @@ fn describe_key(def: &IndexDef, doc: &Document) -> String {
 }
 
 /// An index being maintained: its declaration, definition and entry table.
-type Maintained<'t> = (
-    Declared,
-    IndexDef,
-    redb::Table<'t, &'static [u8], &'static str>,
-);
+type Maintained<'t> = (Declared, IndexDef, redb::Table<'t, &'static [u8], ()>);
 
 /// Keeps a collection's indexes in step with its documents inside one write transaction:
 /// every write path hands it each document's old and new version.
@@ -208,7 +206,7 @@ impl<'t> Maintainer<'t> {
             for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
                 let e = entry_key(k, id);
                 if table.remove(e.as_slice()).map_err(backend)?.is_some() {
-                    self.removed += (e.len() + id.len()) as u64;
+                    self.removed += e.len() as u64;
                 }
             }
             for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
@@ -218,8 +216,8 @@ impl<'t> Maintainer<'t> {
                         .range::<&[u8]>(k.as_slice()..upper.as_slice())
                         .map_err(backend)?
                     {
-                        let (_, other) = row.map_err(backend)?;
-                        if other.value() != id {
+                        let (other, _) = row.map_err(backend)?;
+                        if entry_id(other.value()) != Some(id) {
                             return Err(StoreError::DuplicateKey {
                                 index: decl.name.clone(),
                                 key: new.map(|d| describe_key(def, d)).unwrap_or_default(),
@@ -228,8 +226,8 @@ impl<'t> Maintainer<'t> {
                     }
                 }
                 let e = entry_key(k, id);
-                if table.insert(e.as_slice(), id).map_err(backend)?.is_none() {
-                    self.added += (e.len() + id.len()) as u64;
+                if table.insert(e.as_slice(), ()).map_err(backend)?.is_none() {
+                    self.added += e.len() as u64;
                 }
             }
         }
@@ -374,8 +372,8 @@ fn remove_index(txn: &redb::WriteTransaction, table: &str, name: &str) -> StoreR
     let mut bytes = 0u64;
     if let Ok(t) = txn.open_table(def) {
         for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            bytes += (k.value().len() + v.value().len()) as u64;
+            let (k, _) = row.map_err(backend)?;
+            bytes += k.value().len() as u64;
         }
     }
     txn.delete_table(def).map_err(backend)?;
@@ -623,7 +621,7 @@ fn find_in(
 const MAX_PLANNED_WINDOW: u64 = 10_000;
 
 type DocTable = ReadOnlyTable<&'static str, &'static [u8]>;
-type EntryReader = ReadOnlyTable<&'static [u8], &'static str>;
+type EntryReader = ReadOnlyTable<&'static [u8], ()>;
 
 /// The collection's ready indexes and its tables in one read transaction, or `None` when
 /// the collection does not exist.
@@ -691,7 +689,12 @@ fn scan_ids<'a>(
         };
         let rows: Box<dyn Iterator<Item = StoreResult<String>> + 'a> = match range {
             Ok(r) => {
-                let rows = r.map(|row| row.map(|(_, v)| v.value().to_owned()).map_err(backend));
+                let rows = r.map(|row| {
+                    let (k, _) = row.map_err(backend)?;
+                    entry_id(k.value())
+                        .map(str::to_owned)
+                        .ok_or_else(|| StoreError::Backend("malformed index entry".into()))
+                });
                 if plan.reverse {
                     Box::new(rows.rev())
                 } else {

@@ -156,7 +156,19 @@ fn encode_number(n: &Number, out: &mut Vec<u8>) {
         }
     };
     out.extend_from_slice(&primary.to_be_bytes());
-    out.extend_from_slice(&((rest as u64) ^ (1 << 63)).to_be_bytes());
+    // The remainder is zero for almost every number: one byte then, else a sign byte and
+    // eight bytes (ordered and prefix-free either way).
+    match rest.cmp(&0) {
+        std::cmp::Ordering::Equal => out.push(0x80),
+        std::cmp::Ordering::Greater => {
+            out.push(0x81);
+            out.extend_from_slice(&(rest as u64).to_be_bytes());
+        }
+        std::cmp::Ordering::Less => {
+            out.push(0x7F);
+            out.extend_from_slice(&((rest as u64) ^ (1 << 63)).to_be_bytes());
+        }
+    }
 }
 
 fn ordered_bits(f: f64) -> u64 {
@@ -197,13 +209,28 @@ pub fn succ(p: &[u8]) -> Vec<u8> {
     vec![0xFF; p.len() + 1]
 }
 
-/// The entry key of a document `id` under the encoded index key `key`.
+/// The entry key of a document `id` under the encoded index key `key`: the key, the `_id`'s
+/// bytes, NUL, and the `_id`'s length. Entries of one key sort by `_id` (ids hold no NUL, so
+/// the NUL ends the shorter of two ids first) and the `_id` is read back from the end, so
+/// an entry needs no value.
 pub fn entry_key(key: &[u8], id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + id.len() + 3);
     out.extend_from_slice(key);
-    out.push(T_STRING);
-    encode_str(id, &mut out);
+    out.extend_from_slice(id.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&(id.len() as u16).to_be_bytes());
     out
+}
+
+/// The `_id` of an entry key written by [`entry_key`].
+pub fn entry_id(entry: &[u8]) -> Option<&str> {
+    let n = entry.len();
+    let len = usize::from(u16::from_be_bytes([
+        *entry.get(n.checked_sub(2)?)?,
+        entry[n - 1],
+    ]));
+    let end = n.checked_sub(3)?;
+    std::str::from_utf8(entry.get(end.checked_sub(len)?..end)?).ok()
 }
 
 /// The distinct encoded keys of `doc` in the index, and whether a key path met an array.
@@ -669,6 +696,20 @@ mod tests {
 
     fn filter(v: Value) -> Filter {
         Filter::parse(&v, &QueryLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn entries_carry_their_id() {
+        for id in ["a", "\u{e9}t\u{e9}", &"x".repeat(512), "a\u{1}b"] {
+            let e = entry_key(&enc(&json!(5)), id);
+            assert_eq!(entry_id(&e), Some(id));
+        }
+        // Within one key, entries follow `_id` byte order.
+        let k = enc(&json!("k"));
+        let ids = ["", "a", "a\u{1}", "aa", "ab", "b"];
+        for w in ids.windows(2) {
+            assert!(entry_key(&k, w[0]) < entry_key(&k, w[1]), "{w:?}");
+        }
     }
 
     #[test]
