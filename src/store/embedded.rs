@@ -269,10 +269,16 @@ fn drop_indexes(txn: &redb::WriteTransaction, table: &str) -> StoreResult<()> {
 }
 
 /// Moves every index of `from` to `to` (a rename).
-fn rename_indexes(txn: &redb::WriteTransaction, from: &str, to: &str) -> StoreResult<()> {
+/// Returns the names of the indexes still building: their builds, which follow the old
+/// name, stop, and must start again under the new one.
+fn rename_indexes(txn: &redb::WriteTransaction, from: &str, to: &str) -> StoreResult<Vec<String>> {
     // Leftovers of an interrupted attempt at the target go first.
     drop_indexes(txn, to)?;
+    let mut building = Vec::new();
     for d in declared_in_write(txn, from)? {
+        if d.meta.state == IndexState::Building {
+            building.push(d.name.clone());
+        }
         let (old, new) = (entry_table(from, &d.name), entry_table(to, &d.name));
         let old_def: EntryTable<'_> = TableDefinition::new(&old);
         let new_def: EntryTable<'_> = TableDefinition::new(&new);
@@ -284,7 +290,7 @@ fn rename_indexes(txn: &redb::WriteTransaction, from: &str, to: &str) -> StoreRe
             .insert((to, d.name.as_str()), bytes.as_slice())
             .map_err(backend)?;
     }
-    Ok(())
+    Ok(building)
 }
 
 /// Documents one build transaction indexes: short enough that tenant writes wait at most
@@ -972,35 +978,42 @@ impl TenantStore for EmbeddedStore {
 
     async fn rename_collection(&self, from: &Namespace, to: &Namespace) -> StoreResult<u64> {
         let (from, to) = (table_name(from), table_name(to));
-        self.blocking(move |db| {
-            let to_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&to);
-            let txn = db.begin_write().map_err(backend)?;
-            if exists_in(&txn, &from)? {
-                let from_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&from);
-                // An empty target may exist from an earlier interrupted attempt.
-                txn.delete_table(to_def).map_err(backend)?;
-                txn.rename_table(from_def, to_def).map_err(backend)?;
-                // Indexes belong to the collection: they go with it, in the same commit.
-                rename_indexes(&txn, &from, &to)?;
-                let mut bytes = txn.open_table(BYTES).map_err(backend)?;
-                let moved = bytes
-                    .remove(from.as_str())
+        let target = to.clone();
+        let (count, building) = self
+            .blocking(move |db| {
+                let to_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&to);
+                let txn = db.begin_write().map_err(backend)?;
+                let mut building = Vec::new();
+                if exists_in(&txn, &from)? {
+                    let from_def: TableDefinition<&str, &[u8]> = TableDefinition::new(&from);
+                    // An empty target may exist from an earlier interrupted attempt.
+                    txn.delete_table(to_def).map_err(backend)?;
+                    txn.rename_table(from_def, to_def).map_err(backend)?;
+                    // Indexes belong to the collection: they go with it, in the same commit.
+                    building = rename_indexes(&txn, &from, &to)?;
+                    let mut bytes = txn.open_table(BYTES).map_err(backend)?;
+                    let moved = bytes
+                        .remove(from.as_str())
+                        .map_err(backend)?
+                        .map(|g| g.value())
+                        .unwrap_or(0);
+                    bytes.insert(to.as_str(), moved).map_err(backend)?;
+                    register(&txn, &from, false)?;
+                }
+                register(&txn, &to, true)?;
+                let count = txn
+                    .open_table(to_def)
                     .map_err(backend)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                bytes.insert(to.as_str(), moved).map_err(backend)?;
-                register(&txn, &from, false)?;
-            }
-            register(&txn, &to, true)?;
-            let count = txn
-                .open_table(to_def)
-                .map_err(backend)?
-                .len()
-                .map_err(backend)?;
-            txn.commit().map_err(backend)?;
-            Ok(count)
-        })
-        .await
+                    .len()
+                    .map_err(backend)?;
+                txn.commit().map_err(backend)?;
+                Ok((count, building))
+            })
+            .await?;
+        for name in building {
+            drop(spawn_build(self.db.clone(), target.clone(), name));
+        }
+        Ok(count)
     }
 
     async fn list_collections(&self, database: &DatabaseName) -> StoreResult<Vec<String>> {

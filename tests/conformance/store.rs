@@ -1266,3 +1266,38 @@ mod planner_equivalence {
         }
     }
 }
+
+/// A rename while an index is still being built: the build goes on under the new name and
+/// the index ends up ready and complete there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_rename_during_an_index_build_finishes_the_build() {
+    let f = Fixture::embedded();
+    let (from, to) = (f.ns(1, "bigfrom"), f.ns(1, "bigto"));
+    f.store.create_collection(&from).await.unwrap();
+    for chunk in (0..40_000usize).collect::<Vec<_>>().chunks(5_000) {
+        let docs = chunk
+            .iter()
+            .map(|i| doc(json!({"_id": format!("b{i:06}"), "k": i % 977})))
+            .collect();
+        f.store.insert_many(&from, docs).await.unwrap();
+    }
+    let spec = index("k_1", json!({"k": 1}), false);
+    let info = f.store.create_index(&from, &spec, 16).await.unwrap();
+    eprintln!("state when the rename starts: {:?}", info.state);
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 40_000);
+    ready_index(&f, &to, &spec).await;
+    let q = FindQuery {
+        filter: org_gateway::store::query::Filter::parse(&json!({"k": 5}), &QueryLimits::default())
+            .unwrap(),
+        sort: org_gateway::store::query::Sort::parse(&json!(null)).unwrap(),
+        projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+        skip: 0,
+        limit: 1000,
+        after: None,
+    };
+    let (found, explain) = f.store.explain_find(&to, &q).await.unwrap();
+    assert_eq!(explain.index.as_deref(), Some("k_1"));
+    // 40,000 / 977 rounds up to 41 for the first 920 values of k.
+    assert_eq!(found.len(), 41);
+    assert_eq!(f.store.count(&to, &q.filter).await.unwrap(), 41);
+}
