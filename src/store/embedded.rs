@@ -50,6 +50,10 @@ struct StoredIndex {
     unique: bool,
     state: IndexState,
     multikey: bool,
+    /// Identifies this declaration: a build goes on only while the declaration it started
+    /// on is there (an index dropped and declared again under its name is another one).
+    #[serde(default)]
+    generation: u64,
 }
 
 /// A declared index of one collection.
@@ -307,14 +311,17 @@ const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 fn build_index(db: &Database, table: &str, name: &str) -> StoreResult<()> {
     let started = std::time::Instant::now();
     let mut after: Option<String> = None;
+    let mut generation: Option<u64> = None;
     loop {
         let txn = db.begin_write().map_err(backend)?;
-        let Some(decl) = declared_in_write(&txn, table)?
-            .into_iter()
-            .find(|d| d.name == name && d.meta.state == IndexState::Building)
-        else {
+        let Some(decl) = declared_in_write(&txn, table)?.into_iter().find(|d| {
+            d.name == name
+                && d.meta.state == IndexState::Building
+                && generation.is_none_or(|g| g == d.meta.generation)
+        }) else {
             return Ok(());
         };
+        generation = Some(decl.meta.generation);
         let docs: Vec<(String, Document)> = {
             let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
             let t = txn.open_table(def).map_err(backend)?;
@@ -356,7 +363,12 @@ fn build_index(db: &Database, table: &str, name: &str) -> StoreResult<()> {
             Err(e) => {
                 drop(txn);
                 let txn = db.begin_write().map_err(backend)?;
-                remove_index(&txn, table, name)?;
+                let ours = declared_in_write(&txn, table)?
+                    .iter()
+                    .any(|d| d.name == name && Some(d.meta.generation) == generation);
+                if ours {
+                    remove_index(&txn, table, name)?;
+                }
                 txn.commit().map_err(backend)?;
                 return Err(e);
             }
@@ -1189,6 +1201,7 @@ impl TenantStore for EmbeddedStore {
                     unique: spec.unique,
                     state: IndexState::Building,
                     multikey: false,
+                    generation: rand::random(),
                 };
                 store_meta(&txn, &table, spec.name.as_str(), &meta)?;
                 let tname = entry_table(&table, spec.name.as_str());

@@ -1301,3 +1301,34 @@ async fn embedded_rename_during_an_index_build_finishes_the_build() {
     assert_eq!(found.len(), 41);
     assert_eq!(f.store.count(&to, &q.filter).await.unwrap(), 41);
 }
+
+/// An index dropped and declared again while its first build runs: the first build stops
+/// and the second index ends up complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_redeclaring_during_a_build_gives_a_complete_index() {
+    let f = Fixture::embedded();
+    let ns = f.ns(1, "redeclare");
+    f.store.create_collection(&ns).await.unwrap();
+    for chunk in (0..40_000usize).collect::<Vec<_>>().chunks(5_000) {
+        let docs = chunk
+            .iter()
+            .map(|i| doc(json!({"_id": format!("r{i:06}"), "k": i % 977})))
+            .collect();
+        f.store.insert_many(&ns, docs).await.unwrap();
+    }
+    let spec = index("k_1", json!({"k": 1}), false);
+    let first = f.store.create_index(&ns, &spec, 16).await.unwrap();
+    eprintln!("first declaration: {:?}", first.state);
+    f.store
+        .drop_index(&ns, &IndexName::parse("k_1").unwrap())
+        .await
+        .unwrap();
+    ready_index(&f, &ns, &spec).await;
+    let filter = org_gateway::store::query::Filter::parse(
+        &json!({"k": {"$gte": 0}}),
+        &QueryLimits::default(),
+    )
+    .unwrap();
+    // An exact plan counts index keys: every document has exactly one.
+    assert_eq!(f.store.count(&ns, &filter).await.unwrap(), 40_000);
+}
