@@ -138,6 +138,8 @@ pub struct DataConfig {
     /// in memory and refuses past its own limit (100 MB), which 10,000 documents of 10 KB
     /// reach. Beyond it, 400 `sort_window_exceeded` on both backends: page with cursors.
     pub max_sort_window: u64,
+    /// Most indexes a tenant may declare on its collection, besides `_id`.
+    pub max_indexes_per_collection: usize,
 }
 
 impl Default for DataConfig {
@@ -151,6 +153,7 @@ impl Default for DataConfig {
             max_filter_nodes: 256,
             max_in_len: 1000,
             max_sort_window: 10_000,
+            max_indexes_per_collection: 16,
         }
     }
 }

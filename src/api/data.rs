@@ -6,13 +6,16 @@ use super::orgs::store_error;
 use super::{ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
 use crate::catalog::{MovePhase, OrgState};
-use crate::domain::OrgId;
+use crate::domain::{IndexKeys, IndexName, OrgId};
 use crate::error::ApiError;
 use crate::placement::Shard;
 use crate::store::query::{
     validate_document, Filter, Projection, QueryError, QueryLimits, Sort, SortPosition, Update,
 };
-use crate::store::{new_object_id, Document, FindQuery, Namespace, StoreError, StoreResult};
+use crate::store::{
+    new_object_id, Document, FindQuery, IndexInfo, IndexSpec, IndexState, Namespace, StoreError,
+    StoreResult,
+};
 use crate::telemetry::metrics;
 use base64::Engine;
 use http::StatusCode;
@@ -132,6 +135,35 @@ impl Tenant {
                         format!("a document with _id {id:?} already exists"),
                     ),
                     StoreError::InvalidUpdate(q) => query_error(q),
+                    StoreError::DuplicateKey { index, key } => with_headers(
+                        ApiError::conflict(
+                            "duplicate_key",
+                            format!("unique index {index} already holds the key {key}"),
+                        ),
+                        &self.headers,
+                    ),
+                    StoreError::IndexConflict(detail) => {
+                        with_headers(ApiError::conflict("index_conflict", detail), &self.headers)
+                    }
+                    StoreError::IndexNotFound => with_headers(
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "index_not_found",
+                            "no index with that name",
+                        ),
+                        &self.headers,
+                    ),
+                    StoreError::TooManyIndexes(max) => with_headers(
+                        ApiError::conflict(
+                            "too_many_indexes",
+                            format!("a collection has at most {max} indexes besides _id"),
+                        ),
+                        &self.headers,
+                    ),
+                    StoreError::ParallelArrays(detail) => with_headers(
+                        ApiError::invalid("cannot_index_parallel_arrays", detail),
+                        &self.headers,
+                    ),
                     StoreError::SortTooLarge(detail) => {
                         tracing::info!(%detail, "backend refused a sort over its memory limit");
                         with_headers(
@@ -285,13 +317,17 @@ fn limits(state: &AppState) -> QueryLimits {
 }
 
 fn doc_id(req: &Request) -> Result<String, ApiError> {
-    let raw = req.path.trim_start_matches("/data/");
-    let id = url::form_urlencoded::parse(format!("i={raw}").replace('+', "%2B").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let id = path_value(req.path.trim_start_matches("/data/"));
     check_id(&id)?;
     Ok(id)
+}
+
+/// A percent-decoded path segment (`+` stays a plus sign).
+fn path_value(raw: &str) -> String {
+    url::form_urlencoded::parse(format!("i={raw}").replace('+', "%2B").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -441,7 +477,7 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
 
 /// `GET /data/{id}`.
 #[utoipa::path(get, path = "/data/{id}", operation_id = "get_document", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL. `/data/query`, `/data/count` and `/data/indexes` are routes, not documents: a document whose _id is `query`, `count` or `indexes` is reached through POST /data/query", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -472,7 +508,7 @@ fn not_found(t: &Tenant) -> ApiError {
 
 /// `PATCH /data/{id}`: `$set`/`$unset`/`$inc` operators, or a JSON merge patch.
 #[utoipa::path(patch, path = "/data/{id}", operation_id = "update_document", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL. `/data/query`, `/data/count` and `/data/indexes` are routes, not documents: a document whose _id is `query`, `count` or `indexes` is reached through POST /data/query", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
     request_body(content = Object, description = "Update operators (`$set`, `$unset`, `$inc`) or a JSON merge patch: a JSON object"),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -511,7 +547,7 @@ pub async fn patch(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
 
 /// `DELETE /data/{id}`.
 #[utoipa::path(delete, path = "/data/{id}", operation_id = "delete_document", tag = "data", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
+    params(("id" = String, Path, description = "Document _id: 1 to 128 characters, no NUL. `/data/query`, `/data/count` and `/data/indexes` are routes, not documents: a document whose _id is `query`, `count` or `indexes` is reached through POST /data/query", min_length = 1, max_length = 128, pattern = r"^[^\u0000]*$")),
     responses(
         (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -568,6 +604,10 @@ pub struct QueryBody {
     /// meanwhile.
     #[serde(default)]
     cursor: Option<String>,
+    /// Also say how the query was answered: the index used (null for a collection scan)
+    /// and how many index keys and documents were read.
+    #[serde(default)]
+    explain: Option<bool>,
 }
 
 /// A keyset cursor, sent to clients as base64url of this JSON: where the last page ended
@@ -676,7 +716,13 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
     if q.sort.id_order().is_none() && skip.saturating_add(limit) > d.max_sort_window {
         return Err(sort_window_exceeded(d.max_sort_window));
     }
-    let mut found = t.run("find", t.shard.store.find(&t.ns, &q)).await?;
+    let explain = body.explain.unwrap_or(false);
+    let (mut found, explained) = if explain {
+        let (found, e) = t.run("find", t.shard.store.explain_find(&t.ns, &q)).await?;
+        (found, Some(e))
+    } else {
+        (t.run("find", t.shard.store.find(&t.ns, &q)).await?, None)
+    };
     let more = found.len() as u64 > limit;
     found.truncate(limit as usize);
     let next = match found.last() {
@@ -689,6 +735,11 @@ pub async fn query(state: &AppState, req: &Request, log: &mut RequestLog) -> Api
         &QueryReply {
             documents: docs,
             next_cursor: next,
+            explain: explained.map(|e| ExplainReply {
+                index: e.index,
+                keys_examined: e.keys_examined,
+                docs_examined: e.docs_examined,
+            }),
         },
     ))
 }
@@ -744,10 +795,196 @@ pub struct QueryReply {
     /// Opaque keyset cursor: pass it back as `cursor` with the same filter and sort for the
     /// next page; null on the last page.
     next_cursor: Option<String>,
+    /// With `"explain": true`: how the query was answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explain: Option<ExplainReply>,
+}
+
+/// How a query was answered.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExplainReply {
+    /// The index used; null for a collection scan.
+    index: Option<String>,
+    /// Index keys read.
+    keys_examined: u64,
+    /// Documents read.
+    docs_examined: u64,
+}
+
+/// Body of `POST /data/indexes`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIndexBody {
+    /// Key pattern `{"path": 1 | -1, ...}` in key order: 1 to 8 dotted field paths (the
+    /// filter's path rules: no empty component, none starting with `$`, no NUL).
+    #[schema(value_type = Object)]
+    keys: Value,
+    /// Refuse two documents with the same key (a missing field is the key `null`).
+    #[serde(default)]
+    unique: Option<bool>,
+    /// 1 to 128 bytes, no NUL or `/`, not starting with `$`; default `path_1_other_-1`.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^$/\u0000][^/\u0000]*$"
+    )]
+    name: Option<String>,
+}
+
+/// An index of the tenant's collection.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IndexReply {
+    /// Its name (`_id_` for the `_id` index).
+    name: String,
+    /// Key pattern `{"path": 1 | -1}`.
+    #[schema(value_type = Object)]
+    keys: Value,
+    /// Whether keys are unique.
+    unique: bool,
+    /// `building` (over existing documents; queries do not use it yet) or `ready`.
+    #[schema(value_type = String)]
+    state: IndexState,
+}
+
+impl From<IndexInfo> for IndexReply {
+    fn from(i: IndexInfo) -> Self {
+        IndexReply {
+            name: i.name,
+            keys: i.keys,
+            unique: i.unique,
+            state: i.state,
+        }
+    }
+}
+
+/// Reply of `GET /data/indexes`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IndexList {
+    /// `_id_` first.
+    indexes: Vec<IndexReply>,
+}
+
+/// Reply of `DELETE /data/indexes/{name}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IndexDropped {
+    dropped: bool,
+    name: String,
 }
 
 /// Reply of `POST /data/count`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct CountReply {
     count: u64,
+}
+
+/// `POST /data/indexes`: declares an index on the tenant's collection.
+#[utoipa::path(post, path = "/data/indexes", operation_id = "create_index", tag = "data", security(("bearer" = [])), request_body = CreateIndexBody,
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 201, description = "Declared: `ready`, or `building` while existing documents are indexed in the background", body = IndexReply),
+        (status = 409, description = "`duplicate_key` (a unique index that existing documents violate; nothing is declared), `index_conflict` (the name or the keys are taken by another index) or `too_many_indexes`", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn create_index(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log, Access::Write).await?;
+    let body: CreateIndexBody = super::data_body(req)?;
+    let keys = IndexKeys::parse(&body.keys)
+        .map_err(|e| ApiError::invalid("invalid_index", e.to_string()))?;
+    if keys.fields().iter().any(|f| f.path == "_id") && keys.fields().len() == 1 {
+        return Err(ApiError::invalid(
+            "invalid_index",
+            "the _id index exists already",
+        ));
+    }
+    let name = match &body.name {
+        Some(n) => IndexName::parse(n),
+        None => IndexName::parse(&keys.default_name()),
+    }
+    .map_err(|e| ApiError::invalid("invalid_index", e.to_string()))?;
+    if name.is_id() {
+        return Err(ApiError::invalid(
+            "invalid_index",
+            "the name _id_ belongs to the _id index",
+        ));
+    }
+    let spec = IndexSpec {
+        name,
+        keys,
+        unique: body.unique.unwrap_or(false),
+    };
+    let max = state.config.data.max_indexes_per_collection;
+    let info = t
+        .write("create_index", Vec::new(), move |shard, ns| async move {
+            shard.store.create_index(&ns, &spec, max).await
+        })
+        .await?;
+    // Index entries count toward the quota: measured again at the next write.
+    state.quotas.forget(t.org);
+    Ok(t.reply(StatusCode::CREATED, &IndexReply::from(info)))
+}
+
+/// `GET /data/indexes`: the indexes of the tenant's collection, `_id_` first.
+#[utoipa::path(get, path = "/data/indexes", operation_id = "list_indexes", tag = "data", security(("bearer" = [])),
+    responses(
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "The indexes", body = IndexList),
+    ))]
+pub async fn list_indexes(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log, Access::Read).await?;
+    let mut indexes = t
+        .run("list_indexes", t.shard.store.list_indexes(&t.ns))
+        .await?;
+    if indexes.is_empty() {
+        // A tenant's collection always has its `_id` index, even before its first write
+        // reached a MongoDB shard.
+        indexes.push(crate::store::embedded::id_index());
+    }
+    Ok(t.reply(
+        StatusCode::OK,
+        &IndexList {
+            indexes: indexes.into_iter().map(IndexReply::from).collect(),
+        },
+    ))
+}
+
+/// `DELETE /data/indexes/{name}`.
+#[utoipa::path(delete, path = "/data/indexes/{name}", operation_id = "drop_index", tag = "data", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Index name: 1 to 128 bytes, no NUL or `/`, not starting with `$`; not `_id_`", min_length = 1, max_length = 128, pattern = r"^[^$/\u0000][^/\u0000]*$")),
+    responses(
+        (status = 400, description = "Invalid input", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shard unavailable or tenant being moved (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "Dropped", body = IndexDropped),
+        (status = 404, description = "No index with that name", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn drop_index(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiResult {
+    let t = tenant(state, req, log, Access::Write).await?;
+    let raw = path_value(req.path.trim_start_matches("/data/indexes/"));
+    let name =
+        IndexName::parse(&raw).map_err(|e| ApiError::invalid("invalid_index", e.to_string()))?;
+    if name.is_id() {
+        return Err(ApiError::invalid(
+            "invalid_index",
+            "the _id index cannot be dropped",
+        ));
+    }
+    let target = name.clone();
+    t.write("drop_index", Vec::new(), move |shard, ns| async move {
+        shard.store.drop_index(&ns, &target).await
+    })
+    .await?;
+    state.quotas.forget(t.org);
+    Ok(t.reply(
+        StatusCode::OK,
+        &IndexDropped {
+            dropped: true,
+            name: name.as_str().to_owned(),
+        },
+    ))
 }

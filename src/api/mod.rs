@@ -122,6 +122,9 @@ pub async fn handle(
         Route::DataGet => data::get(state, req, log).await,
         Route::DataPatch => data::patch(state, req, log).await,
         Route::DataDelete => data::delete(state, req, log).await,
+        Route::DataIndexes => data::list_indexes(state, req, log).await,
+        Route::DataIndexCreate => data::create_index(state, req, log).await,
+        Route::DataIndexDrop => data::drop_index(state, req, log).await,
     }
 }
 

@@ -85,6 +85,12 @@ pub enum Route {
     DataPatch,
     /// `DELETE /data/{id}`.
     DataDelete,
+    /// `GET /data/indexes`.
+    DataIndexes,
+    /// `POST /data/indexes`.
+    DataIndexCreate,
+    /// `DELETE /data/indexes/{name}`.
+    DataIndexDrop,
 }
 
 impl Route {
@@ -119,6 +125,8 @@ impl Route {
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
             Route::DataGet | Route::DataPatch | Route::DataDelete => "/data/{id}",
+            Route::DataIndexes | Route::DataIndexCreate => "/data/indexes",
+            Route::DataIndexDrop => "/data/indexes/{name}",
         }
     }
 
@@ -139,6 +147,7 @@ impl Route {
                 | Route::DataQuery
                 | Route::DataCount
                 | Route::DataPatch
+                | Route::DataIndexCreate
         )
     }
 }
@@ -163,6 +172,9 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "GET", "/data/{id}"),
     (Listener::Public, "PATCH", "/data/{id}"),
     (Listener::Public, "DELETE", "/data/{id}"),
+    (Listener::Public, "GET", "/data/indexes"),
+    (Listener::Public, "POST", "/data/indexes"),
+    (Listener::Public, "DELETE", "/data/indexes/{name}"),
     (Listener::Ops, "GET", "/healthz"),
     (Listener::Ops, "GET", "/openapi.json"),
     (Listener::Ops, "GET", "/readyz"),
@@ -237,9 +249,18 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         }
         (Listener::Public, "/data") => &[(Method::POST, Route::DataInsert)],
         // As in the OpenAPI document, where a literal path wins over `/data/{id}`: these
-        // two are not document ids (such documents are reached through `/data/query`).
+        // three are not document ids (such documents are reached through `/data/query`).
         (Listener::Public, "/data/query") => &[(Method::POST, Route::DataQuery)],
         (Listener::Public, "/data/count") => &[(Method::POST, Route::DataCount)],
+        (Listener::Public, "/data/indexes") => &[
+            (Method::GET, Route::DataIndexes),
+            (Method::POST, Route::DataIndexCreate),
+        ],
+        (Listener::Public, p)
+            if p.starts_with("/data/indexes/") && p.len() > 14 && !p[14..].contains('/') =>
+        {
+            &[(Method::DELETE, Route::DataIndexDrop)]
+        }
         (Listener::Public, p)
             if p.starts_with("/data/") && !p[6..].contains('/') && p.len() > 6 =>
         {
@@ -274,6 +295,7 @@ mod tests {
             let path = template
                 .replace("{id}", "abc123")
                 .replace("{admin_id}", "0190c1d2-0000-7000-8000-000000000000")
+                .replace("{name}", "sku_1")
                 .replace("{organization}", "Acme%20Corp");
             let method: Method = method.parse().unwrap();
             let route = match_route(*listener, &method, &path)
@@ -304,6 +326,25 @@ mod tests {
             match_route(Listener::Public, &Method::GET, "/data/querx").unwrap(),
             Route::DataGet
         );
+        // nor is `/data/indexes`; an index name follows it
+        let indexes = match_route(Listener::Public, &Method::PATCH, "/data/indexes").unwrap_err();
+        assert_eq!(
+            indexes.extra_headers,
+            vec![("allow", "GET, POST, HEAD".to_string())]
+        );
+        assert_eq!(
+            match_route(Listener::Public, &Method::DELETE, "/data/indexes/sku_1").unwrap(),
+            Route::DataIndexDrop
+        );
+        for path in ["/data/indexes/", "/data/indexes/a/b"] {
+            assert_eq!(
+                match_route(Listener::Public, &Method::DELETE, path)
+                    .unwrap_err()
+                    .status,
+                404,
+                "{path}"
+            );
+        }
         // operator routes are not on the public listener
         assert_eq!(
             match_route(Listener::Public, &Method::GET, "/ops/shards")

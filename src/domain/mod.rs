@@ -3,12 +3,16 @@
 
 mod email;
 mod ids;
+mod index;
 mod org_name;
 mod password;
 pub mod whole;
 
 pub use email::Email;
 pub use ids::{AdminId, DatabaseName, OrgId, ShardId};
+pub use index::{
+    IndexField, IndexKeys, IndexName, ID_INDEX_NAME, MAX_INDEX_FIELDS, MAX_INDEX_NAME_BYTES,
+};
 pub use org_name::{CollectionName, NamePrefix, NormalizedOrgName, OrgName, MAX_ORG_NAME_CHARS};
 pub use password::Password;
 

@@ -2,7 +2,11 @@
 //! resumable batches ([`copy_collection`]) and verifying both sides hold the same documents
 //! ([`fingerprint`], after Vitess VDiff: a document count and an order-independent hash).
 
-use crate::store::{Document, Namespace, StoreError, StoreResult, TenantStore};
+use crate::domain::{IndexKeys, IndexName, ID_INDEX_NAME};
+use crate::store::index::same_key_pattern;
+use crate::store::{
+    Document, IndexInfo, IndexSpec, IndexState, Namespace, StoreError, StoreResult, TenantStore,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -202,6 +206,72 @@ fn last_id(docs: &[Document]) -> StoreResult<String> {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| StoreError::Backend("document without string _id".into()))
+}
+
+/// Declares `source`'s indexes (at `from`) on `target` (at `to`), so that a tenant's
+/// collection keeps its indexes wherever it goes. Unique ones only with `unique`: a target
+/// still catching up may hold two versions of a key for a moment. With `exact`, a target
+/// index the source no longer has (or has with other keys) is dropped. An index whose name
+/// or keys the gateway would not accept (one made on a MongoDB shard by other means) is
+/// left behind, with a warning.
+pub async fn sync_indexes(
+    source: &dyn TenantStore,
+    from: &Namespace,
+    target: &dyn TenantStore,
+    to: &Namespace,
+    unique: bool,
+    exact: bool,
+) -> StoreResult<()> {
+    let wanted: Vec<IndexInfo> = source
+        .list_indexes(from)
+        .await?
+        .into_iter()
+        .filter(|i| i.name != ID_INDEX_NAME)
+        .collect();
+    let present = target.list_indexes(to).await?;
+    for have in present.iter().filter(|i| i.name != ID_INDEX_NAME) {
+        let keep = wanted.iter().any(|w| {
+            w.name == have.name && same_key_pattern(&w.keys, &have.keys) && w.unique == have.unique
+        });
+        if exact && !keep {
+            if let Ok(name) = IndexName::parse(&have.name) {
+                match target.drop_index(to, &name).await {
+                    Ok(()) | Err(StoreError::IndexNotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    for w in wanted.iter().filter(|w| unique || !w.unique) {
+        let there = present.iter().any(|p| {
+            p.name == w.name && same_key_pattern(&p.keys, &w.keys) && p.unique == w.unique
+        });
+        if there {
+            continue;
+        }
+        let (Ok(name), Ok(keys)) = (IndexName::parse(&w.name), IndexKeys::parse(&w.keys)) else {
+            tracing::warn!(
+                "an index of a moved collection cannot be declared on the target; left behind"
+            );
+            continue;
+        };
+        let spec = IndexSpec {
+            name,
+            keys,
+            unique: w.unique,
+        };
+        target.create_index(to, &spec, usize::MAX).await?;
+    }
+    Ok(())
+}
+
+/// Whether every index of the collection is ready (none still building).
+pub async fn indexes_ready(store: &dyn TenantStore, ns: &Namespace) -> StoreResult<bool> {
+    Ok(store
+        .list_indexes(ns)
+        .await?
+        .iter()
+        .all(|i| i.state == IndexState::Ready))
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@
 //! the holder of the move's lease; a crash anywhere leaves a state the next holder resumes:
 //! a crash in cutover abandons the cutover unless the placement already switched.
 
-use super::copy::{canonical_json, Fingerprint};
+use super::copy::{canonical_json, indexes_ready, sync_indexes, Fingerprint};
 use super::{create_collection, CollectionLock, Lifecycle, MoveError};
 use crate::catalog::{
     CatalogError, Location, MoveMark, MovePhase, MoveRecord, MoveState, OrgPages, OrgRecord,
@@ -630,6 +630,9 @@ impl Driver<'_, '_> {
                 }
             }
         }
+        // The tenant's indexes, built on the target while it catches up (unique ones at
+        // cutover, when the target holds exactly the source's documents).
+        sync_indexes(source.as_ref(), &from, target.as_ref(), &to, false, false).await?;
         self.mv.state = MoveState::CatchingUp;
         self.journal().await?;
         failpoint("move_after_copy");
@@ -835,6 +838,19 @@ impl Driver<'_, '_> {
                 if paused_at.elapsed() > budget {
                     return Ok(None);
                 }
+            }
+            // The target now holds the source's documents: its indexes become exactly the
+            // source's (those created or dropped during the move included, and the unique
+            // ones), ready before any tenant query reaches it. A build that outlasts the
+            // pause goes on, and the next attempt finds it done.
+            let (source, target) = self.stores()?;
+            let (from, to) = (ns(&self.mv.from), ns(&self.mv.to));
+            sync_indexes(source.as_ref(), &from, target.as_ref(), &to, true, true).await?;
+            while !indexes_ready(target.as_ref(), &to).await? {
+                if paused_at.elapsed() > budget {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let verification = self.verify().await?;
             if paused_at.elapsed() > budget {

@@ -3,11 +3,12 @@
 //! pass the same conformance suite (`tests/conformance/store.rs`).
 
 pub mod embedded;
+pub mod index;
 pub mod mongo;
 pub mod observed;
 pub mod query;
 
-use crate::domain::{CollectionName, DatabaseName};
+use crate::domain::{CollectionName, DatabaseName, IndexKeys, IndexName};
 use async_trait::async_trait;
 use query::{Filter, Projection, Sort, SortPosition, Update};
 use std::fmt;
@@ -57,9 +58,77 @@ pub enum StoreError {
     /// limit): clients get the same 400 as for a window over `data.max_sort_window`.
     #[error("sort exceeds the backend's memory limit: {0}")]
     SortTooLarge(String),
+    /// A write (or an index build) would give two documents the same key in a unique
+    /// index: clients get 409 `duplicate_key` naming the index.
+    #[error("duplicate key in unique index {index}: {key}")]
+    DuplicateKey {
+        /// The index's name.
+        index: String,
+        /// The duplicated key, as JSON (clipped).
+        key: String,
+    },
+    /// An index of that name exists with other keys or options, or one with the same keys
+    /// exists under another name.
+    #[error("index conflict: {0}")]
+    IndexConflict(String),
+    /// No index of that name.
+    #[error("index not found")]
+    IndexNotFound,
+    /// The collection already has the most indexes allowed.
+    #[error("too many indexes (at most {0})")]
+    TooManyIndexes(usize),
+    /// A document has arrays at two fields of one compound index (MongoDB's "cannot index
+    /// parallel arrays"): refused on both backends.
+    #[error("cannot index parallel arrays: {0}")]
+    ParallelArrays(String),
     /// Anything else the backend reported.
     #[error("store error: {0}")]
     Backend(String),
+}
+
+/// A validated index declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// Its name.
+    pub name: IndexName,
+    /// Its key pattern.
+    pub keys: IndexKeys,
+    /// Whether two documents may not share a key.
+    pub unique: bool,
+}
+
+/// Where an index stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexState {
+    /// Being built over existing documents; writes already maintain it, queries do not use it.
+    Building,
+    /// Complete: maintained by every write and used by the planner.
+    Ready,
+}
+
+/// An index as a backend reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexInfo {
+    /// The name (`_id_` for the `_id` index).
+    pub name: String,
+    /// The key pattern, `{"path": 1 | -1}`.
+    pub keys: serde_json::Value,
+    /// Unique keys.
+    pub unique: bool,
+    /// Building or ready.
+    pub state: IndexState,
+}
+
+/// How a query was answered (`"explain": true`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Explain {
+    /// The index used, or `None` for a collection scan.
+    pub index: Option<String>,
+    /// Index keys read.
+    pub keys_examined: u64,
+    /// Documents read.
+    pub docs_examined: u64,
 }
 
 /// A validated query: filter, order, projection and the page to return.
@@ -192,6 +261,31 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Deletes the documents with these `_id`s (a move's catch-up applies deletes); returns
     /// how many there were. A missing collection has nothing to delete.
     async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64>;
+
+    /// Creates an index on the collection (at most `max_indexes` besides `_id`). Building
+    /// over existing documents may go on after this returns (`state: building`); a unique
+    /// index that existing documents violate fails with [`StoreError::DuplicateKey`] (here,
+    /// or later by disappearing, when the build outlives the call). Creating the same index
+    /// again (same name, keys and options) succeeds and changes nothing.
+    async fn create_index(
+        &self,
+        ns: &Namespace,
+        spec: &IndexSpec,
+        max_indexes: usize,
+    ) -> StoreResult<IndexInfo>;
+
+    /// Every index of the collection, `_id_` first. A missing collection has none.
+    async fn list_indexes(&self, ns: &Namespace) -> StoreResult<Vec<IndexInfo>>;
+
+    /// Drops an index; [`StoreError::IndexNotFound`] when there is none of that name.
+    async fn drop_index(&self, ns: &Namespace, name: &IndexName) -> StoreResult<()>;
+
+    /// Like [`TenantStore::find`], and says how the query was answered.
+    async fn explain_find(
+        &self,
+        ns: &Namespace,
+        query: &FindQuery,
+    ) -> StoreResult<(Vec<Found>, Explain)>;
 }
 
 /// Applies a validated update to a copy of `current` with the shared update code and checks

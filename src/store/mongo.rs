@@ -13,18 +13,21 @@
 //! scrubbing, JSON <-> BSON) live here too.
 
 use super::query::{Filter, QueryError, Update};
-use super::{Document, FindQuery, Found, Namespace, StoreError, StoreResult, TenantStore};
+use super::{
+    Document, Explain, FindQuery, Found, IndexInfo, IndexSpec, IndexState, Namespace, StoreError,
+    StoreResult, TenantStore,
+};
 use crate::config::ShardConfig;
-use crate::domain::{DatabaseName, ShardId};
+use crate::domain::{DatabaseName, IndexName, ShardId, ID_INDEX_NAME};
 use async_trait::async_trait;
 use bson::{doc, Bson};
 use futures_util::TryStreamExt;
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, ConnectionString, ReadPreference, SelectionCriteria,
-    WriteConcern,
+    Acknowledgment, ClientOptions, ConnectionString, IndexOptions, ReadPreference,
+    SelectionCriteria, WriteConcern,
 };
-use mongodb::{Client, Collection};
+use mongodb::{Client, Collection, IndexModel};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
@@ -55,6 +58,31 @@ const UNAVAILABLE_CODES: &[i32] = &[
 
 /// Duplicate key.
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
+/// No index of that name.
+const INDEX_NOT_FOUND: i32 = 27;
+/// An index with these keys or this name exists with other options.
+const INDEX_CONFLICT_CODES: &[i32] = &[85, 86];
+/// A document has arrays at two fields of a compound index.
+const PARALLEL_ARRAYS: i32 = 171;
+
+/// The index and key a duplicate-key message names (`... index: NAME dup key: { ... }`),
+/// when it names an index other than `_id_`.
+fn duplicate_index(message: &str) -> Option<(String, String)> {
+    let rest = &message[message.find("index: ")? + "index: ".len()..];
+    let end = rest.find(" dup key")?;
+    let name = rest[..end].trim();
+    if name == ID_INDEX_NAME || name.is_empty() {
+        return None;
+    }
+    let key = rest[end..]
+        .trim_start_matches(" dup key")
+        .trim_start_matches(':')
+        .trim();
+    Some((
+        super::query::clip(name).into_owned(),
+        super::query::clip(key).into_owned(),
+    ))
+}
 /// `create` on an existing collection (older servers), `renameCollection` onto an existing one.
 const NAMESPACE_EXISTS: i32 = 48;
 /// The collection does not exist.
@@ -582,7 +610,18 @@ impl MongoStore {
     fn error(&self, f: Failure) -> StoreError {
         match f {
             Failure::Unavailable(m) => StoreError::Unavailable(m),
-            Failure::Duplicate { message, .. } => StoreError::DuplicateId(message),
+            Failure::Duplicate { message, .. } => match duplicate_index(&message) {
+                Some((index, key)) => StoreError::DuplicateKey { index, key },
+                None => StoreError::DuplicateId(message),
+            },
+            Failure::Other {
+                code: Some(PARALLEL_ARRAYS),
+                message,
+            } => StoreError::ParallelArrays(message),
+            Failure::Other {
+                code: Some(c),
+                message,
+            } if INDEX_CONFLICT_CODES.contains(&c) => StoreError::IndexConflict(message),
             Failure::Other { message, .. } => StoreError::Backend(message),
         }
     }
@@ -815,8 +854,36 @@ impl MongoStore {
         // The target holds part of an interrupted copy, or the server cannot rename.
         self.copy_documents(from, to).await?;
         self.create(to).await?;
+        // Indexes belong to the collection: declared on the target before the source goes.
+        self.copy_indexes(from, to).await?;
         self.drop(from).await?;
         self.count(to).await
+    }
+
+    /// Declares `from`'s indexes on `to` (an index already there is left alone).
+    async fn copy_indexes(&self, from: &Namespace, to: &Namespace) -> StoreResult<()> {
+        let target = self.collection(to).await?;
+        for info in self.list_indexes(from).await? {
+            if info.name == ID_INDEX_NAME {
+                continue;
+            }
+            let model = IndexModel::builder()
+                .keys(to_doc(&info.keys)?)
+                .options(
+                    IndexOptions::builder()
+                        .name(info.name.clone())
+                        .unique(info.unique)
+                        .build(),
+                )
+                .build();
+            if let Err(e) = target.create_index(model).await {
+                match self.classify(&e) {
+                    f if f.code().is_some_and(|c| INDEX_CONFLICT_CODES.contains(&c)) => {}
+                    f => return Err(self.error(f)),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn insert(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
@@ -837,7 +904,12 @@ impl MongoStore {
         let Err(e) = coll.insert_many(&converted).ordered(true).await else {
             return Ok(());
         };
-        match self.classify(&e) {
+        let failure = self.classify(&e);
+        let unique_index = match &failure {
+            Failure::Duplicate { message, .. } => duplicate_index(message),
+            _ => None,
+        };
+        match failure {
             Failure::Duplicate { index, message } => {
                 let Some(index) = index.filter(|i| *i < ids.len()) else {
                     return Err(StoreError::Backend(message));
@@ -850,9 +922,29 @@ impl MongoStore {
                         .await
                         .map_err(|e| self.error(self.classify(&e)))?;
                 }
-                Err(StoreError::DuplicateId(ids[index].clone()))
+                Err(match unique_index {
+                    Some((index, key)) => StoreError::DuplicateKey { index, key },
+                    None => StoreError::DuplicateId(ids[index].clone()),
+                })
             }
-            f => Err(self.error(f)),
+            f => {
+                // Any other refusal may also have stopped the ordered insert part-way.
+                if let ErrorKind::InsertMany(im) = e.kind.as_ref() {
+                    if let Some(at) = im
+                        .write_errors
+                        .as_ref()
+                        .and_then(|v| v.first())
+                        .map(|w| w.index)
+                        .filter(|i| *i > 0 && *i < ids.len())
+                    {
+                        let written: Vec<&String> = ids[..at].iter().collect();
+                        coll.delete_many(doc! { "_id": { "$in": written } })
+                            .await
+                            .map_err(|e| self.error(self.classify(&e)))?;
+                    }
+                }
+                Err(self.error(f))
+            }
         }
     }
 }
@@ -997,6 +1089,185 @@ impl TenantStore for MongoStore {
             } else {
                 fetch.saturating_mul(2)
             };
+        }
+    }
+
+    async fn explain_find(
+        &self,
+        ns: &Namespace,
+        query: &FindQuery,
+    ) -> StoreResult<(Vec<Found>, Explain)> {
+        let found = self.find(ns, query).await?;
+        // The server's own account of the plan; a server without `explain` reports none.
+        let command = doc! {
+            "explain": {
+                "find": ns.collection.as_str(),
+                "filter": to_doc(&query.filter.to_json())?,
+                "sort": to_doc(&query.sort.to_json())?,
+                "skip": i64::try_from(query.skip).unwrap_or(i64::MAX),
+                "limit": i64::try_from(query.limit).unwrap_or(i64::MAX),
+            },
+            "verbosity": "executionStats",
+        };
+        let explain = match self
+            .client()
+            .await?
+            .database(ns.database.as_str())
+            .run_command(command)
+            .await
+        {
+            Ok(reply) => read_explain(&Value::Object(document_to_json(reply))),
+            Err(e) => {
+                tracing::debug!(error = %self.classify(&e).message(), "explain not available");
+                Explain::default()
+            }
+        };
+        Ok((found, explain))
+    }
+
+    async fn create_index(
+        &self,
+        ns: &Namespace,
+        spec: &IndexSpec,
+        max_indexes: usize,
+    ) -> StoreResult<IndexInfo> {
+        // createIndexes would create a missing collection: writes never do.
+        if self
+            .existing(&ns.database, &[ns.collection.as_str()])
+            .await?
+            .is_empty()
+        {
+            return Err(StoreError::CollectionMissing);
+        }
+        let keys = spec.keys.to_json();
+        let existing = self.list_indexes(ns).await?;
+        if let Some(i) = existing.iter().find(|i| i.name == spec.name.as_str()) {
+            if super::index::same_key_pattern(&i.keys, &keys) && i.unique == spec.unique {
+                return Ok(i.clone());
+            }
+            return Err(StoreError::IndexConflict(format!(
+                "an index named {} exists with other keys or options",
+                spec.name
+            )));
+        }
+        if let Some(i) = existing
+            .iter()
+            .find(|i| super::index::same_key_pattern(&i.keys, &keys))
+        {
+            return Err(StoreError::IndexConflict(format!(
+                "index {} has the same keys",
+                super::query::clip(&i.name)
+            )));
+        }
+        if existing.iter().filter(|i| i.name != ID_INDEX_NAME).count() >= max_indexes {
+            return Err(StoreError::TooManyIndexes(max_indexes));
+        }
+        let started = std::time::Instant::now();
+        let model = IndexModel::builder()
+            .keys(to_doc(&keys)?)
+            .options(
+                IndexOptions::builder()
+                    .name(spec.name.as_str().to_owned())
+                    .unique(spec.unique)
+                    .build(),
+            )
+            .build();
+        let result = self.collection(ns).await?.create_index(model).await;
+        if let Err(e) = result {
+            crate::telemetry::metrics::INDEX_CHANGES
+                .with_label_values(&["failed"])
+                .inc();
+            return Err(match self.classify(&e) {
+                // A build that met a duplicate names the index being built.
+                Failure::Duplicate { message, .. } => StoreError::DuplicateKey {
+                    index: spec.name.as_str().to_owned(),
+                    key: duplicate_index(&message)
+                        .map(|(_, k)| k)
+                        .unwrap_or_default(),
+                },
+                f => self.error(f),
+            });
+        }
+        crate::telemetry::metrics::INDEX_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::telemetry::metrics::INDEX_CHANGES
+            .with_label_values(&["created"])
+            .inc();
+        // createIndexes returns once the index is built.
+        Ok(IndexInfo {
+            name: spec.name.as_str().to_owned(),
+            keys,
+            unique: spec.unique,
+            state: IndexState::Ready,
+        })
+    }
+
+    async fn list_indexes(&self, ns: &Namespace) -> StoreResult<Vec<IndexInfo>> {
+        let cursor = match self.collection(ns).await?.list_indexes().await {
+            Ok(c) => c,
+            Err(e) => {
+                return match self.classify(&e) {
+                    f if f.code() == Some(NAMESPACE_NOT_FOUND) => Ok(Vec::new()),
+                    f => Err(self.error(f)),
+                }
+            }
+        };
+        let models: Vec<IndexModel> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| self.error(self.classify(&e)))?;
+        let mut out: Vec<IndexInfo> = models
+            .into_iter()
+            .map(|m| {
+                let name = m
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.name.clone())
+                    .unwrap_or_default();
+                // Directions as 1 / -1 whatever numeric type the server keeps them in.
+                let keys = m
+                    .keys
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let dir = match bson_to_json(v).as_f64() {
+                            Some(d) if d < 0.0 => -1,
+                            _ => 1,
+                        };
+                        (k, Value::from(dir))
+                    })
+                    .collect();
+                let unique = name == ID_INDEX_NAME
+                    || m.options.as_ref().and_then(|o| o.unique).unwrap_or(false);
+                IndexInfo {
+                    name,
+                    keys: Value::Object(keys),
+                    unique,
+                    state: IndexState::Ready,
+                }
+            })
+            .collect();
+        // `_id_` first, then by name, as the embedded store lists them.
+        out.sort_by(|a, b| {
+            (a.name != ID_INDEX_NAME, &a.name).cmp(&(b.name != ID_INDEX_NAME, &b.name))
+        });
+        Ok(out)
+    }
+
+    async fn drop_index(&self, ns: &Namespace, name: &IndexName) -> StoreResult<()> {
+        match self.collection(ns).await?.drop_index(name.as_str()).await {
+            Ok(()) => {
+                crate::telemetry::metrics::INDEX_CHANGES
+                    .with_label_values(&["dropped"])
+                    .inc();
+                Ok(())
+            }
+            Err(e) => match self.classify(&e) {
+                f if matches!(f.code(), Some(INDEX_NOT_FOUND) | Some(NAMESPACE_NOT_FOUND)) => {
+                    Err(StoreError::IndexNotFound)
+                }
+                // Some servers answer a missing index with a message only.
+                f if f.message().contains("index not found") => Err(StoreError::IndexNotFound),
+                f => Err(self.error(f)),
+            },
         }
     }
 
@@ -1161,12 +1432,24 @@ impl TenantStore for MongoStore {
             .run_command(doc! { "collStats": ns.collection.as_str() })
             .await
         {
-            Ok(stats) => Ok(match stats.get("size") {
-                Some(Bson::Int32(n)) => *n as u64,
-                Some(Bson::Int64(n)) => *n as u64,
-                Some(Bson::Double(n)) => *n as u64,
-                _ => 0,
-            }),
+            Ok(stats) => {
+                let number = |b: Option<&Bson>| match b {
+                    Some(Bson::Int32(n)) => *n as u64,
+                    Some(Bson::Int64(n)) => *n as u64,
+                    Some(Bson::Double(n)) => *n as u64,
+                    _ => 0,
+                };
+                // Secondary indexes count toward the quota, as on the embedded store; the
+                // `_id` index, which every collection has, does not.
+                let id_index = number(
+                    stats
+                        .get_document("indexSizes")
+                        .ok()
+                        .and_then(|s| s.get(ID_INDEX_NAME)),
+                );
+                let indexes = number(stats.get("totalIndexSize")).saturating_sub(id_index);
+                Ok(number(stats.get("size")) + indexes)
+            }
             Err(e) => match self.classify(&e) {
                 f if f.code() == Some(NAMESPACE_NOT_FOUND) => Ok(0),
                 f => Err(self.error(f)),
@@ -1186,6 +1469,37 @@ const UPDATE_LOCK_STRIPES: usize = 1024;
 /// Pauses between compare-and-set attempts: random ("full jitter") so that racing writers
 /// spread out, over a window that starts at the attempt's own duration (the time another
 /// writer needs to get through) and doubles per retry, up to 16 times that and 250 ms.
+/// The index and counts of an `explain` reply (`executionStats` verbosity).
+fn read_explain(reply: &Value) -> Explain {
+    fn index_name(plan: &Value) -> Option<String> {
+        if let Some(name) = plan.get("indexName").and_then(Value::as_str) {
+            return Some(name.to_owned());
+        }
+        for key in ["inputStage", "queryPlan"] {
+            if let Some(found) = plan.get(key).and_then(index_name) {
+                return Some(found);
+            }
+        }
+        plan.get("inputStages")
+            .and_then(Value::as_array)
+            .and_then(|stages| stages.iter().find_map(index_name))
+    }
+    let planner = reply.get("queryPlanner");
+    let winning = planner.and_then(|p| p.get("winningPlan"));
+    let stats = reply.get("executionStats");
+    let count = |field: &str| {
+        stats
+            .and_then(|s| s.get(field))
+            .and_then(Value::as_f64)
+            .map_or(0, |n| n as u64)
+    };
+    Explain {
+        index: winning.and_then(index_name),
+        keys_examined: count("totalKeysExamined"),
+        docs_examined: count("totalDocsExamined"),
+    }
+}
+
 #[derive(Default)]
 struct Backoff {
     retries: u32,

@@ -2,8 +2,11 @@
 //! operation (`org_gateway_shard_operation_*`), and the shard's health.
 
 use super::query::{Filter, Update};
-use super::{Document, FindQuery, Found, Namespace, StoreError, StoreResult, TenantStore};
-use crate::domain::DatabaseName;
+use super::{
+    Document, Explain, FindQuery, Found, IndexInfo, IndexSpec, Namespace, StoreError, StoreResult,
+    TenantStore,
+};
+use crate::domain::{DatabaseName, IndexName};
 use crate::telemetry::metrics::{SHARD_OP_ERRORS, SHARD_OP_SECONDS};
 use async_trait::async_trait;
 use std::future::Future;
@@ -126,5 +129,31 @@ impl TenantStore for Observed {
     async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64> {
         self.run("delete_many_ids", self.inner.delete_many_ids(ns, ids))
             .await
+    }
+    async fn create_index(
+        &self,
+        ns: &Namespace,
+        spec: &IndexSpec,
+        max_indexes: usize,
+    ) -> StoreResult<IndexInfo> {
+        self.run(
+            "create_index",
+            self.inner.create_index(ns, spec, max_indexes),
+        )
+        .await
+    }
+    async fn list_indexes(&self, ns: &Namespace) -> StoreResult<Vec<IndexInfo>> {
+        self.run("list_indexes", self.inner.list_indexes(ns)).await
+    }
+    async fn drop_index(&self, ns: &Namespace, name: &IndexName) -> StoreResult<()> {
+        self.run("drop_index", self.inner.drop_index(ns, name))
+            .await
+    }
+    async fn explain_find(
+        &self,
+        ns: &Namespace,
+        query: &FindQuery,
+    ) -> StoreResult<(Vec<Found>, Explain)> {
+        self.run("find", self.inner.explain_find(ns, query)).await
     }
 }

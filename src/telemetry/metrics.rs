@@ -423,6 +423,41 @@ pub static MOVE_CUTOVERS_ABANDONED: Lazy<IntCounter> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Time to build a tenant index over existing documents (embedded store).
+pub static INDEX_BUILD_SECONDS: Lazy<Histogram> = Lazy::new(|| {
+    reg(Histogram::with_opts(
+        HistogramOpts::new(
+            "org_gateway_index_build_seconds",
+            "Time to build a tenant index over the collection's existing documents",
+        )
+        .buckets(vec![
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]),
+    )
+    .unwrap())
+});
+
+/// Tenant index changes by kind: `created`, `dropped`, `failed` (a build refused).
+pub static INDEX_CHANGES: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_index_changes_total",
+            "Tenant indexes created, dropped, or whose build failed",
+        ),
+        &["change"],
+    )
+    .unwrap())
+});
+
+/// Tenant indexes being built right now (embedded store).
+pub static INDEX_BUILDS_RUNNING: Lazy<IntGauge> = Lazy::new(|| {
+    reg(IntGauge::new(
+        "org_gateway_index_builds_running",
+        "Tenant index builds in progress on this instance",
+    )
+    .unwrap())
+});
+
 /// Writes that waited for a cutover, and how long.
 pub static MOVE_HELD_WRITES: Lazy<Histogram> = Lazy::new(|| {
     reg(Histogram::with_opts(
@@ -525,6 +560,11 @@ pub fn init() {
     Lazy::force(&MOVE_WRITE_PAUSE);
     Lazy::force(&MOVE_CUTOVERS_ABANDONED);
     Lazy::force(&MOVE_HELD_WRITES);
+    Lazy::force(&INDEX_BUILD_SECONDS);
+    Lazy::force(&INDEX_BUILDS_RUNNING);
+    for change in ["created", "dropped", "failed"] {
+        INDEX_CHANGES.with_label_values(&[change]);
+    }
     Lazy::force(&LOG_LINES_DROPPED);
     for state in crate::catalog::MoveState::ALL {
         MOVES.with_label_values(&[state.as_str()]);

@@ -11,6 +11,7 @@ mod admins;
 mod auth;
 mod data;
 mod events;
+mod indexes;
 mod input;
 mod isolation;
 mod keys;

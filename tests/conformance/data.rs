@@ -551,3 +551,144 @@ async fn updates_from_several_instances_are_not_lost() {
     );
     first.cleanup().await;
 }
+
+/// Indexes declared on the corpus: single fields (multikey ones included), compound ones in
+/// both directions, a unique one, dotted paths.
+fn corpus_indexes() -> Vec<org_gateway::store::IndexSpec> {
+    [
+        ("n_1", json!({"n": 1}), false),
+        ("s_u", json!({"s": -1}), true),
+        ("tags_1", json!({"tags": 1}), false),
+        ("nx_s", json!({"nested.x": 1, "s": -1}), false),
+        ("flag_n", json!({"flag": -1, "n": 1}), false),
+        ("score_1", json!({"score": 1}), false),
+        ("items_k", json!({"items.k": 1}), false),
+        ("id_n", json!({"_id": 1, "n": -1}), false),
+    ]
+    .into_iter()
+    .map(|(name, keys, unique)| org_gateway::store::IndexSpec {
+        name: org_gateway::domain::IndexName::parse(name).unwrap(),
+        keys: org_gateway::domain::IndexKeys::parse(&keys).unwrap(),
+        unique,
+    })
+    .collect()
+}
+
+async fn declare_indexes(f: &Fixture, ns: &Namespace) {
+    declare(f, ns, corpus_indexes()).await;
+}
+
+async fn declare(f: &Fixture, ns: &Namespace, specs: Vec<org_gateway::store::IndexSpec>) {
+    for spec in specs {
+        let info = f.store.create_index(ns, &spec, 16).await.unwrap();
+        // The corpus is small: its builds end within the call.
+        assert_eq!(
+            info.state,
+            org_gateway::store::IndexState::Ready,
+            "{}",
+            info.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_corpus_gives_the_same_results_with_indexes() {
+    // Embedded without indexes is the reference; embedded with them, and MongoDB with them
+    // (when a server is configured), must agree with it on every query, count and page.
+    let plain = Fixture::embedded();
+    let indexed = Fixture::embedded();
+    let (pns, ins) = (load(&plain).await, load(&indexed).await);
+    declare_indexes(&indexed, &ins).await;
+    let mongo = Fixture::mongo(org_gateway::store::mongo::RenameStrategy::Command).await;
+    let mns = match &mongo {
+        Some(m) => {
+            let ns = load(m).await;
+            // The test server (SecantusDB 0.7) answers two plans wrongly: a range on a
+            // descending index's leading field (`{s: {$gt: "m"}}` over `{s: -1}` misses
+            // "mango") and two bounds on a multikey field (`{score: {$gt: 5, $lt: 7}}` over
+            // `{score: 1}` misses `[3, 8, 12]`, whose elements meet one bound each). Its leg
+            // leaves those indexes out; a MongoDB server takes them all.
+            let specs = corpus_indexes()
+                .into_iter()
+                .filter(|s| !s.keys.fields()[0].descending && s.name.as_str() != "score_1")
+                .collect();
+            declare(m, &ns, specs).await;
+            Some(ns)
+        }
+        None => None,
+    };
+    let mut used = 0;
+    let all = queries();
+    for q in &all {
+        let expected = normalize(run(&plain, &pns, q).await);
+        let query = FindQuery {
+            filter: Filter::parse(&q.0, &QueryLimits::default()).unwrap(),
+            sort: Sort::parse(&q.1).unwrap(),
+            projection: Projection::parse(&q.2).unwrap(),
+            skip: q.3,
+            limit: q.4,
+            after: None,
+        };
+        let (found, explain) = indexed.store.explain_find(&ins, &query).await.unwrap();
+        used += usize::from(explain.index.is_some());
+        assert_eq!(
+            normalize(documents(found)),
+            expected,
+            "embedded with indexes ({:?}) differs for filter {} sort {} skip {} limit {}",
+            explain.index,
+            q.0,
+            q.1,
+            q.3,
+            q.4
+        );
+        let count = plain.store.count(&pns, &query.filter).await.unwrap();
+        assert_eq!(
+            indexed.store.count(&ins, &query.filter).await.unwrap(),
+            count,
+            "indexed count differs for {}",
+            q.0
+        );
+        if let (Some(m), Some(mns)) = (&mongo, &mns) {
+            assert_eq!(
+                normalize(run(m, mns, q).await),
+                expected,
+                "MongoDB with indexes differs for filter {} sort {}",
+                q.0,
+                q.1
+            );
+            assert_eq!(m.store.count(mns, &query.filter).await.unwrap(), count);
+        }
+    }
+    assert!(
+        used >= all.len() / 3,
+        "only {used} of {} queries used an index",
+        all.len()
+    );
+    for filter in [
+        json!({}),
+        json!({"n": {"$exists": true}}),
+        json!({"n": {"$gte": 2}}),
+    ] {
+        for sort in keyset_sorts() {
+            let whole = (filter.clone(), sort.clone(), json!({"s": 1}), 0, 1000);
+            let expected = normalize(run(&plain, &pns, &whole).await);
+            for size in [1, 3] {
+                assert_eq!(
+                    normalize(pages(&indexed, &ins, &filter, &sort, size).await),
+                    expected,
+                    "indexed pages of {size} differ, filter {filter} sort {sort}"
+                );
+                if let (Some(m), Some(mns)) = (&mongo, &mns) {
+                    assert_eq!(
+                        normalize(pages(m, mns, &filter, &sort, size).await),
+                        expected,
+                        "MongoDB indexed pages of {size} differ, filter {filter} sort {sort}"
+                    );
+                }
+            }
+        }
+    }
+    if let Some(m) = mongo {
+        m.cleanup().await;
+    }
+}

@@ -3,11 +3,13 @@
 
 use crate::mongo_env;
 use org_gateway::config::{ShardConfig, StoreKind};
-use org_gateway::domain::{CollectionName, DatabaseName, ShardId};
+use org_gateway::domain::{CollectionName, DatabaseName, IndexKeys, IndexName, ShardId};
 use org_gateway::store::embedded::EmbeddedStore;
 use org_gateway::store::mongo::{MongoStore, RenameStrategy};
 use org_gateway::store::query::{QueryLimits, Update};
-use org_gateway::store::{Document, Namespace, StoreError, TenantStore};
+use org_gateway::store::{
+    Document, FindQuery, IndexSpec, IndexState, Namespace, StoreError, TenantStore,
+};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +172,11 @@ conformance!(
     upsert_many_inserts_replaces_and_is_idempotent,
     upsert_many_never_creates_the_collection,
     delete_many_ids_removes_those_there,
+    indexes_are_declared_listed_and_dropped,
+    unique_index_refuses_duplicates_on_every_write,
+    unique_index_build_over_duplicates_fails,
+    rename_keeps_indexes,
+    indexed_queries_answer_like_scans,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -742,4 +749,586 @@ async fn delete_many_ids_removes_those_there(f: &Fixture) {
     if f.mongo_uri.is_none() {
         assert_eq!(f.store.collection_bytes(&ns).await.unwrap(), 0);
     }
+}
+
+fn index(name: &str, keys: serde_json::Value, unique: bool) -> IndexSpec {
+    IndexSpec {
+        name: IndexName::parse(name).unwrap(),
+        keys: IndexKeys::parse(&keys).unwrap(),
+        unique,
+    }
+}
+
+/// Creates an index and waits until it is ready (a build may outlast the call).
+async fn ready_index(f: &Fixture, ns: &Namespace, spec: &IndexSpec) {
+    let info = f.store.create_index(ns, spec, 16).await.unwrap();
+    assert_eq!(info.name, spec.name.as_str());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = f.store.list_indexes(ns).await.unwrap();
+        let it = listed
+            .iter()
+            .find(|i| i.name == spec.name.as_str())
+            .unwrap();
+        if it.state == IndexState::Ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "index build did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn indexes_are_declared_listed_and_dropped(f: &Fixture) {
+    let ns = f.ns(1, "idx");
+    assert!(f.store.list_indexes(&ns).await.unwrap().is_empty());
+    let sku = index("sku_1", json!({"sku": 1}), false);
+    assert!(matches!(
+        f.store.create_index(&ns, &sku, 16).await,
+        Err(StoreError::CollectionMissing)
+    ));
+    fill(f, &ns, numbered(0..20)).await.unwrap();
+    ready_index(f, &ns, &sku).await;
+    let compound = index("by_i", json!({"i": -1, "half": 1}), false);
+    ready_index(f, &ns, &compound).await;
+    let listed = f.store.list_indexes(&ns).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["_id_", "by_i", "sku_1"]);
+    assert_eq!(listed[0].keys, json!({"_id": 1}));
+    assert!(listed[0].unique);
+    assert_eq!(listed[1].keys.to_string(), r#"{"i":-1,"half":1}"#);
+    assert!(!listed[1].unique);
+    // The same declaration again changes nothing; a different one under the name is refused,
+    // and so are the same keys under another name.
+    f.store.create_index(&ns, &sku, 16).await.unwrap();
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("sku_1", json!({"sku": -1}), false), 16)
+            .await,
+        Err(StoreError::IndexConflict(_))
+    ));
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("other", json!({"sku": 1}), false), 16)
+            .await,
+        Err(StoreError::IndexConflict(_))
+    ));
+    assert!(matches!(
+        f.store
+            .create_index(&ns, &index("third", json!({"x": 1}), false), 2)
+            .await,
+        Err(StoreError::TooManyIndexes(2))
+    ));
+    f.store
+        .drop_index(&ns, &IndexName::parse("sku_1").unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.store
+            .drop_index(&ns, &IndexName::parse("sku_1").unwrap())
+            .await,
+        Err(StoreError::IndexNotFound)
+    ));
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_", "by_i"]);
+    // Dropping the collection drops its indexes.
+    f.store.drop_collection(&ns).await.unwrap();
+    assert!(f.store.list_indexes(&ns).await.unwrap().is_empty());
+}
+
+fn duplicate_in(e: StoreError, name: &str) {
+    match e {
+        StoreError::DuplicateKey { index, .. } => assert_eq!(index, name),
+        other => panic!("expected a duplicate key in {name}, got {other:?}"),
+    }
+}
+
+async fn unique_index_refuses_duplicates_on_every_write(f: &Fixture) {
+    let ns = f.ns(1, "uniq");
+    fill(
+        f,
+        &ns,
+        vec![
+            doc(json!({"_id": "a", "sku": "S-1", "n": 1})),
+            doc(json!({"_id": "b", "sku": "S-2", "n": 2})),
+        ],
+    )
+    .await
+    .unwrap();
+    ready_index(f, &ns, &index("sku_u", json!({"sku": 1}), true)).await;
+    let e = f
+        .store
+        .insert_many(&ns, vec![doc(json!({"_id": "c", "sku": "S-1"}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    // A batch with one duplicate inserts nothing, wherever the duplicate is.
+    let e = f
+        .store
+        .insert_many(
+            &ns,
+            vec![
+                doc(json!({"_id": "d", "sku": "S-4"})),
+                doc(json!({"_id": "e", "sku": "S-5"})),
+                doc(json!({"_id": "f", "sku": "S-2"})),
+            ],
+        )
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    assert_eq!(f.store.count_all(&ns).await.unwrap(), 2);
+    // An update to a taken key changes nothing.
+    let e = f
+        .store
+        .update_by_id(&ns, "b", &update(json!({"$set": {"sku": "S-1"}})), 1 << 20)
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    assert_eq!(f.store.get(&ns, "b").await.unwrap().unwrap()["sku"], "S-2");
+    // An update keeping its own key is fine; a freed key can be taken.
+    f.store
+        .update_by_id(&ns, "b", &update(json!({"$inc": {"n": 1}})), 1 << 20)
+        .await
+        .unwrap();
+    assert!(f.store.delete_by_id(&ns, "a").await.unwrap());
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "c", "sku": "S-1"}))])
+        .await
+        .unwrap();
+    // A missing field is a null key: only one document may lack it.
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "g"}))])
+        .await
+        .unwrap();
+    let e = f
+        .store
+        .insert_many(&ns, vec![doc(json!({"_id": "h", "sku": null}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "sku_u");
+    // Moves' writes keep the index too.
+    f.store
+        .upsert_many(&ns, vec![doc(json!({"_id": "g", "sku": "S-9"}))])
+        .await
+        .unwrap();
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "h", "sku": null}))])
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.delete_many_ids(&ns, &["h".into()]).await.unwrap(),
+        1
+    );
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "i"}))])
+        .await
+        .unwrap();
+}
+
+async fn unique_index_build_over_duplicates_fails(f: &Fixture) {
+    let ns = f.ns(1, "uniqbuild");
+    let mut docs = numbered(0..50);
+    docs.push(doc(json!({"_id": "dup", "i": 7})));
+    fill(f, &ns, docs).await.unwrap();
+    let e = f
+        .store
+        .create_index(&ns, &index("i_u", json!({"i": 1}), true), 16)
+        .await
+        .unwrap_err();
+    duplicate_in(e, "i_u");
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&ns)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_"]);
+    // Nothing is enforced afterwards.
+    f.store
+        .insert_many(&ns, vec![doc(json!({"_id": "dup2", "i": 7}))])
+        .await
+        .unwrap();
+}
+
+async fn rename_keeps_indexes(f: &Fixture) {
+    let (from, to) = (f.ns(1, "idxfrom"), f.ns(1, "idxto"));
+    fill(f, &from, numbered(0..30)).await.unwrap();
+    ready_index(f, &from, &index("i_u", json!({"i": 1}), true)).await;
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 30);
+    let names: Vec<String> = f
+        .store
+        .list_indexes(&to)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["_id_", "i_u"]);
+    assert!(f.store.list_indexes(&from).await.unwrap().is_empty());
+    let e = f
+        .store
+        .insert_many(&to, vec![doc(json!({"_id": "x", "i": 3}))])
+        .await
+        .unwrap_err();
+    duplicate_in(e, "i_u");
+}
+
+async fn indexed_queries_answer_like_scans(f: &Fixture) {
+    let ns = f.ns(1, "idxq");
+    let docs: Vec<Document> = (0..300)
+        .map(|i| {
+            let mut d = doc(json!({
+                "_id": format!("q{i:04}"),
+                "sku": format!("S-{:03}", i % 100),
+                "qty": (i * 7) % 50,
+                "tags": [format!("t{}", i % 3), format!("t{}", i % 5)],
+                "nested": {"v": i % 10},
+            }));
+            if i % 11 == 0 {
+                d.remove("qty");
+            }
+            if i % 13 == 0 {
+                d.insert("qty".into(), json!(format!("{}", i % 7)));
+            }
+            d
+        })
+        .collect();
+    fill(f, &ns, docs).await.unwrap();
+    let queries = [
+        (json!({"sku": "S-042"}), json!(null)),
+        (json!({"qty": {"$gte": 10, "$lt": 20}}), json!({"qty": 1})),
+        (json!({"qty": {"$gt": 45}}), json!({"qty": -1})),
+        (json!({"qty": null}), json!(null)),
+        (
+            json!({"qty": {"$in": [1, 2, "3", null]}}),
+            json!({"sku": 1}),
+        ),
+        (json!({"tags": "t2"}), json!({"qty": 1})),
+        (
+            json!({"tags": {"$in": ["t1", "t4"]}, "qty": {"$lt": 5}}),
+            json!(null),
+        ),
+        (
+            json!({"nested.v": 3, "sku": {"$gte": "S-050"}}),
+            json!({"qty": -1}),
+        ),
+        (json!({}), json!({"qty": 1})),
+        (json!({}), json!({"qty": -1, "_id": -1})),
+        (json!({"sku": {"$gt": "S-090"}}), json!({"sku": -1})),
+    ];
+    let run = |filter: &serde_json::Value, sort: &serde_json::Value, skip: u64| FindQuery {
+        filter: org_gateway::store::query::Filter::parse(filter, &QueryLimits::default()).unwrap(),
+        sort: org_gateway::store::query::Sort::parse(sort).unwrap(),
+        projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+        skip,
+        limit: 1000,
+        after: None,
+    };
+    let mut before = Vec::new();
+    for (filter, sort) in &queries {
+        for skip in [0, 7] {
+            let q = run(filter, sort, skip);
+            before.push((
+                ids(&f
+                    .store
+                    .find(&ns, &q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|x| x.document)
+                    .collect::<Vec<_>>()),
+                f.store.count(&ns, &q.filter).await.unwrap(),
+            ));
+        }
+    }
+    for (name, keys) in [
+        ("sku_1", json!({"sku": 1})),
+        ("qty_1", json!({"qty": 1})),
+        ("tags_1", json!({"tags": 1})),
+        ("nv_sku", json!({"nested.v": 1, "sku": -1})),
+    ] {
+        ready_index(f, &ns, &index(name, keys, false)).await;
+    }
+    let mut after = Vec::new();
+    for (filter, sort) in &queries {
+        for skip in [0, 7] {
+            let q = run(filter, sort, skip);
+            after.push((
+                ids(&f
+                    .store
+                    .find(&ns, &q)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|x| x.document)
+                    .collect::<Vec<_>>()),
+                f.store.count(&ns, &q.filter).await.unwrap(),
+            ));
+        }
+    }
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(b, a, "query {} differs with indexes", i / 2);
+    }
+    assert!(before.iter().any(|(ids, _)| !ids.is_empty()));
+    let (_, explain) = f
+        .store
+        .explain_find(&ns, &run(&json!({"sku": "S-042"}), &json!(null), 0))
+        .await
+        .unwrap();
+    if f.prefix == "db" {
+        // The embedded store says what it did (a MongoDB server may not support explain).
+        assert_eq!(explain.index.as_deref(), Some("sku_1"));
+        assert_eq!(explain.docs_examined, 3);
+    }
+}
+
+mod planner_equivalence {
+    //! Random documents, indexes and queries: the embedded store answers every query the
+    //! same through its indexes as by scanning (one collection with indexes, one without).
+    use super::*;
+    use org_gateway::store::query::{Filter, Projection, Sort};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-2i64..3).prop_map(|i| json!(i)),
+            (-2i64..3).prop_map(|i| json!(i as f64 + 0.5)),
+            prop::sample::select(vec!["", "x", "y", "xy"]).prop_map(|s| json!(s)),
+        ]
+    }
+
+    /// `a` may be an array (of scalars or of `{b: ...}` objects) or an object; `b` and `c`
+    /// are scalars, so no compound index meets two arrays.
+    fn document() -> impl Strategy<Value = Value> {
+        let a = prop_oneof![
+            scalar(),
+            prop::collection::vec(scalar(), 0..4).prop_map(Value::Array),
+            scalar().prop_map(|v| json!({ "b": v })),
+            prop::collection::vec(scalar().prop_map(|v| json!({ "b": v })), 0..3)
+                .prop_map(Value::Array),
+        ];
+        (
+            prop::option::of(a),
+            prop::option::of(scalar()),
+            prop::option::of(scalar()),
+        )
+            .prop_map(|(a, b, c)| {
+                let mut d = serde_json::Map::new();
+                for (k, v) in [("a", a), ("b", b), ("c", c)] {
+                    if let Some(v) = v {
+                        d.insert(k.into(), v);
+                    }
+                }
+                Value::Object(d)
+            })
+    }
+
+    fn predicate() -> impl Strategy<Value = Value> {
+        let path = prop::sample::select(vec!["a", "b", "c", "a.b"]);
+        let op = prop::sample::select(vec![
+            "eq", "$eq", "$gt", "$gte", "$lt", "$lte", "$in", "$ne", "$exists",
+        ]);
+        (path, op, scalar(), prop::collection::vec(scalar(), 0..3)).prop_map(
+            |(path, op, v, list)| match op {
+                "eq" => json!({ path: v }),
+                "$in" => json!({ path: {"$in": list} }),
+                "$exists" => json!({ path: {"$exists": v.as_bool().unwrap_or(true)} }),
+                _ => json!({ path: { op: v } }),
+            },
+        )
+    }
+
+    fn filter() -> impl Strategy<Value = Value> {
+        prop::collection::vec(predicate(), 0..4).prop_map(|preds| {
+            let mut all = serde_json::Map::new();
+            let mut and = Vec::new();
+            for p in preds {
+                let (k, v) = p.as_object().unwrap().iter().next().unwrap();
+                if all.contains_key(k) {
+                    and.push(p.clone());
+                } else {
+                    all.insert(k.clone(), v.clone());
+                }
+            }
+            if !and.is_empty() {
+                all.insert("$and".into(), Value::Array(and));
+            }
+            Value::Object(all)
+        })
+    }
+
+    fn sort() -> impl Strategy<Value = Value> {
+        prop::sample::select(vec![
+            json!(null),
+            json!({"a": 1}),
+            json!({"b": -1}),
+            json!({"b": 1}),
+            json!({"c": 1, "b": 1}),
+            json!({"c": -1, "b": -1}),
+            json!({"b": 1, "_id": -1}),
+            json!({"a.b": 1}),
+            json!({"_id": -1}),
+        ])
+    }
+
+    const INDEXES: &[(&str, &str)] = &[
+        ("a_1", r#"{"a": 1}"#),
+        ("b_-1", r#"{"b": -1}"#),
+        ("c_b", r#"{"c": 1, "b": 1}"#),
+        ("a_c", r#"{"a": 1, "c": -1}"#),
+        ("ab_1", r#"{"a.b": 1}"#),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn indexed_answers_equal_scans(
+            docs in prop::collection::vec(document(), 0..40),
+            queries in prop::collection::vec((filter(), sort(), 0u64..3, 1u64..6), 1..8),
+        ) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let f = Fixture::embedded();
+                let (plain, indexed) = (f.ns(1, "plain"), f.ns(1, "indexed"));
+                let docs: Vec<Document> = docs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let mut d = d.as_object().unwrap().clone();
+                        d.insert("_id".into(), json!(format!("p{i:02}")));
+                        d
+                    })
+                    .collect();
+                // Half the indexes exist before the documents, half are built over them.
+                for (i, (name, keys)) in INDEXES.iter().enumerate() {
+                    if i % 2 == 0 {
+                        f.store.create_collection(&indexed).await.ok();
+                        let spec = index(name, serde_json::from_str(keys).unwrap(), false);
+                        ready_index(&f, &indexed, &spec).await;
+                    }
+                }
+                fill(&f, &plain, docs.clone()).await.unwrap();
+                fill(&f, &indexed, docs).await.unwrap();
+                for (i, (name, keys)) in INDEXES.iter().enumerate() {
+                    if i % 2 == 1 {
+                        let spec = index(name, serde_json::from_str(keys).unwrap(), false);
+                        ready_index(&f, &indexed, &spec).await;
+                    }
+                }
+                for (filter, sort, skip, limit) in &queries {
+                    let q = FindQuery {
+                        filter: Filter::parse(filter, &QueryLimits::default()).unwrap(),
+                        sort: Sort::parse(sort).unwrap(),
+                        projection: Projection::parse(&json!(null)).unwrap(),
+                        skip: *skip,
+                        limit: *limit,
+                        after: None,
+                    };
+                    let want = f.store.find(&plain, &q).await.unwrap();
+                    let (got, explain) = f.store.explain_find(&indexed, &q).await.unwrap();
+                    let ids = |v: &[org_gateway::store::Found]| -> Vec<String> {
+                        v.iter().map(|x| x.document["_id"].as_str().unwrap().to_owned()).collect()
+                    };
+                    assert_eq!(ids(&got), ids(&want), "filter {filter} sort {sort} skip {skip} limit {limit} via {:?}", explain.index);
+                    assert_eq!(
+                        f.store.count(&indexed, &q.filter).await.unwrap(),
+                        f.store.count(&plain, &q.filter).await.unwrap(),
+                        "count of {filter}"
+                    );
+                    // Keyset pages through the index give the same documents as one read.
+                    let all = FindQuery { skip: 0, limit: 1000, ..q.clone() };
+                    let whole = ids(&f.store.find(&plain, &all).await.unwrap());
+                    let mut paged = Vec::new();
+                    let mut after = None;
+                    loop {
+                        let page = FindQuery { skip: 0, limit: 2, after: after.clone(), ..q.clone() };
+                        let found = f.store.find(&indexed, &page).await.unwrap();
+                        let Some(last) = found.last() else { break };
+                        after = Some(last.position.clone());
+                        paged.extend(ids(&found));
+                        assert!(paged.len() <= whole.len(), "paging runs on for {filter} {sort}");
+                    }
+                    assert_eq!(paged, whole, "pages of {filter} sort {sort}");
+                }
+                f.cleanup().await;
+            });
+        }
+    }
+}
+
+/// A rename while an index is still being built: the build goes on under the new name and
+/// the index ends up ready and complete there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_rename_during_an_index_build_finishes_the_build() {
+    let f = Fixture::embedded();
+    let (from, to) = (f.ns(1, "bigfrom"), f.ns(1, "bigto"));
+    f.store.create_collection(&from).await.unwrap();
+    for chunk in (0..40_000usize).collect::<Vec<_>>().chunks(5_000) {
+        let docs = chunk
+            .iter()
+            .map(|i| doc(json!({"_id": format!("b{i:06}"), "k": i % 977})))
+            .collect();
+        f.store.insert_many(&from, docs).await.unwrap();
+    }
+    let spec = index("k_1", json!({"k": 1}), false);
+    let info = f.store.create_index(&from, &spec, 16).await.unwrap();
+    eprintln!("state when the rename starts: {:?}", info.state);
+    assert_eq!(f.store.rename_collection(&from, &to).await.unwrap(), 40_000);
+    ready_index(&f, &to, &spec).await;
+    let q = FindQuery {
+        filter: org_gateway::store::query::Filter::parse(&json!({"k": 5}), &QueryLimits::default())
+            .unwrap(),
+        sort: org_gateway::store::query::Sort::parse(&json!(null)).unwrap(),
+        projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+        skip: 0,
+        limit: 1000,
+        after: None,
+    };
+    let (found, explain) = f.store.explain_find(&to, &q).await.unwrap();
+    assert_eq!(explain.index.as_deref(), Some("k_1"));
+    // 40,000 / 977 rounds up to 41 for the first 920 values of k.
+    assert_eq!(found.len(), 41);
+    assert_eq!(f.store.count(&to, &q.filter).await.unwrap(), 41);
+}
+
+/// An index dropped and declared again while its first build runs: the first build stops
+/// and the second index ends up complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_redeclaring_during_a_build_gives_a_complete_index() {
+    let f = Fixture::embedded();
+    let ns = f.ns(1, "redeclare");
+    f.store.create_collection(&ns).await.unwrap();
+    for chunk in (0..40_000usize).collect::<Vec<_>>().chunks(5_000) {
+        let docs = chunk
+            .iter()
+            .map(|i| doc(json!({"_id": format!("r{i:06}"), "k": i % 977})))
+            .collect();
+        f.store.insert_many(&ns, docs).await.unwrap();
+    }
+    let spec = index("k_1", json!({"k": 1}), false);
+    let first = f.store.create_index(&ns, &spec, 16).await.unwrap();
+    eprintln!("first declaration: {:?}", first.state);
+    f.store
+        .drop_index(&ns, &IndexName::parse("k_1").unwrap())
+        .await
+        .unwrap();
+    ready_index(&f, &ns, &spec).await;
+    let filter = org_gateway::store::query::Filter::parse(
+        &json!({"k": {"$gte": 0}}),
+        &QueryLimits::default(),
+    )
+    .unwrap();
+    // An exact plan counts index keys: every document has exactly one.
+    assert_eq!(f.store.count(&ns, &filter).await.unwrap(), 40_000);
 }

@@ -47,12 +47,30 @@ enum Pred {
     Exists,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum CmpOp {
+/// A comparison operator of a filter predicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `$gt`
     Gt,
+    /// `$gte`
     Gte,
+    /// `$lt`
     Lt,
+    /// `$lte`
     Lte,
+}
+
+/// One top-level conjunct of a filter, as an index planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Conjunct<'a> {
+    /// Equality with a literal at a path (`{path: v}`, `$eq`).
+    Eq(&'a [String], &'a Value),
+    /// `$in` at a path.
+    In(&'a [String], &'a [Value]),
+    /// A comparison at a path.
+    Cmp(&'a [String], CmpOp, &'a Value),
+    /// Anything else (`$or`, `$not`, `$exists`, ...): only a scan or a fetch answers it.
+    Other,
 }
 
 impl Filter {
@@ -84,6 +102,23 @@ impl Filter {
     /// The validated filter, to be sent to MongoDB verbatim (`null` becomes `{}`).
     pub fn to_json(&self) -> Value {
         self.inner.original.clone()
+    }
+
+    /// The filter's top-level conjuncts (nested `$and`s flattened): a document matches
+    /// the filter exactly when it matches all of them.
+    pub fn conjuncts(&self) -> Vec<Conjunct<'_>> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<Conjunct<'a>>) {
+            match node {
+                Node::And(children) => children.iter().for_each(|c| walk(c, out)),
+                Node::Leaf(path, Pred::Eq(v)) => out.push(Conjunct::Eq(path, v)),
+                Node::Leaf(path, Pred::In(list)) => out.push(Conjunct::In(path, list)),
+                Node::Leaf(path, Pred::Cmp(op, v)) => out.push(Conjunct::Cmp(path, *op, v)),
+                _ => out.push(Conjunct::Other),
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.inner.root, &mut out);
+        out
     }
 
     /// True when the filter matches every document (`null` or `{}`).

@@ -18,9 +18,9 @@ mod projection;
 mod sort;
 mod update;
 
-pub use self::filter::Filter;
+pub use self::filter::{CmpOp, Conjunct, Filter};
 pub use self::projection::Projection;
-pub use self::sort::{Sort, SortPosition, TopK};
+pub use self::sort::{index_keys, IndexKey, Sort, SortPosition, TopK};
 pub use self::update::Update;
 
 /// A stored document: a JSON object.
@@ -467,7 +467,7 @@ pub(crate) fn value_depth(v: &Value) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

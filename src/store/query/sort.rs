@@ -148,6 +148,16 @@ impl Sort {
         doc_id(doc).as_bytes().cmp(pos.id.as_bytes())
     }
 
+    /// Whether two positions of this order have equal sort keys, `_id` aside (also when it
+    /// is one of the keys).
+    pub fn same_keys(&self, a: &SortPosition, b: &SortPosition) -> bool {
+        self.keys
+            .iter()
+            .zip(a.keys.iter().zip(&b.keys))
+            .filter(|(k, _)| k.path != "_id")
+            .all(|(_, (x, y))| cmp_keys(&owned_key(x), &owned_key(y)) == Ordering::Equal)
+    }
+
     /// Compares two positions of this order.
     pub fn compare_positions(&self, a: &SortPosition, b: &SortPosition) -> Ordering {
         for ((key, x), y) in self.keys.iter().zip(&a.keys).zip(&b.keys) {
@@ -303,6 +313,11 @@ pub struct SortPosition {
 const MAX_POSITION_ID_BYTES: usize = 128;
 
 impl SortPosition {
+    /// The sort key values, one per sort field (`None`: undefined).
+    pub fn keys(&self) -> &[Option<Value>] {
+        &self.keys
+    }
+
     /// The `_id` of the document the position was taken from.
     pub fn id(&self) -> &str {
         &self.id
@@ -477,6 +492,37 @@ fn equal_key(path: &str, at: Option<&Value>, descending: bool) -> Option<Value> 
             "$nor": [{ path: {"$type": types_above(type_rank(c), false)} }]
         })),
         Value::Null => None,
+    }
+}
+
+/// One key an index holds for a document at a path: a value, or `undefined` (an empty
+/// array).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IndexKey<'a> {
+    /// MongoDB's `undefined`: the key of an empty array.
+    Undefined,
+    /// A value (`null` for a missing field).
+    Val(&'a Value),
+}
+
+/// The keys MongoDB's btree key generator produces for `doc` at `parts` (one per element
+/// of an array met on the way; `null` for a missing field): an index holds one entry per
+/// key, and a sort uses their minimum or maximum.
+pub fn index_keys<'a>(doc: &'a Document, parts: &[String]) -> Vec<IndexKey<'a>> {
+    let mut keys = Vec::new();
+    collect_keys(doc, parts, &mut keys);
+    keys.into_iter()
+        .map(|k| match k {
+            Key::Undefined => IndexKey::Undefined,
+            Key::Val(v) => IndexKey::Val(v),
+        })
+        .collect()
+}
+
+impl Sort {
+    /// The sort fields as `(path, descending)`, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.keys.iter().map(|k| (k.path.as_str(), k.descending))
     }
 }
 
