@@ -238,7 +238,7 @@ impl Default for AuthConfig {
             leeway_seconds: 5,
             hash_concurrency: 2,
             hash_queue_limit: 256,
-            hash_queue_wait_ms: 1_000,
+            hash_queue_wait_ms: 5_000,
             credential_cache_entries: 10_000,
             credential_cache_seconds: 1_200,
             argon2_memory_kib: 19_456,
