@@ -283,6 +283,8 @@ async fn place_and_create(
 ) -> Result<OrgRecord, ApiError> {
     let state = state.as_ref();
     let body = CreatePlacement { region };
+    // However this create ends, its reservation stops being in flight (when this drops).
+    let _settle;
     let mut org = {
         let choice = state
             .capacity
@@ -298,6 +300,11 @@ async fn place_and_create(
                     30,
                 ),
             })?;
+        _settle = Settle {
+            capacity: &state.capacity,
+            shard: choice.shard.clone(),
+            database: choice.database.clone(),
+        };
         let org = OrgRecord {
             id: org_id,
             placement: Placement {
@@ -355,6 +362,19 @@ async fn place_and_create(
 
 struct CreatePlacement {
     region: Option<String>,
+}
+
+/// Ends a create's reservation in the in-memory capacity counts when dropped.
+struct Settle<'a> {
+    capacity: &'a crate::placement::CapacityCounts,
+    shard: crate::domain::ShardId,
+    database: crate::domain::DatabaseName,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.capacity.settle(&self.shard, &self.database);
+    }
 }
 
 fn name_param(req: &Request) -> Result<OrgName, ApiError> {
