@@ -87,29 +87,59 @@ impl Drop for Gateway {
     }
 }
 
+impl Gateway {
+    /// Runs `org-gateway bench` against this gateway with `args`; returns its JSON report and
+    /// its standard output, failing the test (with every log) if the run failed.
+    fn bench(&self, args: &[&str]) -> (Value, String) {
+        let report_path = self.dir.path().join("report.json");
+        let out = Command::new(BIN)
+            .args(["bench", "--base-url", &self.base])
+            .args(args)
+            .arg("--json")
+            .arg(&report_path)
+            .output()
+            .expect("run bench");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
+            self.log()
+        );
+        let report = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+        (report, stdout)
+    }
+
+    /// The status of a public `GET /org/get` of `name`.
+    fn get_status(&self, name: &str) -> u16 {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/org/get", self.base))
+            .query(&[("organization_name", name)])
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
 #[test]
 fn churn_scenario_exercises_every_operation_without_errors() {
     let gw = Gateway::start();
-    let report_path = gw.dir.path().join("report.json");
-    let out = Command::new(BIN)
-        .args(["bench", "--base-url", &gw.base])
-        .args(["--users", "8", "--requests", "400", "--warmup", "0s"])
-        .args(["--orgs", "4", "--scenario", "churn", "--timeout", "30s"])
-        .arg("--json")
-        .arg(&report_path)
-        .output()
-        .expect("run bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
-        gw.log()
-    );
+    let (report, stdout) = gw.bench(&[
+        "--users",
+        "8",
+        "--requests",
+        "400",
+        "--warmup",
+        "0s",
+        "--orgs",
+        "4",
+        "--scenario",
+        "churn",
+        "--timeout",
+        "30s",
+    ]);
     assert!(stdout.contains("overall"), "{stdout}");
-
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     assert_eq!(report["scenario"], "churn");
     assert_eq!(report["overall"]["count"], 400, "{report:#}");
     let ops: Vec<&str> = report["operations"]
@@ -145,13 +175,7 @@ fn churn_scenario_exercises_every_operation_without_errors() {
     // Every org the run created is gone.
     assert_eq!(report["cleanup"]["failed"], 0, "{report:#}");
     let first = format!("bench-{}-u0-c0", report["run_id"].as_str().unwrap());
-    let status = reqwest::blocking::Client::new()
-        .get(format!("{}/org/get", gw.base))
-        .query(&[("organization_name", first)])
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 404);
+    assert_eq!(gw.get_status(&first), 404);
 }
 
 /// `original`'s users: spawned over a ramp-up, each creating and logging into its own
@@ -160,32 +184,21 @@ fn churn_scenario_exercises_every_operation_without_errors() {
 #[test]
 fn original_scenario_runs_users_with_think_time_and_reports_the_ramp_up_apart() {
     let gw = Gateway::start();
-    let report_path = gw.dir.path().join("report.json");
-    let out = Command::new(BIN)
-        .args(["bench", "--base-url", &gw.base, "--scenario", "original"])
-        .args([
-            "--users",
-            "10",
-            "--spawn-rate",
-            "10",
-            "--think-time",
-            "10ms..40ms",
-        ])
-        .args(["--duration", "4s", "--timeout", "30s"])
-        .arg("--json")
-        .arg(&report_path)
-        .output()
-        .expect("run bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}\ngateway log:\n{}",
-        gw.log()
-    );
+    let (report, stdout) = gw.bench(&[
+        "--scenario",
+        "original",
+        "--users",
+        "10",
+        "--spawn-rate",
+        "10",
+        "--think-time",
+        "10ms..40ms",
+        "--duration",
+        "4s",
+        "--timeout",
+        "30s",
+    ]);
     assert!(stdout.contains("ramp_up"), "{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     assert_eq!(report["scenario"], "original");
     assert_eq!(report["spawn_rate"], 10.0);
     assert_eq!(report["warmup_s"], 0.0);
@@ -231,11 +244,5 @@ fn original_scenario_runs_users_with_think_time_and_reports_the_ramp_up_apart() 
     assert_eq!(report["cleanup"]["deleted"], 10, "{report:#}");
     assert_eq!(report["cleanup"]["failed"], 0, "{report:#}");
     let first = format!("bench-{}-u0", report["run_id"].as_str().unwrap());
-    let status = reqwest::blocking::Client::new()
-        .get(format!("{}/org/get", gw.base))
-        .query(&[("organization_name", first)])
-        .send()
-        .unwrap()
-        .status();
-    assert_eq!(status, 404);
+    assert_eq!(gw.get_status(&first), 404);
 }
