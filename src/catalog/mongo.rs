@@ -366,10 +366,20 @@ impl MongoCatalog {
     }
 
     async fn find_orgs(&self, filter: Document) -> CatalogResult<Vec<OrgRecord>> {
-        let docs: Vec<Document> = self
-            .orgs
-            .find(filter)
-            .sort(doc! { "_id": 1 })
+        self.find_orgs_up_to(filter, None).await
+    }
+
+    /// The organizations matching `filter`, in id order, at most `limit` of them.
+    async fn find_orgs_up_to(
+        &self,
+        filter: Document,
+        limit: Option<usize>,
+    ) -> CatalogResult<Vec<OrgRecord>> {
+        let mut find = self.orgs.find(filter).sort(doc! { "_id": 1 });
+        if let Some(n) = limit {
+            find = find.limit(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<Document> = find
             .await
             .map_err(|e| self.err(&e))?
             .try_collect()
@@ -777,17 +787,7 @@ impl Catalog for MongoCatalog {
             Some(id) => doc! { "_id": { "$gt": id.to_string() } },
             None => doc! {},
         };
-        let docs: Vec<Document> = self
-            .orgs
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(limit.min(i64::MAX as usize) as i64)
-            .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
-        docs.iter().map(|d| from_field(d, "record")).collect()
+        self.find_orgs_up_to(filter, Some(limit)).await
     }
 
     async fn orgs_by_name(
