@@ -159,6 +159,30 @@ fn password(c: &mut Criterion) {
                 .unwrap())
         })
     });
+    // The fill alone, by implementation, one thread each with reused scratch memory: the
+    // gateway hashes with `argon2-rust`; `argon2` 0.5 is what it used before.
+    let salt = *b"sixteen byte sal";
+    let mut tag = [0u8; 32];
+    let params = argon2::Params::new(19_456, 2, 1, Some(32)).unwrap();
+    let mut blocks = vec![argon2::Block::default(); params.block_count()];
+    let rustcrypto =
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    group.bench_function("fill_argon2_0_5", |b| {
+        b.iter(|| {
+            rustcrypto
+                .hash_password_into_with_memory(b"correct horse", &salt, &mut tag, &mut blocks)
+                .unwrap()
+        })
+    });
+    let mut simd = argon2_rust::Argon2::new(
+        argon2_rust::Algorithm::Argon2id,
+        argon2_rust::Version::V0x13,
+        argon2_rust::Params::default(),
+    )
+    .hasher();
+    group.bench_function("fill_argon2_rust_1_1", |b| {
+        b.iter(|| simd.hash_into(b"correct horse", &salt, &mut tag).unwrap())
+    });
     group.finish();
     c.bench_function("verify_remembered_credentials", |b| {
         b.iter(|| {
