@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// `original`: users started per second [default: 50].
     #[arg(long, value_name = "USERS_PER_S")]
     pub spawn_rate: Option<f64>,
+    /// `original`: start each second's users together, as Locust's dispatcher does (one batch
+    /// of `floor(rate)` users every `floor(rate) / rate` s), instead of one every `1 / rate` s.
+    #[arg(long)]
+    pub spawn_in_batches: bool,
     /// `original`: wait before each task, drawn uniformly from MIN..MAX [default: 1s..3s].
     #[arg(long, value_name = "MIN..MAX", value_parser = duration::parse_range)]
     pub think_time: Option<(Duration, Duration)>,
@@ -100,8 +104,10 @@ impl BenchArgs {
         if users_model && self.mode == Mode::Open {
             bail!("--scenario original paces itself with think time; it runs in closed loop only");
         }
-        if !users_model && (self.spawn_rate.is_some() || self.think_time.is_some()) {
-            bail!("--spawn-rate and --think-time apply to --scenario original only");
+        if !users_model
+            && (self.spawn_rate.is_some() || self.think_time.is_some() || self.spawn_in_batches)
+        {
+            bail!("--spawn-rate, --spawn-in-batches and --think-time apply to --scenario original only");
         }
         if self.spawn_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--spawn-rate must be a number of users per second above 0");
@@ -141,6 +147,7 @@ impl BenchArgs {
             think_min,
             think_max,
             spawn_rate: Some(self.spawn_rate.unwrap_or(50.0)),
+            in_batches: self.spawn_in_batches,
         })
     }
 
@@ -221,6 +228,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
             think_min: Duration::ZERO,
             think_max: Duration::ZERO,
             spawn_rate: None,
+            in_batches: false,
         }),
         phases,
         api: api.clone(),
@@ -237,8 +245,9 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         args.users,
         model
             .map(|m| format!(
-                " spawned at {}/s, think time {:.1}-{:.1} s",
+                " spawned at {}/s{}, think time {:.1}-{:.1} s",
                 m.spawn_rate.unwrap_or(0.0),
+                if m.in_batches { " in batches" } else { "" },
                 m.think_min.as_secs_f64(),
                 m.think_max.as_secs_f64()
             ))
@@ -267,6 +276,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         users: args.users,
         rate: args.rate,
         spawn_rate: model.and_then(|m| m.spawn_rate),
+        spawn_in_batches: model.is_some_and(|m| m.in_batches),
         think_time_s: model.map(|m| (m.think_min.as_secs_f64(), m.think_max.as_secs_f64())),
         warmup_s: args.warmup().as_secs_f64(),
         orgs: if needs_fixtures { args.orgs } else { 0 },

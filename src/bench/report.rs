@@ -117,6 +117,8 @@ pub struct RunInfo {
     pub rate: Option<f64>,
     /// `original`: users started per second.
     pub spawn_rate: Option<f64>,
+    /// `original`: users started in one batch a second, as Locust does.
+    pub spawn_in_batches: bool,
     /// `original`: think time bounds, seconds.
     pub think_time_s: Option<(f64, f64)>,
     /// Warm-up excluded from the figures, seconds.
@@ -304,8 +306,9 @@ impl Report {
             i.rate.map(|r| format!(", {r} req/s")).unwrap_or_default()
                 + &i.think_time_s
                     .map(|(a, b)| format!(
-                        ", spawned at {}/s, think time {a:.1}-{b:.1} s",
-                        i.spawn_rate.unwrap_or(0.0)
+                        ", spawned at {}/s{}, think time {a:.1}-{b:.1} s",
+                        i.spawn_rate.unwrap_or(0.0),
+                        if i.spawn_in_batches { " in batches" } else { "" }
                     ))
                     .unwrap_or_default(),
             self.measured_s,
@@ -478,6 +481,7 @@ mod tests {
             users: 2,
             rate: None,
             spawn_rate: None,
+            spawn_in_batches: false,
             think_time_s: None,
             warmup_s: 0.0,
             orgs: 1,

@@ -128,12 +128,19 @@ pub struct UserModel {
     pub think_max: Duration,
     /// Users started per second (`None`: all at once).
     pub spawn_rate: Option<f64>,
+    /// Start users in batches as Locust's dispatcher does: `floor(rate)` users together, one
+    /// batch every `floor(rate) / rate` seconds (rather than one every `1 / rate`).
+    pub in_batches: bool,
 }
 
 impl UserModel {
     /// When user `user` starts, after the run's start.
     pub fn start_offset(&self, user: usize) -> Duration {
         match self.spawn_rate {
+            Some(r) if r > 0.0 && self.in_batches => {
+                let batch = r.floor().max(1.0);
+                Duration::from_secs_f64((user as f64 / batch).floor() * batch / r)
+            }
             Some(r) if r > 0.0 => Duration::from_secs_f64(user as f64 / r),
             _ => Duration::ZERO,
         }
@@ -550,4 +557,34 @@ pub async fn drive(run: Arc<Run>, work: Work, users: usize) -> Instant {
         let _ = h.await;
     }
     Instant::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(rate: f64, in_batches: bool) -> UserModel {
+        UserModel {
+            think_min: Duration::ZERO,
+            think_max: Duration::ZERO,
+            spawn_rate: Some(rate),
+            in_batches,
+        }
+    }
+
+    #[test]
+    fn users_start_one_by_one_or_in_locusts_batches() {
+        let even = model(50.0, false);
+        assert_eq!(even.start_offset(1), Duration::from_millis(20));
+        assert_eq!(even.start_offset(50), Duration::from_secs(1));
+        let batched = model(50.0, true);
+        assert_eq!(batched.start_offset(0), Duration::ZERO);
+        assert_eq!(batched.start_offset(49), Duration::ZERO);
+        assert_eq!(batched.start_offset(50), Duration::from_secs(1));
+        assert_eq!(batched.start_offset(149), Duration::from_secs(2));
+        // 2.5 users a second: batches of 2, every 0.8 s
+        let fractional = model(2.5, true);
+        assert_eq!(fractional.start_offset(1), Duration::ZERO);
+        assert_eq!(fractional.start_offset(2), Duration::from_millis(800));
+    }
 }
