@@ -447,7 +447,25 @@ impl Worker {
     }
 }
 
+/// How much lower than the request path the hashing threads run. Hashing is the one thing
+/// that can keep every core busy (a create flood); at a lower priority it soaks up what the
+/// request path leaves, so catalog commits, lookups and the queue's own hand-offs are not
+/// starved behind it, and a login waiting at the head of its lane still gets the next thread.
+const HASH_THREAD_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux applies `setpriority` to one thread
+/// given its id). Raising niceness needs no privilege; a failure only leaves it unchanged.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take plain integers and affect only the calling thread.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASH_THREAD_NICENESS);
+    }
+}
+
 fn worker(queue: Arc<JobQueue>, params: Params, waiting: Arc<AtomicUsize>) {
+    lower_thread_priority();
     let mut state = Worker::new(params);
     while let Some(Queued { job, queued_at }) = queue.pop() {
         waiting.fetch_sub(1, Ordering::Relaxed);
@@ -478,6 +496,43 @@ fn worker(queue: Arc<JobQueue>, params: Params, waiting: Arc<AtomicUsize>) {
 mod tests {
     use super::*;
     use argon2::Algorithm;
+
+    /// The niceness of each of this process's threads named `argon2-*`, from /proc.
+    #[cfg(target_os = "linux")]
+    fn hashing_thread_niceness() -> Vec<i64> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with("argon2-") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised name: state is field 3, nice is field 19.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+        found
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_below_the_request_path() {
+        let _h = PasswordHasher::new(64, 1, 1, 2, 4).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let own: i64 = {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            stat[stat.rfind(')').unwrap() + 2..]
+                .split(' ')
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let found = hashing_thread_niceness();
+        assert!(found.len() >= 2, "{found:?}");
+        let want = (own + i64::from(HASH_THREAD_NICENESS)).min(19);
+        assert!(found.iter().all(|&n| n == want), "{found:?}, want {want}");
+    }
 
     /// The SIMD fill must produce the tags the reference crate does, or stored hashes would
     /// stop verifying: random passwords (any UTF-8) and salts, at small costs and at OWASP's.

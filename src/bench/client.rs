@@ -65,6 +65,23 @@ impl Api {
         send(self.client.post(self.url("/org/create")).json(&body)).await
     }
 
+    /// `POST /org/create` as relayed by a proxy for client `forwarded_for`.
+    pub async fn create_org_from(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        forwarded_for: &str,
+    ) -> Reply {
+        let body = json!({"organization_name": name, "email": email, "password": password});
+        let rb = self
+            .client
+            .post(self.url("/org/create"))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&body);
+        send(rb).await
+    }
+
     /// `POST /admin/login`.
     pub async fn login(&self, email: &str, password: &str) -> Reply {
         let body = json!({"email": email, "password": password});

@@ -112,6 +112,12 @@ impl BenchArgs {
         if self.spawn_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--spawn-rate must be a number of users per second above 0");
         }
+        if self.raw_path.is_none()
+            && self.scenario == Scenario::CreateFlood
+            && self.mode != Mode::Open
+        {
+            bail!("--scenario create-flood offers creates at a rate: use --mode open --rate R");
+        }
         if self.requests == Some(0) {
             bail!("--requests must be at least 1");
         }
@@ -189,8 +195,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         ),
     };
 
-    let needs_fixtures =
-        matches!(work, Work::Scenario(s) if s == Scenario::GetOrg || s == Scenario::DataRead);
+    let needs_fixtures = matches!(work, Work::Scenario(s) if matches!(s, Scenario::GetOrg | Scenario::DataRead | Scenario::CreateFlood));
     let mut fixtures = Vec::new();
     if needs_fixtures {
         eprintln!(

@@ -38,6 +38,11 @@ pub enum Scenario {
     GetOrg,
     /// Only `GET /data/{id}` with a valid token.
     DataRead,
+    /// A flood of creates, each from its own client address (sent as `X-Forwarded-For`: run
+    /// the gateway with `limits.trusted_proxies = ["127.0.0.1/32"]`), with one login of a
+    /// fixture organization's admin for every ten creates: what logins wait for while creates
+    /// fill the hashing threads. Open loop only.
+    CreateFlood,
 }
 
 impl Scenario {
@@ -48,6 +53,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::GetOrg => "get-org",
             Scenario::DataRead => "data-read",
+            Scenario::CreateFlood => "create-flood",
         }
     }
 
@@ -58,6 +64,7 @@ impl Scenario {
             Scenario::Churn => &CHURN_OPS,
             Scenario::GetOrg => &[Op::Get],
             Scenario::DataRead => &[Op::DataRead],
+            Scenario::CreateFlood => &[Op::Create, Op::Login],
         }
     }
 }
@@ -229,6 +236,53 @@ impl Run {
                     self.timed(Op::DataRead, slot, self.api.read(token, id))
                         .await;
                     i += 1;
+                }
+            }
+            Work::Scenario(Scenario::CreateFlood) => {
+                let mut i = user;
+                while let Some(slot) = self.pace.next().await {
+                    // Drawn before any await: the thread's generator cannot be held across one.
+                    let (login, address) = {
+                        let mut rng = rand::thread_rng();
+                        (
+                            rand::Rng::gen_ratio(&mut rng, 1, 11),
+                            format!(
+                                "10.{}.{}.{}",
+                                rand::Rng::gen::<u8>(&mut rng),
+                                rand::Rng::gen::<u8>(&mut rng),
+                                rand::Rng::gen_range(&mut rng, 1..255u8)
+                            ),
+                        )
+                    };
+                    if login {
+                        let org = &self.fixtures[i % self.fixtures.len()];
+                        i += 1;
+                        self.timed(Op::Login, slot, self.api.login(&org.email, &self.password))
+                            .await;
+                        continue;
+                    }
+                    let name = format!("{}-f{}", self.prefix, uuid::Uuid::new_v4().simple());
+                    let org = BenchOrg {
+                        email: format!("{name}@example.com"),
+                        name,
+                        token: None,
+                        doc_id: None,
+                    };
+                    let created = self
+                        .timed(
+                            Op::Create,
+                            slot,
+                            self.api.create_org_from(
+                                &org.name,
+                                &org.email,
+                                &self.password,
+                                &address,
+                            ),
+                        )
+                        .await;
+                    if !matches!(&created.outcome, Outcome::Error(k) if k == "409" || k == "400") {
+                        self.leave(org);
+                    }
                 }
             }
             Work::Scenario(Scenario::Original) => self.original_user(user).await,
