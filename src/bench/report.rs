@@ -223,7 +223,12 @@ impl Report {
         offered_rps: Option<f64>,
     ) -> Self {
         let (operations, overall) = op_reports(expected_ops, &measured, elapsed);
-        let targets = targets::check(targets::TARGETS, &operations, &overall, offered_rps);
+        let targets = targets::check(
+            targets::for_scenario(&info.scenario),
+            &operations,
+            &overall,
+            offered_rps,
+        );
         Self {
             offered_rps,
             phases: Vec::new(),
@@ -262,7 +267,7 @@ impl Report {
             });
         }
         let steady = &self.phases[1];
-        let throughput: Vec<_> = targets::TARGETS
+        let throughput: Vec<_> = targets::for_scenario(&self.info.scenario)
             .iter()
             .copied()
             .filter(|t| t.metric == targets::Metric::Throughput)

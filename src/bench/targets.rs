@@ -54,7 +54,7 @@ impl Metric {
 /// One target.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
-    /// `original` or `ours`.
+    /// `original`, `ours` or `flood`.
     pub set: &'static str,
     /// Operation name, or `overall`.
     pub op: &'static str,
@@ -80,9 +80,20 @@ pub const TARGETS: &[Target] = &[
     t("ours", "data_read", Metric::P99Ms, 10.0),
     t("ours", "data_write", Metric::P99Ms, 25.0),
     t("ours", "overall", Metric::ErrorRate, 0.001),
-    // Logins are served ahead of creates in the hashing queue, also under a create flood.
-    t("ours", "login", Metric::P99Ms, 1000.0),
 ];
+
+/// The targets of `create-flood`: logins are served ahead of creates in the hashing queue, so
+/// they keep P99 under 1 s however many creates arrive; creates beyond the hashing capacity
+/// are refused (503 with Retry-After), which this scenario expects.
+pub const FLOOD_TARGETS: &[Target] = &[t("flood", "login", Metric::P99Ms, 1000.0)];
+
+/// The targets a run of `scenario` is held to.
+pub fn for_scenario(scenario: &str) -> &'static [Target] {
+    match scenario {
+        "create-flood" => FLOOD_TARGETS,
+        _ => TARGETS,
+    }
+}
 
 const fn t(set: &'static str, op: &'static str, metric: Metric, limit: f64) -> Target {
     Target {
@@ -96,7 +107,7 @@ const fn t(set: &'static str, op: &'static str, metric: Metric, limit: f64) -> T
 /// A target checked against a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetResult {
-    /// `original` or `ours`.
+    /// `original`, `ours` or `flood`.
     pub set: &'static str,
     /// Operation name, or `overall`.
     pub op: &'static str,
