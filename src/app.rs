@@ -109,6 +109,7 @@ impl AppState {
             a.hash_queue_limit,
         )?
         .with_wait_budget(Duration::from_millis(a.hash_queue_wait_ms))
+        .with_thread_niceness(a.hash_thread_niceness)
         .with_credential_cache(
             a.credential_cache_entries,
             Duration::from_secs(a.credential_cache_seconds),

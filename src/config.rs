@@ -213,6 +213,10 @@ pub struct AuthConfig {
     /// at the measured hash time (at least one per thread, at most `hash_queue_limit`).
     /// 0 admits up to `hash_queue_limit` whatever the hash time.
     pub hash_queue_wait_ms: u64,
+    /// Niceness of the hashing threads (0-19) relative to the request path, so that hashing at
+    /// full tilt (a create flood) takes only what requests leave of the CPU; 0 runs them as
+    /// equals (e.g. when other busy processes share the host and hashing must not yield).
+    pub hash_thread_niceness: u8,
     /// Recently verified credentials remembered (as keyed MACs, never the password), so a
     /// login with the same password as a recent create or login costs no second hash. 0: none.
     pub credential_cache_entries: u64,
@@ -239,6 +243,7 @@ impl Default for AuthConfig {
             hash_concurrency: 2,
             hash_queue_limit: 256,
             hash_queue_wait_ms: 5_000,
+            hash_thread_niceness: 10,
             credential_cache_entries: 10_000,
             credential_cache_seconds: 1_200,
             argon2_memory_kib: 19_456,
@@ -590,6 +595,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes == 0 || self.threads == 0 || self.auth.hash_concurrency == 0 {
             return Err("max_body_bytes, threads and auth.hash_concurrency must be > 0".into());
+        }
+        if self.auth.hash_thread_niceness > 19 {
+            return Err("auth.hash_thread_niceness must be between 0 and 19".into());
         }
         if self.auth.argon2_memory_kib < 19_456 || self.auth.argon2_iterations < 2 {
             return Err(
