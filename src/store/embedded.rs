@@ -151,6 +151,11 @@ type Maintained<'t> = (Declared, IndexDef, redb::Table<'t, &'static [u8], ()>);
 /// every write path hands it each document's old and new version.
 struct Maintainer<'t> {
     indexes: Vec<Maintained<'t>>,
+    /// Entry changes of each non-unique index, applied in key order by `finish`: a batch's
+    /// entries scattered over an index then reach each leaf page once, in order, rather than
+    /// in document order. The last change of a key wins, as it would applied in order. (A
+    /// unique index is changed at once: its duplicate check must see this batch's entries.)
+    pending: Vec<std::collections::BTreeMap<Vec<u8>, bool>>,
     /// Index entry bytes added minus removed.
     added: u64,
     removed: u64,
@@ -169,6 +174,7 @@ impl<'t> Maintainer<'t> {
             indexes.push((d, def, t));
         }
         Ok(Maintainer {
+            pending: vec![Default::default(); indexes.len()],
             indexes,
             added: 0,
             removed: 0,
@@ -207,6 +213,16 @@ impl<'t> Maintainer<'t> {
                 }
                 None => Vec::new(),
             };
+            if !def.unique {
+                let pending = &mut self.pending[i];
+                for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                    pending.insert(entry_key(k, id), false);
+                }
+                for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+                    pending.insert(entry_key(k, id), true);
+                }
+                continue;
+            }
             for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
                 let e = entry_key(k, id);
                 if table.remove(e.as_slice()).map_err(backend)?.is_some() {
@@ -214,7 +230,8 @@ impl<'t> Maintainer<'t> {
                 }
             }
             for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
-                if def.unique {
+                // Refused if another document holds the key already.
+                {
                     let upper = succ(k);
                     for row in table
                         .range::<&[u8]>(k.as_slice()..upper.as_slice())
@@ -241,11 +258,23 @@ impl<'t> Maintainer<'t> {
     /// Records indexes that became multikey; returns (bytes added, bytes removed).
     fn finish(self, txn: &redb::WriteTransaction, table: &str) -> StoreResult<(u64, u64)> {
         let Maintainer {
-            indexes,
-            added,
-            removed,
+            mut indexes,
+            pending,
+            mut added,
+            mut removed,
             turned_multikey,
         } = self;
+        for ((_, _, entries), changes) in indexes.iter_mut().zip(pending) {
+            for (e, insert) in changes {
+                if insert {
+                    if entries.insert(e.as_slice(), ()).map_err(backend)?.is_none() {
+                        added += e.len() as u64;
+                    }
+                } else if entries.remove(e.as_slice()).map_err(backend)?.is_some() {
+                    removed += e.len() as u64;
+                }
+            }
+        }
         let metas: Vec<(String, StoredIndex)> = turned_multikey
             .iter()
             .map(|&i| (indexes[i].0.name.clone(), indexes[i].0.meta.clone()))
@@ -351,6 +380,7 @@ fn build_index(db: &Database, table: &str, name: &str) -> StoreResult<()> {
         let result = (|| {
             let mut m = Maintainer::open(&txn, table)?;
             m.indexes.retain(|(d, _, _)| d.name == name);
+            m.pending.truncate(m.indexes.len());
             for (id, doc) in &docs {
                 // Re-adding what a write already added changes nothing.
                 m.apply(id, None, Some(doc))?;

@@ -177,6 +177,7 @@ conformance!(
     unique_index_build_over_duplicates_fails,
     rename_keeps_indexes,
     indexed_queries_answer_like_scans,
+    one_batch_changing_a_document_twice_leaves_only_its_last_entries,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -979,6 +980,48 @@ async fn rename_keeps_indexes(f: &Fixture) {
         .await
         .unwrap_err();
     duplicate_in(e, "i_u");
+}
+
+/// A batch that writes the same document twice (an upsert batch repeating an `_id`) leaves
+/// index entries for its last version only, as if the writes were applied one by one.
+async fn one_batch_changing_a_document_twice_leaves_only_its_last_entries(f: &Fixture) {
+    let ns = f.ns(1, "idxtwice");
+    fill(f, &ns, numbered(0..5)).await.unwrap();
+    ready_index(f, &ns, &index("qty_1", json!({"qty": 1}), false)).await;
+    f.store
+        .upsert_many(
+            &ns,
+            vec![
+                doc(json!({"_id": "twice", "qty": 1})),
+                doc(json!({"_id": "d00001", "qty": 1})),
+                doc(json!({"_id": "twice", "qty": 2})),
+                doc(json!({"_id": "d00001", "qty": 3})),
+                doc(json!({"_id": "d00001", "qty": 1})),
+            ],
+        )
+        .await
+        .unwrap();
+    let by_qty = |qty: i64| FindQuery {
+        filter: org_gateway::store::query::Filter::parse(
+            &json!({ "qty": qty }),
+            &QueryLimits::default(),
+        )
+        .unwrap(),
+        sort: org_gateway::store::query::Sort::parse(&json!(null)).unwrap(),
+        projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+        skip: 0,
+        limit: 1000,
+        after: None,
+    };
+    for (qty, want) in [(1, vec!["d00001"]), (2, vec!["twice"]), (3, vec![])] {
+        let (found, explain) = f.store.explain_find(&ns, &by_qty(qty)).await.unwrap();
+        assert_eq!(explain.index.as_deref(), Some("qty_1"));
+        let got: Vec<&str> = found
+            .iter()
+            .map(|d| d.document["_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "qty {qty}");
+    }
 }
 
 async fn indexed_queries_answer_like_scans(f: &Fixture) {
