@@ -43,6 +43,9 @@ const EXPORT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Bytes of documents an import writes at once at most (and at most `data.max_batch`
 /// documents).
 const IMPORT_BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Most documents an upsert-mode import writes at once: a MongoDB shard replaces the
+/// documents that exist one by one, and each batch must finish within the request timeout.
+const UPSERT_BATCH_DOCS: usize = 100;
 /// Pause between attempts while the organization is briefly busy (a move's cutover).
 const BUSY_RETRY: Duration = Duration::from_millis(50);
 
@@ -374,9 +377,11 @@ impl Import {
         self.ids.insert(id.clone());
         self.batch.push((n, id, doc));
         self.batch_bytes += size;
-        if self.batch.len() >= self.state.config.data.max_batch
-            || self.batch_bytes >= IMPORT_BATCH_BYTES
-        {
+        let max_docs = match self.mode {
+            Mode::Insert => self.state.config.data.max_batch,
+            Mode::Upsert => self.state.config.data.max_batch.min(UPSERT_BATCH_DOCS),
+        };
+        if self.batch.len() >= max_docs || self.batch_bytes >= IMPORT_BATCH_BYTES {
             self.flush().await?;
         }
         Ok(())

@@ -366,3 +366,43 @@ fn import_needs_ndjson_and_both_routes_a_token() {
     assert_problem(r, 401, "unauthorized");
     assert_eq!(all_docs(&gw, &t).len(), 1);
 }
+
+#[test]
+fn an_export_follows_a_rename_that_happens_while_it_streams() {
+    use std::io::Read;
+    let gw = TestGateway::start();
+    let t = gw.org_with_token("Streaming Source", "streaming@example.com");
+    let n = 3000;
+    // About 6 MB: far more than the socket buffers hold, so the export is still streaming
+    // (blocked on the client) when the rename happens.
+    let all: Vec<Value> = (0..n)
+        .map(|i| json!({"_id": format!("r{i:05}"), "pad": "z".repeat(2000)}))
+        .collect();
+    for chunk in all.chunks(500) {
+        insert(&gw, &t, &Value::Array(chunk.to_vec()));
+    }
+    let mut r = gw
+        .req(Method::GET, "/org/export")
+        .bearer_auth(&t)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut head = vec![0u8; 64 * 1024];
+    r.read_exact(&mut head).unwrap();
+    let renamed = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&t)
+        .json(&json!({"organization_name": "Streaming Source", "new_organization_name": "Streaming Renamed"}))
+        .send()
+        .unwrap();
+    assert_eq!(renamed.status(), 200, "{}", renamed.text().unwrap());
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    head.extend(rest);
+    let text = String::from_utf8(head).unwrap();
+    let exported: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported, all);
+}
