@@ -22,6 +22,7 @@ use crate::domain::OrgId;
 use crate::error::ApiError;
 use crate::store::query::QueryLimits;
 use crate::store::Document;
+use crate::telemetry::metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::StatusCode;
@@ -151,6 +152,9 @@ impl Export {
             serde_json::to_writer(&mut out, d).expect("a JSON object always serializes");
             out.push(b'\n');
         }
+        metrics::TRANSFER_DOCUMENTS
+            .with_label_values(&["export"])
+            .inc_by(docs.len() as u64);
         let average = out.len() / docs.len();
         self.limit = (EXPORT_CHUNK_BYTES / average.max(1)).clamp(1, EXPORT_MAX_BATCH);
         Ok(Some(Bytes::from(out)))
@@ -466,6 +470,9 @@ impl Import {
 
     fn wrote(&mut self, docs: u64, bytes: u64) {
         self.imported += docs;
+        metrics::TRANSFER_DOCUMENTS
+            .with_label_values(&["import"])
+            .inc_by(docs);
         match self.mode {
             Mode::Insert => self.state.quotas.add(self.org, bytes as i64),
             // Replaced documents free their old bytes: measured again before the next batch.

@@ -106,6 +106,19 @@ fn an_export_imported_into_another_org_gives_identical_documents() {
     assert_eq!(all_docs(&gw, &b), source);
     let (again, _) = export(&gw, &b);
     assert_eq!(again, text, "byte for byte");
+    let metrics = gw
+        .client
+        .get(format!("{}/metrics", gw.ops))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "org_gateway_transfer_documents_total{direction=\"export\"} 10",
+        "org_gateway_transfer_documents_total{direction=\"import\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+    }
     // An empty organization exports nothing.
     let c = gw.org_with_token("Empty Org", "empty@example.com");
     let (empty, docs) = export(&gw, &c);
