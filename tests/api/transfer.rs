@@ -419,3 +419,54 @@ fn an_export_follows_a_rename_that_happens_while_it_streams() {
         .collect();
     assert_eq!(exported, all);
 }
+
+#[test]
+fn a_bad_line_in_a_later_batch_keeps_every_line_before_it() {
+    let gw = TestGateway::start();
+    let t = gw.org_with_token("Later Batch", "later-batch@example.com");
+    insert(&gw, &t, &json!({"_id": "l01234", "existing": true}));
+    // 1,500 lines; line 1,235 holds the _id that exists: the first batch of 1,000 is written,
+    // then the second is refused as a whole and written line by line up to the duplicate.
+    let docs: Vec<Value> = (0..1500)
+        .map(|i| json!({"_id": format!("l{i:05}")}))
+        .collect();
+    let p = assert_problem(import(&gw, &t, None, ndjson(&docs)), 400, "duplicate_id");
+    assert_eq!(
+        (p["line"].clone(), p["imported"].clone()),
+        (json!(1235), json!(1234))
+    );
+    let stored = all_docs(&gw, &t);
+    assert_eq!(stored.len(), 1235);
+    assert_eq!(stored[1234], json!({"_id": "l01234", "existing": true}));
+    assert_eq!(stored.last().unwrap()["_id"], "l01234");
+}
+
+#[test]
+fn a_body_that_stops_arriving_is_408_with_the_count_imported() {
+    use std::io::{Read, Write};
+    let gw = TestGateway::start_with(Options {
+        config: "request_timeout_ms = 1000\n".into(),
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Stalled Body", "stalled@example.com");
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let lines = "{\"_id\": \"s1\"}\n{\"_id\": \"s2\"}\n";
+    write!(
+        s,
+        "POST /org/import HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: {NDJSON}\r\nContent-Length: 100000\r\n\r\n{lines}"
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["code"], "body_timeout");
+    assert_eq!(body["imported"], 0, "the lines had not filled a batch");
+    // Lines received before the stall but not yet written are not imported.
+    assert!(all_docs(&gw, &t).is_empty());
+}
