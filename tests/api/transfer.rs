@@ -445,13 +445,14 @@ fn a_bad_line_in_a_later_batch_keeps_every_line_before_it() {
 fn a_body_that_stops_arriving_is_408_with_the_count_imported() {
     use std::io::{Read, Write};
     let gw = TestGateway::start_with(Options {
-        config: "request_timeout_ms = 1000\n".into(),
+        // Short, but long enough for creating an organization on a MongoDB catalog.
+        config: "request_timeout_ms = 4000\n".into(),
         ..Default::default()
     });
     let t = gw.org_with_token("Stalled Body", "stalled@example.com");
     let addr = gw.base.trim_start_matches("http://").to_owned();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
     let lines = "{\"_id\": \"s1\"}\n{\"_id\": \"s2\"}\n";
     write!(
