@@ -471,3 +471,42 @@ fn a_body_that_stops_arriving_is_408_with_the_count_imported() {
     // Lines received before the stall but not yet written are not imported.
     assert!(all_docs(&gw, &t).is_empty());
 }
+
+#[test]
+fn an_export_to_an_http_1_0_client_ends_with_the_connection_and_head_has_no_body() {
+    use std::io::{Read, Write};
+    let gw = TestGateway::start();
+    let t = gw.org_with_token("Old Client", "old-client@example.com");
+    let docs: Vec<Value> = (0..200)
+        .map(|i| json!({"_id": format!("o{i:03}"), "pad": "o".repeat(100)}))
+        .collect();
+    insert(&gw, &t, &Value::Array(docs.clone()));
+    let addr = gw.base.trim_start_matches("http://").to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /org/export HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_eq!(body, ndjson(&docs));
+    // HEAD: the headers of the export, no body.
+    let r = gw
+        .req(Method::HEAD, "/org/export")
+        .bearer_auth(&t)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], NDJSON);
+    assert!(r.text().unwrap().is_empty());
+}
