@@ -190,7 +190,7 @@ pub struct ImportReply {
     request_body(content = String, content_type = "application/x-ndjson", description = "One document a line (a JSON object, the rules of `POST /data`; `_id` generated when absent); blank lines are skipped. Read as it arrives and written in batches: the body may be as large as the organization's remaining storage quota (not bounded by `max_body_bytes`); one line at most `max(max_body_bytes, data.max_document_bytes)` bytes."),
     responses(
         (status = 200, description = "Every line imported", body = ImportReply),
-        (status = 400, description = "A bad line: not JSON, not an object, an invalid document, or (insert mode) an `_id` that exists or appears on an earlier line, or a unique index's key taken. The problem names the line (`line`, counted from 1) and the documents imported before it (`imported`): every document on the lines before it is stored, none from it on.", body = crate::error::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "A bad line: not JSON, not an object, an invalid document, or (insert mode) an `_id` that exists or appears on an earlier line, or a unique index's key taken. The problem names the line (`line`, counted from 1) and the documents imported before it (`imported`): every document on the lines before it is stored, none from it on (except on a MongoDB shard in upsert mode, where a unique key refused may leave later lines of the same batch of up to 100 written).", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, invalid or expired token", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/x-ndjson", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited (Retry-After)", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -267,6 +267,9 @@ pub async fn import(
         let mut rest = &chunk[..];
         while let Some(end) = rest.iter().position(|b| *b == b'\n') {
             line_no += 1;
+            if partial.len() + end > max_line {
+                return Err(import.bad_line(line_no, line_too_long(max_line)).await);
+            }
             if partial.is_empty() {
                 import.line(line_no, &rest[..end]).await?;
             } else {
@@ -277,11 +280,7 @@ pub async fn import(
             rest = &rest[end + 1..];
         }
         if partial.len() + rest.len() > max_line {
-            let e = ApiError::invalid(
-                "line_too_long",
-                format!("a line may hold at most {max_line} bytes"),
-            );
-            return Err(import.bad_line(line_no + 1, e).await);
+            return Err(import.bad_line(line_no + 1, line_too_long(max_line)).await);
         }
         partial.extend_from_slice(rest);
     }
@@ -298,6 +297,13 @@ pub async fn import(
     );
     reply.headers.extend(headers);
     Ok(reply)
+}
+
+fn line_too_long(max_line: usize) -> ApiError {
+    ApiError::invalid(
+        "line_too_long",
+        format!("a line may hold at most {max_line} bytes"),
+    )
 }
 
 /// Whether the request says its body is NDJSON (parameters such as `charset` allowed).
