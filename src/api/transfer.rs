@@ -95,7 +95,16 @@ pub async fn export(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     };
     // The first batch is read before the head is sent: a failure there is still a problem
     // response.
-    let first = export.next_batch().await?;
+    let step = Duration::from_millis(state.config.request_timeout_ms);
+    let first = tokio::time::timeout(step, export.next_batch())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                "request_timeout",
+                "the request took too long and was abandoned",
+                1,
+            )
+        })??;
     Ok(Reply {
         status: StatusCode::OK,
         body: first.map(Vec::from).unwrap_or_default(),
