@@ -18,6 +18,9 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Extra headers (e.g. rate-limit headers on 429).
     pub extra_headers: Vec<(&'static str, String)>,
+    /// Extension members of the problem body (RFC 9457 section 3.2), e.g. the `line` and
+    /// `imported` count of a refused import. Values are the gateway's own, never request bytes.
+    pub extensions: Vec<(&'static str, u64)>,
 }
 
 /// The JSON body of a problem response.
@@ -42,6 +45,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             extra_headers: Vec::new(),
+            extensions: Vec::new(),
         }
     }
 
@@ -114,11 +118,23 @@ impl ApiError {
 
     /// 415 when the body is not JSON.
     pub fn unsupported_media_type() -> Self {
+        Self::unsupported_media_type_of("application/json")
+    }
+
+    /// 415 when the body is not of the `expected` media type.
+    pub fn unsupported_media_type_of(expected: &str) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "request body must be application/json",
+            format!("request body must be {expected}"),
         )
+    }
+
+    /// The same error with an extension member added to its body.
+    pub fn with_extension(mut self, name: &'static str, value: u64) -> Self {
+        self.extensions.retain(|(n, _)| *n != name);
+        self.extensions.push((name, value));
+        self
     }
 
     /// 503 with `Retry-After`.
@@ -155,7 +171,16 @@ impl ApiError {
             code: self.code,
             request_id,
         };
-        serde_json::to_vec(&body).expect("problem body serializes")
+        if self.extensions.is_empty() {
+            return serde_json::to_vec(&body).expect("problem body serializes");
+        }
+        let mut value = serde_json::to_value(&body).expect("problem body serializes");
+        if let Some(map) = value.as_object_mut() {
+            for (name, v) in &self.extensions {
+                map.insert((*name).to_owned(), (*v).into());
+            }
+        }
+        serde_json::to_vec(&value).expect("problem body serializes")
     }
 }
 

@@ -30,11 +30,11 @@ use tracing::Instrument;
 const MAX_ID_LEN: usize = 128;
 
 /// A resolved tenant request: where to go and the rate-limit headers to return.
-struct Tenant {
-    org: OrgId,
-    shard: Arc<Shard>,
-    ns: Namespace,
-    headers: Vec<(&'static str, String)>,
+pub(super) struct Tenant {
+    pub(super) org: OrgId,
+    pub(super) shard: Arc<Shard>,
+    pub(super) ns: Namespace,
+    pub(super) headers: Vec<(&'static str, String)>,
     /// Held until the handler is done with the placement.
     _gate: crate::fleet::gate::GateGuard,
     /// The catalog, and the move whose change log this tenant's writes append to (while a
@@ -43,7 +43,7 @@ struct Tenant {
 }
 
 impl Tenant {
-    fn reply(&self, status: StatusCode, body: &impl Serialize) -> Reply {
+    pub(super) fn reply(&self, status: StatusCode, body: &impl Serialize) -> Reply {
         let mut r = Reply::json(status, body);
         r.headers.extend(self.headers.iter().cloned());
         r
@@ -56,7 +56,7 @@ impl Tenant {
     /// While a move captures the tenant's changes, the ids are logged before the write (if
     /// that fails, nothing is written: 503) and again after it (so the move re-reads a
     /// document whose first entry it applied before the write landed), both inside the gate.
-    async fn write<T, F, Fut>(
+    pub(super) async fn write<T, F, Fut>(
         &self,
         op: &'static str,
         ids: Vec<String>,
@@ -108,7 +108,7 @@ impl Tenant {
 
     /// Runs a store call with shard health tracking and 503 on outages (metrics are recorded
     /// by the store wrapper).
-    async fn run<T>(
+    pub(super) async fn run<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = StoreResult<T>>,
@@ -194,7 +194,7 @@ fn sort_window_exceeded(window: u64) -> ApiError {
     )
 }
 
-fn with_headers(mut e: ApiError, headers: &[(&'static str, String)]) -> ApiError {
+pub(super) fn with_headers(mut e: ApiError, headers: &[(&'static str, String)]) -> ApiError {
     e.extra_headers.extend(headers.iter().cloned());
     e
 }
@@ -205,7 +205,7 @@ fn query_error(e: QueryError) -> ApiError {
 
 /// Whether a tenant request reads or writes: writes wait out a move's cutover.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(super) enum Access {
     Read,
     Write,
 }
@@ -213,25 +213,62 @@ enum Access {
 /// Authenticates, applies the org's rate limit and resolves its placement. A write to an
 /// organization whose move is cutting over waits (outside the request gate, so the cutover's
 /// fence does not wait for it) until the placement switches or the cutover is abandoned.
-async fn tenant(
+pub(super) async fn tenant(
     state: &AppState,
     req: &Request,
     log: &mut RequestLog,
     access: Access,
 ) -> Result<Tenant, ApiError> {
     // Counted in before the placement is resolved, so a fence waits for this request.
-    let mut gate = state.fleet.enter();
+    let gate = state.fleet.enter();
     if !state.fleet.serving() {
-        return Err(ApiError::unavailable(
-            "instance_fenced",
-            "this gateway instance lost its registry lease; retry (another instance serves)",
-            1,
-        ));
+        return Err(fenced());
     }
     let caller = authenticate(state, req).await?;
-    let mut org = caller.org;
+    let org = caller.org;
     log.org_id = Some(org.id);
     let headers = super::check_rate(state, org.id).await?;
+    place(state, gate, org, headers, access).await
+}
+
+fn fenced() -> ApiError {
+    ApiError::unavailable(
+        "instance_fenced",
+        "this gateway instance lost its registry lease; retry (another instance serves)",
+        1,
+    )
+}
+
+/// The placement of an organization already authenticated and rate-limited (`headers`), read
+/// afresh: a long request (an export or an import) resolves it again for each batch, holding
+/// the request gate only meanwhile, so moves and renames are not held up by it and its
+/// batches follow them. The organization gone is 401 (its tokens are void).
+pub(super) async fn tenant_again(
+    state: &AppState,
+    org: OrgId,
+    headers: Vec<(&'static str, String)>,
+    access: Access,
+) -> Result<Tenant, ApiError> {
+    let gate = state.fleet.enter();
+    if !state.fleet.serving() {
+        return Err(fenced());
+    }
+    let record = state
+        .router
+        .org(org)
+        .await
+        .map_err(|e| internal("catalog", e))?
+        .ok_or_else(ApiError::unauthorized)?;
+    place(state, gate, record, headers, access).await
+}
+
+async fn place(
+    state: &AppState,
+    mut gate: crate::fleet::gate::GateGuard,
+    mut org: Arc<crate::catalog::OrgRecord>,
+    headers: Vec<(&'static str, String)>,
+    access: Access,
+) -> Result<Tenant, ApiError> {
     if access == Access::Write && in_cutover(&org) {
         let started = std::time::Instant::now();
         // As long as the request may run (less a margin to answer): the cutover ends within
@@ -307,7 +344,7 @@ fn in_cutover(org: &crate::catalog::OrgRecord) -> bool {
         .is_some_and(|m| m.phase == MovePhase::Cutover)
 }
 
-fn limits(state: &AppState) -> QueryLimits {
+pub(super) fn limits(state: &AppState) -> QueryLimits {
     let d = &state.config.data;
     QueryLimits {
         max_depth: d.max_filter_depth,
@@ -340,9 +377,9 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Measured-or-cached usage, then a quota check for `extra` bytes.
-async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), ApiError> {
-    let used = match state.quotas.cached(t.org) {
+/// The organization's measured-or-cached usage in bytes.
+pub(super) async fn usage(state: &AppState, t: &Tenant) -> Result<u64, ApiError> {
+    Ok(match state.quotas.cached(t.org) {
         Some(u) => u,
         None => {
             let measured = t
@@ -351,22 +388,89 @@ async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), Api
             state.quotas.set_measured(t.org, measured);
             measured
         }
-    };
-    if !state.quotas.fits(used, extra) {
-        metrics::QUOTA_REJECTIONS.inc();
-        return Err(with_headers(
-            ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "quota_exceeded",
-                format!(
-                    "storage quota of {} bytes would be exceeded ({} used, {} more requested)",
-                    state.quotas.limit_bytes, used, extra
-                ),
+    })
+}
+
+/// The 507 for `extra` more bytes over an organization using `used`.
+pub(super) fn quota_exceeded(
+    state: &AppState,
+    headers: &[(&'static str, String)],
+    used: u64,
+    extra: u64,
+) -> ApiError {
+    metrics::QUOTA_REJECTIONS.inc();
+    with_headers(
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota_exceeded",
+            format!(
+                "storage quota of {} bytes would be exceeded ({} used, {} more requested)",
+                state.quotas.limit_bytes, used, extra
             ),
-            &t.headers,
-        ));
+        ),
+        headers,
+    )
+}
+
+/// Measured-or-cached usage, then a quota check for `extra` bytes.
+pub(super) async fn check_quota(state: &AppState, t: &Tenant, extra: u64) -> Result<(), ApiError> {
+    let used = usage(state, t).await?;
+    if !state.quotas.fits(used, extra) {
+        return Err(quota_exceeded(state, &t.headers, used, extra));
     }
     Ok(())
+}
+
+/// Why a document cannot be stored ([`prepare_document`]).
+pub(super) enum DocProblem {
+    /// `_id` is not a string.
+    IdNotString,
+    /// `_id` is a string breaking [`check_id`]'s rules.
+    InvalidId(ApiError),
+    /// [`validate_document`] refused it.
+    Invalid(QueryError),
+    /// Over `data.max_document_bytes` (its size as JSON).
+    TooLarge(usize),
+}
+
+impl DocProblem {
+    /// The stable code a client sees.
+    pub(super) fn code(&self) -> &'static str {
+        match self {
+            DocProblem::IdNotString | DocProblem::InvalidId(_) => "invalid_id",
+            DocProblem::Invalid(e) => e.code,
+            DocProblem::TooLarge(_) => "document_too_large",
+        }
+    }
+}
+
+/// A document ready for the store: its `_id` (generated when absent) first, validated, within
+/// the size limit. Returns the `_id`, the document and its size in bytes as JSON.
+pub(super) fn prepare_document(
+    mut doc: Document,
+    lim: &QueryLimits,
+    max_document_bytes: usize,
+) -> Result<(String, Document, u64), DocProblem> {
+    let id = match doc.get("_id") {
+        None => new_object_id(),
+        Some(Value::String(s)) => {
+            check_id(s).map_err(DocProblem::InvalidId)?;
+            s.clone()
+        }
+        Some(_) => return Err(DocProblem::IdNotString),
+    };
+    doc.shift_remove("_id");
+    let mut with_id = Document::with_capacity(doc.len() + 1);
+    with_id.insert("_id".into(), Value::String(id.clone()));
+    with_id.extend(doc);
+    validate_document(&with_id, lim).map_err(DocProblem::Invalid)?;
+    let size = serde_json::to_vec(&with_id)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > max_document_bytes {
+        return Err(DocProblem::TooLarge(size));
+    }
+    Ok((id, with_id, size as u64))
 }
 
 #[utoipa::path(post, path = "/data", operation_id = "insert_documents", tag = "data", security(("bearer" = [])),
@@ -422,20 +526,20 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     let mut ids = Vec::with_capacity(raw_docs.len());
     let mut bytes = 0u64;
     let mut seen = std::collections::HashSet::new();
-    for (i, mut doc) in raw_docs.into_iter().enumerate() {
-        let id = match doc.get("_id") {
-            None => new_object_id(),
-            Some(Value::String(s)) => {
-                check_id(s)?;
-                s.clone()
-            }
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "invalid_id",
-                    format!("document {i}: _id must be a string"),
-                ))
-            }
-        };
+    let max_document_bytes = state.config.data.max_document_bytes;
+    for (i, doc) in raw_docs.into_iter().enumerate() {
+        let (id, with_id, size) =
+            prepare_document(doc, &lim, max_document_bytes).map_err(|p| match p {
+                DocProblem::IdNotString => {
+                    ApiError::invalid("invalid_id", format!("document {i}: _id must be a string"))
+                }
+                DocProblem::InvalidId(e) => e,
+                DocProblem::Invalid(e) => ApiError::invalid(e.code, format!("document {i}: {e}")),
+                DocProblem::TooLarge(size) => ApiError::invalid(
+                    "document_too_large",
+                    format!("document {i} is {size} bytes; the limit is {max_document_bytes}"),
+                ),
+            })?;
         // 409 like a collision with a stored document (and like MongoDB's own answer): JSON
         // Schema cannot say that `_id`s within a batch differ, so the 400s stay schema errors.
         if !seen.insert(id.clone()) {
@@ -444,25 +548,7 @@ pub async fn insert(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
                 format!("_id {id:?} appears twice in the batch"),
             ));
         }
-        doc.shift_remove("_id");
-        let mut with_id = Document::with_capacity(doc.len() + 1);
-        with_id.insert("_id".into(), Value::String(id.clone()));
-        with_id.extend(doc);
-        validate_document(&with_id, &lim)
-            .map_err(|e| ApiError::invalid(e.code, format!("document {i}: {e}")))?;
-        let size = serde_json::to_vec(&with_id)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > state.config.data.max_document_bytes {
-            return Err(ApiError::invalid(
-                "document_too_large",
-                format!(
-                    "document {i} is {size} bytes; the limit is {}",
-                    state.config.data.max_document_bytes
-                ),
-            ));
-        }
-        bytes += size as u64;
+        bytes += size;
         ids.push(id);
         docs.push(with_id);
     }

@@ -73,5 +73,6 @@ pub async fn metrics(state: &AppState, req: &Request) -> ApiResult {
         body: metrics::render(),
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
+        stream: None,
     })
 }

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orgs;
 pub mod routes;
+pub mod transfer;
 
 use crate::app::AppState;
 use crate::domain::OrgId;
@@ -51,6 +52,34 @@ pub struct RequestLog {
     pub org_id: Option<OrgId>,
 }
 
+/// A body read or written in chunks: the request body of a streamed upload (read as it
+/// arrives), or the rest of a streamed response (produced as it is sent).
+#[async_trait::async_trait]
+pub trait Chunks: Send {
+    /// The next chunk, or `None` at the end. For a response, an error after the head is sent
+    /// can only abort the connection (the client sees an incomplete body).
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError>;
+}
+
+/// A request body of no bytes (routes that read none).
+pub struct NoBody;
+
+#[async_trait::async_trait]
+impl Chunks for NoBody {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        Ok(None)
+    }
+}
+
+/// The rest of a streamed response body, after [`Reply::body`].
+pub struct Stream(pub Box<dyn Chunks>);
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
+
 /// A successful response.
 #[derive(Debug)]
 pub struct Reply {
@@ -62,6 +91,9 @@ pub struct Reply {
     pub content_type: &'static str,
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
+    /// When set, the body goes on with these chunks after `body` (sent without a
+    /// `Content-Length`, chunked).
+    pub stream: Option<Stream>,
 }
 
 impl Reply {
@@ -72,6 +104,7 @@ impl Reply {
             body: serde_json::to_vec(value).expect("response serializes"),
             content_type: "application/json",
             headers: Vec::new(),
+            stream: None,
         }
     }
 }
@@ -79,14 +112,18 @@ impl Reply {
 /// Result of a handler.
 pub type ApiResult = Result<Reply, ApiError>;
 
-/// Runs the handler for a matched route.
+/// Runs the handler for a matched route. `body` is the request body still to read, for the
+/// routes that stream theirs ([`Route::streams_body`]); the others find theirs in `req.body`.
 pub async fn handle(
     state: &std::sync::Arc<AppState>,
     route: Route,
     req: &Request,
+    body: &mut dyn Chunks,
     log: &mut RequestLog,
 ) -> ApiResult {
     match route {
+        Route::OrgExport => transfer::export(state, req, log).await,
+        Route::OrgImport => transfer::import(state, req, body, log).await,
         Route::Healthz => health::healthz(state).await,
         Route::OpenApi => openapi::openapi_json(state, routes::Listener::Public).await,
         Route::OpsOpenApi => openapi::openapi_json(state, routes::Listener::Ops).await,
@@ -198,15 +235,30 @@ fn parse(req: &Request, integers: Integers) -> Result<Value, ApiError> {
             format!("invalid request body: {}", clip(&e.to_string())),
         )
     })?;
+    check_value(&value, &req.body, integers)?;
+    Ok(value)
+}
+
+/// One JSON text holding tenant data (a line of an import): [`json_value`]'s checks. Errors
+/// carry only the kind of problem (their `code`), so a caller may report them without
+/// quoting the text.
+pub fn tenant_json(text: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(text)
+        .map_err(|_| ApiError::invalid("invalid_json", "not valid JSON"))?;
+    check_value(&value, text, Integers::Int64)?;
+    Ok(value)
+}
+
+fn check_value(value: &Value, text: &[u8], integers: Integers) -> Result<(), ApiError> {
     let mut budget = MAX_BODY_VALUES;
-    check_json(&value, &mut Trail::new(""), &mut budget, integers)?;
-    if integers == Integers::Int64 && has_integer_beyond_i64(&req.body) {
+    check_json(value, &mut Trail::new(""), &mut budget, integers)?;
+    if integers == Integers::Int64 && has_integer_beyond_i64(text) {
         return Err(ApiError::invalid(
             "number_out_of_range",
             "an integer in the request body does not fit a signed 64-bit integer",
         ));
     }
-    Ok(value)
+    Ok(())
 }
 
 /// Whether valid JSON text holds an integer literal (no fraction, no exponent) outside the

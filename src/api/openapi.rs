@@ -38,6 +38,8 @@ use utoipa::{Modify, OpenApi};
         super::data::create_index,
         super::data::list_indexes,
         super::data::drop_index,
+        super::transfer::export,
+        super::transfer::import,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
@@ -319,5 +321,6 @@ pub async fn openapi_json(state: &AppState, listener: Listener) -> ApiResult {
         body: serde_json::to_vec(&doc).expect("OpenAPI document serializes"),
         content_type: "application/json",
         headers: Vec::new(),
+        stream: None,
     })
 }

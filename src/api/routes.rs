@@ -43,6 +43,10 @@ pub enum Route {
     OrgAdminDelete,
     /// `GET /org/events`.
     OrgEvents,
+    /// `GET /org/export`.
+    OrgExport,
+    /// `POST /org/import`.
+    OrgImport,
     /// `GET /ops/events`.
     OpsEvents,
     /// `GET /ops/shards`.
@@ -109,6 +113,8 @@ impl Route {
             Route::OrgAdmins | Route::OrgAdminCreate => "/org/admins",
             Route::OrgAdminDelete => "/org/admins/{admin_id}",
             Route::OrgEvents => "/org/events",
+            Route::OrgExport => "/org/export",
+            Route::OrgImport => "/org/import",
             Route::OpsEvents => "/ops/events",
             Route::OpsShards | Route::OpsShardAdd => "/ops/shards",
             Route::OpsPlacement => "/ops/placements/{organization}",
@@ -150,6 +156,18 @@ impl Route {
                 | Route::DataIndexCreate
         )
     }
+
+    /// Whether the route reads its request body itself, chunk by chunk as it arrives, under
+    /// its own bound (not `max_body_bytes`).
+    pub fn streams_body(self) -> bool {
+        self == Route::OrgImport
+    }
+
+    /// Whether the request may run longer than `request_timeout_ms`: the route bounds each
+    /// step (a body read, a store batch, a chunk written) by it instead of the whole request.
+    pub fn long_running(self) -> bool {
+        matches!(self, Route::OrgExport | Route::OrgImport)
+    }
 }
 
 /// Every route served: (listener, method, path template). `/healthz` and `/openapi.json` are
@@ -166,6 +184,8 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Public, "POST", "/org/admins"),
     (Listener::Public, "DELETE", "/org/admins/{admin_id}"),
     (Listener::Public, "GET", "/org/events"),
+    (Listener::Public, "GET", "/org/export"),
+    (Listener::Public, "POST", "/org/import"),
     (Listener::Public, "POST", "/data"),
     (Listener::Public, "POST", "/data/query"),
     (Listener::Public, "POST", "/data/count"),
@@ -211,6 +231,8 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
         (Listener::Public, "/org/delete") => &[(Method::DELETE, Route::OrgDelete)],
         (Listener::Public, "/admin/login") => &[(Method::POST, Route::AdminLogin)],
         (Listener::Public, "/org/events") => &[(Method::GET, Route::OrgEvents)],
+        (Listener::Public, "/org/export") => &[(Method::GET, Route::OrgExport)],
+        (Listener::Public, "/org/import") => &[(Method::POST, Route::OrgImport)],
         (Listener::Public, "/org/admins") => &[
             (Method::GET, Route::OrgAdmins),
             (Method::POST, Route::OrgAdminCreate),

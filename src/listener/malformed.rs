@@ -14,7 +14,6 @@ use crate::telemetry::metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::StatusCode;
-use pingora::apps::http_app::ServeHttp;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
@@ -30,7 +29,16 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time allowed between requests on a kept-alive connection (pingora's default).
 const KEEPALIVE_SECONDS: u64 = 60;
 
-/// Wraps a [`ServeHttp`] app: serves its responses, answers malformed requests itself, and keeps
+/// An application answering one parsed request on a session: it reads what it needs of the
+/// body and writes the whole response (head and body, possibly in chunks).
+#[async_trait]
+pub trait Answer {
+    /// Answers the request read into `session`; false when the response could not be
+    /// written whole (the connection is then closed, never reused).
+    async fn answer(&self, session: &mut ServerSession) -> bool;
+}
+
+/// Wraps an [`Answer`] app: serves its responses, answers malformed requests itself, and keeps
 /// request bytes out of the log.
 pub struct ParseGuard<A>(pub A);
 
@@ -153,7 +161,8 @@ async fn refuse(session: &mut ServerSession, e: &Error) {
     }
 }
 
-fn write_failed(e: &Error) {
+/// Logs a response that could not be written (the client went away), by kind only.
+pub fn write_failed(e: &Error) {
     tracing::debug!(
         error_kind = e.etype().as_str(),
         "response not delivered; connection closed"
@@ -163,7 +172,7 @@ fn write_failed(e: &Error) {
 #[async_trait]
 impl<A> HttpServerApp for ParseGuard<A>
 where
-    A: ServeHttp + Send + Sync + 'static,
+    A: Answer + Send + Sync + 'static,
 {
     async fn process_new_http(
         self: &Arc<Self>,
@@ -184,17 +193,8 @@ where
         } else {
             session.set_keepalive(Some(KEEPALIVE_SECONDS));
         }
-        let (parts, body) = self.0.response(&mut session).await.into_parts();
-        let head: ResponseHeader = parts.into();
-        if let Err(e) = session.write_response_header(Box::new(head)).await {
-            write_failed(&e);
+        if !self.0.answer(&mut session).await {
             return None;
-        }
-        if !body.is_empty() {
-            if let Err(e) = session.write_response_body(body.into(), true).await {
-                write_failed(&e);
-                return None;
-            }
         }
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {

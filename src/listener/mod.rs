@@ -5,14 +5,15 @@
 pub mod malformed;
 
 use crate::api::routes::{match_route, Listener, Route};
-use crate::api::{self, Reply, Request, RequestLog};
+use crate::api::{self, Chunks, NoBody, Reply, Request, RequestLog, Stream};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::telemetry::metrics;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
+use malformed::{write_failed, Answer};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +114,46 @@ async fn drain(session: &mut ServerSession) {
     let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
 }
 
+/// A request body read from the session as it arrives: each read waits at most `idle`.
+struct SessionBody<'a> {
+    session: &'a mut ServerSession,
+    idle: Duration,
+    read: u64,
+}
+
+#[async_trait]
+impl Chunks for SessionBody<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        match tokio::time::timeout(self.idle, self.session.read_request_body()).await {
+            Ok(Ok(chunk)) => {
+                self.read += chunk.as_ref().map_or(0, |c| c.len() as u64);
+                Ok(chunk)
+            }
+            // Only the kind: pingora's message can quote bytes of the body.
+            Ok(Err(e)) => Err(ApiError::invalid(
+                "invalid_body",
+                format!("could not read request body ({})", e.etype().as_str()),
+            )),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stopped arriving",
+            )),
+        }
+    }
+}
+
+/// How a response body is framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length`: the whole body is known.
+    Length,
+    /// Chunked (HTTP/1.1): the body is streamed.
+    Chunked,
+    /// Until the connection closes (a streamed body to an HTTP/1.0 client).
+    Close,
+}
+
 fn build_response(
     status: StatusCode,
     content_type: &str,
@@ -120,10 +161,33 @@ fn build_response(
     request_id: &str,
     headers: &[(&'static str, String)],
 ) -> Response<Vec<u8>> {
+    build_framed(
+        status,
+        content_type,
+        body,
+        request_id,
+        headers,
+        Framing::Length,
+    )
+}
+
+fn build_framed(
+    status: StatusCode,
+    content_type: &str,
+    body: Vec<u8>,
+    request_id: &str,
+    headers: &[(&'static str, String)],
+    framing: Framing,
+) -> Response<Vec<u8>> {
     let mut b = Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CONTENT_TYPE, content_type);
+    b = match framing {
+        Framing::Length => b.header(http::header::CONTENT_LENGTH, body.len()),
+        Framing::Chunked => b.header(http::header::TRANSFER_ENCODING, "chunked"),
+        Framing::Close => b,
+    };
+    let mut b = b
         .header("x-request-id", request_id)
         .header(http::header::CACHE_CONTROL, "no-store");
     for (k, v) in headers {
@@ -194,13 +258,103 @@ impl GatewayApp {
                 &self.state.config.limits.trusted_proxies,
             ),
         };
-        api::handle(&self.state, route, &req, log).await
+        if !route.streams_body() {
+            return api::handle(&self.state, route, &req, &mut NoBody, log).await;
+        }
+        let mut source = SessionBody {
+            session,
+            idle: Duration::from_millis(self.state.config.request_timeout_ms),
+            read: 0,
+        };
+        let result = api::handle(&self.state, route, &req, &mut source, log).await;
+        let read = source.read;
+        metrics::HTTP_REQUEST_BYTES
+            .with_label_values(&[route.template()])
+            .inc_by(read);
+        if !session.is_body_done() {
+            // Answered before the whole body arrived: discard a little of the rest so the
+            // client can read the answer, and never reuse the connection.
+            session.set_keepalive(None);
+            drain(session).await;
+        }
+        result
+    }
+
+    /// Writes the response; a stream's chunks are produced and written one at a time, each
+    /// within the request timeout. Returns whether the whole response was written, and the
+    /// body bytes sent.
+    async fn write(
+        &self,
+        session: &mut ServerSession,
+        response: Response<Vec<u8>>,
+        stream: Option<Stream>,
+    ) -> (bool, u64) {
+        let (parts, body) = response.into_parts();
+        let head: ResponseHeader = parts.into();
+        if let Err(e) = session.write_response_header(Box::new(head)).await {
+            write_failed(&e);
+            return (false, 0);
+        }
+        let mut sent = body.len() as u64;
+        let Some(Stream(mut chunks)) = stream else {
+            if !body.is_empty() {
+                if let Err(e) = session.write_response_body(body.into(), true).await {
+                    write_failed(&e);
+                    return (false, sent);
+                }
+            }
+            return (true, sent);
+        };
+        let step = Duration::from_millis(self.state.config.request_timeout_ms);
+        let mut next = (!body.is_empty()).then(|| Bytes::from(body));
+        loop {
+            if let Some(chunk) = next.take() {
+                match tokio::time::timeout(step, session.write_response_body(chunk, false)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        write_failed(&e);
+                        return (false, sent);
+                    }
+                    Err(_) => {
+                        tracing::debug!("client stopped reading a streamed response; closed");
+                        return (false, sent);
+                    }
+                }
+            }
+            match tokio::time::timeout(step, chunks.next_chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    sent += chunk.len() as u64;
+                    next = Some(chunk);
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    // The status is sent already: the client sees an incomplete body.
+                    tracing::warn!(
+                        status = e.status.as_u16(),
+                        code = e.code,
+                        "streamed response aborted"
+                    );
+                    return (false, sent);
+                }
+                Err(_) => {
+                    tracing::warn!("streamed response aborted: the next chunk took too long");
+                    return (false, sent);
+                }
+            }
+        }
+        match session.write_response_body(Bytes::new(), true).await {
+            Ok(()) => (true, sent),
+            Err(e) => {
+                write_failed(&e);
+                (false, sent)
+            }
+        }
     }
 }
 
 #[async_trait]
-impl ServeHttp for GatewayApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl Answer for GatewayApp {
+    async fn answer(&self, session: &mut ServerSession) -> bool {
         let started = Instant::now();
         metrics::HTTP_IN_FLIGHT.inc();
         let request_id = request_id(session);
@@ -224,43 +378,62 @@ impl ServeHttp for GatewayApp {
                 let timeout = Duration::from_millis(self.state.config.request_timeout_ms);
                 // Every log line of the request carries its id.
                 let span = tracing::info_span!("request", request_id = %request_id);
-                match tokio::time::timeout(
-                    timeout,
-                    self.serve(session, route, &request_id, &mut log)
-                        .instrument(span),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        session.set_keepalive(None);
-                        Err(ApiError::unavailable(
-                            "request_timeout",
-                            "the request took too long and was abandoned",
-                            1,
-                        ))
+                let work = self
+                    .serve(session, route, &request_id, &mut log)
+                    .instrument(span);
+                if route.long_running() {
+                    // Bounded step by step instead (each body read, store batch and chunk).
+                    work.await
+                } else {
+                    match tokio::time::timeout(timeout, work).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            session.set_keepalive(None);
+                            Err(ApiError::unavailable(
+                                "request_timeout",
+                                "the request took too long and was abandoned",
+                                1,
+                            ))
+                        }
                     }
                 }
             }
             Err(e) => Err(e),
         };
-        let code = outcome.as_ref().err().map(|e| e.code);
-        let response = match outcome {
-            Ok(reply) => build_response(
-                reply.status,
-                reply.content_type,
-                reply.body,
-                &request_id,
-                &reply.headers,
-            ),
-            Err(e) => error_response(&e, &request_id),
+        let mut code = outcome.as_ref().err().map(|e| e.code);
+        let (response, stream) = match outcome {
+            Ok(reply) => {
+                let framing = match (&reply.stream, session.req_header().version) {
+                    (None, _) => Framing::Length,
+                    (Some(_), http::Version::HTTP_10 | http::Version::HTTP_09) => {
+                        session.set_keepalive(None);
+                        Framing::Close
+                    }
+                    (Some(_), _) => Framing::Chunked,
+                };
+                let response = build_framed(
+                    reply.status,
+                    reply.content_type,
+                    reply.body,
+                    &request_id,
+                    &reply.headers,
+                    framing,
+                );
+                (response, reply.stream)
+            }
+            Err(e) => (error_response(&e, &request_id), None),
         };
-        let response = if is_head {
-            without_body(response)
+        let (response, stream) = if is_head {
+            (without_body(response), None)
         } else {
-            response
+            (response, stream)
         };
         let status = response.status();
+        let streamed = stream.is_some();
+        let (written, sent) = self.write(session, response, stream).await;
+        if streamed && !written {
+            code = Some("stream_aborted");
+        }
         let elapsed = started.elapsed();
         let class = match status.as_u16() {
             100..=199 => "1xx",
@@ -288,7 +461,7 @@ impl ServeHttp for GatewayApp {
             .observe(elapsed.as_secs_f64());
         metrics::HTTP_RESPONSE_BYTES
             .with_label_values(&[template])
-            .inc_by(response.body().len() as u64);
+            .inc_by(sent);
         metrics::HTTP_IN_FLIGHT.dec();
         if let Some(org) = log.org_id {
             self.state.top_tenants.record(org);
@@ -305,7 +478,7 @@ impl ServeHttp for GatewayApp {
             error = code.unwrap_or("-"),
             "request"
         );
-        response
+        written
     }
 }
 

@@ -247,6 +247,18 @@ pub static QUOTA_ALERTS: Lazy<IntGauge> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Documents sent by exports and written by imports (`/org/export`, `/org/import`).
+pub static TRANSFER_DOCUMENTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "org_gateway_transfer_documents_total",
+            "Documents read by exports and written by imports, by direction",
+        ),
+        &["direction"],
+    )
+    .unwrap())
+});
+
 /// Writes rejected for exceeding quota.
 pub static QUOTA_REJECTIONS: Lazy<IntCounter> = Lazy::new(|| {
     reg(IntCounter::new(
@@ -541,6 +553,9 @@ pub fn init() {
     RATE_LIMIT_STORE_UP.set(1);
     Lazy::force(&QUOTA_ALERTS);
     Lazy::force(&QUOTA_REJECTIONS);
+    for direction in ["export", "import"] {
+        TRANSFER_DOCUMENTS.with_label_values(&[direction]);
+    }
     Lazy::force(&SHARD_OP_SECONDS);
     Lazy::force(&SHARD_OP_ERRORS);
     Lazy::force(&SHARD_UP);

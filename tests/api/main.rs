@@ -26,4 +26,5 @@ mod orgs;
 mod paging;
 mod recovery;
 mod shards;
+mod transfer;
 mod validation;
