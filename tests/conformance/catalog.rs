@@ -654,6 +654,7 @@ fn drop_of(o: &OrgRecord, collection: &str) -> PendingDrop {
         shard: o.placement.shard.clone(),
         database: o.placement.database.clone(),
         collection: name(collection).collection_name(),
+        stash_to: None,
     }
 }
 
