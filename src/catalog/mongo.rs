@@ -1435,7 +1435,22 @@ impl Catalog for MongoCatalog {
         if tomb.phase != TombstonePhase::Kept || self.stash_pending(&tomb).await? {
             return Err(CatalogError::Stale);
         }
-        // A taken email is refused before anything is written (the inserts re-check).
+        // Taken keys are refused before anything is written (the inserts re-check), the name
+        // first, as in the embedded catalog.
+        let taken = |filter: Document| async move {
+            self.orgs
+                .find_one(filter)
+                .projection(doc! { "_id": 1 })
+                .await
+                .map(|d| d.is_some())
+                .map_err(|e| self.err(&e))
+        };
+        if taken(doc! { "names": name.normalized().as_str() }).await? {
+            return Err(CatalogError::Conflict(Taken::OrgName));
+        }
+        if taken(doc! { "collections": name.collection_name().as_str() }).await? {
+            return Err(CatalogError::Conflict(Taken::Collection));
+        }
         for a in &tomb.admins {
             if self.admin_by_email(&a.email).await?.is_some() {
                 return Err(CatalogError::Conflict(Taken::Email));
