@@ -502,3 +502,39 @@ fn a_restore_interrupted_after_its_catalog_step_is_finished_at_restart() {
     assert_eq!(count(&gw, &t), 100);
     assert!(deleted(&gw).is_empty());
 }
+
+/// Killed right after a purge's catalog step (before the drop): the restart drops the kept
+/// data, and nothing counts it any more.
+#[test]
+fn a_purge_interrupted_before_its_drop_is_finished_at_restart() {
+    let mut gw = TestGateway::start_with(Options {
+        config: format!("[ops]\ntoken = \"{TOKEN}\"\n"),
+        env: vec![("GATEWAY_FAILPOINT".into(), "purge_after_catalog".into())],
+        ..Default::default()
+    });
+    let t = gw.org_with_token("Half Purged", "half@example.com");
+    insert(&gw, &t, 20, "h");
+    let id = delete(&gw, "Half Purged", &t)["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sent = gw
+        .client
+        .delete(format!("{}/ops/deleted/{id}", gw.ops))
+        .bearer_auth(TOKEN)
+        .send();
+    assert!(sent.is_err(), "the process should have died mid-purge");
+    assert!(gw.wait_exit(Duration::from_secs(10)));
+    gw.env.clear();
+    gw.restart();
+    assert!(deleted(&gw).is_empty());
+    assert_problem(
+        restore(&gw, &id, None),
+        404,
+        "deleted_organization_not_found",
+    );
+    // the restart's capacity reconciliation counts what the store holds: nothing is left
+    assert_eq!(tenants(&gw), 0);
+    let again = gw.org_with_token("Half Purged", "half@example.com");
+    assert_eq!(count(&gw, &again), 0);
+}
