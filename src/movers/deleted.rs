@@ -55,7 +55,10 @@ pub async fn soft_delete(
     size_bytes: Option<u64>,
 ) -> Result<Tombstone, MoveError> {
     let now = Utc::now();
-    let until = now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let until = chrono::Duration::from_std(retention)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let tomb = lc
         .catalog
         .tombstone_org(org.id, now, until, size_bytes)
