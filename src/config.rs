@@ -354,13 +354,33 @@ pub struct OpsConfig {
 pub struct LifecycleConfig {
     /// Days audit events are kept; older ones are removed by a background sweep.
     pub event_retention_days: u32,
+    /// Days a deleted organization (data, admins) is kept for restore before the sweeper
+    /// purges it. Fractions are allowed (0.5 is twelve hours).
+    pub retention_days: f64,
+    /// Seconds between two runs of the sweeper that purges deleted organizations past their
+    /// retention.
+    pub purge_interval_seconds: f64,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
             event_retention_days: 90,
+            retention_days: 30.0,
+            purge_interval_seconds: 60.0,
         }
+    }
+}
+
+impl LifecycleConfig {
+    /// How long a deleted organization is kept.
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.retention_days * 86_400.0)
+    }
+
+    /// How often the purge sweeper runs.
+    pub fn purge_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.purge_interval_seconds)
     }
 }
 
@@ -618,6 +638,18 @@ impl Config {
         self.limits.validate()?;
         if !(1..=36_500).contains(&self.lifecycle.event_retention_days) {
             return Err("lifecycle.event_retention_days must be 1 to 36500".into());
+        }
+        let lc = &self.lifecycle;
+        if !(lc.retention_days.is_finite()
+            && lc.retention_days > 0.0
+            && lc.retention_days <= 36_500.0)
+        {
+            return Err("lifecycle.retention_days must be > 0 and at most 36500".into());
+        }
+        if !(lc.purge_interval_seconds.is_finite()
+            && (0.05..=86_400.0).contains(&lc.purge_interval_seconds))
+        {
+            return Err("lifecycle.purge_interval_seconds must be 0.05 to 86400".into());
         }
         self.moves.validate()?;
         let d = &self.data;

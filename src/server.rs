@@ -144,6 +144,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 }
             }
         });
+        let sweep_state = Arc::clone(&state);
+        background.spawn(async move {
+            // Deleted organizations past their retention: purged by whichever instance gets
+            // there first (a purge is one catalog step; the others find nothing to do).
+            let mut tick = tokio::time::interval(sweep_state.config.lifecycle.purge_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::api::deleted::sweep(&sweep_state).await;
+            }
+        });
         background.spawn(async move {
             let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
             loop {

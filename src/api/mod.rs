@@ -4,6 +4,7 @@
 pub mod admins;
 pub mod auth;
 pub mod data;
+pub mod deleted;
 pub mod events;
 pub mod health;
 pub mod moves;
@@ -152,7 +153,10 @@ pub async fn handle(
         | Route::OpsMove
         | Route::OpsMoveCancel
         | Route::OpsShardDrain
-        | Route::OpsRebalance => ops::handle(state, route, req).await,
+        | Route::OpsRebalance
+        | Route::OpsDeleted
+        | Route::OpsDeletedRestore
+        | Route::OpsDeletedPurge => ops::handle(state, route, req).await,
         Route::DataInsert => data::insert(state, req, log).await,
         Route::DataQuery => data::query(state, req, log).await,
         Route::DataCount => data::count(state, req, log).await,

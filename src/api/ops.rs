@@ -39,7 +39,7 @@ pub fn bearer_matches(req: &Request, expected: &str) -> bool {
 }
 
 /// Dispatches an operator route after checking the operator token.
-pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult {
+pub async fn handle(state: &std::sync::Arc<AppState>, route: Route, req: &Request) -> ApiResult {
     let token = state.config.ops.token.expose();
     if token.is_empty() {
         return Err(ApiError::forbidden(
@@ -65,6 +65,9 @@ pub async fn handle(state: &AppState, route: Route, req: &Request) -> ApiResult 
         Route::OpsMoveCancel => super::moves::cancel(state, req).await,
         Route::OpsShardDrain => super::moves::drain(state, req).await,
         Route::OpsRebalance => super::moves::rebalance(state, req).await,
+        Route::OpsDeleted => super::deleted::list(state, req).await,
+        Route::OpsDeletedRestore => super::deleted::restore(state, req).await,
+        Route::OpsDeletedPurge => super::deleted::purge(state, req).await,
         _ => Err(ApiError::route_not_found()),
     }
 }
@@ -320,6 +323,19 @@ pub struct OrgSummary {
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl OrgSummary {
+    /// `org` as `GET /ops/orgs` shows it.
+    pub fn of(state: &AppState, o: &crate::catalog::OrgRecord) -> Self {
+        Self {
+            organization_id: o.id.to_string(),
+            organization_name: o.name.to_string(),
+            placement: PlacementView::of(o),
+            size_bytes: state.quotas.cached(o.id),
+            created_at: o.created_at,
+        }
+    }
+}
+
 /// Reply of `GET /ops/orgs`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct OrgPage {
@@ -392,16 +408,7 @@ pub async fn search_orgs(state: &AppState, req: &Request) -> ApiResult {
     } else {
         None
     };
-    let organizations = orgs
-        .iter()
-        .map(|o| OrgSummary {
-            organization_id: o.id.to_string(),
-            organization_name: o.name.to_string(),
-            placement: PlacementView::of(o),
-            size_bytes: state.quotas.cached(o.id),
-            created_at: o.created_at,
-        })
-        .collect();
+    let organizations = orgs.iter().map(|o| OrgSummary::of(state, o)).collect();
     Ok(Reply::json(
         StatusCode::OK,
         &OrgPage {

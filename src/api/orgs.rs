@@ -153,7 +153,7 @@ async fn settle_move(lc: &movers::Lifecycle<'_>, org: &OrgRecord) -> Result<OrgR
         .ok_or(MoveError::Catalog(CatalogError::NotFound))
 }
 
-fn move_error(e: MoveError) -> ApiError {
+pub(crate) fn move_error(e: MoveError) -> ApiError {
     match e {
         MoveError::Catalog(c) => catalog_error(c),
         MoveError::Store(s) => store_error(s),
@@ -646,11 +646,25 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         ));
     }
     let (st, doomed) = (Arc::clone(state), (*org).clone());
-    tokio::spawn(
+    let retention = state.config.lifecycle.retention();
+    let tomb = tokio::spawn(
         async move {
             let lc = st.lifecycle();
             let doomed = settle_move(&lc, &doomed).await?;
-            movers::delete(&lc, &doomed).await
+            // Its size as quotas count it, kept with the tombstone (unknown if unmeasurable).
+            let size = match lc.shards.get(&doomed.placement.shard) {
+                Some(shard) => shard
+                    .store
+                    .collection_bytes(&crate::store::Namespace {
+                        database: doomed.placement.database.clone(),
+                        collection: doomed.placement.collection.clone(),
+                    })
+                    .await
+                    .ok()
+                    .or_else(|| st.quotas.cached(doomed.id)),
+                None => None,
+            };
+            movers::deleted::soft_delete(&lc, &doomed, retention, size).await
         }
         .in_current_span(),
     )
@@ -669,7 +683,7 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         Actor::Admin {
             admin_id: caller.admin.id,
         },
-        json!({ "organization_name": org.name.as_str() }),
+        json!({ "organization_name": org.name.as_str(), "restorable_until": tomb.restorable_until }),
     )
     .await;
     Ok(Reply::json(
@@ -678,6 +692,7 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
             deleted: true,
             organization_id: org.id.to_string(),
             organization_name: org.name.to_string(),
+            restorable_until: tomb.restorable_until,
         },
     ))
 }
@@ -688,4 +703,6 @@ pub struct DeletedOrg {
     deleted: bool,
     organization_id: String,
     organization_name: String,
+    /// Until when an operator can restore it (`lifecycle.retention_days` after the delete).
+    restorable_until: chrono::DateTime<chrono::Utc>,
 }

@@ -77,6 +77,12 @@ pub enum Route {
     OpsShardDrain,
     /// `POST /ops/rebalance`.
     OpsRebalance,
+    /// `GET /ops/deleted`.
+    OpsDeleted,
+    /// `POST /ops/deleted/{organization_id}/restore`.
+    OpsDeletedRestore,
+    /// `DELETE /ops/deleted/{organization_id}`.
+    OpsDeletedPurge,
     /// `POST /data`.
     DataInsert,
     /// `POST /data/query`.
@@ -127,6 +133,9 @@ impl Route {
             Route::OpsMove | Route::OpsMoveCancel => "/ops/moves/{move_id}",
             Route::OpsShardDrain => "/ops/shards/{id}/drain",
             Route::OpsRebalance => "/ops/rebalance",
+            Route::OpsDeleted => "/ops/deleted",
+            Route::OpsDeletedRestore => "/ops/deleted/{organization_id}/restore",
+            Route::OpsDeletedPurge => "/ops/deleted/{organization_id}",
             Route::DataInsert => "/data",
             Route::DataQuery => "/data/query",
             Route::DataCount => "/data/count",
@@ -149,6 +158,7 @@ impl Route {
                 | Route::OpsMoveStart
                 | Route::OpsShardDrain
                 | Route::OpsRebalance
+                | Route::OpsDeletedRestore
                 | Route::DataInsert
                 | Route::DataQuery
                 | Route::DataCount
@@ -214,6 +224,13 @@ pub const ALL: &[(Listener, &str, &str)] = &[
     (Listener::Ops, "DELETE", "/ops/moves/{move_id}"),
     (Listener::Ops, "POST", "/ops/shards/{id}/drain"),
     (Listener::Ops, "POST", "/ops/rebalance"),
+    (Listener::Ops, "GET", "/ops/deleted"),
+    (
+        Listener::Ops,
+        "POST",
+        "/ops/deleted/{organization_id}/restore",
+    ),
+    (Listener::Ops, "DELETE", "/ops/deleted/{organization_id}"),
 ];
 
 /// Matches a request to a route: 404 for unknown paths, 405 for a known path with another
@@ -266,6 +283,20 @@ pub fn match_route(listener: Listener, method: &Method, path: &str) -> Result<Ro
             &[(Method::POST, Route::OpsShardDrain)]
         }
         (Listener::Ops, "/ops/rebalance") => &[(Method::POST, Route::OpsRebalance)],
+        (Listener::Ops, "/ops/deleted") => &[(Method::GET, Route::OpsDeleted)],
+        (Listener::Ops, p)
+            if p.starts_with("/ops/deleted/")
+                && p.ends_with("/restore")
+                && p.len() > 21
+                && !p[13..p.len() - 8].contains('/') =>
+        {
+            &[(Method::POST, Route::OpsDeletedRestore)]
+        }
+        (Listener::Ops, p)
+            if p.starts_with("/ops/deleted/") && p.len() > 13 && !p[13..].contains('/') =>
+        {
+            &[(Method::DELETE, Route::OpsDeletedPurge)]
+        }
         (Listener::Ops, p) if p.starts_with("/ops/orgs/") && p.ends_with("/limits") => {
             &[(Method::PUT, Route::OpsLimits)]
         }
@@ -318,7 +349,8 @@ mod tests {
                 .replace("{id}", "abc123")
                 .replace("{admin_id}", "0190c1d2-0000-7000-8000-000000000000")
                 .replace("{name}", "sku_1")
-                .replace("{organization}", "Acme%20Corp");
+                .replace("{organization}", "Acme%20Corp")
+                .replace("{organization_id}", "0190c1d2-0000-7000-8000-000000000000");
             let method: Method = method.parse().unwrap();
             let route = match_route(*listener, &method, &path)
                 .unwrap_or_else(|e| panic!("{method} {path}: {e}"));

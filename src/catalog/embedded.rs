@@ -5,7 +5,7 @@ use super::events::{id_floor, EventType};
 use super::{
     AdminRecord, AuditEvent, Catalog, CatalogError, CatalogResult, ChangeStream, EventPage,
     EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord, OrgRecord, OrgState, PendingDrop,
-    Taken,
+    Taken, Tombstone, TombstonePhase,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use async_trait::async_trait;
@@ -29,6 +29,8 @@ const ADMIN_EMAILS: Index = TableDefinition::new("admin_emails");
 /// `"<org id>/<admin id>"` -> admin id: admins by organization, scanned by prefix.
 const ADMINS_BY_ORG: Index = TableDefinition::new("admins_by_org");
 const PENDING_DROPS: Json = TableDefinition::new("pending_drops");
+/// Deleted organizations kept for restore, by organization id.
+const TOMBSTONES: Json = TableDefinition::new("tombstones");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("collection_counts");
 const SETTINGS: Json = TableDefinition::new("settings");
 /// Named counters; `revision` is the catalog revision.
@@ -102,6 +104,7 @@ impl EmbeddedCatalog {
                 LEASES,
                 MOVES,
                 EVENTS,
+                TOMBSTONES,
             ] {
                 txn.open_table(t).map_err(backend)?;
             }
@@ -329,6 +332,42 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
     org.state = OrgState::Active;
     store_org(txn, &mut org)?;
     Ok(org)
+}
+
+/// Whether the stash of this tombstone's data is still pending.
+fn stash_pending(txn: &WriteTransaction, tomb: &Tombstone) -> CatalogResult<bool> {
+    let stash = tomb.stash();
+    let pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+    let found: Option<PendingDrop> = get_json(&pending, &stash.key())?;
+    Ok(found.is_some_and(|d| d.stash_to == stash.stash_to))
+}
+
+/// Removes every admin of `org` (records, emails, the per-organization index) and returns
+/// them.
+fn take_admins(txn: &WriteTransaction, org: OrgId) -> CatalogResult<Vec<AdminRecord>> {
+    let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+    let prefix = format!("{org}/");
+    let mut admin_ids = Vec::new();
+    for row in by_org.range(prefix.as_str()..).map_err(backend)? {
+        let (k, v) = row.map_err(backend)?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        admin_ids.push((k.value().to_owned(), v.value().to_owned()));
+    }
+    let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+    let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+    let mut out = Vec::with_capacity(admin_ids.len());
+    for (index_key, admin_id) in admin_ids {
+        by_org.remove(index_key.as_str()).map_err(backend)?;
+        let admin: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+        if let Some(a) = admin {
+            emails.remove(a.email.as_str()).map_err(backend)?;
+            out.push(a);
+        }
+        admins.remove(admin_id.as_str()).map_err(backend)?;
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -710,6 +749,7 @@ impl Catalog for EmbeddedCatalog {
                 shard: org.placement.shard.clone(),
                 database: org.placement.database.clone(),
                 collection: org.placement.collection.clone(),
+                stash_to: None,
             }];
             {
                 let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
@@ -775,6 +815,221 @@ impl Catalog for EmbeddedCatalog {
             Ok(Some(org))
         })
         .await
+    }
+
+    async fn tombstone_org(
+        &self,
+        id: OrgId,
+        deleted_at: chrono::DateTime<Utc>,
+        restorable_until: chrono::DateTime<Utc>,
+        size_bytes: Option<u64>,
+    ) -> CatalogResult<Option<Tombstone>> {
+        self.write(move |txn| {
+            let org = match load_org(txn, id) {
+                Ok(o) => o,
+                Err(CatalogError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if org.moving.is_some() || org.state != OrgState::Active {
+                return Err(CatalogError::Stale);
+            }
+            let key = id.to_string();
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                names
+                    .remove(org.normalized_name().as_str())
+                    .map_err(backend)?;
+                colls
+                    .remove(org.placement.collection.as_str())
+                    .map_err(backend)?;
+            }
+            let admins = take_admins(txn, id)?;
+            {
+                let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+                orgs.remove(key.as_str()).map_err(backend)?;
+                let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+                not_active.remove(key.as_str()).map_err(backend)?;
+            }
+            let tomb = Tombstone {
+                collection: crate::domain::CollectionName::tombstone(id),
+                org,
+                admins,
+                deleted_at,
+                restorable_until,
+                size_bytes,
+                phase: TombstonePhase::Kept,
+                phase_at: deleted_at,
+            };
+            let stash = tomb.stash();
+            let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+            pending
+                .insert(stash.key().as_str(), encode(&stash)?.as_slice())
+                .map_err(backend)?;
+            let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+            tombs
+                .insert(key.as_str(), encode(&tomb)?.as_slice())
+                .map_err(backend)?;
+            // The collection stays counted: the kept data occupies the database until purged.
+            bump_revision(txn)?;
+            Ok(Some(tomb))
+        })
+        .await
+    }
+
+    async fn tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+        self.read(move |txn| {
+            let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+            get_json(&t, &id.to_string())
+        })
+        .await
+    }
+
+    async fn tombstones(
+        &self,
+        after: Option<OrgId>,
+        limit: usize,
+    ) -> CatalogResult<Vec<Tombstone>> {
+        self.read(move |txn| {
+            let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+            let after = after.map(|id| id.to_string());
+            let rows = match &after {
+                Some(k) => t
+                    .range::<&str>((
+                        std::ops::Bound::Excluded(k.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map_err(backend)?,
+                None => t.iter().map_err(backend)?,
+            };
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for row in rows {
+                if out.len() >= limit {
+                    break;
+                }
+                let (_, v) = row.map_err(backend)?;
+                let tomb: Tombstone = decode(v.value())?;
+                if tomb.phase == TombstonePhase::Kept {
+                    out.push(tomb);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord> {
+        let name = name.clone();
+        self.write(move |txn| {
+            let key = id.to_string();
+            let tomb: Tombstone = {
+                let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+                get_json(&t, &key)?.ok_or(CatalogError::NotFound)?
+            };
+            if tomb.phase != TombstonePhase::Kept || stash_pending(txn, &tomb)? {
+                return Err(CatalogError::Stale);
+            }
+            let norm = name.normalized();
+            let to_coll = name.collection_name();
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                if names.get(norm.as_str()).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::OrgName));
+                }
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                for c in [&to_coll, &tomb.collection] {
+                    if colls.get(c.as_str()).map_err(backend)?.is_some() {
+                        return Err(CatalogError::Conflict(Taken::Collection));
+                    }
+                }
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                for a in &tomb.admins {
+                    if emails.get(a.email.as_str()).map_err(backend)?.is_some() {
+                        return Err(CatalogError::Conflict(Taken::Email));
+                    }
+                }
+                names.insert(norm.as_str(), key.as_str()).map_err(backend)?;
+                colls
+                    .insert(to_coll.as_str(), key.as_str())
+                    .map_err(backend)?;
+                colls
+                    .insert(tomb.collection.as_str(), key.as_str())
+                    .map_err(backend)?;
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+                for a in &tomb.admins {
+                    let mut a = a.clone();
+                    // Tokens issued before the delete stay refused.
+                    a.credential_version += 1;
+                    a.revision = bump_revision(txn)?;
+                    let admin_id = a.id.to_string();
+                    emails
+                        .insert(a.email.as_str(), admin_id.as_str())
+                        .map_err(backend)?;
+                    admins
+                        .insert(admin_id.as_str(), encode(&a)?.as_slice())
+                        .map_err(backend)?;
+                    by_org
+                        .insert(format!("{key}/{admin_id}").as_str(), admin_id.as_str())
+                        .map_err(backend)?;
+                }
+            }
+            let now = Utc::now();
+            let mut org = tomb.org.clone();
+            org.name = name.clone();
+            org.placement.collection = tomb.collection.clone();
+            org.state = OrgState::Renaming {
+                to_name: name,
+                to_collection: to_coll,
+                admin: None,
+                target_cleared: false,
+            };
+            org.moving = None;
+            org.updated_at = now;
+            store_org(txn, &mut org)?;
+            let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+            tombs.remove(key.as_str()).map_err(backend)?;
+            Ok(org)
+        })
+        .await
+    }
+
+    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+        self.write(move |txn| {
+            let key = id.to_string();
+            let tomb: Option<Tombstone> = {
+                let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+                get_json(&t, &key)?
+            };
+            let Some(tomb) = tomb.filter(|t| t.phase == TombstonePhase::Kept) else {
+                return Ok(None);
+            };
+            if stash_pending(txn, &tomb)? {
+                return Err(CatalogError::Stale);
+            }
+            let drop = tomb.purge_drop();
+            {
+                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+                pending
+                    .insert(drop.key().as_str(), encode(&drop)?.as_slice())
+                    .map_err(backend)?;
+                let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+                tombs.remove(key.as_str()).map_err(backend)?;
+            }
+            add_count(
+                txn,
+                &count_key(&tomb.org.placement.shard, &tomb.org.placement.database),
+                -1,
+            )?;
+            bump_revision(txn)?;
+            Ok(Some(tomb))
+        })
+        .await
+    }
+
+    async fn settle_tombstones(&self, _min_age: std::time::Duration) -> CatalogResult<usize> {
+        // Every tombstone change is one transaction here: nothing is ever left half-done.
+        Ok(0)
     }
 
     async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {

@@ -21,6 +21,13 @@ pub enum EventType {
     /// An organization was deleted.
     #[serde(rename = "organization.deleted")]
     OrganizationDeleted,
+    /// A deleted organization was restored (by an operator).
+    #[serde(rename = "organization.restored")]
+    OrganizationRestored,
+    /// A deleted organization's kept data was dropped (by an operator, or by the sweeper
+    /// after its retention).
+    #[serde(rename = "organization.purged")]
+    OrganizationPurged,
     /// An admin was added.
     #[serde(rename = "admin.created")]
     AdminCreated,
@@ -46,11 +53,13 @@ pub enum EventType {
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         EventType::OrganizationCreated,
         EventType::OrganizationUpdated,
         EventType::OrganizationRenamed,
         EventType::OrganizationDeleted,
+        EventType::OrganizationRestored,
+        EventType::OrganizationPurged,
         EventType::AdminCreated,
         EventType::AdminDeleted,
         EventType::AdminLoginSucceeded,
@@ -67,6 +76,8 @@ impl EventType {
             Self::OrganizationUpdated => "organization.updated",
             Self::OrganizationRenamed => "organization.renamed",
             Self::OrganizationDeleted => "organization.deleted",
+            Self::OrganizationRestored => "organization.restored",
+            Self::OrganizationPurged => "organization.purged",
             Self::AdminCreated => "admin.created",
             Self::AdminDeleted => "admin.deleted",
             Self::AdminLoginSucceeded => "admin.login_succeeded",

@@ -305,6 +305,85 @@ pub struct PendingDrop {
     pub database: DatabaseName,
     /// Collection to drop.
     pub collection: CollectionName,
+    /// Instead of dropping it, rename it to this (a deleted organization's kept data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stash_to: Option<CollectionName>,
+}
+
+/// Where a tombstone is in its life. Only `Kept` ones are listed, restored or purged; the
+/// others are steps of a change in progress (the MongoDB catalog writes several documents per
+/// change: recovery finishes or rolls back a step older than its grace period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TombstonePhase {
+    /// The delete is being written (the organization may still be there).
+    Deleting,
+    /// Deleted; its data is kept for restore.
+    #[default]
+    Kept,
+    /// Being restored.
+    Restoring,
+    /// Being purged.
+    Purging,
+}
+
+/// A deleted organization, kept (data, admins and their password hashes) until restored or
+/// purged. No live key (name, collection, email) points at it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The organization as it was when deleted.
+    pub org: OrgRecord,
+    /// Its admins as they were.
+    pub admins: Vec<AdminRecord>,
+    /// Where its data is kept ([`CollectionName::tombstone`]), in the placement's database.
+    pub collection: CollectionName,
+    /// When deleted.
+    pub deleted_at: DateTime<Utc>,
+    /// When the sweeper may purge it.
+    pub restorable_until: DateTime<Utc>,
+    /// Stored bytes when deleted, as quotas count them (null if unknown).
+    pub size_bytes: Option<u64>,
+    /// Step of a change in progress.
+    #[serde(default)]
+    pub phase: TombstonePhase,
+    /// When the phase last changed.
+    #[serde(default = "Utc::now")]
+    pub phase_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Tombstone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tombstone")
+            .field("org", &self.org)
+            .field("admins", &self.admins)
+            .field("collection", &self.collection)
+            .field("deleted_at", &self.deleted_at)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tombstone {
+    /// The kept data's pending stash: the organization's collection renamed to
+    /// [`Tombstone::collection`].
+    pub fn stash(&self) -> PendingDrop {
+        PendingDrop {
+            shard: self.org.placement.shard.clone(),
+            database: self.org.placement.database.clone(),
+            collection: self.org.placement.collection.clone(),
+            stash_to: Some(self.collection.clone()),
+        }
+    }
+
+    /// The drop of the kept data (a purge).
+    pub fn purge_drop(&self) -> PendingDrop {
+        PendingDrop {
+            shard: self.org.placement.shard.clone(),
+            database: self.org.placement.database.clone(),
+            collection: self.collection.clone(),
+            stash_to: None,
+        }
+    }
 }
 
 impl PendingDrop {
@@ -439,6 +518,42 @@ pub trait Catalog: Send + Sync + 'static {
     /// the collection as a [`PendingDrop`]. Returns the removed record. Refused
     /// ([`CatalogError::Stale`]) while the organization carries a move mark.
     async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
+
+    /// Soft-deletes an `Active` organization: removes it, its admins and its keys (name,
+    /// collection, emails are free at once) and keeps them in a [`Tombstone`] with its
+    /// collection still counted, recording the stash of its collection as a [`PendingDrop`],
+    /// all in one step. Returns the tombstone; `Ok(None)` if the organization is gone.
+    /// Refused ([`CatalogError::Stale`]) while it is not active or carries a move mark.
+    async fn tombstone_org(
+        &self,
+        id: OrgId,
+        deleted_at: DateTime<Utc>,
+        restorable_until: DateTime<Utc>,
+        size_bytes: Option<u64>,
+    ) -> CatalogResult<Option<Tombstone>>;
+
+    /// One tombstone, in any phase.
+    async fn tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>>;
+
+    /// Up to `limit` kept tombstones with organization ids after `after`, in id order.
+    async fn tombstones(&self, after: Option<OrgId>, limit: usize)
+        -> CatalogResult<Vec<Tombstone>>;
+
+    /// Restores a kept tombstone under `name`: the organization comes back as `Renaming` to
+    /// `name` (its placement's collection is the tombstone's, the rename moves the data back)
+    /// with its admins, and the tombstone is gone. [`CatalogError::NotFound`] without a kept
+    /// tombstone, [`CatalogError::Conflict`] when the name, its collection or an admin's
+    /// email is taken, [`CatalogError::Stale`] while its stash is still pending.
+    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord>;
+
+    /// Removes a kept tombstone, uncounts its collection and records its drop, in one step.
+    /// `Ok(None)` without a kept tombstone; [`CatalogError::Stale`] while its stash is still
+    /// pending.
+    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>>;
+
+    /// Finishes or rolls back tombstone changes interrupted more than `min_age` ago (a
+    /// catalog without multi-document steps has none). Returns how many it settled.
+    async fn settle_tombstones(&self, min_age: std::time::Duration) -> CatalogResult<usize>;
 
     /// Collections still to drop.
     async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>>;

@@ -11,6 +11,8 @@
 //!   decided by one conditional update of one document. Created on first use from the
 //!   `admins` of the organization.
 //! - `pending_drops`: `{_id: drop key, org_id, drop}`.
+//! - `tombstones`: `{_id: org id, phase, record}`: deleted organizations kept for restore
+//!   (their admins, with password hashes, inside `record`), indexed on `phase`.
 //! - `collection_counts`: `{_id: "shard/database", shard, database, count}`.
 //! - `settings`: `{_id: key, json}` (the value as JSON text, so any JSON round-trips).
 //! - `counters`: `{_id: "revision", value}`, the catalog revision: every write allocates the
@@ -38,6 +40,18 @@
 //!   decided), then the admins and the org are removed. [`Catalog::pending_drops`] finishes the
 //!   removal of any org whose drops are recorded but which is still present.
 //!
+//! - soft delete: the tombstone is written first (phase `deleting`, with a snapshot of the
+//!   organization and its admins), then the stash of its collection (a pending drop with
+//!   `stash_to`, tagged with the org id: the delete is decided), then the organization and its
+//!   admins are removed and the tombstone becomes `kept`. A stash whose organization is still
+//!   there is never returned by [`Catalog::pending_drops`]; [`Catalog::settle_tombstones`]
+//!   finishes the delete after its grace period (or rolls it back if the organization changed).
+//! - restore: the tombstone becomes `restoring`, then the organization is inserted (as
+//!   `Renaming` back to its collection), then its admins, then the tombstone is removed;
+//!   an interrupted restore is finished (or rolled back on a conflict) by `settle_tombstones`.
+//! - purge: the tombstone becomes `purging`, then its collection's drop is recorded, then the
+//!   tombstone is removed and its collection uncounted.
+//!
 //! A crash between a count update and the write it accompanies can leave a collection count
 //! off by one; the startup capacity reconciliation recounts from the shards.
 
@@ -45,7 +59,7 @@ use super::events::id_floor;
 use super::{
     AdminRecord, AuditEvent, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed,
     ChangeStream, EventPage, EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord,
-    OrgRecord, OrgState, PendingDrop, Taken,
+    OrgRecord, OrgState, PendingDrop, Taken, Tombstone, TombstonePhase,
 };
 use crate::domain::{AdminId, DatabaseName, Email, NormalizedOrgName, OrgId, OrgName, ShardId};
 use crate::store::mongo::{
@@ -136,6 +150,7 @@ pub struct MongoCatalog {
     moves: Collection<Document>,
     move_changes: Collection<Document>,
     events: Collection<Document>,
+    tombs: Collection<Document>,
     db: mongodb::Database,
     _client: LazyClient,
 }
@@ -172,6 +187,7 @@ impl MongoCatalog {
             moves: db.collection("moves"),
             move_changes: db.collection("move_changes"),
             events: db.collection("events"),
+            tombs: db.collection("tombstones"),
             db,
             secrets,
             _client: lazy,
@@ -221,6 +237,15 @@ impl MongoCatalog {
                 IndexModel::builder()
                     .keys(doc! { "org_id": 1 })
                     .options(IndexOptions::builder().name("org_id".to_owned()).build())
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.tombs
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "phase": 1, "_id": 1 })
+                    .options(IndexOptions::builder().name("phase".to_owned()).build())
                     .build(),
             )
             .await
@@ -504,6 +529,7 @@ impl MongoCatalog {
             shard: org.placement.shard.clone(),
             database: org.placement.database.clone(),
             collection: org.placement.collection.clone(),
+            stash_to: None,
         }];
         if let OrgState::Renaming { to_collection, .. } = &org.state {
             drops.push(PendingDrop {
@@ -625,6 +651,232 @@ impl MongoCatalog {
         self.update_org(filter, update, record)
             .await
             .map_err(|f| backend_msg(f.message()))
+    }
+    /// Writes a tombstone (replacing any of the same organization).
+    async fn put_tomb(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        let id = tomb.org.id.to_string();
+        self.tombs
+            .replace_one(
+                doc! { "_id": &id },
+                doc! { "_id": &id, "phase": phase_name(tomb.phase), "record": to_doc(tomb)? },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn load_tomb(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+        let found = self
+            .tombs
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        found.map(|d| from_field(&d, "record")).transpose()
+    }
+
+    /// Moves a tombstone from phase `from` to `to`; `Ok(None)` if it is not in `from`.
+    async fn set_phase(
+        &self,
+        id: OrgId,
+        from: TombstonePhase,
+        to: TombstonePhase,
+    ) -> CatalogResult<Option<Tombstone>> {
+        let Some(mut tomb) = self.load_tomb(id).await? else {
+            return Ok(None);
+        };
+        if tomb.phase != from {
+            return Ok(None);
+        }
+        tomb.phase = to;
+        tomb.phase_at = Utc::now();
+        let r = self
+            .tombs
+            .update_one(
+                doc! { "_id": id.to_string(), "phase": phase_name(from) },
+                doc! { "$set": { "phase": phase_name(to), "record": to_doc(&tomb)? } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok((r.matched_count == 1).then_some(tomb))
+    }
+
+    /// Whether the stash of a tombstone's data is still pending.
+    async fn stash_pending(&self, tomb: &Tombstone) -> CatalogResult<bool> {
+        Ok(self
+            .pending
+            .find_one(doc! { "_id": tomb.stash().key(), "drop.stash_to": tomb.collection.as_str() })
+            .await
+            .map_err(|e| self.err(&e))?
+            .is_some())
+    }
+
+    /// Rolls back a soft delete that did not remove its organization: the stash first (so it
+    /// never runs under a live organization), then the tombstone.
+    async fn undo_tombstone(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        self.pending
+            .delete_one(
+                doc! { "_id": tomb.stash().key(), "drop.stash_to": tomb.collection.as_str() },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.tombs
+            .delete_one(doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Deleting) })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    /// Finishes a decided soft delete (tombstone `deleting`, stash recorded): removes the
+    /// organization if it is still the one snapshotted (`rev`, or, when `None`, still active
+    /// at the same place: the snapshot is refreshed), then its admins, and keeps the
+    /// tombstone. `Ok(false)` when the organization changed: the delete is rolled back.
+    async fn finish_tombstone(&self, mut tomb: Tombstone, rev: Option<i64>) -> CatalogResult<bool> {
+        let id = tomb.org.id;
+        for _ in 0..DELETE_ATTEMPTS {
+            let Some((org, cur)) = self.load(id).await? else {
+                break;
+            };
+            let same_place = org.placement.shard == tomb.org.placement.shard
+                && org.placement.database == tomb.org.placement.database
+                && org.placement.collection == tomb.org.placement.collection;
+            let eligible = org.state == OrgState::Active && org.moving.is_none() && same_place;
+            if !eligible || rev.is_some_and(|r| r != cur) {
+                self.undo_tombstone(&tomb).await?;
+                return Ok(false);
+            }
+            if rev.is_none() {
+                tomb.org = org;
+                tomb.admins = self.admins_of_org(id).await?;
+                self.put_tomb(&tomb).await?;
+            }
+            let removed = self
+                .orgs
+                .delete_one(doc! { "_id": id.to_string(), "rev": cur })
+                .await
+                .map_err(|e| self.err(&e))?;
+            if removed.deleted_count == 1 {
+                break;
+            }
+        }
+        if self.load(id).await?.is_some() {
+            return Err(backend_msg(
+                "organization kept changing while being deleted; retry",
+            ));
+        }
+        let key = id.to_string();
+        self.admins
+            .delete_many(doc! { "org_id": &key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.rosters
+            .delete_one(doc! { "_id": &key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.bump_revision().await?;
+        self.set_phase(id, TombstonePhase::Deleting, TombstonePhase::Kept)
+            .await?;
+        Ok(true)
+    }
+
+    /// Inserts the tombstone's admins not already there (a restore). An email taken by
+    /// someone else is a conflict.
+    async fn insert_restored_admins(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        let key = tomb.org.id.to_string();
+        for a in &tomb.admins {
+            if self.admin_by_id(a.id).await?.is_some() {
+                continue;
+            }
+            let mut a = a.clone();
+            // Tokens issued before the delete stay refused.
+            a.credential_version += 1;
+            a.revision = self.bump_revision().await?;
+            let admin_doc = doc! {
+                "_id": a.id.to_string(),
+                "email": a.email.as_str(),
+                "org_id": &key,
+                "rev": a.revision as i64,
+                "record": to_doc(&a)?,
+            };
+            self.admins
+                .insert_one(admin_doc)
+                .await
+                .map_err(|e| match self.classify(&e) {
+                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
+                        CatalogError::Conflict(Taken::Email)
+                    }
+                    f => backend_msg(f.message()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back a restore that could not complete: its admins, then the organization (only
+    /// while it is still the restore's), then the tombstone is kept again.
+    async fn undo_restore(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        let key = tomb.org.id.to_string();
+        self.admins
+            .delete_many(doc! { "org_id": &key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.rosters
+            .delete_one(doc! { "_id": &key })
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.orgs
+            .delete_one(
+                doc! { "_id": &key, "collections": tomb.collection.as_str(), "active": false },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.bump_revision().await?;
+        self.set_phase(tomb.org.id, TombstonePhase::Restoring, TombstonePhase::Kept)
+            .await?;
+        Ok(())
+    }
+
+    /// The rest of a restore once its organization is inserted: admins, then the tombstone
+    /// goes. A conflict rolls it back.
+    async fn complete_restore(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        match self.insert_restored_admins(tomb).await {
+            Ok(()) => {}
+            Err(e @ CatalogError::Conflict(_)) => {
+                self.undo_restore(tomb).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        self.tombs
+            .delete_one(doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Restoring) })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    /// The rest of a purge: the drop is recorded, then the tombstone removed and its
+    /// collection uncounted (once).
+    async fn complete_purge(&self, tomb: &Tombstone) -> CatalogResult<()> {
+        self.add_pending_drop(&tomb.purge_drop()).await?;
+        let r = self
+            .tombs
+            .delete_one(doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Purging) })
+            .await
+            .map_err(|e| self.err(&e))?;
+        if r.deleted_count == 1 {
+            self.add_count(&tomb.org.placement.shard, &tomb.org.placement.database, -1)
+                .await?;
+        }
+        self.bump_revision().await?;
+        Ok(())
+    }
+}
+
+fn phase_name(p: TombstonePhase) -> &'static str {
+    match p {
+        TombstonePhase::Deleting => "deleting",
+        TombstonePhase::Kept => "kept",
+        TombstonePhase::Restoring => "restoring",
+        TombstonePhase::Purging => "purging",
     }
 }
 
@@ -1111,6 +1363,227 @@ impl Catalog for MongoCatalog {
         ))
     }
 
+    async fn tombstone_org(
+        &self,
+        id: OrgId,
+        deleted_at: chrono::DateTime<Utc>,
+        restorable_until: chrono::DateTime<Utc>,
+        size_bytes: Option<u64>,
+    ) -> CatalogResult<Option<Tombstone>> {
+        let Some((org, rev)) = self.load(id).await? else {
+            return Ok(None);
+        };
+        if org.moving.is_some() || org.state != OrgState::Active {
+            return Err(CatalogError::Stale);
+        }
+        let tomb = Tombstone {
+            collection: crate::domain::CollectionName::tombstone(id),
+            admins: self.admins_of_org(id).await?,
+            org,
+            deleted_at,
+            restorable_until,
+            size_bytes,
+            phase: TombstonePhase::Deleting,
+            phase_at: Utc::now(),
+        };
+        self.put_tomb(&tomb).await?;
+        // Decided from here on: the stash names the org.
+        let stash = tomb.stash();
+        let key = stash.key();
+        self.pending
+            .replace_one(
+                doc! { "_id": &key },
+                doc! { "_id": &key, "org_id": id.to_string(), "drop": to_doc(&stash)? },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        if !self.finish_tombstone(tomb.clone(), Some(rev)).await? {
+            return Err(CatalogError::Stale);
+        }
+        Ok(self.load_tomb(id).await?.or(Some(tomb)))
+    }
+
+    async fn tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+        self.load_tomb(id).await
+    }
+
+    async fn tombstones(
+        &self,
+        after: Option<OrgId>,
+        limit: usize,
+    ) -> CatalogResult<Vec<Tombstone>> {
+        let mut filter = doc! { "phase": phase_name(TombstonePhase::Kept) };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after.to_string() });
+        }
+        let docs: Vec<Document> = self
+            .tombs
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        docs.iter().map(|d| from_field(d, "record")).collect()
+    }
+
+    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord> {
+        let tomb = self.load_tomb(id).await?.ok_or(CatalogError::NotFound)?;
+        if tomb.phase != TombstonePhase::Kept || self.stash_pending(&tomb).await? {
+            return Err(CatalogError::Stale);
+        }
+        // Taken keys are refused before anything is written (the inserts re-check), the name
+        // first, as in the embedded catalog.
+        let taken = |filter: Document| async move {
+            self.orgs
+                .find_one(filter)
+                .projection(doc! { "_id": 1 })
+                .await
+                .map(|d| d.is_some())
+                .map_err(|e| self.err(&e))
+        };
+        if taken(doc! { "names": name.normalized().as_str() }).await? {
+            return Err(CatalogError::Conflict(Taken::OrgName));
+        }
+        if taken(doc! { "collections": name.collection_name().as_str() }).await? {
+            return Err(CatalogError::Conflict(Taken::Collection));
+        }
+        for a in &tomb.admins {
+            if self.admin_by_email(&a.email).await?.is_some() {
+                return Err(CatalogError::Conflict(Taken::Email));
+            }
+        }
+        let tomb = self
+            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Restoring)
+            .await?
+            .ok_or(CatalogError::Stale)?;
+        let norm = name.normalized();
+        let to_coll = name.collection_name();
+        let mut org = tomb.org.clone();
+        org.name = name.clone();
+        org.placement.collection = tomb.collection.clone();
+        org.state = OrgState::Renaming {
+            to_name: name.clone(),
+            to_collection: to_coll.clone(),
+            admin: None,
+            target_cleared: false,
+        };
+        org.moving = None;
+        org.updated_at = Utc::now();
+        org.revision = self.bump_revision().await?;
+        let (names, colls) = keys(&org);
+        let org_doc = doc! {
+            "_id": id.to_string(),
+            "names": names,
+            "collections": colls,
+            "rev": org.revision as i64,
+            "active": false,
+            "name": norm.as_str(),
+            "record": to_doc(&org)?,
+        };
+        if let Err(e) = self.orgs.insert_one(org_doc).await {
+            let err = match self.classify(&e) {
+                Failure::Duplicate { message, .. } => {
+                    self.org_conflict(Some(id), &norm, to_coll.as_str(), &message)
+                        .await?
+                }
+                f => backend_msg(f.message()),
+            };
+            self.set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept)
+                .await?;
+            return Err(err);
+        }
+        self.complete_restore(&tomb).await?;
+        Ok(org)
+    }
+
+    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+        let Some(tomb) = self.load_tomb(id).await? else {
+            return Ok(None);
+        };
+        if tomb.phase != TombstonePhase::Kept {
+            return Ok(None);
+        }
+        if self.stash_pending(&tomb).await? {
+            return Err(CatalogError::Stale);
+        }
+        let Some(tomb) = self
+            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Purging)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.complete_purge(&tomb).await?;
+        Ok(Some(tomb))
+    }
+
+    async fn settle_tombstones(&self, min_age: std::time::Duration) -> CatalogResult<usize> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(min_age).unwrap_or_default();
+        let docs: Vec<Document> = self
+            .tombs
+            .find(doc! { "phase": { "$ne": phase_name(TombstonePhase::Kept) } })
+            .limit(1000)
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut settled = 0;
+        for d in docs {
+            let tomb: Tombstone = match from_field(&d, "record") {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a malformed tombstone");
+                    continue;
+                }
+            };
+            if tomb.phase_at > cutoff {
+                continue;
+            }
+            let id = tomb.org.id;
+            let done = match tomb.phase {
+                TombstonePhase::Kept => Ok(()),
+                TombstonePhase::Deleting => {
+                    let stash = self.stash_pending(&tomb).await?;
+                    let org = self.load(id).await?;
+                    match (stash, org) {
+                        // The stash was never recorded: the delete was not decided.
+                        (false, Some(_)) => self.undo_tombstone(&tomb).await,
+                        _ => {
+                            tracing::warn!(org_id = %id, "finishing an interrupted soft delete");
+                            self.finish_tombstone(tomb, None).await.map(|_| ())
+                        }
+                    }
+                }
+                TombstonePhase::Restoring => match self.load(id).await? {
+                    Some(_) => {
+                        tracing::warn!(org_id = %id, "finishing an interrupted restore");
+                        match self.complete_restore(&tomb).await {
+                            Err(CatalogError::Conflict(_)) => Ok(()),
+                            other => other,
+                        }
+                    }
+                    None => self
+                        .set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept)
+                        .await
+                        .map(|_| ()),
+                },
+                TombstonePhase::Purging => {
+                    tracing::warn!(org_id = %id, "finishing an interrupted purge");
+                    self.complete_purge(&tomb).await
+                }
+            };
+            match done {
+                Ok(()) => settled += 1,
+                Err(e) => tracing::warn!(org_id = %id, error = %e, "cannot settle a tombstone yet"),
+            }
+        }
+        Ok(settled)
+    }
+
     async fn pending_drops(&self) -> CatalogResult<Vec<PendingDrop>> {
         let docs = self.all(&self.pending).await?;
         let mut out = Vec::with_capacity(docs.len());
@@ -1120,7 +1593,20 @@ impl Catalog for MongoCatalog {
             // A drop whose org is still there is an interrupted delete: finish it first, so
             // the collection is never dropped under a live organization. One that cannot be
             // finished now is left out (and retried later); it never blocks the others.
-            if let Ok(org_id) = d.get_str("org_id") {
+            let stash = d
+                .get_document("drop")
+                .is_ok_and(|dr| dr.get_str("stash_to").is_ok());
+            if let (true, Ok(org_id)) = (stash, d.get_str("org_id")) {
+                // A soft delete's stash runs only once its organization is gone (the delete
+                // is finished, or rolled back, by `settle_tombstones`).
+                let live = match org_id.parse::<OrgId>() {
+                    Ok(id) => self.load(id).await.map(|o| o.is_some()).unwrap_or(true),
+                    Err(_) => false,
+                };
+                if live {
+                    continue;
+                }
+            } else if let Ok(org_id) = d.get_str("org_id") {
                 if finished.insert(org_id.to_owned()) {
                     if let Ok(id) = org_id.parse::<OrgId>() {
                         let done = async {

@@ -135,6 +135,9 @@ impl NamePrefix {
     }
 }
 
+/// Prefix of the collections that keep deleted organizations' data.
+const TOMBSTONE_PREFIX: &str = "deleted_";
+
 /// A tenant collection name, derived from an [`OrgName`]; unique across the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -150,6 +153,21 @@ impl CollectionName {
     /// organization can map to (it lacks the `org_` prefix), unique by `stamp`.
     pub fn quarantine(&self, stamp: i64) -> String {
         format!("quarantine_{}_{stamp}", &self.0[4..])
+    }
+
+    /// Where a deleted organization's data is kept until restored or purged: a name no
+    /// organization can map to (it lacks the `org_` prefix), unique to the organization id.
+    pub fn tombstone(org: super::OrgId) -> Self {
+        Self(format!(
+            "{TOMBSTONE_PREFIX}{}",
+            org.to_string().replace('-', "")
+        ))
+    }
+
+    /// Whether a name read back from a store is a deleted organization's kept data.
+    pub fn is_tombstone(raw: &str) -> bool {
+        raw.strip_prefix(TOMBSTONE_PREFIX)
+            .is_some_and(|h| h.len() == 32 && h.chars().all(|c| c.is_ascii_hexdigit()))
     }
 
     /// Accepts a name read back from a store: only names this type could have produced.
@@ -218,5 +236,13 @@ mod tests {
         assert_eq!(a.as_str(), "org_acme_corp");
         assert!(CollectionName::from_stored(a.as_str()).is_some());
         assert!(CollectionName::from_stored("system.users").is_none());
+    }
+
+    #[test]
+    fn tombstone_names_belong_to_no_organization() {
+        let t = CollectionName::tombstone(crate::domain::OrgId::generate());
+        assert!(CollectionName::is_tombstone(t.as_str()));
+        assert!(CollectionName::from_stored(t.as_str()).is_none());
+        assert!(!CollectionName::is_tombstone("org_deleted_x"));
     }
 }

@@ -8,8 +8,10 @@
 //!   (compare-and-set; a conflict aborts the rename) -> clear the target (pending drop run,
 //!   orphan set aside) -> store `rename_collection` (atomic and idempotent) -> `commit_rename`.
 //!   Interrupted renames are completed, never half-applied.
-//! - delete: `delete_org` records a pending drop in the same catalog step -> fence -> store
-//!   drop -> clear the pending drop.
+//! - delete (hard: a create rolled back): `delete_org` records a pending drop in the same
+//!   catalog step -> fence -> store drop -> clear the pending drop. `DELETE /org/delete` is a
+//!   soft delete ([`deleted`]): the same steps, with the collection renamed to its tombstone
+//!   name instead of dropped.
 //! - create: the org is inserted as `Creating`, its collection created (never adopted: an
 //!   orphan found there is set aside), then marked `Active`; an interrupted create is rolled
 //!   back.
@@ -19,6 +21,7 @@
 
 pub mod balance;
 pub mod copy;
+pub mod deleted;
 pub mod moves;
 
 use crate::catalog::{
@@ -418,13 +421,23 @@ async fn run_drop(lc: &Lifecycle<'_>, drop: &PendingDrop) -> Result<(), MoveErro
         .shards
         .get(&drop.shard)
         .ok_or_else(|| MoveError::UnknownShard(drop.shard.clone()))?;
-    shard
-        .store
-        .drop_collection(&Namespace {
-            database: drop.database.clone(),
-            collection: drop.collection.clone(),
-        })
-        .await?;
+    let ns = Namespace {
+        database: drop.database.clone(),
+        collection: drop.collection.clone(),
+    };
+    match &drop.stash_to {
+        // A deleted organization's data is kept under its tombstone name (idempotent: when
+        // the source is gone, it has happened).
+        Some(to) => {
+            let to = Namespace {
+                database: drop.database.clone(),
+                collection: to.clone(),
+            };
+            let kept = shard.store.rename_collection(&ns, &to).await?;
+            tracing::info!(collection = %ns, kept_as = %to, documents = kept, "deleted organization's data kept");
+        }
+        None => shard.store.drop_collection(&ns).await?,
+    }
     lc.catalog.clear_pending_drop(drop).await?;
     Ok(())
 }
@@ -440,8 +453,18 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
         crate::telemetry::metrics::RECOVERY_FAILURES.inc();
         tracing::warn!(error = %e, "{what} failed; retrying later");
     };
+    match lc.catalog.settle_tombstones(min_age).await {
+        Ok(n) => handled += n,
+        Err(e) => failed("settling tombstones", &MoveError::Catalog(e)),
+    }
     for org in lc.catalog.orgs_not_active().await? {
         if org.updated_at > cutoff {
+            continue;
+        }
+        if matches!(org.state, OrgState::Renaming { .. })
+            && lc.catalog.tombstone(org.id).await?.is_some()
+        {
+            // A restore whose catalog steps are not finished: settled (above) first.
             continue;
         }
         let outcome = match &org.state {
@@ -612,7 +635,10 @@ pub async fn reconcile_capacity(lc: &Lifecycle<'_>) -> Result<(), MoveError> {
             let real = match shard.store.list_collections(&db).await {
                 Ok(names) => names
                     .iter()
-                    .filter(|n| crate::domain::CollectionName::from_stored(n).is_some())
+                    .filter(|n| {
+                        crate::domain::CollectionName::from_stored(n).is_some()
+                            || crate::domain::CollectionName::is_tombstone(n)
+                    })
                     .filter(|n| {
                         !not_counted.contains(&(shard_id.clone(), db.clone(), n.to_string()))
                     })

@@ -1114,6 +1114,7 @@ impl Driver<'_, '_> {
                     shard: loc.shard.clone(),
                     database: loc.database.clone(),
                     collection: loc.collection.clone(),
+                    stash_to: None,
                 };
                 self.lc.catalog.add_pending_drop(&drop).await?;
                 failpoint("move_after_release");

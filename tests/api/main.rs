@@ -10,6 +10,7 @@ mod secantus;
 mod admins;
 mod auth;
 mod data;
+mod deleted;
 mod events;
 mod indexes;
 mod input;

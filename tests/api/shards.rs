@@ -180,7 +180,7 @@ fn databases_fill_to_the_split_ratio_then_move_on() {
     );
     let shards = ops_get(&gw, "/ops/shards");
     assert_eq!(shards["shards"][0]["databases"][0]["ratio"], 0.9);
-    // deleting one org of db_1 leaves it at 80%: alert
+    // deleting one org of db_1 keeps its data (still 90%) until purged, then 80%: alert
     let p = ops_get(&gw, "/ops/placements/Fill%200");
     assert_eq!(p["placement"]["database"], "db_1");
     let token = gw
@@ -193,6 +193,18 @@ fn databases_fill_to_the_split_ratio_then_move_on() {
     let r = gw
         .req(Method::DELETE, "/org/delete?organization_name=Fill%200")
         .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().unwrap()["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(summary(&gw)[0], ("db_1".into(), 9, "split".into()));
+    let r = gw
+        .client
+        .delete(format!("{}/ops/deleted/{id}", gw.ops))
+        .bearer_auth(OPS_TOKEN)
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);

@@ -6,7 +6,7 @@ use org_gateway::catalog::embedded::EmbeddedCatalog;
 use org_gateway::catalog::mongo::MongoCatalog;
 use org_gateway::catalog::{
     AdminRecord, Catalog, CatalogError, OrgPages, OrgRecord, OrgState, PendingDrop, Placement,
-    Taken,
+    Taken, TombstonePhase,
 };
 use org_gateway::domain::{AdminId, DatabaseName, Email, OrgId, OrgName, ShardId};
 use serde_json::json;
@@ -103,6 +103,8 @@ conformance!(
     concurrent_removals_never_remove_the_last_admin,
     orgs_by_name_pages_by_prefix,
     audit_events_page_filter_and_purge,
+    tombstones_keep_an_organization_until_restored,
+    purging_a_tombstone_uncounts_and_drops_its_data,
 );
 
 /// `orgs_after` pages through every organization once, in id order, whatever the page size;
@@ -654,6 +656,7 @@ fn drop_of(o: &OrgRecord, collection: &str) -> PendingDrop {
         shard: o.placement.shard.clone(),
         database: o.placement.database.clone(),
         collection: name(collection).collection_name(),
+        stash_to: None,
     }
 }
 
@@ -1332,4 +1335,234 @@ async fn mongo_orgs_from_before_the_name_field_are_searchable() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].name.as_str(), "Legacy Co");
     mongo_env::drop_db(&uri, &db).await;
+}
+
+// ---- Tombstones (soft delete) ------------------------------------------------------------------
+
+fn days(n: i64) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::days(n)
+}
+
+async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Sleeper", "s@s.example").await;
+    let admin_before = c.admins_of_org(o.id).await.unwrap()[0].clone();
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    let t = c
+        .tombstone_org(o.id, Utc::now(), days(30), Some(42))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.phase, TombstonePhase::Kept);
+    assert_eq!(t.admins.len(), 1);
+    assert_eq!(t.admins[0].password_hash, admin_before.password_hash);
+    assert_eq!(t.size_bytes, Some(42));
+    // gone from every live key; still counted
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), None);
+    assert_eq!(c.org_by_name(&o.normalized_name()).await.unwrap(), None);
+    assert_eq!(c.admin_by_email(&email("s@s.example")).await.unwrap(), None);
+    assert_eq!(c.admin_by_id(admin_before.id).await.unwrap(), None);
+    assert_eq!(count_of(c.as_ref(), 1).await, 1);
+    assert_eq!(c.pending_drops().await.unwrap(), vec![t.stash()]);
+    let listed = c.tombstones(None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].org.id, o.id);
+    assert!(c.tombstones(Some(o.id), 10).await.unwrap().is_empty());
+    // a second delete finds nothing
+    assert!(c
+        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .await
+        .unwrap()
+        .is_none());
+    // not restorable while its data has not been set aside
+    assert!(matches!(
+        c.restore_org(o.id, &name("Sleeper")).await,
+        Err(CatalogError::Stale)
+    ));
+    c.clear_pending_drop(&t.stash()).await.unwrap();
+    // the name and the email are free for others
+    let other = create(c.as_ref(), "sleeper", "s@s.example").await;
+    assert_eq!(
+        conflict(c.restore_org(o.id, &name("Sleeper")).await),
+        Taken::OrgName
+    );
+    assert_eq!(
+        conflict(c.restore_org(o.id, &name("Woken")).await),
+        Taken::Email
+    );
+    // a failed restore left it kept and nothing behind
+    assert_eq!(c.tombstones(None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        c.org_by_name(&name("Woken").normalized()).await.unwrap(),
+        None
+    );
+    assert!(c
+        .tombstone_org(other.id, Utc::now(), days(1), None)
+        .await
+        .unwrap()
+        .is_some());
+    let restoring = c.restore_org(o.id, &name("Woken")).await.unwrap();
+    assert_eq!(restoring.name, name("Woken"));
+    assert_eq!(restoring.placement.collection, t.collection);
+    assert!(matches!(
+        &restoring.state,
+        OrgState::Renaming { to_name, to_collection, .. }
+            if *to_name == name("Woken") && to_collection.as_str() == "org_woken"
+    ));
+    let back = c
+        .admin_by_email(&email("s@s.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.id, admin_before.id);
+    assert_eq!(back.password_hash, admin_before.password_hash);
+    assert!(back.credential_version > admin_before.credential_version);
+    let left: Vec<OrgId> = c
+        .tombstones(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.org.id)
+        .collect();
+    assert_eq!(left, vec![other.id]);
+    assert!(c.tombstone(o.id).await.unwrap().is_none());
+    not_found(c.restore_org(o.id, &name("Again")).await);
+    let done = c.commit_rename(o.id).await.unwrap();
+    assert_eq!(done.state, OrgState::Active);
+    assert_eq!(done.placement.collection.as_str(), "org_woken");
+    assert_eq!(
+        c.org_by_name(&name("woken").normalized())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        o.id
+    );
+    assert_eq!(count_of(c.as_ref(), 1).await, 2);
+}
+
+async fn purging_a_tombstone_uncounts_and_drops_its_data(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Gone", "g@g.example").await;
+    let t = c
+        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        c.purge_tombstone(o.id).await,
+        Err(CatalogError::Stale)
+    ));
+    c.clear_pending_drop(&t.stash()).await.unwrap();
+    let purged = c.purge_tombstone(o.id).await.unwrap().unwrap();
+    assert_eq!(purged.org.id, o.id);
+    assert_eq!(count_of(c.as_ref(), 1).await, 0);
+    assert_eq!(c.pending_drops().await.unwrap(), vec![t.purge_drop()]);
+    assert!(c.purge_tombstone(o.id).await.unwrap().is_none());
+    not_found(c.restore_org(o.id, &name("Gone")).await);
+    assert!(c.tombstones(None, 10).await.unwrap().is_empty());
+}
+
+/// What a soft delete interrupted on MongoDB leaves, at each step, is finished or rolled back
+/// by `settle_tombstones`, and its stash is never handed out while the organization is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_interrupted_tombstone_changes_are_settled() {
+    let Some(f) = Fixture::mongo().await else {
+        return;
+    };
+    let c = f.catalog.clone();
+    let (uri, db_name) = f.mongo.clone().unwrap();
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let database = client.database(&db_name);
+    let tombs = database.collection::<bson::Document>("tombstones");
+    let pending = database.collection::<bson::Document>("pending_drops");
+    let zero = std::time::Duration::ZERO;
+
+    // 1. Crashed after writing the tombstone and the stash, before removing the org.
+    let o = create(c.as_ref(), "Half Deleted", "h@d.example").await;
+    let t = c
+        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut t = t;
+    // Put the org, its admin and the `deleting` phase back as they were before the removal.
+    c.clear_pending_drop(&t.stash()).await.unwrap();
+    tombs
+        .delete_one(bson::doc! {"_id": o.id.to_string()})
+        .await
+        .unwrap();
+    let o = create(c.as_ref(), "Half Deleted", "h@d.example").await;
+    t.org = o.clone();
+    t.admins = c.admins_of_org(o.id).await.unwrap();
+    t.phase = TombstonePhase::Deleting;
+    t.collection = org_gateway::domain::CollectionName::tombstone(o.id);
+    let record = bson::to_document(&serde_json::to_value(&t).unwrap()).unwrap();
+    tombs
+        .insert_one(
+            bson::doc! {"_id": o.id.to_string(), "phase": "deleting", "record": record.clone()},
+        )
+        .await
+        .unwrap();
+    let stash = t.stash();
+    pending
+        .insert_one(bson::doc! {
+            "_id": stash.key(),
+            "org_id": o.id.to_string(),
+            "drop": bson::to_document(&serde_json::to_value(&stash).unwrap()).unwrap(),
+        })
+        .await
+        .unwrap();
+    // The org is live: its stash is not handed out.
+    assert!(c.pending_drops().await.unwrap().is_empty());
+    assert!(c.tombstones(None, 10).await.unwrap().is_empty());
+    assert_eq!(c.settle_tombstones(zero).await.unwrap(), 1);
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), None);
+    assert_eq!(c.admin_by_email(&email("h@d.example")).await.unwrap(), None);
+    assert_eq!(c.pending_drops().await.unwrap(), vec![stash.clone()]);
+    let kept = c.tombstones(None, 10).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].admins.len(), 1);
+    c.clear_pending_drop(&stash).await.unwrap();
+
+    // 2. Crashed after writing the tombstone only: the delete was not decided, rolled back.
+    let p = create(c.as_ref(), "Undecided", "u@d.example").await;
+    let mut tp = kept[0].clone();
+    tp.org = p.clone();
+    tp.admins = c.admins_of_org(p.id).await.unwrap();
+    tp.phase = TombstonePhase::Deleting;
+    tp.collection = org_gateway::domain::CollectionName::tombstone(p.id);
+    let record = bson::to_document(&serde_json::to_value(&tp).unwrap()).unwrap();
+    tombs
+        .insert_one(bson::doc! {"_id": p.id.to_string(), "phase": "deleting", "record": record})
+        .await
+        .unwrap();
+    assert_eq!(c.settle_tombstones(zero).await.unwrap(), 1);
+    assert!(c.tombstone(p.id).await.unwrap().is_none());
+    assert_eq!(c.org_by_id(p.id).await.unwrap().unwrap().id, p.id);
+    assert!(c
+        .admin_by_email(&email("u@d.example"))
+        .await
+        .unwrap()
+        .is_some());
+
+    // 3. A restore that crashed after marking the tombstone, before inserting the org: kept
+    // again.
+    tombs
+        .update_one(
+            bson::doc! {"_id": o.id.to_string()},
+            bson::doc! {"$set": {"phase": "restoring", "record.phase": "restoring"}},
+        )
+        .await
+        .unwrap();
+    assert!(c.tombstones(None, 10).await.unwrap().is_empty());
+    assert_eq!(c.settle_tombstones(zero).await.unwrap(), 1);
+    assert_eq!(c.tombstones(None, 10).await.unwrap().len(), 1);
+    // and then it restores
+    let r = c.restore_org(o.id, &name("Half Deleted")).await.unwrap();
+    assert!(matches!(r.state, OrgState::Renaming { .. }));
+    assert!(c
+        .admin_by_email(&email("h@d.example"))
+        .await
+        .unwrap()
+        .is_some());
+    f.cleanup().await;
 }

@@ -356,3 +356,83 @@ fn a_create_never_adopts_an_orphaned_collection() {
         .unwrap();
     assert_eq!(kept, 2, "the orphan's documents are kept for an operator");
 }
+
+/// A writer on B while A deletes the organization, then B's operator restores it: every write
+/// B acknowledged before the delete is back, nothing after it was accepted, and A serves the
+/// restored organization (its caches followed both changes).
+#[test]
+fn a_delete_on_a_and_a_restore_on_b_lose_no_acknowledged_write() {
+    let Some(cluster) =
+        Cluster::new("[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 100000000\n")
+    else {
+        return;
+    };
+    let a = cluster.start();
+    let b = Arc::new(cluster.start());
+    let token = a.org_with_token("Lazarus", "lazarus@fleet.example");
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(b.clone(), token.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let r = authed(
+        &a,
+        Method::DELETE,
+        "/org/delete?organization_name=Lazarus",
+        &token,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().unwrap()["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = w.join().unwrap();
+    assert!(!seen.acked.is_empty(), "the writer wrote before the delete");
+    assert_ne!(
+        seen.statuses.last(),
+        Some(&201),
+        "writes accepted after the delete"
+    );
+    crate::cluster::until(
+        Duration::from_secs(5),
+        || {
+            b.req(Method::GET, "/org/get?organization_name=Lazarus")
+                .send()
+                .unwrap()
+        },
+        |r| r.status() == 404,
+    );
+    let r = b
+        .client
+        .post(format!("{}/ops/deleted/{id}/restore", b.ops))
+        .bearer_auth(crate::cluster::OPS_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = a.login("lazarus@fleet.example", "password123");
+    assert_eq!(r.status(), 200);
+    let fresh = r.json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::cluster::until(
+        Duration::from_secs(5),
+        || {
+            authed(&a, Method::POST, "/data/count", &fresh)
+                .json(&json!({}))
+                .send()
+                .unwrap()
+        },
+        |r| r.status() == 200,
+    );
+    assert_eq!(count(&a, &fresh), seen.acked.len() as u64);
+    assert_eq!(count(&b, &fresh), seen.acked.len() as u64);
+    for id in [&seen.acked[0], seen.acked.last().unwrap()] {
+        let r = authed(&a, Method::GET, &format!("/data/{id}"), &fresh)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "acknowledged {id} lost");
+    }
+}
