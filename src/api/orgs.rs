@@ -4,7 +4,7 @@ use super::auth::{authenticate, authenticate_opt, internal};
 use super::{json_body, query_param, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
 use crate::catalog::{
-    Actor, AdminRecord, CatalogError, EventType, OrgRecord, OrgState, Placement, Taken,
+    Actor, AdminRecord, AuditEvent, CatalogError, EventType, OrgRecord, OrgState, Placement, Taken,
 };
 use crate::domain::{AdminId, Email, OrgId, OrgName, Password};
 use crate::error::ApiError;
@@ -245,27 +245,18 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     // Once the catalog is touched the create runs to completion (or rolls back) even if the
     // client gives up or the request times out, so no organization is left `Creating`.
     let task = tokio::spawn(
-        place_and_create(Arc::clone(state), org_id, name, admin, body.region, now)
-            .in_current_span(),
+        place_and_create(
+            Arc::clone(state),
+            org_id,
+            name,
+            admin,
+            body.region,
+            now,
+            req.request_id.clone(),
+        )
+        .in_current_span(),
     );
     let org = task.await.map_err(|e| internal("create task", e))??;
-    super::events::record(
-        state,
-        req,
-        EventType::OrganizationCreated,
-        Some(org.id),
-        Actor::Admin {
-            admin_id: first_admin,
-        },
-        json!({
-            "organization_name": org.name.as_str(),
-            "admin_id": first_admin,
-            "collection": org.placement.collection.as_str(),
-            "shard": org.placement.shard.as_str(),
-            "database": org.placement.database.to_string(),
-        }),
-    )
-    .await;
     let mut reply = Reply::json(StatusCode::CREATED, &view(&org, Some(&email), true));
     reply.headers = limit_headers;
     Ok(reply)
@@ -280,8 +271,10 @@ async fn place_and_create(
     admin: AdminRecord,
     region: Option<String>,
     now: DateTime<Utc>,
+    request_id: String,
 ) -> Result<OrgRecord, ApiError> {
     let state = state.as_ref();
+    let first_admin = admin.id;
     let body = CreatePlacement { region };
     // However this create ends, its reservation stops being in flight (when this drops).
     let _settle;
@@ -346,15 +339,35 @@ async fn place_and_create(
         return Err(move_error(e));
     }
     org.state = OrgState::Active;
+    // Recorded with the activation: the organization never exists without its event.
+    let event = AuditEvent::new(
+        EventType::OrganizationCreated,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: first_admin,
+        },
+        Some(&request_id),
+        json!({
+            "organization_name": org.name.as_str(),
+            "admin_id": first_admin,
+            "collection": org.placement.collection.as_str(),
+            "shard": org.placement.shard.as_str(),
+            "database": org.placement.database.to_string(),
+        }),
+    );
     // Compare-and-set on the revision inserted: recovery may have rolled a slow create back.
-    let org = state.catalog().put_org(&org).await.map_err(|e| match e {
-        CatalogError::Stale => ApiError::unavailable(
-            "create_abandoned",
-            "the create took too long and was rolled back; retry",
-            1,
-        ),
-        e => catalog_error(e),
-    })?;
+    let org = state
+        .catalog()
+        .put_org_with_event(&org, &event)
+        .await
+        .map_err(|e| match e {
+            CatalogError::Stale => ApiError::unavailable(
+                "create_abandoned",
+                "the create took too long and was rolled back; retry",
+                1,
+            ),
+            e => catalog_error(e),
+        })?;
     crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, shard = %org.placement.shard, database = %org.placement.database, collection = %org.placement.collection, "organization created");
     Ok(org)

@@ -266,6 +266,36 @@ fn bump_revision(txn: &WriteTransaction) -> CatalogResult<u64> {
 }
 
 /// Writes the organization with a new revision and keeps the not-active index in step.
+/// Replaces an organization record whose name and collection are unchanged, if the stored
+/// one still has `org.revision`.
+fn replace_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()> {
+    let old = load_org(txn, org.id)?;
+    if old.name != org.name || old.placement.collection != org.placement.collection {
+        return Err(CatalogError::Backend(
+            "put_org cannot change name or collection".into(),
+        ));
+    }
+    if old.revision != org.revision {
+        return Err(CatalogError::Stale);
+    }
+    store_org(txn, org)
+}
+
+/// Writes an audit event and its by-organization key.
+fn insert_event(txn: &WriteTransaction, event: &AuditEvent) -> CatalogResult<()> {
+    let mut events = txn.open_table(EVENTS).map_err(backend)?;
+    events
+        .insert(event.id.as_str(), encode(event)?.as_slice())
+        .map_err(backend)?;
+    if let Some(org) = event.organization_id {
+        let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
+        by_org
+            .insert(format!("{org}/{}", event.id).as_str(), event.id.as_str())
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn store_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()> {
     org.revision = bump_revision(txn)?;
     let key = org.id.to_string();
@@ -421,19 +451,29 @@ impl Catalog for EmbeddedCatalog {
     async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord> {
         let mut org = org.clone();
         self.write(move |txn| {
-            let old = load_org(txn, org.id)?;
-            if old.name != org.name || old.placement.collection != org.placement.collection {
-                return Err(CatalogError::Backend(
-                    "put_org cannot change name or collection".into(),
-                ));
-            }
-            if old.revision != org.revision {
-                return Err(CatalogError::Stale);
-            }
-            store_org(txn, &mut org)?;
+            replace_org(txn, &mut org)?;
             Ok(org)
         })
         .await
+    }
+
+    async fn put_org_with_event(
+        &self,
+        org: &OrgRecord,
+        event: &AuditEvent,
+    ) -> CatalogResult<OrgRecord> {
+        let mut org = org.clone();
+        let event = event.clone();
+        let kind = event.kind;
+        let stored = self
+            .write(move |txn| {
+                replace_org(txn, &mut org)?;
+                insert_event(txn, &event)?;
+                Ok(org)
+            })
+            .await?;
+        super::events::count_written(kind, Ok(()));
+        Ok(stored)
     }
 
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
@@ -1289,20 +1329,8 @@ impl Catalog for EmbeddedCatalog {
             EventType::AdminLoginSucceeded | EventType::AdminLoginFailed => redb::Durability::None,
             _ => redb::Durability::Immediate,
         };
-        self.write_with(durability, move |txn| {
-            let mut events = txn.open_table(EVENTS).map_err(backend)?;
-            events
-                .insert(event.id.as_str(), encode(&event)?.as_slice())
-                .map_err(backend)?;
-            if let Some(org) = event.organization_id {
-                let mut by_org = txn.open_table(EVENTS_BY_ORG).map_err(backend)?;
-                by_org
-                    .insert(format!("{org}/{}", event.id).as_str(), event.id.as_str())
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write_with(durability, move |txn| insert_event(txn, &event))
+            .await
     }
 
     async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {

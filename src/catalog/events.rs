@@ -161,8 +161,13 @@ impl AuditEvent {
 /// (`org_gateway_audit_events_total{outcome="failed"}`), never turned into a failure of the
 /// change, which has already happened.
 pub async fn record(catalog: &dyn super::Catalog, event: AuditEvent) {
-    let kind = event.kind.as_str();
-    match catalog.append_event(&event).await {
+    count_written(event.kind, catalog.append_event(&event).await);
+}
+
+/// Counts an event write's outcome in `org_gateway_audit_events_total`, logging a failure.
+pub fn count_written(kind: EventType, written: super::CatalogResult<()>) {
+    let kind = kind.as_str();
+    match written {
         Ok(()) => crate::telemetry::metrics::AUDIT_EVENTS
             .with_label_values(&[kind, "written"])
             .inc(),

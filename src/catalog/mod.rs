@@ -442,6 +442,20 @@ pub trait Catalog: Send + Sync + 'static {
     /// otherwise). Returns the record as stored.
     async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord>;
 
+    /// [`Self::put_org`] and the audit event that records it. The embedded catalog writes
+    /// both in one transaction, so neither is ever seen without the other; MongoDB writes the
+    /// event right after the change (an event that fails to be written is counted and
+    /// logged, as [`events::record`] does, and the change stands).
+    async fn put_org_with_event(
+        &self,
+        org: &OrgRecord,
+        event: &AuditEvent,
+    ) -> CatalogResult<OrgRecord> {
+        let stored = self.put_org(org).await?;
+        events::count_written(event.kind, self.append_event(event).await);
+        Ok(stored)
+    }
+
     /// Looks an organization up by id.
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
 

@@ -79,6 +79,7 @@ macro_rules! conformance {
 conformance!(
     insert_and_look_up,
     put_org_changes_state_only,
+    a_state_change_and_its_event_are_written_together,
     unique_keys_conflict,
     email_conflict_leaves_nothing_behind,
     concurrent_creates_of_one_name_have_one_winner,
@@ -350,6 +351,43 @@ async fn put_org_changes_state_only(c: Arc<dyn Catalog>) {
     ));
     not_found(c.put_org(&org("Ghost")).await);
     assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active));
+}
+
+/// `put_org_with_event` stores the change and its audit event; a refused change (stale
+/// revision) leaves no event behind.
+async fn a_state_change_and_its_event_are_written_together(c: Arc<dyn Catalog>) {
+    use org_gateway::catalog::{Actor, AuditEvent, EventQuery, EventType};
+    let o = org("Recorded");
+    let stored = c.insert_org(&o, &admin(&o, "r@r.example")).await.unwrap();
+    let event = |i: u32| {
+        AuditEvent::new(
+            EventType::OrganizationCreated,
+            Some(o.id),
+            Actor::System,
+            Some("req-1"),
+            json!({ "i": i }),
+        )
+    };
+    let mut active = stored.clone();
+    active.state = OrgState::Active;
+    let first = event(1);
+    let active = c.put_org_with_event(&active, &first).await.unwrap();
+    assert_eq!(c.org_by_id(o.id).await.unwrap(), Some(active));
+    let mut stale = stored.clone();
+    stale.updated_at = Utc::now();
+    assert!(matches!(
+        c.put_org_with_event(&stale, &event(2)).await,
+        Err(CatalogError::Stale)
+    ));
+    let page = c
+        .events(&EventQuery {
+            organization: Some(o.id),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events, [first]);
 }
 
 async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
