@@ -56,7 +56,11 @@ pub struct DeletedPage {
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
-    /// Restore under this name instead of the old one.
+    /// Restore under this name instead of the old one: 1 to 64 ASCII letters, digits, spaces,
+    /// '-' and '_' (surrounding whitespace is trimmed).
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-](?:[A-Za-z0-9 _-]{0,62}[A-Za-z0-9_-])?[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     organization_name: Option<String>,
 }
 
@@ -95,7 +99,7 @@ fn id_from_path(path: &str, suffix: &str) -> Result<OrgId, ApiError> {
 #[utoipa::path(get, path = "/ops/deleted", operation_id = "list_deleted_organizations", tag = "operator", security(("operator" = [])),
     params(
         ("limit" = Option<u32>, Query, description = "Page size (default 100)", minimum = 1, maximum = 1000),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)", pattern = r"^[0-9a-fA-F-]{36}$"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)", pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"),
     ),
     responses((status = 200, description = "A page of deleted organizations", body = DeletedPage),
         (status = 400, description = "Invalid limit or cursor", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -141,7 +145,7 @@ pub async fn list(state: &AppState, req: &Request) -> ApiResult {
 
 /// `POST /ops/deleted/{organization_id}/restore`.
 #[utoipa::path(post, path = "/ops/deleted/{organization_id}/restore", operation_id = "restore_organization", tag = "operator", security(("operator" = [])),
-    params(("organization_id" = String, Path, description = "The deleted organization's id", pattern = r"^[0-9a-fA-F-]{36}$")),
+    params(("organization_id" = String, Path, description = "The deleted organization's id", pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     request_body(content = Option<RestoreBody>, description = "Optional: a new name (default: the old one)"),
     responses((status = 200, description = "Restored: the organization as `GET /ops/orgs` shows it", body = OrgSummary),
         (status = 400, description = "Invalid organization id or name", body = crate::error::ProblemBody, content_type = "application/problem+json"),
@@ -214,7 +218,7 @@ pub async fn restore(state: &Arc<AppState>, req: &Request) -> ApiResult {
 
 /// `DELETE /ops/deleted/{organization_id}`: drops the kept data at once.
 #[utoipa::path(delete, path = "/ops/deleted/{organization_id}", operation_id = "purge_organization", tag = "operator", security(("operator" = [])),
-    params(("organization_id" = String, Path, description = "The deleted organization's id", pattern = r"^[0-9a-fA-F-]{36}$")),
+    params(("organization_id" = String, Path, description = "The deleted organization's id", pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
     responses((status = 200, description = "Purged", body = Purged),
         (status = 400, description = "Invalid organization id", body = crate::error::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such deleted organization", body = crate::error::ProblemBody, content_type = "application/problem+json"),
