@@ -199,6 +199,40 @@ impl EmbeddedCatalog {
     }
 }
 
+/// Up to `limit` records of a table keyed by organization id that `keep` accepts, in id
+/// order, after `after`.
+fn page_by_id<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: Json,
+    after: Option<OrgId>,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> CatalogResult<Vec<T>> {
+    let t = txn.open_table(table).map_err(backend)?;
+    let after = after.map(|id| id.to_string());
+    let rows = match &after {
+        Some(k) => t
+            .range::<&str>((
+                std::ops::Bound::Excluded(k.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map_err(backend)?,
+        None => t.iter().map_err(backend)?,
+    };
+    let mut out = Vec::with_capacity(limit.min(1024));
+    for row in rows {
+        if out.len() >= limit {
+            break;
+        }
+        let (_, v) = row.map_err(backend)?;
+        let record: T = decode(v.value())?;
+        if keep(&record) {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
 fn get_json<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
@@ -508,26 +542,8 @@ impl Catalog for EmbeddedCatalog {
         after: Option<OrgId>,
         limit: usize,
     ) -> CatalogResult<Vec<OrgRecord>> {
-        self.read(move |txn| {
-            let t = txn.open_table(ORGS).map_err(backend)?;
-            let after = after.map(|id| id.to_string());
-            let rows = match &after {
-                Some(k) => t
-                    .range::<&str>((
-                        std::ops::Bound::Excluded(k.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .map_err(backend)?,
-                None => t.iter().map_err(backend)?,
-            };
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for row in rows.take(limit) {
-                let (_, v) = row.map_err(backend)?;
-                out.push(decode(v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |txn| page_by_id(txn, ORGS, after, limit, |_: &OrgRecord| true))
+            .await
     }
 
     async fn orgs_by_name(
@@ -931,29 +947,9 @@ impl Catalog for EmbeddedCatalog {
         limit: usize,
     ) -> CatalogResult<Vec<Tombstone>> {
         self.read(move |txn| {
-            let t = txn.open_table(TOMBSTONES).map_err(backend)?;
-            let after = after.map(|id| id.to_string());
-            let rows = match &after {
-                Some(k) => t
-                    .range::<&str>((
-                        std::ops::Bound::Excluded(k.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .map_err(backend)?,
-                None => t.iter().map_err(backend)?,
-            };
-            let mut out = Vec::with_capacity(limit.min(1024));
-            for row in rows {
-                if out.len() >= limit {
-                    break;
-                }
-                let (_, v) = row.map_err(backend)?;
-                let tomb: Tombstone = decode(v.value())?;
-                if tomb.phase == TombstonePhase::Kept {
-                    out.push(tomb);
-                }
-            }
-            Ok(out)
+            page_by_id(txn, TOMBSTONES, after, limit, |t: &Tombstone| {
+                t.phase == TombstonePhase::Kept
+            })
         })
         .await
     }
