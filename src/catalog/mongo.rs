@@ -779,6 +779,28 @@ impl MongoCatalog {
         Ok(true)
     }
 
+    /// Inserts an admin's document under organization `org`; an email another admin holds
+    /// is a conflict.
+    async fn insert_admin_doc(&self, admin: &AdminRecord, org: &str) -> CatalogResult<()> {
+        let admin_doc = doc! {
+            "_id": admin.id.to_string(),
+            "email": admin.email.as_str(),
+            "org_id": org,
+            "rev": admin.revision as i64,
+            "record": to_doc(admin)?,
+        };
+        self.admins
+            .insert_one(admin_doc)
+            .await
+            .map_err(|e| match self.classify(&e) {
+                Failure::Duplicate { message, .. } if !message.contains("_id_") => {
+                    CatalogError::Conflict(Taken::Email)
+                }
+                f => backend_msg(f.message()),
+            })?;
+        Ok(())
+    }
+
     /// Inserts the tombstone's admins not already there (a restore). An email taken by
     /// someone else is a conflict.
     async fn insert_restored_admins(&self, tomb: &Tombstone) -> CatalogResult<()> {
@@ -791,22 +813,7 @@ impl MongoCatalog {
             // Tokens issued before the delete stay refused.
             a.credential_version += 1;
             a.revision = self.bump_revision().await?;
-            let admin_doc = doc! {
-                "_id": a.id.to_string(),
-                "email": a.email.as_str(),
-                "org_id": &key,
-                "rev": a.revision as i64,
-                "record": to_doc(&a)?,
-            };
-            self.admins
-                .insert_one(admin_doc)
-                .await
-                .map_err(|e| match self.classify(&e) {
-                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
-                        CatalogError::Conflict(Taken::Email)
-                    }
-                    f => backend_msg(f.message()),
-                })?;
+            self.insert_admin_doc(&a, &key).await?;
         }
         Ok(())
     }
@@ -1170,22 +1177,7 @@ impl Catalog for MongoCatalog {
         let mut admin = admin.clone();
         let inserted = async {
             admin.revision = self.bump_revision().await?;
-            let admin_doc = doc! {
-                "_id": &admin_id,
-                "email": admin.email.as_str(),
-                "org_id": org.to_string(),
-                "rev": admin.revision as i64,
-                "record": to_doc(&admin)?,
-            };
-            self.admins
-                .insert_one(admin_doc)
-                .await
-                .map_err(|e| match self.classify(&e) {
-                    Failure::Duplicate { message, .. } if !message.contains("_id_") => {
-                        CatalogError::Conflict(Taken::Email)
-                    }
-                    f => backend_msg(f.message()),
-                })?;
+            self.insert_admin_doc(&admin, &org.to_string()).await?;
             CatalogResult::Ok(())
         };
         if let Err(e) = inserted.await {
