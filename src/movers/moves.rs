@@ -911,23 +911,11 @@ impl Driver<'_, '_> {
         Ok(())
     }
 
-    /// Journals `done`, then moves the collection counts (a crash in between leaves a count
-    /// off by one, which the startup reconciliation fixes).
+    /// Records the move's event, journals `done`, then moves the collection counts (a crash
+    /// in between leaves a count off by one, which the startup reconciliation fixes). The
+    /// event comes first so that whoever sees the move `done` finds its event; a crash right
+    /// after it records it again when the move resumes (at least once, never missing).
     async fn finish_switch(&mut self) -> Result<(), MoveError> {
-        self.mv.state = MoveState::Done;
-        self.mv.finished_at = Some(Utc::now());
-        self.journal().await?;
-        self.lc
-            .catalog
-            .adjust_collection_count(&self.mv.to.shard, &self.mv.to.database, 1)
-            .await?;
-        self.lc
-            .catalog
-            .adjust_collection_count(&self.mv.from.shard, &self.mv.from.database, -1)
-            .await?;
-        self.lc
-            .capacity
-            .release(&self.mv.from.shard, &self.mv.from.database);
         crate::catalog::events::record(
             self.lc.catalog.as_ref(),
             crate::catalog::AuditEvent::new(
@@ -945,6 +933,20 @@ impl Driver<'_, '_> {
             ),
         )
         .await;
+        self.mv.state = MoveState::Done;
+        self.mv.finished_at = Some(Utc::now());
+        self.journal().await?;
+        self.lc
+            .catalog
+            .adjust_collection_count(&self.mv.to.shard, &self.mv.to.database, 1)
+            .await?;
+        self.lc
+            .catalog
+            .adjust_collection_count(&self.mv.from.shard, &self.mv.from.database, -1)
+            .await?;
+        self.lc
+            .capacity
+            .release(&self.mv.from.shard, &self.mv.from.database);
         let _ = clear_log(self.lc, &self.mv.move_id).await;
         // Best effort: the reply then means every live instance routes to the target.
         if let Err(e) = self.lc.fleet.fence().await {
