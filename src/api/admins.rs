@@ -145,22 +145,23 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
         updated_at: now,
         revision: 0,
     };
-    let stored = catalog.add_admin(&admin, max).await.map_err(|e| match e {
-        crate::catalog::CatalogError::NotFound => ApiError::unauthorized(),
-        e => catalog_error(e),
-    })?;
-    tracing::info!(org_id = %stored.org_id, admin_id = %stored.id, "admin created");
-    super::events::record(
-        state,
+    let created = super::events::event(
         req,
         EventType::AdminCreated,
-        Some(stored.org_id),
+        Some(admin.org_id),
         Actor::Admin {
             admin_id: caller.admin.id,
         },
-        json!({ "admin_id": stored.id, "email": stored.email.as_str() }),
-    )
-    .await;
+        json!({ "admin_id": admin.id, "email": admin.email.as_str() }),
+    );
+    let stored = catalog
+        .add_admin(&admin, max, &[created])
+        .await
+        .map_err(|e| match e {
+            crate::catalog::CatalogError::NotFound => ApiError::unauthorized(),
+            e => catalog_error(e),
+        })?;
+    tracing::info!(org_id = %stored.org_id, admin_id = %stored.id, "admin created");
     let mut reply = Reply::json(StatusCode::CREATED, &AdminView::of(&stored));
     reply.headers = headers;
     Ok(reply)
@@ -216,9 +217,25 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     let (caller, headers) = caller(state, req, log).await?;
     let id = admin_id_from_path(&req.path)?;
     require_active(&caller)?;
-    let removed = state
-        .catalog()
-        .remove_admin(caller.org.id, id)
+    let catalog = state.catalog();
+    // The event names the email the admin has now (it is written only if the removal is).
+    let target = catalog
+        .admin_by_id(id)
+        .await
+        .map_err(|e| internal("admin lookup", e))?
+        .filter(|a| a.org_id == caller.org.id)
+        .ok_or_else(admin_not_found)?;
+    let deleted = super::events::event(
+        req,
+        EventType::AdminDeleted,
+        Some(target.org_id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "admin_id": target.id, "email": target.email.as_str() }),
+    );
+    let removed = catalog
+        .remove_admin(caller.org.id, id, &[deleted])
         .await
         .map_err(catalog_error)?
         .ok_or_else(admin_not_found)?;
@@ -226,17 +243,6 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     // change (its tokens then find no admin: 401).
     state.router.invalidate_admin(removed.id).await;
     tracing::info!(org_id = %removed.org_id, admin_id = %removed.id, "admin deleted");
-    super::events::record(
-        state,
-        req,
-        EventType::AdminDeleted,
-        Some(removed.org_id),
-        Actor::Admin {
-            admin_id: caller.admin.id,
-        },
-        json!({ "admin_id": removed.id, "email": removed.email.as_str() }),
-    )
-    .await;
     let mut reply = Reply::json(
         StatusCode::OK,
         &DeletedAdmin {

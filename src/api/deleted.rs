@@ -167,10 +167,17 @@ pub async fn restore(state: &Arc<AppState>, req: &Request) -> ApiResult {
         .map(|n| OrgName::parse(&n))
         .transpose()?;
     let st = Arc::clone(state);
+    let event = super::events::event(
+        req,
+        EventType::OrganizationRestored,
+        Some(id),
+        Actor::Operator,
+        json!({}),
+    );
     let restored = tokio::spawn(
         async move {
             let lc = st.lifecycle();
-            crate::movers::deleted::restore(&lc, id, name).await
+            crate::movers::deleted::restore(&lc, id, name, event).await
         }
         .in_current_span(),
     )
@@ -204,15 +211,6 @@ pub async fn restore(state: &Arc<AppState>, req: &Request) -> ApiResult {
     };
     crate::telemetry::metrics::ORGANIZATIONS.inc();
     tracing::info!(org_id = %org.id, "organization restored");
-    super::events::record(
-        state,
-        req,
-        EventType::OrganizationRestored,
-        Some(org.id),
-        Actor::Operator,
-        json!({ "organization_name": org.name.as_str() }),
-    )
-    .await;
     Ok(Reply::json(StatusCode::OK, &OrgSummary::of(state, &org)))
 }
 
@@ -230,10 +228,17 @@ pub async fn restore(state: &Arc<AppState>, req: &Request) -> ApiResult {
 pub async fn purge(state: &Arc<AppState>, req: &Request) -> ApiResult {
     let id = id_from_path(&req.path, "")?;
     let st = Arc::clone(state);
+    let event = super::events::event(
+        req,
+        EventType::OrganizationPurged,
+        Some(id),
+        Actor::Operator,
+        json!({ "reason": "operator" }),
+    );
     let purged = tokio::spawn(
         async move {
             let lc = st.lifecycle();
-            crate::movers::deleted::purge(&lc, id).await
+            crate::movers::deleted::purge(&lc, id, event).await
         }
         .in_current_span(),
     )
@@ -242,15 +247,6 @@ pub async fn purge(state: &Arc<AppState>, req: &Request) -> ApiResult {
     .map_err(super::orgs::move_error)?
     .ok_or_else(not_found)?;
     tracing::info!(org_id = %id, "deleted organization purged");
-    super::events::record(
-        state,
-        req,
-        EventType::OrganizationPurged,
-        Some(id),
-        Actor::Operator,
-        json!({ "organization_name": purged.org.name.as_str(), "reason": "operator" }),
-    )
-    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &Purged {
@@ -280,13 +276,5 @@ pub async fn sweep(state: &Arc<AppState>) {
     };
     for t in purged {
         tracing::info!(org_id = %t.org.id, "deleted organization purged after its retention");
-        let event = crate::catalog::AuditEvent::new(
-            EventType::OrganizationPurged,
-            Some(t.org.id),
-            Actor::System,
-            None,
-            json!({ "organization_name": t.org.name.as_str(), "reason": "retention" }),
-        );
-        crate::catalog::events::record(state.catalog().as_ref(), event).await;
     }
 }

@@ -1,6 +1,7 @@
-//! Audit events: written after each change by the handlers ([`record`]), read by an
-//! organization's admins (`GET /org/events`) and by operators (`GET /ops/events`), oldest
-//! first, a page at a time.
+//! Audit events: built by the handlers ([`event`]) and handed to the catalog call that makes
+//! the change, which writes both together; facts that change nothing (logins) are appended
+//! ([`record`]). Read by an organization's admins (`GET /org/events`) and by operators
+//! (`GET /ops/events`), oldest first, a page at a time.
 
 use super::auth::{authenticate, internal};
 use super::{query_param, ApiResult, Reply, Request, RequestLog};
@@ -15,7 +16,18 @@ use serde::Serialize;
 /// Largest page of events.
 const MAX_LIMIT: usize = 1000;
 
-/// Records an event of the request `req` (its request id) after its change committed.
+/// An event of the request `req` (its request id), for the catalog call that makes its change.
+pub fn event(
+    req: &Request,
+    kind: EventType,
+    organization: Option<OrgId>,
+    actor: Actor,
+    details: serde_json::Value,
+) -> AuditEvent {
+    AuditEvent::new(kind, organization, actor, Some(&req.request_id), details)
+}
+
+/// Records an event of the request `req` that changes nothing in the catalog (a login).
 pub async fn record(
     state: &AppState,
     req: &Request,
@@ -24,7 +36,7 @@ pub async fn record(
     actor: Actor,
     details: serde_json::Value,
 ) {
-    let event = AuditEvent::new(kind, organization, actor, Some(&req.request_id), details);
+    let event = event(req, kind, organization, actor, details);
     crate::catalog::events::record(state.catalog().as_ref(), event).await;
 }
 

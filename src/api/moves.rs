@@ -354,7 +354,7 @@ pub async fn drain(state: &AppState, req: &Request) -> ApiResult {
     if !draining.contains(&shard) {
         draining.push(shard.clone());
         catalog
-            .put_setting(DRAINING_SETTING, &json!(draining))
+            .put_setting(DRAINING_SETTING, &json!(draining), &[])
             .await
             .map_err(catalog_err)?;
     }

@@ -240,24 +240,23 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
         Some(l) => all.insert(org.id, l),
         None => all.remove(&org.id),
     };
-    catalog
-        .put_setting(
-            RATE_OVERRIDES_SETTING,
-            &serde_json::to_value(&all).expect("serializable"),
-        )
-        .await
-        .map_err(|e| internal("catalog", e))?;
-    state.rate_limits.set_override(org.id, body);
-    let effective = state.rate_limits.limits_of(org.id);
-    super::events::record(
-        state,
+    let changed = super::events::event(
         req,
         crate::catalog::EventType::LimitsChanged,
         Some(org.id),
         crate::catalog::Actor::Operator,
         json!({ "override": body }),
-    )
-    .await;
+    );
+    catalog
+        .put_setting(
+            RATE_OVERRIDES_SETTING,
+            &serde_json::to_value(&all).expect("serializable"),
+            &[changed],
+        )
+        .await
+        .map_err(|e| internal("catalog", e))?;
+    state.rate_limits.set_override(org.id, body);
+    let effective = state.rate_limits.limits_of(org.id);
     Ok(Reply::json(
         StatusCode::OK,
         &json!({
@@ -520,6 +519,7 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
         .put_setting(
             SHARDS_SETTING,
             &serde_json::to_value(&persisted).expect("serializable"),
+            &[],
         )
         .await
         .map_err(|e| internal("catalog", e))?;

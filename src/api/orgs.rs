@@ -552,8 +552,39 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     } else {
         None
     };
+    let actor = Actor::Admin {
+        admin_id: caller.admin.id,
+    };
+    // The credentials' events are written with the admin's change, the rename's with its
+    // commit (journaled with it, so whoever completes the rename writes it).
+    let mut credential_events = Vec::new();
+    if let Some(e) = &email {
+        credential_events.push(super::events::event(
+            req,
+            EventType::OrganizationUpdated,
+            Some(org.id),
+            actor,
+            json!({ "admin_id": caller.admin.id, "email": e.as_str() }),
+        ));
+    }
+    if password.is_some() {
+        credential_events.push(super::events::event(
+            req,
+            EventType::AdminPasswordChanged,
+            Some(org.id),
+            actor,
+            json!({ "admin_id": caller.admin.id }),
+        ));
+    }
     let (org, admin) = match new_name {
         Some(to) if to != org.name => {
+            let renamed = super::events::event(
+                req,
+                EventType::OrganizationRenamed,
+                Some(org.id),
+                actor,
+                json!({ "from": old_name.as_str(), "to": to.as_str() }),
+            );
             // Runs to completion even if the client goes away mid-rename; credentials commit
             // with the rename or not at all.
             let (st, current_org) = (Arc::clone(state), (*org).clone());
@@ -562,7 +593,8 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
                     let lc = st.lifecycle();
                     // A move of the organization is cancelled (or finishes) first.
                     let current_org = settle_move(&lc, &current_org).await?;
-                    movers::rename(&lc, &current_org, &to, change.as_ref()).await
+                    let change = change.as_ref().map(|a| (a, credential_events.as_slice()));
+                    movers::rename(&lc, &current_org, &to, change, &renamed).await
                 }
                 .in_current_span(),
             )
@@ -576,7 +608,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
                 Some(a) => {
                     let stored = state
                         .catalog()
-                        .update_admin(&a)
+                        .update_admin(&a, &credential_events)
                         .await
                         .map_err(catalog_error)?;
                     state.router.invalidate_admin(a.id).await;
@@ -588,45 +620,6 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         }
     };
     state.router.invalidate_org(&org).await;
-    let actor = Actor::Admin {
-        admin_id: caller.admin.id,
-    };
-    if org.name != old_name {
-        let details = json!({ "from": old_name.as_str(), "to": org.name.as_str() });
-        super::events::record(
-            state,
-            req,
-            EventType::OrganizationRenamed,
-            Some(org.id),
-            actor,
-            details,
-        )
-        .await;
-    }
-    if let Some(e) = &email {
-        let details = json!({ "admin_id": caller.admin.id, "email": e.as_str() });
-        super::events::record(
-            state,
-            req,
-            EventType::OrganizationUpdated,
-            Some(org.id),
-            actor,
-            details,
-        )
-        .await;
-    }
-    if password.is_some() {
-        let details = json!({ "admin_id": caller.admin.id });
-        super::events::record(
-            state,
-            req,
-            EventType::AdminPasswordChanged,
-            Some(org.id),
-            actor,
-            details,
-        )
-        .await;
-    }
     Ok(Reply::json(
         StatusCode::OK,
         &view(&org, Some(&admin.email), true),
@@ -660,6 +653,15 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     }
     let (st, doomed) = (Arc::clone(state), (*org).clone());
     let retention = state.config.lifecycle.retention();
+    let deleted = super::events::event(
+        req,
+        EventType::OrganizationDeleted,
+        Some(org.id),
+        Actor::Admin {
+            admin_id: caller.admin.id,
+        },
+        json!({ "organization_name": org.name.as_str() }),
+    );
     let tomb = tokio::spawn(
         async move {
             let lc = st.lifecycle();
@@ -677,7 +679,7 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
                     .or_else(|| st.quotas.cached(doomed.id)),
                 None => None,
             };
-            movers::deleted::soft_delete(&lc, &doomed, retention, size).await
+            movers::deleted::soft_delete(&lc, &doomed, retention, size, deleted).await
         }
         .in_current_span(),
     )
@@ -688,17 +690,6 @@ pub async fn delete(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
     state.rate_limits.set_override(org.id, None);
     crate::telemetry::metrics::ORGANIZATIONS.dec();
     tracing::info!(org_id = %org.id, "organization deleted");
-    super::events::record(
-        state,
-        req,
-        EventType::OrganizationDeleted,
-        Some(org.id),
-        Actor::Admin {
-            admin_id: caller.admin.id,
-        },
-        json!({ "organization_name": org.name.as_str(), "restorable_until": tomb.restorable_until }),
-    )
-    .await;
     Ok(Reply::json(
         StatusCode::OK,
         &DeletedOrg {

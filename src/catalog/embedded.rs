@@ -316,6 +316,18 @@ fn replace_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()>
 }
 
 /// Writes an audit event and its by-organization key.
+/// Writes `events` in the transaction of the change they record.
+fn insert_events(txn: &WriteTransaction, events: &[AuditEvent]) -> CatalogResult<()> {
+    events.iter().try_for_each(|e| insert_event(txn, e))
+}
+
+/// Counts events once the transaction that wrote them committed.
+fn count_events(events: &[AuditEvent]) {
+    for e in events {
+        super::events::count_written(e.kind, Ok(()));
+    }
+}
+
 fn insert_event(txn: &WriteTransaction, event: &AuditEvent) -> CatalogResult<()> {
     let mut events = txn.open_table(EVENTS).map_err(backend)?;
     events
@@ -354,12 +366,19 @@ struct LeaseRecord {
 
 /// Ends a rename: `commit` switches to the reserved name and collection and releases the old
 /// keys; otherwise the reserved keys are released and the org stays as it was.
-fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<OrgRecord> {
+/// Ends a rename: commits it (writing its journaled events) or rolls it back. Returns the
+/// record and the events written.
+fn end_rename(
+    txn: &WriteTransaction,
+    id: OrgId,
+    commit: bool,
+) -> CatalogResult<(OrgRecord, Vec<AuditEvent>)> {
     let mut org = load_org(txn, id)?;
     let OrgState::Renaming {
         to_name,
         to_collection,
         target_cleared,
+        events,
         ..
     } = org.state.clone()
     else {
@@ -395,7 +414,11 @@ fn end_rename(txn: &WriteTransaction, id: OrgId, commit: bool) -> CatalogResult<
     org.updated_at = now;
     org.state = OrgState::Active;
     store_org(txn, &mut org)?;
-    Ok(org)
+    if !commit {
+        return Ok((org, Vec::new()));
+    }
+    insert_events(txn, &events)?;
+    Ok((org, events))
 }
 
 /// Whether the stash of this tombstone's data is still pending.
@@ -640,90 +663,121 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord> {
+    async fn update_admin(
+        &self,
+        admin: &AdminRecord,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord> {
         let mut admin = admin.clone();
-        self.write(move |txn| {
-            let id = admin.id.to_string();
-            let revision = bump_revision(txn)?;
-            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-            let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
-            if old.revision != admin.revision {
-                return Err(CatalogError::Stale);
-            }
-            admin.revision = revision;
-            if old.email != admin.email {
+        let written = events.to_vec();
+        let stored = self
+            .write(move |txn| {
+                let id = admin.id.to_string();
+                let revision = bump_revision(txn)?;
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
+                if old.revision != admin.revision {
+                    return Err(CatalogError::Stale);
+                }
+                admin.revision = revision;
+                if old.email != admin.email {
+                    let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                    if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                        return Err(CatalogError::Conflict(Taken::Email));
+                    }
+                    emails.remove(old.email.as_str()).map_err(backend)?;
+                    emails
+                        .insert(admin.email.as_str(), id.as_str())
+                        .map_err(backend)?;
+                }
+                admins
+                    .insert(id.as_str(), encode(&admin)?.as_slice())
+                    .map_err(backend)?;
+                insert_events(txn, &written)?;
+                Ok(admin)
+            })
+            .await?;
+        count_events(events);
+        Ok(stored)
+    }
+
+    async fn add_admin(
+        &self,
+        admin: &AdminRecord,
+        max: u32,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord> {
+        let mut admin = admin.clone();
+        let written = events.to_vec();
+        // One write transaction (redb has one writer at a time): the count, the email and
+        // the insert are decided together.
+        let stored = self
+            .write(move |txn| {
+                load_org(txn, admin.org_id)?;
+                let org_key = admin.org_id.to_string();
+                let admin_id = admin.id.to_string();
+                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+                if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
+                    return Err(CatalogError::AdminLimit);
+                }
                 let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
                 if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
                     return Err(CatalogError::Conflict(Taken::Email));
                 }
-                emails.remove(old.email.as_str()).map_err(backend)?;
                 emails
-                    .insert(admin.email.as_str(), id.as_str())
+                    .insert(admin.email.as_str(), admin_id.as_str())
                     .map_err(backend)?;
-            }
-            admins
-                .insert(id.as_str(), encode(&admin)?.as_slice())
-                .map_err(backend)?;
-            Ok(admin)
-        })
-        .await
+                by_org
+                    .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
+                    .map_err(backend)?;
+                admin.revision = bump_revision(txn)?;
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                admins
+                    .insert(admin_id.as_str(), encode(&admin)?.as_slice())
+                    .map_err(backend)?;
+                insert_events(txn, &written)?;
+                Ok(admin)
+            })
+            .await?;
+        count_events(events);
+        Ok(stored)
     }
 
-    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
-        let mut admin = admin.clone();
-        // One write transaction (redb has one writer at a time): the count, the email and
-        // the insert are decided together.
-        self.write(move |txn| {
-            load_org(txn, admin.org_id)?;
-            let org_key = admin.org_id.to_string();
-            let admin_id = admin.id.to_string();
-            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
-            if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
-                return Err(CatalogError::AdminLimit);
-            }
-            let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-            if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
-                return Err(CatalogError::Conflict(Taken::Email));
-            }
-            emails
-                .insert(admin.email.as_str(), admin_id.as_str())
-                .map_err(backend)?;
-            by_org
-                .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
-                .map_err(backend)?;
-            admin.revision = bump_revision(txn)?;
-            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-            admins
-                .insert(admin_id.as_str(), encode(&admin)?.as_slice())
-                .map_err(backend)?;
-            Ok(admin)
-        })
-        .await
-    }
-
-    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
-        self.write(move |txn| {
-            let (org_key, admin_id) = (org.to_string(), admin.to_string());
-            let index_key = format!("{org_key}/{admin_id}");
-            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
-            if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
-                return Ok(None);
-            }
-            if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
-                return Err(CatalogError::LastAdmin);
-            }
-            by_org.remove(index_key.as_str()).map_err(backend)?;
-            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-            let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
-            admins.remove(admin_id.as_str()).map_err(backend)?;
-            if let Some(a) = &removed {
-                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-                emails.remove(a.email.as_str()).map_err(backend)?;
-            }
-            bump_revision(txn)?;
-            Ok(removed)
-        })
-        .await
+    async fn remove_admin(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<AdminRecord>> {
+        let written = events.to_vec();
+        let removed = self
+            .write(move |txn| {
+                let (org_key, admin_id) = (org.to_string(), admin.to_string());
+                let index_key = format!("{org_key}/{admin_id}");
+                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+                if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
+                    return Ok(None);
+                }
+                if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
+                    return Err(CatalogError::LastAdmin);
+                }
+                by_org.remove(index_key.as_str()).map_err(backend)?;
+                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+                let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+                admins.remove(admin_id.as_str()).map_err(backend)?;
+                if let Some(a) = &removed {
+                    let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                    emails.remove(a.email.as_str()).map_err(backend)?;
+                }
+                bump_revision(txn)?;
+                insert_events(txn, &written)?;
+                Ok(removed)
+            })
+            .await?;
+        if removed.is_some() {
+            count_events(events);
+        }
+        Ok(removed)
     }
 
     async fn begin_rename(
@@ -731,9 +785,11 @@ impl Catalog for EmbeddedCatalog {
         id: OrgId,
         to_name: &OrgName,
         admin: Option<&AdminRecord>,
+        events: &[AuditEvent],
     ) -> CatalogResult<OrgRecord> {
         let to_name = to_name.clone();
         let admin = admin.map(|a| Box::new(a.clone()));
+        let events = events.to_vec();
         self.write(move |txn| {
             let mut org = load_org(txn, id)?;
             if org.state != OrgState::Active {
@@ -773,6 +829,7 @@ impl Catalog for EmbeddedCatalog {
                 to_collection: to_coll,
                 admin,
                 target_cleared: false,
+                events,
             };
             org.updated_at = Utc::now();
             store_org(txn, &mut org)?;
@@ -782,11 +839,13 @@ impl Catalog for EmbeddedCatalog {
     }
 
     async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
-        self.write(move |txn| end_rename(txn, id, true)).await
+        let (org, events) = self.write(move |txn| end_rename(txn, id, true)).await?;
+        count_events(&events);
+        Ok(org)
     }
 
     async fn abort_rename(&self, id: OrgId) -> CatalogResult<OrgRecord> {
-        self.write(move |txn| end_rename(txn, id, false)).await
+        Ok(self.write(move |txn| end_rename(txn, id, false)).await?.0)
     }
 
     async fn delete_org(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
@@ -879,58 +938,66 @@ impl Catalog for EmbeddedCatalog {
         deleted_at: chrono::DateTime<Utc>,
         restorable_until: chrono::DateTime<Utc>,
         size_bytes: Option<u64>,
+        events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>> {
-        self.write(move |txn| {
-            let org = match load_org(txn, id) {
-                Ok(o) => o,
-                Err(CatalogError::NotFound) => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            if org.moving.is_some() || org.state != OrgState::Active {
-                return Err(CatalogError::Stale);
-            }
-            let key = id.to_string();
-            {
-                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
-                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
-                names
-                    .remove(org.normalized_name().as_str())
+        let written = events.to_vec();
+        let tomb = self
+            .write(move |txn| {
+                let org = match load_org(txn, id) {
+                    Ok(o) => o,
+                    Err(CatalogError::NotFound) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                if org.moving.is_some() || org.state != OrgState::Active {
+                    return Err(CatalogError::Stale);
+                }
+                let key = id.to_string();
+                {
+                    let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                    let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                    names
+                        .remove(org.normalized_name().as_str())
+                        .map_err(backend)?;
+                    colls
+                        .remove(org.placement.collection.as_str())
+                        .map_err(backend)?;
+                }
+                let admins = take_admins(txn, id)?;
+                {
+                    let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+                    orgs.remove(key.as_str()).map_err(backend)?;
+                    let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+                    not_active.remove(key.as_str()).map_err(backend)?;
+                }
+                let tomb = Tombstone {
+                    collection: crate::domain::CollectionName::tombstone(id),
+                    org,
+                    admins,
+                    deleted_at,
+                    restorable_until,
+                    size_bytes,
+                    phase: TombstonePhase::Kept,
+                    phase_at: deleted_at,
+                };
+                let stash = tomb.stash();
+                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+                pending
+                    .insert(stash.key().as_str(), encode(&stash)?.as_slice())
                     .map_err(backend)?;
-                colls
-                    .remove(org.placement.collection.as_str())
+                let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+                tombs
+                    .insert(key.as_str(), encode(&tomb)?.as_slice())
                     .map_err(backend)?;
-            }
-            let admins = take_admins(txn, id)?;
-            {
-                let mut orgs = txn.open_table(ORGS).map_err(backend)?;
-                orgs.remove(key.as_str()).map_err(backend)?;
-                let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
-                not_active.remove(key.as_str()).map_err(backend)?;
-            }
-            let tomb = Tombstone {
-                collection: crate::domain::CollectionName::tombstone(id),
-                org,
-                admins,
-                deleted_at,
-                restorable_until,
-                size_bytes,
-                phase: TombstonePhase::Kept,
-                phase_at: deleted_at,
-            };
-            let stash = tomb.stash();
-            let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
-            pending
-                .insert(stash.key().as_str(), encode(&stash)?.as_slice())
-                .map_err(backend)?;
-            let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
-            tombs
-                .insert(key.as_str(), encode(&tomb)?.as_slice())
-                .map_err(backend)?;
-            // The collection stays counted: the kept data occupies the database until purged.
-            bump_revision(txn)?;
-            Ok(Some(tomb))
-        })
-        .await
+                // The collection stays counted: the kept data occupies the database until purged.
+                bump_revision(txn)?;
+                insert_events(txn, &written)?;
+                Ok(Some(tomb))
+            })
+            .await?;
+        if tomb.is_some() {
+            count_events(events);
+        }
+        Ok(tomb)
     }
 
     async fn tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
@@ -954,8 +1021,14 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord> {
+    async fn restore_org(
+        &self,
+        id: OrgId,
+        name: &OrgName,
+        events: &[AuditEvent],
+    ) -> CatalogResult<OrgRecord> {
         let name = name.clone();
+        let events = events.to_vec();
         self.write(move |txn| {
             let key = id.to_string();
             let tomb: Tombstone = {
@@ -1019,6 +1092,7 @@ impl Catalog for EmbeddedCatalog {
                 to_collection: to_coll,
                 admin: None,
                 target_cleared: false,
+                events,
             };
             org.moving = None;
             org.updated_at = now;
@@ -1030,37 +1104,48 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
-        self.write(move |txn| {
-            let key = id.to_string();
-            let tomb: Option<Tombstone> = {
-                let t = txn.open_table(TOMBSTONES).map_err(backend)?;
-                get_json(&t, &key)?
-            };
-            let Some(tomb) = tomb.filter(|t| t.phase == TombstonePhase::Kept) else {
-                return Ok(None);
-            };
-            if stash_pending(txn, &tomb)? {
-                return Err(CatalogError::Stale);
-            }
-            let drop = tomb.purge_drop();
-            {
-                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
-                pending
-                    .insert(drop.key().as_str(), encode(&drop)?.as_slice())
-                    .map_err(backend)?;
-                let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
-                tombs.remove(key.as_str()).map_err(backend)?;
-            }
-            add_count(
-                txn,
-                &count_key(&tomb.org.placement.shard, &tomb.org.placement.database),
-                -1,
-            )?;
-            bump_revision(txn)?;
-            Ok(Some(tomb))
-        })
-        .await
+    async fn purge_tombstone(
+        &self,
+        id: OrgId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<Tombstone>> {
+        let written = events.to_vec();
+        let purged = self
+            .write(move |txn| {
+                let key = id.to_string();
+                let tomb: Option<Tombstone> = {
+                    let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+                    get_json(&t, &key)?
+                };
+                let Some(tomb) = tomb.filter(|t| t.phase == TombstonePhase::Kept) else {
+                    return Ok(None);
+                };
+                if stash_pending(txn, &tomb)? {
+                    return Err(CatalogError::Stale);
+                }
+                let drop = tomb.purge_drop();
+                {
+                    let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+                    pending
+                        .insert(drop.key().as_str(), encode(&drop)?.as_slice())
+                        .map_err(backend)?;
+                    let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+                    tombs.remove(key.as_str()).map_err(backend)?;
+                }
+                add_count(
+                    txn,
+                    &count_key(&tomb.org.placement.shard, &tomb.org.placement.database),
+                    -1,
+                )?;
+                bump_revision(txn)?;
+                insert_events(txn, &written)?;
+                Ok(Some(tomb))
+            })
+            .await?;
+        if purged.is_some() {
+            count_events(events);
+        }
+        Ok(purged)
     }
 
     async fn settle_tombstones(&self, _min_age: std::time::Duration) -> CatalogResult<usize> {
@@ -1121,14 +1206,22 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
-    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()> {
+    async fn put_setting(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<()> {
         let (key, value) = (key.to_owned(), encode(value)?);
+        let written = events.to_vec();
         self.write(move |txn| {
             let mut t = txn.open_table(SETTINGS).map_err(backend)?;
             t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
-            Ok(())
+            insert_events(txn, &written)
         })
-        .await
+        .await?;
+        count_events(events);
+        Ok(())
     }
 
     async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {

@@ -43,6 +43,11 @@ pub enum OrgState {
         /// any document moved: from then on, documents there are this rename's own.
         #[serde(default)]
         target_cleared: bool,
+        /// The audit events the rename records (`organization.renamed`, or
+        /// `organization.restored` for a restore), written by [`Catalog::commit_rename`] with
+        /// the switch to the new name, whoever completes it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<AuditEvent>,
     },
 }
 
@@ -442,19 +447,20 @@ pub trait Catalog: Send + Sync + 'static {
     /// otherwise). Returns the record as stored.
     async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord>;
 
-    /// [`Self::put_org`] and the audit event that records it. The embedded catalog writes
-    /// both in one transaction, so neither is ever seen without the other; MongoDB writes the
-    /// event right after the change (an event that fails to be written is counted and
-    /// logged, as [`events::record`] does, and the change stands).
+    /// [`Self::put_org`] and the audit event that records it, written with it.
+    ///
+    /// Every change that records an event takes it this way (`events` of the other
+    /// methods). The embedded catalog writes change and events in one transaction. MongoDB
+    /// writes the events into the changed document's `outbox` in the same single-document
+    /// write, then copies them into the log (by id: at most once) and clears them; whatever a
+    /// crash leaves in an outbox is copied by [`Self::flush_events`], which the recovery loop
+    /// and every read of the log run first. Either way a change is never seen without its
+    /// event, and an event never records a change that did not happen.
     async fn put_org_with_event(
         &self,
         org: &OrgRecord,
         event: &AuditEvent,
-    ) -> CatalogResult<OrgRecord> {
-        let stored = self.put_org(org).await?;
-        events::count_written(event.kind, self.append_event(event).await);
-        Ok(stored)
-    }
+    ) -> CatalogResult<OrgRecord>;
 
     /// Looks an organization up by id.
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>>;
@@ -496,31 +502,48 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Replaces an admin (email and/or password change) if the stored record still has
     /// `admin.revision` ([`CatalogError::Stale`] otherwise); the new email must be free.
-    /// Returns the stored record with its new revision.
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord>;
+    /// Returns the stored record with its new revision. `events` are written with it.
+    async fn update_admin(
+        &self,
+        admin: &AdminRecord,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord>;
 
     /// Adds an admin to an existing organization, if it has fewer than `max` admins and the
     /// email is free ([`CatalogError::AdminLimit`], [`CatalogError::Conflict`]); decided
     /// atomically, so concurrent adds never pass `max`. [`CatalogError::NotFound`] if the
-    /// organization is gone. Returns the admin as stored.
-    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord>;
+    /// organization is gone. Returns the admin as stored. `events` are written with it.
+    async fn add_admin(
+        &self,
+        admin: &AdminRecord,
+        max: u32,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord>;
 
     /// Removes an admin of `org` unless it is the organization's last one
     /// ([`CatalogError::LastAdmin`]); decided atomically, so concurrent removals never leave
-    /// an organization without an admin. `Ok(None)` if `org` has no such admin.
-    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>>;
+    /// an organization without an admin. `Ok(None)` if `org` has no such admin (and
+    /// `events` are not written); otherwise `events` are written with the removal.
+    async fn remove_admin(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<AdminRecord>>;
 
     /// Reserves `to_name` and its collection for the org and marks it `Renaming`, journaling
-    /// the credentials change that goes with it, if any.
+    /// the credentials change that goes with it, if any, and the `events` that
+    /// [`Self::commit_rename`] writes.
     async fn begin_rename(
         &self,
         id: OrgId,
         to_name: &OrgName,
         admin: Option<&AdminRecord>,
+        events: &[AuditEvent],
     ) -> CatalogResult<OrgRecord>;
 
     /// Switches a `Renaming` org to its new name and collection, releases the old keys and
-    /// bumps the placement epoch.
+    /// bumps the placement epoch, writing the events journaled with the rename.
     async fn commit_rename(&self, id: OrgId) -> CatalogResult<OrgRecord>;
 
     /// Releases the reserved keys of a `Renaming` org and marks it `Active` again; refused
@@ -536,14 +559,16 @@ pub trait Catalog: Send + Sync + 'static {
     /// Soft-deletes an `Active` organization: removes it, its admins and its keys (name,
     /// collection, emails are free at once) and keeps them in a [`Tombstone`] with its
     /// collection still counted, recording the stash of its collection as a [`PendingDrop`],
-    /// all in one step. Returns the tombstone; `Ok(None)` if the organization is gone.
-    /// Refused ([`CatalogError::Stale`]) while it is not active or carries a move mark.
+    /// all in one step, with `events`. Returns the tombstone; `Ok(None)` if the organization
+    /// is gone. Refused ([`CatalogError::Stale`]) while it is not active or carries a move
+    /// mark.
     async fn tombstone_org(
         &self,
         id: OrgId,
         deleted_at: DateTime<Utc>,
         restorable_until: DateTime<Utc>,
         size_bytes: Option<u64>,
+        events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>>;
 
     /// One tombstone, in any phase.
@@ -557,13 +582,23 @@ pub trait Catalog: Send + Sync + 'static {
     /// `name` (its placement's collection is the tombstone's, the rename moves the data back)
     /// with its admins, and the tombstone is gone. [`CatalogError::NotFound`] without a kept
     /// tombstone, [`CatalogError::Conflict`] when the name, its collection or an admin's
-    /// email is taken, [`CatalogError::Stale`] while its stash is still pending.
-    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord>;
+    /// email is taken, [`CatalogError::Stale`] while its stash is still pending. `events`
+    /// are journaled with the rename back and written when it commits.
+    async fn restore_org(
+        &self,
+        id: OrgId,
+        name: &OrgName,
+        events: &[AuditEvent],
+    ) -> CatalogResult<OrgRecord>;
 
     /// Removes a kept tombstone, uncounts its collection and records its drop, in one step.
-    /// `Ok(None)` without a kept tombstone; [`CatalogError::Stale`] while its stash is still
-    /// pending.
-    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>>;
+    /// `Ok(None)` without a kept tombstone (and `events` are not written);
+    /// [`CatalogError::Stale`] while its stash is still pending.
+    async fn purge_tombstone(
+        &self,
+        id: OrgId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<Tombstone>>;
 
     /// Finishes or rolls back tombstone changes interrupted more than `min_age` ago (a
     /// catalog without multi-document steps has none). Returns how many it settled.
@@ -589,8 +624,13 @@ pub trait Catalog: Send + Sync + 'static {
     /// A small named value (e.g. runtime-added shards), JSON-encoded.
     async fn get_setting(&self, key: &str) -> CatalogResult<Option<serde_json::Value>>;
 
-    /// Stores a small named value.
-    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()>;
+    /// Stores a small named value, with `events`.
+    async fn put_setting(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<()>;
 
     /// The newest catalog revision allocated. Every write allocates a new one, so a revision
     /// read after a write has committed is greater than that write's.
@@ -656,8 +696,16 @@ pub trait Catalog: Send + Sync + 'static {
     /// Removes applied entries (by key); entries logged meanwhile stay.
     async fn clear_move_changes(&self, move_id: &str, keys: &[String]) -> CatalogResult<()>;
 
-    /// Appends an audit event.
+    /// Appends an audit event of something that is not a catalog change (a login), or of a
+    /// change already committed.
     async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()>;
+
+    /// Copies events written with their change but not yet into the log (a catalog whose
+    /// changes and log are not one transaction keeps them on the changed document first).
+    /// Returns how many it copied; [`Self::events`] runs it before reading.
+    async fn flush_events(&self) -> CatalogResult<usize> {
+        Ok(0)
+    }
 
     /// A page of audit events matching `query`, oldest first. A page may hold fewer than
     /// `query.limit` events and still have a next one (the scan behind it is bounded).

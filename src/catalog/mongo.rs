@@ -55,7 +55,7 @@
 //! A crash between a count update and the write it accompanies can leave a collection count
 //! off by one; the startup capacity reconciliation recounts from the shards.
 
-use super::events::id_floor;
+use super::events::{self, id_floor, EventType};
 use super::{
     AdminRecord, AuditEvent, Catalog, CatalogChange, CatalogError, CatalogResult, ChangeFeed,
     ChangeStream, EventPage, EventQuery, FeedToken, InstanceInfo, MoveChange, MoveRecord,
@@ -134,6 +134,43 @@ fn int(d: &Document, field: &str) -> i64 {
         _ => 0,
     }
 }
+
+/// An event as the log stores it (`_id` is its id); outboxes hold the same documents.
+fn event_doc(event: &AuditEvent) -> CatalogResult<Document> {
+    Ok(doc! {
+        "_id": &event.id,
+        "org": event.organization_id.map(|o| o.to_string()),
+        "type": event.kind.as_str(),
+        "at": bson::DateTime::from_chrono(event.at),
+        "record": to_doc(event)?,
+    })
+}
+
+/// Adds `$push` of `events` into the `outbox` of the document `update` changes: the events
+/// are then written in the same single-document write as their change.
+fn push_outbox(update: &mut Document, events: &[AuditEvent]) -> CatalogResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let docs = events
+        .iter()
+        .map(event_doc)
+        .collect::<CatalogResult<Vec<_>>>()?;
+    let push = doc! { "$each": docs };
+    match update.get_mut("$push") {
+        Some(Bson::Document(p)) => {
+            p.insert(OUTBOX, push);
+        }
+        _ => {
+            update.insert("$push", doc! { OUTBOX: push });
+        }
+    }
+    Ok(())
+}
+
+/// The field of catalog documents holding the events written with their last changes until
+/// they are copied into the log.
+const OUTBOX: &str = "outbox";
 
 /// The MongoDB-backed [`Catalog`].
 pub struct MongoCatalog {
@@ -290,6 +327,22 @@ impl MongoCatalog {
             ])
             .await
             .map_err(|e| self.err(&e))?;
+        // Outboxes are nearly always empty: a sparse index finds the few that are not.
+        for coll in self.outbox_holders() {
+            coll.create_index(
+                IndexModel::builder()
+                    .keys(doc! { "outbox._id": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("outbox".to_owned())
+                            .sparse(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        }
         // Documents written before `name` existed: derive it once from the record.
         let unnamed: Vec<Document> = self
             .orgs
@@ -344,6 +397,78 @@ impl MongoCatalog {
     }
 
     /// Allocates the next catalog revision.
+    /// The collections whose documents carry outboxes.
+    fn outbox_holders(&self) -> [&Collection<Document>; 5] {
+        [
+            &self.orgs,
+            &self.admins,
+            &self.rosters,
+            &self.tombs,
+            &self.settings,
+        ]
+    }
+
+    /// Copies the outbox events of the documents of `coll` matching `filter` into the log
+    /// (an event already there is not written twice: its id is the log's key), then removes
+    /// them from the outbox. Returns how many it wrote.
+    async fn flush_outbox(
+        &self,
+        coll: &Collection<Document>,
+        mut filter: Document,
+    ) -> CatalogResult<usize> {
+        filter.insert("outbox._id", doc! { "$exists": true });
+        let holders: Vec<Document> = coll
+            .find(filter)
+            .projection(doc! { OUTBOX: 1 })
+            .limit(1000)
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut written = 0;
+        for holder in holders {
+            let Ok(outbox) = holder.get_array(OUTBOX) else {
+                continue;
+            };
+            for entry in outbox {
+                let Bson::Document(event) = entry else {
+                    continue;
+                };
+                let kind = event
+                    .get_str("type")
+                    .ok()
+                    .and_then(EventType::parse)
+                    .unwrap_or(EventType::OrganizationUpdated);
+                match self.events.insert_one(event.clone()).await {
+                    Ok(_) => {
+                        written += 1;
+                        events::count_written(kind, Ok(()));
+                    }
+                    Err(e) => match self.classify(&e) {
+                        Failure::Duplicate { .. } => {}
+                        f => return Err(backend_msg(f.message())),
+                    },
+                }
+                coll.update_one(
+                    doc! { "_id": holder.get("_id").cloned().unwrap_or(Bson::Null) },
+                    doc! { "$pull": { OUTBOX: { "_id": event.get("_id").cloned().unwrap_or(Bson::Null) } } },
+                )
+                .await
+                .map_err(|e| self.err(&e))?;
+            }
+        }
+        Ok(written)
+    }
+
+    /// [`Self::flush_outbox`] of one document, after the change that filled it: a failure
+    /// leaves the events to the next flush (the change stands).
+    async fn flush_one(&self, coll: &Collection<Document>, id: &str) {
+        if let Err(e) = self.flush_outbox(coll, doc! { "_id": id }).await {
+            tracing::warn!(error = %e, "audit events kept in their outbox; copied later");
+        }
+    }
+
     async fn bump_revision(&self) -> CatalogResult<u64> {
         let d = self
             .counters
@@ -641,6 +766,30 @@ impl MongoCatalog {
         Ok(r.matched_count == 1)
     }
 
+    /// [`Catalog::put_org`] with `events` in the organization's outbox.
+    async fn replace_org(
+        &self,
+        org: &OrgRecord,
+        events: &[AuditEvent],
+    ) -> CatalogResult<OrgRecord> {
+        let (old, rev) = self.load(org.id).await?.ok_or(CatalogError::NotFound)?;
+        if old.name != org.name || old.placement.collection != org.placement.collection {
+            return Err(backend_msg("put_org cannot change name or collection"));
+        }
+        if rev != org.revision as i64 {
+            return Err(CatalogError::Stale);
+        }
+        let filter = doc! { "_id": org.id.to_string(), "rev": rev };
+        let mut stored = org.clone();
+        let mut update = Document::new();
+        push_outbox(&mut update, events)?;
+        if self.update_org_plain(filter, update, &mut stored).await? {
+            Ok(stored)
+        } else {
+            Err(CatalogError::Stale)
+        }
+    }
+
     /// [`Self::update_org`] where a duplicate key cannot happen.
     async fn update_org_plain(
         &self,
@@ -652,14 +801,15 @@ impl MongoCatalog {
             .await
             .map_err(|f| backend_msg(f.message()))
     }
-    /// Writes a tombstone (replacing any of the same organization).
-    async fn put_tomb(&self, tomb: &Tombstone) -> CatalogResult<()> {
+    /// Writes a tombstone (replacing the record of any of the same organization; its outbox
+    /// stays), with `events` in its outbox.
+    async fn put_tomb(&self, tomb: &Tombstone, events: &[AuditEvent]) -> CatalogResult<()> {
         let id = tomb.org.id.to_string();
+        let mut update =
+            doc! { "$set": { "phase": phase_name(tomb.phase), "record": to_doc(tomb)? } };
+        push_outbox(&mut update, events)?;
         self.tombs
-            .replace_one(
-                doc! { "_id": &id },
-                doc! { "_id": &id, "phase": phase_name(tomb.phase), "record": to_doc(tomb)? },
-            )
+            .update_one(doc! { "_id": &id }, update)
             .upsert(true)
             .await
             .map_err(|e| self.err(&e))?;
@@ -675,12 +825,14 @@ impl MongoCatalog {
         found.map(|d| from_field(&d, "record")).transpose()
     }
 
-    /// Moves a tombstone from phase `from` to `to`; `Ok(None)` if it is not in `from`.
+    /// Moves a tombstone from phase `from` to `to`, with `events` in its outbox; `Ok(None)`
+    /// if it is not in `from`.
     async fn set_phase(
         &self,
         id: OrgId,
         from: TombstonePhase,
         to: TombstonePhase,
+        events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>> {
         let Some(mut tomb) = self.load_tomb(id).await? else {
             return Ok(None);
@@ -690,11 +842,13 @@ impl MongoCatalog {
         }
         tomb.phase = to;
         tomb.phase_at = Utc::now();
+        let mut update = doc! { "$set": { "phase": phase_name(to), "record": to_doc(&tomb)? } };
+        push_outbox(&mut update, events)?;
         let r = self
             .tombs
             .update_one(
                 doc! { "_id": id.to_string(), "phase": phase_name(from) },
-                doc! { "$set": { "phase": phase_name(to), "record": to_doc(&tomb)? } },
+                update,
             )
             .await
             .map_err(|e| self.err(&e))?;
@@ -748,8 +902,11 @@ impl MongoCatalog {
             if rev.is_none() {
                 tomb.org = org;
                 tomb.admins = self.admins_of_org(id).await?;
-                self.put_tomb(&tomb).await?;
+                self.put_tomb(&tomb, &[]).await?;
             }
+            // Events of changes already made go to the log before their documents go.
+            self.flush_outbox(&self.orgs, doc! { "_id": id.to_string() })
+                .await?;
             let removed = self
                 .orgs
                 .delete_one(doc! { "_id": id.to_string(), "rev": cur })
@@ -765,6 +922,10 @@ impl MongoCatalog {
             ));
         }
         let key = id.to_string();
+        self.flush_outbox(&self.admins, doc! { "org_id": &key })
+            .await?;
+        self.flush_outbox(&self.rosters, doc! { "_id": &key })
+            .await?;
         self.admins
             .delete_many(doc! { "org_id": &key })
             .await
@@ -774,21 +935,33 @@ impl MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         self.bump_revision().await?;
-        self.set_phase(id, TombstonePhase::Deleting, TombstonePhase::Kept)
+        self.set_phase(id, TombstonePhase::Deleting, TombstonePhase::Kept, &[])
             .await?;
         Ok(true)
     }
 
     /// Inserts an admin's document under organization `org`; an email another admin holds
     /// is a conflict.
-    async fn insert_admin_doc(&self, admin: &AdminRecord, org: &str) -> CatalogResult<()> {
-        let admin_doc = doc! {
+    async fn insert_admin_doc(
+        &self,
+        admin: &AdminRecord,
+        org: &str,
+        events: &[AuditEvent],
+    ) -> CatalogResult<()> {
+        let mut admin_doc = doc! {
             "_id": admin.id.to_string(),
             "email": admin.email.as_str(),
             "org_id": org,
             "rev": admin.revision as i64,
             "record": to_doc(admin)?,
         };
+        if !events.is_empty() {
+            let docs = events
+                .iter()
+                .map(event_doc)
+                .collect::<CatalogResult<Vec<_>>>()?;
+            admin_doc.insert(OUTBOX, docs);
+        }
         self.admins
             .insert_one(admin_doc)
             .await
@@ -813,7 +986,7 @@ impl MongoCatalog {
             // Tokens issued before the delete stay refused.
             a.credential_version += 1;
             a.revision = self.bump_revision().await?;
-            self.insert_admin_doc(&a, &key).await?;
+            self.insert_admin_doc(&a, &key, &[]).await?;
         }
         Ok(())
     }
@@ -837,8 +1010,13 @@ impl MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         self.bump_revision().await?;
-        self.set_phase(tomb.org.id, TombstonePhase::Restoring, TombstonePhase::Kept)
-            .await?;
+        self.set_phase(
+            tomb.org.id,
+            TombstonePhase::Restoring,
+            TombstonePhase::Kept,
+            &[],
+        )
+        .await?;
         Ok(())
     }
 
@@ -853,6 +1031,8 @@ impl MongoCatalog {
             }
             Err(e) => return Err(e),
         }
+        self.flush_outbox(&self.tombs, doc! { "_id": tomb.org.id.to_string() })
+            .await?;
         self.tombs
             .delete_one(doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Restoring) })
             .await
@@ -864,6 +1044,8 @@ impl MongoCatalog {
     /// collection uncounted (once).
     async fn complete_purge(&self, tomb: &Tombstone) -> CatalogResult<()> {
         self.add_pending_drop(&tomb.purge_drop()).await?;
+        self.flush_outbox(&self.tombs, doc! { "_id": tomb.org.id.to_string() })
+            .await?;
         let r = self
             .tombs
             .delete_one(doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Purging) })
@@ -1004,23 +1186,17 @@ impl Catalog for MongoCatalog {
     }
 
     async fn put_org(&self, org: &OrgRecord) -> CatalogResult<OrgRecord> {
-        let (old, rev) = self.load(org.id).await?.ok_or(CatalogError::NotFound)?;
-        if old.name != org.name || old.placement.collection != org.placement.collection {
-            return Err(backend_msg("put_org cannot change name or collection"));
-        }
-        if rev != org.revision as i64 {
-            return Err(CatalogError::Stale);
-        }
-        let filter = doc! { "_id": org.id.to_string(), "rev": rev };
-        let mut stored = org.clone();
-        if self
-            .update_org_plain(filter, Document::new(), &mut stored)
-            .await?
-        {
-            Ok(stored)
-        } else {
-            Err(CatalogError::Stale)
-        }
+        self.replace_org(org, &[]).await
+    }
+
+    async fn put_org_with_event(
+        &self,
+        org: &OrgRecord,
+        event: &AuditEvent,
+    ) -> CatalogResult<OrgRecord> {
+        let stored = self.replace_org(org, std::slice::from_ref(event)).await?;
+        self.flush_one(&self.orgs, &org.id.to_string()).await;
+        Ok(stored)
     }
 
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
@@ -1111,15 +1287,20 @@ impl Catalog for MongoCatalog {
         docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
-    async fn update_admin(&self, admin: &AdminRecord) -> CatalogResult<AdminRecord> {
+    async fn update_admin(
+        &self,
+        admin: &AdminRecord,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord> {
         let expected = admin.revision as i64;
         let mut admin = admin.clone();
         admin.revision = self.bump_revision().await?;
-        let update = doc! { "$set": {
+        let mut update = doc! { "$set": {
             "email": admin.email.as_str(),
             "rev": admin.revision as i64,
             "record": to_doc(&admin)?,
         } };
+        push_outbox(&mut update, events)?;
         // Records written before revisions existed have no `rev`: they are revision 0.
         let filter = if expected == 0 {
             doc! { "_id": admin.id.to_string(), "$or": [ { "rev": 0_i64 }, { "rev": { "$exists": false } } ] }
@@ -1127,7 +1308,10 @@ impl Catalog for MongoCatalog {
             doc! { "_id": admin.id.to_string(), "rev": expected }
         };
         match self.admins.update_one(filter, update).await {
-            Ok(r) if r.matched_count == 1 => Ok(admin),
+            Ok(r) if r.matched_count == 1 => {
+                self.flush_one(&self.admins, &admin.id.to_string()).await;
+                Ok(admin)
+            }
             Ok(_) => {
                 let exists = self
                     .admins
@@ -1148,7 +1332,12 @@ impl Catalog for MongoCatalog {
         }
     }
 
-    async fn add_admin(&self, admin: &AdminRecord, max: u32) -> CatalogResult<AdminRecord> {
+    async fn add_admin(
+        &self,
+        admin: &AdminRecord,
+        max: u32,
+        events: &[AuditEvent],
+    ) -> CatalogResult<AdminRecord> {
         let org = admin.org_id;
         if self.load(org).await?.is_none() {
             return Err(CatalogError::NotFound);
@@ -1177,7 +1366,8 @@ impl Catalog for MongoCatalog {
         let mut admin = admin.clone();
         let inserted = async {
             admin.revision = self.bump_revision().await?;
-            self.insert_admin_doc(&admin, &org.to_string()).await?;
+            self.insert_admin_doc(&admin, &org.to_string(), events)
+                .await?;
             CatalogResult::Ok(())
         };
         if let Err(e) = inserted.await {
@@ -1193,10 +1383,16 @@ impl Catalog for MongoCatalog {
                 .map_err(|e| self.err(&e))?;
             return Err(CatalogError::NotFound);
         }
+        self.flush_one(&self.admins, &admin_id).await;
         Ok(admin)
     }
 
-    async fn remove_admin(&self, org: OrgId, admin: AdminId) -> CatalogResult<Option<AdminRecord>> {
+    async fn remove_admin(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<AdminRecord>> {
         let (org_key, admin_id) = (org.to_string(), admin.to_string());
         let Some(found) = self
             .admins
@@ -1209,12 +1405,14 @@ impl Catalog for MongoCatalog {
         let record: AdminRecord = from_field(&found, "record")?;
         self.ensure_roster(org).await?;
         // Giving the seat up only while another remains: of the last two admins removed at
-        // once, exactly one goes.
+        // once, exactly one goes. The removal is decided here: its events go with it.
+        let mut update = doc! { "$pull": { "ids": &admin_id }, "$inc": { "n": -1_i64 } };
+        push_outbox(&mut update, events)?;
         let unseated = self
             .rosters
             .update_one(
                 doc! { "_id": &org_key, "ids": &admin_id, "n": { "$gt": 1_i64 } },
-                doc! { "$pull": { "ids": &admin_id }, "$inc": { "n": -1_i64 } },
+                update,
             )
             .await
             .map_err(|e| self.err(&e))?;
@@ -1235,6 +1433,7 @@ impl Catalog for MongoCatalog {
             .delete_one(doc! { "_id": &admin_id, "org_id": &org_key })
             .await
             .map_err(|e| self.err(&e))?;
+        self.flush_one(&self.rosters, &org_key).await;
         Ok(Some(record))
     }
 
@@ -1243,6 +1442,7 @@ impl Catalog for MongoCatalog {
         id: OrgId,
         to_name: &OrgName,
         admin: Option<&AdminRecord>,
+        events: &[AuditEvent],
     ) -> CatalogResult<OrgRecord> {
         let (mut org, rev) = self.load(id).await?.ok_or(CatalogError::NotFound)?;
         if org.state != OrgState::Active {
@@ -1259,6 +1459,7 @@ impl Catalog for MongoCatalog {
             to_collection: to_coll.clone(),
             admin: admin.map(|a| Box::new(a.clone())),
             target_cleared: false,
+            events: events.to_vec(),
         };
         org.updated_at = Utc::now();
         // One atomic write reserves both keys (the unique indexes arbitrate races) and changes
@@ -1282,6 +1483,7 @@ impl Catalog for MongoCatalog {
         let OrgState::Renaming {
             to_name,
             to_collection,
+            events,
             ..
         } = org.state.clone()
         else {
@@ -1296,8 +1498,10 @@ impl Catalog for MongoCatalog {
         org.state = OrgState::Active;
         let (names, colls) = keys(&org);
         let filter = doc! { "_id": id.to_string(), "rev": rev };
-        let update = doc! { "$set": { "names": names, "collections": colls } };
+        let mut update = doc! { "$set": { "names": names, "collections": colls } };
+        push_outbox(&mut update, &events)?;
         if self.update_org_plain(filter, update, &mut org).await? {
+            self.flush_one(&self.orgs, &id.to_string()).await;
             Ok(org)
         } else {
             Err(CatalogError::NotFound)
@@ -1361,6 +1565,7 @@ impl Catalog for MongoCatalog {
         deleted_at: chrono::DateTime<Utc>,
         restorable_until: chrono::DateTime<Utc>,
         size_bytes: Option<u64>,
+        events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>> {
         let Some((org, rev)) = self.load(id).await? else {
             return Ok(None);
@@ -1378,7 +1583,9 @@ impl Catalog for MongoCatalog {
             phase: TombstonePhase::Deleting,
             phase_at: Utc::now(),
         };
-        self.put_tomb(&tomb).await?;
+        // Its events wait in the tombstone's outbox, copied once it is kept (a delete rolled
+        // back takes them with it).
+        self.put_tomb(&tomb, events).await?;
         // Decided from here on: the stash names the org.
         let stash = tomb.stash();
         let key = stash.key();
@@ -1393,6 +1600,7 @@ impl Catalog for MongoCatalog {
         if !self.finish_tombstone(tomb.clone(), Some(rev)).await? {
             return Err(CatalogError::Stale);
         }
+        self.flush_one(&self.tombs, &id.to_string()).await;
         Ok(self.load_tomb(id).await?.or(Some(tomb)))
     }
 
@@ -1422,7 +1630,12 @@ impl Catalog for MongoCatalog {
         docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
-    async fn restore_org(&self, id: OrgId, name: &OrgName) -> CatalogResult<OrgRecord> {
+    async fn restore_org(
+        &self,
+        id: OrgId,
+        name: &OrgName,
+        events: &[AuditEvent],
+    ) -> CatalogResult<OrgRecord> {
         let tomb = self.load_tomb(id).await?.ok_or(CatalogError::NotFound)?;
         if tomb.phase != TombstonePhase::Kept || self.stash_pending(&tomb).await? {
             return Err(CatalogError::Stale);
@@ -1449,7 +1662,7 @@ impl Catalog for MongoCatalog {
             }
         }
         let tomb = self
-            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Restoring)
+            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Restoring, &[])
             .await?
             .ok_or(CatalogError::Stale)?;
         let norm = name.normalized();
@@ -1462,6 +1675,7 @@ impl Catalog for MongoCatalog {
             to_collection: to_coll.clone(),
             admin: None,
             target_cleared: false,
+            events: events.to_vec(),
         };
         org.moving = None;
         org.updated_at = Utc::now();
@@ -1484,7 +1698,7 @@ impl Catalog for MongoCatalog {
                 }
                 f => backend_msg(f.message()),
             };
-            self.set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept)
+            self.set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept, &[])
                 .await?;
             return Err(err);
         }
@@ -1492,7 +1706,11 @@ impl Catalog for MongoCatalog {
         Ok(org)
     }
 
-    async fn purge_tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
+    async fn purge_tombstone(
+        &self,
+        id: OrgId,
+        events: &[AuditEvent],
+    ) -> CatalogResult<Option<Tombstone>> {
         let Some(tomb) = self.load_tomb(id).await? else {
             return Ok(None);
         };
@@ -1503,7 +1721,7 @@ impl Catalog for MongoCatalog {
             return Err(CatalogError::Stale);
         }
         let Some(tomb) = self
-            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Purging)
+            .set_phase(id, TombstonePhase::Kept, TombstonePhase::Purging, events)
             .await?
         else {
             return Ok(None);
@@ -1559,7 +1777,7 @@ impl Catalog for MongoCatalog {
                         }
                     }
                     None => self
-                        .set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept)
+                        .set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept, &[])
                         .await
                         .map(|_| ()),
                 },
@@ -1682,13 +1900,23 @@ impl Catalog for MongoCatalog {
             .map_err(|e| backend_msg(e.to_string()))
     }
 
-    async fn put_setting(&self, key: &str, value: &serde_json::Value) -> CatalogResult<()> {
+    async fn put_setting(
+        &self,
+        key: &str,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<()> {
         let text = serde_json::to_string(value).map_err(|e| backend_msg(e.to_string()))?;
+        let mut update = doc! { "$set": { "json": text } };
+        push_outbox(&mut update, events)?;
         self.settings
-            .replace_one(doc! { "_id": key }, doc! { "_id": key, "json": text })
+            .update_one(doc! { "_id": key }, update)
             .upsert(true)
             .await
             .map_err(|e| self.err(&e))?;
+        if !events.is_empty() {
+            self.flush_one(&self.settings, key).await;
+        }
         Ok(())
     }
 
@@ -1902,21 +2130,30 @@ impl Catalog for MongoCatalog {
     }
 
     async fn append_event(&self, event: &AuditEvent) -> CatalogResult<()> {
-        let org = event.organization_id.map(|o| o.to_string());
         self.events
-            .insert_one(doc! {
-                "_id": &event.id,
-                "org": org,
-                "type": event.kind.as_str(),
-                "at": bson::DateTime::from_chrono(event.at),
-                "record": to_doc(event)?,
-            })
+            .insert_one(event_doc(event)?)
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
     }
 
+    async fn flush_events(&self) -> CatalogResult<usize> {
+        let mut written = 0;
+        for coll in self.outbox_holders() {
+            // A tombstone still `deleting` may yet be rolled back: its events wait.
+            let filter = if std::ptr::eq(coll, &self.tombs) {
+                doc! { "phase": { "$ne": phase_name(TombstonePhase::Deleting) } }
+            } else {
+                doc! {}
+            };
+            written += self.flush_outbox(coll, filter).await?;
+        }
+        Ok(written)
+    }
+
     async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
+        // Events of changes made but not yet copied (an instance died in between) first.
+        self.flush_events().await?;
         let mut id = doc! {};
         if let Some(since) = query.since {
             id.insert("$gte", id_floor(since));

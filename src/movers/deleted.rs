@@ -16,7 +16,7 @@
 use super::{
     failpoint, finish_rename, namespace, pausepoint, run_pending_drops, Lifecycle, MoveError,
 };
-use crate::catalog::{CatalogError, OrgRecord, Tombstone};
+use crate::catalog::{Actor, AuditEvent, CatalogError, EventType, OrgRecord, Tombstone};
 use crate::domain::{Email, OrgId, OrgName};
 use crate::store::Namespace;
 use chrono::{DateTime, Utc};
@@ -46,22 +46,25 @@ impl From<CatalogError> for RestoreError {
 }
 
 /// Soft-deletes an active organization, keeping its data for `retention`. `size_bytes` is
-/// its storage as quotas count it (recorded with the tombstone). A failed fence leaves the
-/// stash to the resume loop (and is an error: an instance may still write for it).
+/// its storage as quotas count it (recorded with the tombstone); `deleted` is its event,
+/// written with the tombstone (`restorable_until` added to its details). A failed fence
+/// leaves the stash to the resume loop (and is an error: an instance may still write for it).
 pub async fn soft_delete(
     lc: &Lifecycle<'_>,
     org: &OrgRecord,
     retention: Duration,
     size_bytes: Option<u64>,
+    mut deleted: AuditEvent,
 ) -> Result<Tombstone, MoveError> {
     let now = Utc::now();
     let until = chrono::Duration::from_std(retention)
         .ok()
         .and_then(|d| now.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    detail(&mut deleted, "restorable_until", serde_json::json!(until));
     let tomb = lc
         .catalog
-        .tombstone_org(org.id, now, until, size_bytes)
+        .tombstone_org(org.id, now, until, size_bytes, &[deleted])
         .await?
         .ok_or(MoveError::Catalog(CatalogError::NotFound))?;
     failpoint("delete_after_catalog");
@@ -86,11 +89,14 @@ async fn stash_first(lc: &Lifecycle<'_>, tomb: &Tombstone) -> Result<(), MoveErr
 }
 
 /// Restores a deleted organization under `name` (its old one when `None`): catalog first,
-/// then its data moves back. Returns the organization as stored afterwards.
+/// then its data moves back. `restored` is its event (`organization_name` added to its
+/// details), written when the organization is back under its name. Returns the
+/// organization as stored afterwards.
 pub async fn restore(
     lc: &Lifecycle<'_>,
     id: OrgId,
     name: Option<OrgName>,
+    mut restored: AuditEvent,
 ) -> Result<OrgRecord, RestoreError> {
     let tomb = lc
         .catalog
@@ -109,7 +115,8 @@ pub async fn restore(
         }
     }
     stash_first(lc, &tomb).await?;
-    let restoring = match lc.catalog.restore_org(id, &name).await {
+    detail(&mut restored, "organization_name", name.as_str().into());
+    let restoring = match lc.catalog.restore_org(id, &name, &[restored]).await {
         Ok(o) => o,
         Err(CatalogError::NotFound) => return Err(RestoreError::NotFound),
         Err(CatalogError::Conflict(crate::catalog::Taken::Email)) => {
@@ -133,8 +140,13 @@ pub async fn restore(
     Ok(restored)
 }
 
-/// Purges a deleted organization at once. `Ok(None)` if there is no such tombstone.
-pub async fn purge(lc: &Lifecycle<'_>, id: OrgId) -> Result<Option<Tombstone>, MoveError> {
+/// Purges a deleted organization at once, writing `purged` (`organization_name` added to its
+/// details) with it. `Ok(None)` if there is no such tombstone.
+pub async fn purge(
+    lc: &Lifecycle<'_>,
+    id: OrgId,
+    mut purged: AuditEvent,
+) -> Result<Option<Tombstone>, MoveError> {
     let Some(tomb) = lc
         .catalog
         .tombstone(id)
@@ -144,7 +156,12 @@ pub async fn purge(lc: &Lifecycle<'_>, id: OrgId) -> Result<Option<Tombstone>, M
         return Ok(None);
     };
     stash_first(lc, &tomb).await?;
-    let Some(tomb) = lc.catalog.purge_tombstone(id).await? else {
+    detail(
+        &mut purged,
+        "organization_name",
+        tomb.org.name.as_str().into(),
+    );
+    let Some(tomb) = lc.catalog.purge_tombstone(id, &[purged]).await? else {
         return Ok(None);
     };
     lc.capacity
@@ -160,8 +177,8 @@ pub async fn purge(lc: &Lifecycle<'_>, id: OrgId) -> Result<Option<Tombstone>, M
     Ok(Some(tomb))
 }
 
-/// Purges every tombstone whose retention ended by `now`, at most `budget` of them. Returns
-/// the purged ones.
+/// Purges every tombstone whose retention ended by `now`, at most `budget` of them, each with
+/// its `organization.purged` event (actor `system`). Returns the purged ones.
 pub async fn purge_expired(
     lc: &Lifecycle<'_>,
     now: DateTime<Utc>,
@@ -181,7 +198,14 @@ pub async fn purge_expired(
             if tomb.restorable_until > now {
                 continue;
             }
-            match purge(lc, tomb.org.id).await {
+            let event = AuditEvent::new(
+                EventType::OrganizationPurged,
+                Some(tomb.org.id),
+                Actor::System,
+                None,
+                serde_json::json!({ "reason": "retention" }),
+            );
+            match purge(lc, tomb.org.id, event).await {
                 Ok(Some(t)) => purged.push(t),
                 Ok(None) => {}
                 Err(e) => {
@@ -192,5 +216,12 @@ pub async fn purge_expired(
         if !full {
             return Ok(purged);
         }
+    }
+}
+
+/// Adds `key` to an event's details (an object).
+fn detail(event: &mut AuditEvent, key: &str, value: serde_json::Value) {
+    if let serde_json::Value::Object(details) = &mut event.details {
+        details.insert(key.to_owned(), value);
     }
 }

@@ -25,7 +25,7 @@ pub mod deleted;
 pub mod moves;
 
 use crate::catalog::{
-    AdminRecord, Catalog, CatalogError, OrgPages, OrgRecord, OrgState, PendingDrop,
+    AdminRecord, AuditEvent, Catalog, CatalogError, OrgPages, OrgRecord, OrgState, PendingDrop,
 };
 use crate::domain::{DatabaseName, OrgId, OrgName, ShardId};
 use crate::fleet::{FenceError, Fleet};
@@ -146,21 +146,31 @@ impl<'a> CollectionLock<'a> {
 }
 
 /// Renames an organization, moving its documents to the new collection. `admin`, when given,
-/// is the caller's admin record with changed credentials: it commits with the rename (after
-/// the name is reserved, before any data moves) or not at all.
+/// is the caller's admin record with changed credentials and the events that record them:
+/// they commit with the rename (after the name is reserved, before any data moves) or not at
+/// all. `renamed` is written with the switch to the new name.
 pub async fn rename(
     lc: &Lifecycle<'_>,
     org: &OrgRecord,
     to: &OrgName,
-    admin: Option<&AdminRecord>,
+    admin: Option<(&AdminRecord, &[AuditEvent])>,
+    renamed: &AuditEvent,
 ) -> Result<(OrgRecord, Option<AdminRecord>), MoveError> {
-    let renaming = lc.catalog.begin_rename(org.id, to, admin).await?;
+    let renaming = lc
+        .catalog
+        .begin_rename(
+            org.id,
+            to,
+            admin.map(|(a, _)| a),
+            std::slice::from_ref(renamed),
+        )
+        .await?;
     failpoint("rename_after_begin");
     lc.router.invalidate_org(org).await;
     let prepared = async {
         lc.fleet.fence().await?;
         match admin {
-            Some(a) => Ok::<_, MoveError>(Some(apply_credentials(lc, a).await?)),
+            Some((a, events)) => Ok::<_, MoveError>(Some(apply_credentials(lc, a, events).await?)),
             None => Ok(None),
         }
     }
@@ -189,13 +199,14 @@ pub async fn rename(
     Ok((renamed, admin))
 }
 
-/// Stores the credentials journaled with a rename (compare-and-set on the revision read);
-/// succeeds as well when they are already in place (a resumed rename).
+/// Stores the credentials journaled with a rename (compare-and-set on the revision read), with
+/// their events; succeeds as well when they are already in place (a resumed rename).
 async fn apply_credentials(
     lc: &Lifecycle<'_>,
     admin: &AdminRecord,
+    events: &[AuditEvent],
 ) -> Result<AdminRecord, MoveError> {
-    let stored = match lc.catalog.update_admin(admin).await {
+    let stored = match lc.catalog.update_admin(admin, events).await {
         Ok(stored) => stored,
         // A conflict, or a write whose outcome is unknown (the reply was lost): only what is
         // stored decides.
@@ -456,6 +467,11 @@ pub async fn resume_interrupted(lc: &Lifecycle<'_>, min_age: Duration) -> Result
     match lc.catalog.settle_tombstones(min_age).await {
         Ok(n) => handled += n,
         Err(e) => failed("settling tombstones", &MoveError::Catalog(e)),
+    }
+    // Events written with their changes whose copy into the log a crash interrupted.
+    match lc.catalog.flush_events().await {
+        Ok(n) => handled += n,
+        Err(e) => failed("copying audit events", &MoveError::Catalog(e)),
     }
     for org in lc.catalog.orgs_not_active().await? {
         if org.updated_at > cutoff {

@@ -222,7 +222,7 @@ pub async fn request_cancel(lc: &Lifecycle<'_>, mv: &MoveRecord) -> Result<bool,
         return Ok(false);
     }
     lc.catalog
-        .put_setting(&cancel_setting(&mv.move_id), &json!(true))
+        .put_setting(&cancel_setting(&mv.move_id), &json!(true), &[])
         .await?;
     Ok(true)
 }
@@ -885,7 +885,27 @@ impl Driver<'_, '_> {
         switched.placement.database = self.mv.to.database.clone();
         switched.placement.epoch += 1;
         switched.placement.updated_at = Utc::now();
-        let stored = self.lc.catalog.put_org(&switched).await?;
+        // The move's event is written with the switch: whoever sees the tenant at its new
+        // place (or the move `done`, journaled later) finds it, and a resumed move that finds
+        // the switch made does not write it again.
+        let moved = crate::catalog::AuditEvent::new(
+            crate::catalog::EventType::TenantMoved,
+            Some(self.mv.organization_id),
+            crate::catalog::Actor::System,
+            None,
+            serde_json::json!({
+                "move_id": self.mv.move_id,
+                "reason": self.mv.reason,
+                "from": self.mv.from,
+                "to": self.mv.to,
+                "docs_copied": self.mv.docs_copied,
+            }),
+        );
+        let stored = self
+            .lc
+            .catalog
+            .put_org_with_event(&switched, &moved)
+            .await?;
         self.lc.router.invalidate_org(&stored).await;
         failpoint("move_after_switch");
         self.release_switched(stored).await?;
@@ -911,28 +931,9 @@ impl Driver<'_, '_> {
         Ok(())
     }
 
-    /// Records the move's event, journals `done`, then moves the collection counts (a crash
-    /// in between leaves a count off by one, which the startup reconciliation fixes). The
-    /// event comes first so that whoever sees the move `done` finds its event; a crash right
-    /// after it records it again when the move resumes (at least once, never missing).
+    /// Journals `done`, then moves the collection counts (a crash in between leaves a count
+    /// off by one, which the startup reconciliation fixes).
     async fn finish_switch(&mut self) -> Result<(), MoveError> {
-        crate::catalog::events::record(
-            self.lc.catalog.as_ref(),
-            crate::catalog::AuditEvent::new(
-                crate::catalog::EventType::TenantMoved,
-                Some(self.mv.organization_id),
-                crate::catalog::Actor::System,
-                None,
-                serde_json::json!({
-                    "move_id": self.mv.move_id,
-                    "reason": self.mv.reason,
-                    "from": self.mv.from,
-                    "to": self.mv.to,
-                    "docs_copied": self.mv.docs_copied,
-                }),
-            ),
-        )
-        .await;
         self.mv.state = MoveState::Done;
         self.mv.finished_at = Some(Utc::now());
         self.journal().await?;
@@ -1133,7 +1134,7 @@ impl Driver<'_, '_> {
         let _ = self
             .lc
             .catalog
-            .put_setting(&cancel_setting(&self.mv.move_id), &Value::Null)
+            .put_setting(&cancel_setting(&self.mv.move_id), &Value::Null, &[])
             .await;
         self.mv.cleanup_done = true;
         self.journal().await

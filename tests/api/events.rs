@@ -121,9 +121,10 @@ fn an_organizations_changes_are_its_events_oldest_first() {
             "admin.login_succeeded",
             "admin.created",
             "admin.deleted",
-            "organization.renamed",
+            // A rename's credentials are stored before its data moves, the name last.
             "organization.updated",
             "admin.password_changed",
+            "organization.renamed",
             "admin.login_succeeded",
             "limits.changed",
         ]
@@ -137,7 +138,7 @@ fn an_organizations_changes_are_its_events_oldest_first() {
     assert_eq!(created["details"]["organization_name"], "Audit Co");
     assert_eq!(events[1]["actor"], json!({"type": "system"}));
     assert_eq!(
-        events[5]["details"],
+        events[7]["details"],
         json!({"from": "Audit Co", "to": "Audit Two"})
     );
     assert_eq!(events[9]["actor"], json!({"type": "operator"}));

@@ -80,6 +80,7 @@ conformance!(
     insert_and_look_up,
     put_org_changes_state_only,
     a_state_change_and_its_event_are_written_together,
+    every_change_writes_its_events_and_a_refused_one_none,
     unique_keys_conflict,
     email_conflict_leaves_nothing_behind,
     concurrent_creates_of_one_name_have_one_winner,
@@ -390,6 +391,161 @@ async fn a_state_change_and_its_event_are_written_together(c: Arc<dyn Catalog>) 
     assert_eq!(page.events, [first]);
 }
 
+/// Every mutating call that takes events writes them exactly when its change happens: a
+/// refused change (cap, last admin, stale revision, nothing to remove, aborted rename) writes
+/// none, and a rename's or a restore's journaled events appear when it commits.
+async fn every_change_writes_its_events_and_a_refused_one_none(c: Arc<dyn Catalog>) {
+    use org_gateway::catalog::{Actor, AuditEvent, EventQuery, EventType};
+    let o = create(c.as_ref(), "Audited", "a@audited.example").await;
+    let ev = |kind: EventType, org: OrgId| {
+        AuditEvent::new(kind, Some(org), Actor::System, Some("req"), json!({}))
+    };
+    let logged = |org: OrgId| {
+        let c = Arc::clone(&c);
+        async move {
+            let page = c
+                .events(&EventQuery {
+                    organization: Some(org),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut ids: Vec<String> = page.events.into_iter().map(|e| e.id).collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut expected = Vec::new();
+    // add_admin: written; refused at the cap: not
+    let second = admin(&o, "b@audited.example");
+    let added = ev(EventType::AdminCreated, o.id);
+    c.add_admin(&second, 2, std::slice::from_ref(&added))
+        .await
+        .unwrap();
+    expected.push(added.id);
+    let over = ev(EventType::AdminCreated, o.id);
+    assert!(matches!(
+        c.add_admin(&admin(&o, "c@audited.example"), 2, &[over])
+            .await,
+        Err(CatalogError::AdminLimit)
+    ));
+    // update_admin: a stale revision writes nothing; a current one writes its events
+    let stored = c.admin_by_id(second.id).await.unwrap().unwrap();
+    let mut stale = stored.clone();
+    stale.revision += 1_000;
+    let lost = ev(EventType::AdminPasswordChanged, o.id);
+    assert!(matches!(
+        c.update_admin(&stale, &[lost]).await,
+        Err(CatalogError::Stale)
+    ));
+    let mut changed = stored.clone();
+    changed.email = email("b2@audited.example");
+    let (updated, password) = (
+        ev(EventType::OrganizationUpdated, o.id),
+        ev(EventType::AdminPasswordChanged, o.id),
+    );
+    c.update_admin(&changed, &[updated.clone(), password.clone()])
+        .await
+        .unwrap();
+    expected.extend([updated.id, password.id]);
+    // remove_admin: nothing to remove, or the last admin: nothing written
+    let none = ev(EventType::AdminDeleted, o.id);
+    assert_eq!(
+        c.remove_admin(o.id, AdminId::generate(), &[none])
+            .await
+            .unwrap(),
+        None
+    );
+    let removed = ev(EventType::AdminDeleted, o.id);
+    c.remove_admin(o.id, second.id, std::slice::from_ref(&removed))
+        .await
+        .unwrap()
+        .unwrap();
+    expected.push(removed.id);
+    let first = c.admins_of_org(o.id).await.unwrap()[0].id;
+    let last = ev(EventType::AdminDeleted, o.id);
+    assert!(matches!(
+        c.remove_admin(o.id, first, &[last]).await,
+        Err(CatalogError::LastAdmin)
+    ));
+    // put_setting
+    let limits = ev(EventType::LimitsChanged, o.id);
+    c.put_setting("audited", &json!(1), std::slice::from_ref(&limits))
+        .await
+        .unwrap();
+    expected.push(limits.id);
+    // a rename: journaled at its beginning, written at its commit; an aborted one never
+    let aborted = ev(EventType::OrganizationRenamed, o.id);
+    c.begin_rename(o.id, &name("Audited Two"), None, &[aborted])
+        .await
+        .unwrap();
+    c.abort_rename(o.id).await.unwrap();
+    let renamed = ev(EventType::OrganizationRenamed, o.id);
+    c.begin_rename(
+        o.id,
+        &name("Audited Three"),
+        None,
+        std::slice::from_ref(&renamed),
+    )
+    .await
+    .unwrap();
+    expected.sort();
+    assert_eq!(logged(o.id).await, expected, "not before the commit");
+    c.commit_rename(o.id).await.unwrap();
+    expected.push(renamed.id);
+    expected.sort();
+    assert_eq!(logged(o.id).await, expected);
+    // soft delete, restore (written when its rename back commits), delete again, purge
+    let deleted = ev(EventType::OrganizationDeleted, o.id);
+    let tomb = c
+        .tombstone_org(
+            o.id,
+            Utc::now(),
+            days(30),
+            None,
+            std::slice::from_ref(&deleted),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    expected.push(deleted.id);
+    c.clear_pending_drop(&tomb.stash()).await.unwrap();
+    let restored = ev(EventType::OrganizationRestored, o.id);
+    c.restore_org(o.id, &name("Audited"), std::slice::from_ref(&restored))
+        .await
+        .unwrap();
+    expected.sort();
+    assert_eq!(logged(o.id).await, expected, "not before the rename back");
+    c.commit_rename(o.id).await.unwrap();
+    expected.push(restored.id);
+    let again = ev(EventType::OrganizationDeleted, o.id);
+    let tomb = c
+        .tombstone_org(
+            o.id,
+            Utc::now(),
+            days(30),
+            None,
+            std::slice::from_ref(&again),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    expected.push(again.id);
+    c.clear_pending_drop(&tomb.stash()).await.unwrap();
+    let purged = ev(EventType::OrganizationPurged, o.id);
+    c.purge_tombstone(o.id, std::slice::from_ref(&purged))
+        .await
+        .unwrap()
+        .unwrap();
+    expected.push(purged.id);
+    let twice = ev(EventType::OrganizationPurged, o.id);
+    assert!(c.purge_tombstone(o.id, &[twice]).await.unwrap().is_none());
+    expected.sort();
+    assert_eq!(logged(o.id).await, expected);
+    assert_eq!(c.flush_events().await.unwrap(), 0, "nothing left to copy");
+}
+
 async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
     create(c.as_ref(), "My-Org", "first@x.example").await;
     // Same name after normalization.
@@ -517,7 +673,10 @@ async fn concurrent_creates_with_one_email_have_one_winner(c: Arc<dyn Catalog>) 
 
 async fn rename_commit(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Old Name", "o@o.example").await;
-    let renaming = c.begin_rename(o.id, &name("New Name"), None).await.unwrap();
+    let renaming = c
+        .begin_rename(o.id, &name("New Name"), None, &[])
+        .await
+        .unwrap();
     let new_coll = name("New Name").collection_name();
     assert_eq!(
         renaming.state,
@@ -526,6 +685,7 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
             to_collection: new_coll.clone(),
             admin: None,
             target_cleared: false,
+            events: Vec::new(),
         }
     );
     assert_eq!(renaming.name, o.name);
@@ -546,7 +706,7 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
         Taken::OrgName
     );
     // Only one rename at a time.
-    not_found(c.begin_rename(o.id, &name("Third"), None).await);
+    not_found(c.begin_rename(o.id, &name("Third"), None, &[]).await);
     not_found(c.abort_rename(OrgId::generate()).await);
 
     let done = c.commit_rename(o.id).await.unwrap();
@@ -573,7 +733,9 @@ async fn rename_commit(c: Arc<dyn Catalog>) {
 
 async fn rename_abort(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Stay", "s@s.example").await;
-    c.begin_rename(o.id, &name("Leave"), None).await.unwrap();
+    c.begin_rename(o.id, &name("Leave"), None, &[])
+        .await
+        .unwrap();
     let back = c.abort_rename(o.id).await.unwrap();
     assert_eq!(back.state, OrgState::Active);
     assert_eq!(back.name, o.name);
@@ -589,7 +751,7 @@ async fn rename_abort(c: Arc<dyn Catalog>) {
     create(c.as_ref(), "leave", "l@l.example").await;
     // And the org can start another rename.
     let again = c
-        .begin_rename(o.id, &name("Elsewhere"), None)
+        .begin_rename(o.id, &name("Elsewhere"), None, &[])
         .await
         .unwrap();
     assert!(matches!(again.state, OrgState::Renaming { .. }));
@@ -599,29 +761,34 @@ async fn rename_conflicts(c: Arc<dyn Catalog>) {
     let a = create(c.as_ref(), "Alpha", "a@a.example").await;
     create(c.as_ref(), "Bravo-Team", "b@b.example").await;
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("BRAVO-team"), None).await),
+        conflict(c.begin_rename(a.id, &name("BRAVO-team"), None, &[]).await),
         Taken::OrgName
     );
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("bravo team"), None).await),
+        conflict(c.begin_rename(a.id, &name("bravo team"), None, &[]).await),
         Taken::Collection
     );
     // A name reserved by another org's rename counts as taken.
     let d = create(c.as_ref(), "Delta", "d@d.example").await;
-    c.begin_rename(d.id, &name("Echo"), None).await.unwrap();
+    c.begin_rename(d.id, &name("Echo"), None, &[])
+        .await
+        .unwrap();
     assert_eq!(
-        conflict(c.begin_rename(a.id, &name("echo"), None).await),
+        conflict(c.begin_rename(a.id, &name("echo"), None, &[]).await),
         Taken::OrgName
     );
     // Nothing changed for the refused org.
     assert_eq!(c.org_by_id(a.id).await.unwrap(), Some(a.clone()));
-    not_found(c.begin_rename(OrgId::generate(), &name("Zulu"), None).await);
+    not_found(
+        c.begin_rename(OrgId::generate(), &name("Zulu"), None, &[])
+            .await,
+    );
     // A Creating org cannot be renamed.
     let creating = org("Pending");
     c.insert_org(&creating, &admin(&creating, "p@p.example"))
         .await
         .unwrap();
-    not_found(c.begin_rename(creating.id, &name("Zulu"), None).await);
+    not_found(c.begin_rename(creating.id, &name("Zulu"), None, &[]).await);
 }
 
 async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
@@ -640,7 +807,7 @@ async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
         .iter()
         .map(|o| {
             let (c, id) = (c.clone(), o.id);
-            tokio::spawn(async move { c.begin_rename(id, &name("Target"), None).await })
+            tokio::spawn(async move { c.begin_rename(id, &name("Target"), None, &[]).await })
         })
         .collect();
     let mut won = 0;
@@ -656,7 +823,10 @@ async fn concurrent_renames_to_one_name_have_one_winner(c: Arc<dyn Catalog>) {
 
 async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "quiet", "q@q.example").await;
-    let r = c.begin_rename(o.id, &name("QUIET"), None).await.unwrap();
+    let r = c
+        .begin_rename(o.id, &name("QUIET"), None, &[])
+        .await
+        .unwrap();
     assert_eq!(
         r.state,
         OrgState::Renaming {
@@ -664,6 +834,7 @@ async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
             to_collection: o.placement.collection.clone(),
             admin: None,
             target_cleared: false,
+            events: Vec::new(),
         }
     );
     let done = c.commit_rename(o.id).await.unwrap();
@@ -681,7 +852,9 @@ async fn rename_with_case_change_only(c: Arc<dyn Catalog>) {
         Taken::OrgName
     );
     // Same with an abort.
-    c.begin_rename(o.id, &name("Quiet"), None).await.unwrap();
+    c.begin_rename(o.id, &name("Quiet"), None, &[])
+        .await
+        .unwrap();
     c.abort_rename(o.id).await.unwrap();
     assert_eq!(
         conflict(c.insert_org(&dup, &admin(&dup, "z@z.example")).await),
@@ -734,7 +907,9 @@ async fn delete_records_pending_drops(c: Arc<dyn Catalog>) {
 
 async fn delete_during_rename_drops_both_collections(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Moving", "m@m.example").await;
-    c.begin_rename(o.id, &name("Moved"), None).await.unwrap();
+    c.begin_rename(o.id, &name("Moved"), None, &[])
+        .await
+        .unwrap();
     assert!(c.delete_org(o.id).await.unwrap().is_some());
     let drops: BTreeSet<String> = c
         .pending_drops()
@@ -765,7 +940,7 @@ async fn admin_updates(c: Arc<dyn Catalog>) {
     a.password_hash = "$argon2id$changed".into();
     a.credential_version += 1;
     a.updated_at = Utc::now();
-    let a = c.update_admin(&a).await.unwrap();
+    let a = c.update_admin(&a, &[]).await.unwrap();
     assert!(
         a.revision > read.revision,
         "the write gets a newer revision"
@@ -784,25 +959,25 @@ async fn admin_updates(c: Arc<dyn Catalog>) {
     let mut stale = read.clone();
     stale.credential_version = 9;
     assert!(matches!(
-        c.update_admin(&stale).await,
+        c.update_admin(&stale, &[]).await,
         Err(CatalogError::Stale)
     ));
     assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
     // Keeping the same email is fine.
     let mut same = a.clone();
     same.credential_version += 1;
-    let a = c.update_admin(&same).await.unwrap();
+    let a = c.update_admin(&same, &[]).await.unwrap();
     // Taking another admin's email is not.
     let mut stolen = a.clone();
     stolen.email = email("two@a.example");
-    assert_eq!(conflict(c.update_admin(&stolen).await), Taken::Email);
+    assert_eq!(conflict(c.update_admin(&stolen, &[]).await), Taken::Email);
     assert_eq!(c.admin_by_id(a.id).await.unwrap(), Some(a.clone()));
     // The old email is free again.
     create(c.as_ref(), "Third", "one@a.example").await;
     let mut ghost = a.clone();
     ghost.id = AdminId::generate();
     ghost.email = email("ghost@a.example");
-    not_found(c.update_admin(&ghost).await);
+    not_found(c.update_admin(&ghost, &[]).await);
 }
 
 async fn concurrent_admin_updates_lose_nothing(c: Arc<dyn Catalog>) {
@@ -818,7 +993,7 @@ async fn concurrent_admin_updates_lose_nothing(c: Arc<dyn Catalog>) {
             let (c, mut a) = (c.clone(), read.clone());
             tokio::spawn(async move {
                 a.password_hash = format!("$argon2id$writer{i}");
-                c.update_admin(&a).await
+                c.update_admin(&a, &[]).await
             })
         })
         .collect();
@@ -842,7 +1017,7 @@ async fn revisions_only_grow_and_fence_allocations_are_fresh(c: Arc<dyn Catalog>
     assert!(fence > o.revision);
     assert_eq!(c.current_revision().await.unwrap(), fence);
     let renaming = c
-        .begin_rename(o.id, &name("Revisioned Two"), None)
+        .begin_rename(o.id, &name("Revisioned Two"), None, &[])
         .await
         .unwrap();
     assert!(renaming.revision > fence);
@@ -952,9 +1127,9 @@ async fn settings_round_trip(c: Arc<dyn Catalog>) {
         "$odd.key": {"a.b": null, "n": 18_446_744_073_709_551_615_u64},
         "text": "x",
     });
-    c.put_setting("shards", &value).await.unwrap();
+    c.put_setting("shards", &value, &[]).await.unwrap();
     assert_eq!(c.get_setting("shards").await.unwrap(), Some(value));
-    c.put_setting("shards", &json!([])).await.unwrap();
+    c.put_setting("shards", &json!([]), &[]).await.unwrap();
     assert_eq!(c.get_setting("shards").await.unwrap(), Some(json!([])));
     assert_eq!(c.get_setting("other").await.unwrap(), None);
 }
@@ -998,7 +1173,7 @@ async fn mongo_pending_drops_finish_an_interrupted_delete() {
 async fn a_rename_whose_data_may_have_moved_cannot_be_aborted(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Halfway", "h@w.example").await;
     let mut r = c
-        .begin_rename(o.id, &name("Elsewhere"), None)
+        .begin_rename(o.id, &name("Elsewhere"), None, &[])
         .await
         .unwrap();
     if let OrgState::Renaming { target_cleared, .. } = &mut r.state {
@@ -1018,7 +1193,7 @@ async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
     let o = create(&*c, "Admins Co", "first@admins.example").await;
     let other = create(&*c, "Other Co", "other@admins.example").await;
     let second = admin(&o, "second@admins.example");
-    let stored = c.add_admin(&second, 3).await.unwrap();
+    let stored = c.add_admin(&second, 3, &[]).await.unwrap();
     assert!(stored.revision > 0);
     assert_eq!(
         c.admin_by_email(&email("second@admins.example"))
@@ -1030,18 +1205,25 @@ async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
     assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 2);
     // Emails are unique across the gateway.
     assert_eq!(
-        conflict(c.add_admin(&admin(&o, "other@admins.example"), 3).await),
+        conflict(
+            c.add_admin(&admin(&o, "other@admins.example"), 3, &[])
+                .await
+        ),
         Taken::Email
     );
     assert_eq!(
-        conflict(c.add_admin(&admin(&o, "SECOND@admins.example"), 3).await),
+        conflict(
+            c.add_admin(&admin(&o, "SECOND@admins.example"), 3, &[])
+                .await
+        ),
         Taken::Email
     );
-    c.add_admin(&admin(&o, "third@admins.example"), 3)
+    c.add_admin(&admin(&o, "third@admins.example"), 3, &[])
         .await
         .unwrap();
     assert!(matches!(
-        c.add_admin(&admin(&o, "fourth@admins.example"), 3).await,
+        c.add_admin(&admin(&o, "fourth@admins.example"), 3, &[])
+            .await,
         Err(CatalogError::AdminLimit)
     ));
     // The refused ones left nothing behind: the email is free, the seat count right.
@@ -1053,12 +1235,14 @@ async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
     );
     // An admin of another organization is not found through this one.
     let others = c.admins_of_org(other.id).await.unwrap();
-    assert_eq!(c.remove_admin(o.id, others[0].id).await.unwrap(), None);
+    assert_eq!(c.remove_admin(o.id, others[0].id, &[]).await.unwrap(), None);
     assert_eq!(
-        c.remove_admin(o.id, AdminId::generate()).await.unwrap(),
+        c.remove_admin(o.id, AdminId::generate(), &[])
+            .await
+            .unwrap(),
         None
     );
-    let removed = c.remove_admin(o.id, second.id).await.unwrap().unwrap();
+    let removed = c.remove_admin(o.id, second.id, &[]).await.unwrap().unwrap();
     assert_eq!(removed.id, second.id);
     assert_eq!(c.admin_by_id(second.id).await.unwrap(), None);
     assert_eq!(
@@ -1068,21 +1252,30 @@ async fn admins_are_added_and_removed(c: Arc<dyn Catalog>) {
         None
     );
     // A seat is free again.
-    c.add_admin(&admin(&o, "fourth@admins.example"), 3)
+    c.add_admin(&admin(&o, "fourth@admins.example"), 3, &[])
         .await
         .unwrap();
     let rest = c.admins_of_org(o.id).await.unwrap();
     assert_eq!(rest.len(), 3);
-    c.remove_admin(o.id, rest[0].id).await.unwrap().unwrap();
-    c.remove_admin(o.id, rest[1].id).await.unwrap().unwrap();
+    c.remove_admin(o.id, rest[0].id, &[])
+        .await
+        .unwrap()
+        .unwrap();
+    c.remove_admin(o.id, rest[1].id, &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(
-        c.remove_admin(o.id, rest[2].id).await,
+        c.remove_admin(o.id, rest[2].id, &[]).await,
         Err(CatalogError::LastAdmin)
     ));
     assert_eq!(c.admins_of_org(o.id).await.unwrap().len(), 1);
     // No admin for an organization that is gone; deleting one removes its admins.
     let gone = org("Gone Co");
-    not_found(c.add_admin(&admin(&gone, "gone@admins.example"), 3).await);
+    not_found(
+        c.add_admin(&admin(&gone, "gone@admins.example"), 3, &[])
+            .await,
+    );
     c.delete_org(o.id).await.unwrap();
     assert!(c.admins_of_org(o.id).await.unwrap().is_empty());
     assert_eq!(
@@ -1098,7 +1291,7 @@ async fn concurrent_adds_never_pass_the_cap(c: Arc<dyn Catalog>) {
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let (c, a) = (c.clone(), admin(&o, &format!("a{i}@crowded.example")));
-            tokio::spawn(async move { c.add_admin(&a, 5).await })
+            tokio::spawn(async move { c.add_admin(&a, 5, &[]).await })
         })
         .collect();
     let mut added = 0;
@@ -1122,7 +1315,7 @@ async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
         )
         .await;
         for k in ["b", "c"] {
-            c.add_admin(&admin(&o, &format!("l{round}{k}@last.example")), 10)
+            c.add_admin(&admin(&o, &format!("l{round}{k}@last.example")), 10, &[])
                 .await
                 .unwrap();
         }
@@ -1139,7 +1332,7 @@ async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
             .chain(ids.first())
             .map(|id| {
                 let (c, id, org) = (c.clone(), *id, o.id);
-                tokio::spawn(async move { c.remove_admin(org, id).await })
+                tokio::spawn(async move { c.remove_admin(org, id, &[]).await })
             })
             .collect();
         let mut outcomes = Vec::new();
@@ -1156,14 +1349,14 @@ async fn concurrent_removals_never_remove_the_last_admin(c: Arc<dyn Catalog>) {
         assert!(outcomes.contains(&"last"), "round {round}: {outcomes:?}");
         // The survivor still counts as the last one.
         assert!(matches!(
-            c.remove_admin(o.id, left[0].id).await,
+            c.remove_admin(o.id, left[0].id, &[]).await,
             Err(CatalogError::LastAdmin)
         ));
-        c.add_admin(&admin(&o, &format!("l{round}d@last.example")), 2)
+        c.add_admin(&admin(&o, &format!("l{round}d@last.example")), 2, &[])
             .await
             .unwrap();
         assert!(matches!(
-            c.add_admin(&admin(&o, &format!("l{round}e@last.example")), 2)
+            c.add_admin(&admin(&o, &format!("l{round}e@last.example")), 2, &[])
                 .await,
             Err(CatalogError::AdminLimit)
         ));
@@ -1211,7 +1404,7 @@ async fn orgs_by_name_pages_by_prefix(c: Arc<dyn Catalog>) {
         .await
         .unwrap()
         .unwrap();
-    c.begin_rename(beta.id, &name("Alpine"), None)
+    c.begin_rename(beta.id, &name("Alpine"), None, &[])
         .await
         .unwrap();
     assert_eq!(
@@ -1386,7 +1579,7 @@ async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
     let admin_before = c.admins_of_org(o.id).await.unwrap()[0].clone();
     assert_eq!(count_of(c.as_ref(), 1).await, 1);
     let t = c
-        .tombstone_org(o.id, Utc::now(), days(30), Some(42))
+        .tombstone_org(o.id, Utc::now(), days(30), Some(42), &[])
         .await
         .unwrap()
         .unwrap();
@@ -1407,24 +1600,24 @@ async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
     assert!(c.tombstones(Some(o.id), 10).await.unwrap().is_empty());
     // a second delete finds nothing
     assert!(c
-        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .tombstone_org(o.id, Utc::now(), days(30), None, &[])
         .await
         .unwrap()
         .is_none());
     // not restorable while its data has not been set aside
     assert!(matches!(
-        c.restore_org(o.id, &name("Sleeper")).await,
+        c.restore_org(o.id, &name("Sleeper"), &[]).await,
         Err(CatalogError::Stale)
     ));
     c.clear_pending_drop(&t.stash()).await.unwrap();
     // the name and the email are free for others
     let other = create(c.as_ref(), "sleeper", "s@s.example").await;
     assert_eq!(
-        conflict(c.restore_org(o.id, &name("Sleeper")).await),
+        conflict(c.restore_org(o.id, &name("Sleeper"), &[]).await),
         Taken::OrgName
     );
     assert_eq!(
-        conflict(c.restore_org(o.id, &name("Woken")).await),
+        conflict(c.restore_org(o.id, &name("Woken"), &[]).await),
         Taken::Email
     );
     // a failed restore left it kept and nothing behind
@@ -1434,11 +1627,11 @@ async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
         None
     );
     assert!(c
-        .tombstone_org(other.id, Utc::now(), days(1), None)
+        .tombstone_org(other.id, Utc::now(), days(1), None, &[])
         .await
         .unwrap()
         .is_some());
-    let restoring = c.restore_org(o.id, &name("Woken")).await.unwrap();
+    let restoring = c.restore_org(o.id, &name("Woken"), &[]).await.unwrap();
     assert_eq!(restoring.name, name("Woken"));
     assert_eq!(restoring.placement.collection, t.collection);
     assert!(matches!(
@@ -1463,7 +1656,7 @@ async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
         .collect();
     assert_eq!(left, vec![other.id]);
     assert!(c.tombstone(o.id).await.unwrap().is_none());
-    not_found(c.restore_org(o.id, &name("Again")).await);
+    not_found(c.restore_org(o.id, &name("Again"), &[]).await);
     let done = c.commit_rename(o.id).await.unwrap();
     assert_eq!(done.state, OrgState::Active);
     assert_eq!(done.placement.collection.as_str(), "org_woken");
@@ -1481,21 +1674,21 @@ async fn tombstones_keep_an_organization_until_restored(c: Arc<dyn Catalog>) {
 async fn purging_a_tombstone_uncounts_and_drops_its_data(c: Arc<dyn Catalog>) {
     let o = create(c.as_ref(), "Gone", "g@g.example").await;
     let t = c
-        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .tombstone_org(o.id, Utc::now(), days(30), None, &[])
         .await
         .unwrap()
         .unwrap();
     assert!(matches!(
-        c.purge_tombstone(o.id).await,
+        c.purge_tombstone(o.id, &[]).await,
         Err(CatalogError::Stale)
     ));
     c.clear_pending_drop(&t.stash()).await.unwrap();
-    let purged = c.purge_tombstone(o.id).await.unwrap().unwrap();
+    let purged = c.purge_tombstone(o.id, &[]).await.unwrap().unwrap();
     assert_eq!(purged.org.id, o.id);
     assert_eq!(count_of(c.as_ref(), 1).await, 0);
     assert_eq!(c.pending_drops().await.unwrap(), vec![t.purge_drop()]);
-    assert!(c.purge_tombstone(o.id).await.unwrap().is_none());
-    not_found(c.restore_org(o.id, &name("Gone")).await);
+    assert!(c.purge_tombstone(o.id, &[]).await.unwrap().is_none());
+    not_found(c.restore_org(o.id, &name("Gone"), &[]).await);
     assert!(c.tombstones(None, 10).await.unwrap().is_empty());
 }
 
@@ -1517,7 +1710,7 @@ async fn mongo_interrupted_tombstone_changes_are_settled() {
     // 1. Crashed after writing the tombstone and the stash, before removing the org.
     let o = create(c.as_ref(), "Half Deleted", "h@d.example").await;
     let t = c
-        .tombstone_org(o.id, Utc::now(), days(30), None)
+        .tombstone_org(o.id, Utc::now(), days(30), None, &[])
         .await
         .unwrap()
         .unwrap();
@@ -1595,7 +1788,10 @@ async fn mongo_interrupted_tombstone_changes_are_settled() {
     assert_eq!(c.settle_tombstones(zero).await.unwrap(), 1);
     assert_eq!(c.tombstones(None, 10).await.unwrap().len(), 1);
     // and then it restores
-    let r = c.restore_org(o.id, &name("Half Deleted")).await.unwrap();
+    let r = c
+        .restore_org(o.id, &name("Half Deleted"), &[])
+        .await
+        .unwrap();
     assert!(matches!(r.state, OrgState::Renaming { .. }));
     assert!(c
         .admin_by_email(&email("h@d.example"))
