@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod failpoints;
 pub mod fleet;
 pub mod limits;
 pub mod listener;

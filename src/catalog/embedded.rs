@@ -323,6 +323,9 @@ fn insert_events(txn: &WriteTransaction, events: &[AuditEvent]) -> CatalogResult
 
 /// Counts events once the transaction that wrote them committed.
 fn count_events(events: &[AuditEvent]) {
+    if !events.is_empty() {
+        crate::failpoints::failpoint("catalog_after_change");
+    }
     for e in events {
         super::events::count_written(e.kind, Ok(()));
     }

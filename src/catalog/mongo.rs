@@ -464,6 +464,7 @@ impl MongoCatalog {
     /// [`Self::flush_outbox`] of one document, after the change that filled it: a failure
     /// leaves the events to the next flush (the change stands).
     async fn flush_one(&self, coll: &Collection<Document>, id: &str) {
+        crate::failpoints::failpoint("catalog_after_change");
         if let Err(e) = self.flush_outbox(coll, doc! { "_id": id }).await {
             tracing::warn!(error = %e, "audit events kept in their outbox; copied later");
         }

@@ -80,29 +80,7 @@ fn namespace(org: &OrgRecord) -> Namespace {
     }
 }
 
-/// Crash-test hook: when the environment variable `GATEWAY_FAILPOINT` names this point, the
-/// process aborts here, as if killed. Used by the tests that prove interrupted moves are
-/// finished at the next start; costs one env lookup on the rare paths that call it.
-fn failpoint(name: &str) {
-    if std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::error!(failpoint = name, "failpoint reached: aborting");
-        crate::telemetry::log_writer::flush();
-        std::process::abort();
-    }
-}
-
-/// Test hook: when `GATEWAY_PAUSEPOINT` names this point, wait `GATEWAY_PAUSE_MS` here, so a
-/// test can act on another instance in between.
-async fn pausepoint(name: &str) {
-    if std::env::var("GATEWAY_PAUSEPOINT").is_ok_and(|v| v == name) {
-        let ms = std::env::var("GATEWAY_PAUSE_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        tracing::warn!(pausepoint = name, ms, "pausepoint reached: waiting");
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-}
+use crate::failpoints::{failpoint, pausepoint};
 
 /// A catalog lease on one collection name on one shard, held while it is dropped or created.
 struct CollectionLock<'a> {

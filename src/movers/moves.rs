@@ -41,6 +41,7 @@ use crate::catalog::{
     CatalogError, Location, MoveMark, MovePhase, MoveRecord, MoveState, OrgPages, OrgRecord,
     OrgState, PendingDrop, Verification,
 };
+use crate::failpoints::failpoint;
 use crate::store::{Document, Namespace, TenantStore};
 use crate::telemetry::metrics;
 use chrono::Utc;
@@ -1207,11 +1208,6 @@ async fn location_in_use(lc: &Lifecycle<'_>, loc: &Location) -> Result<bool, Mov
         }
     }
     Ok(false)
-}
-
-/// Test hook, as in the rest of the movers.
-fn failpoint(name: &str) {
-    super::failpoint(name);
 }
 
 fn doc_id(d: &Document) -> Result<String, MoveError> {

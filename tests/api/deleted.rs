@@ -276,6 +276,15 @@ fn purge_drops_the_data_at_once() {
         404,
         "deleted_organization_not_found",
     );
+    assert_eq!(
+        event_types(&gw, &id),
+        [
+            "organization.created",
+            "admin.login_succeeded",
+            "organization.deleted",
+            "organization.purged"
+        ]
+    );
     assert_problem(
         ops(&gw, Method::DELETE, &format!("/ops/deleted/{id}"), None),
         404,
@@ -501,6 +510,35 @@ fn a_restore_interrupted_after_its_catalog_step_is_finished_at_restart() {
     let t = token(&gw, "phoenix@example.com", "password123");
     assert_eq!(count(&gw, &t), 100);
     assert!(deleted(&gw).is_empty());
+    // Journaled with the restore, written by the recovery that completed it: once.
+    assert_eq!(
+        event_types(&gw, &id),
+        [
+            "organization.created",
+            "admin.login_succeeded",
+            "organization.deleted",
+            "organization.restored",
+            "admin.login_succeeded"
+        ]
+    );
+}
+
+/// The types of an organization's events, oldest first.
+fn event_types(gw: &TestGateway, id: &str) -> Vec<String> {
+    let page: Value = ops(
+        gw,
+        Method::GET,
+        &format!("/ops/events?organization={id}"),
+        None,
+    )
+    .json()
+    .unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Killed right after a purge's catalog step (before the drop): the restart drops the kept
@@ -532,6 +570,15 @@ fn a_purge_interrupted_before_its_drop_is_finished_at_restart() {
         restore(&gw, &id, None),
         404,
         "deleted_organization_not_found",
+    );
+    assert_eq!(
+        event_types(&gw, &id),
+        [
+            "organization.created",
+            "admin.login_succeeded",
+            "organization.deleted",
+            "organization.purged"
+        ]
     );
     // the restart's capacity reconciliation counts what the store holds: nothing is left
     assert_eq!(tenants(&gw), 0);

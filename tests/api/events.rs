@@ -272,3 +272,73 @@ fn operators_read_every_organizations_events_also_after_a_delete() {
         .unwrap();
     assert_problem(r, 401, "unauthorized");
 }
+
+/// A process killed right after a change committed, before anything else ran (on MongoDB:
+/// with its event still in the changed document's outbox), leaves the event in the log after
+/// the restart, once: an admin added, a limit changed, an organization deleted.
+#[test]
+fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
+    let mut gw = gateway();
+    let t = gw.org_with_token("Interrupted", "first@interrupted.example");
+    let org_id = org_events(&gw, &t, "").json::<Value>().unwrap()["events"][0]["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let crash_during = |gw: &mut TestGateway, send: &dyn Fn(&TestGateway) -> bool| {
+        gw.env = vec![("GATEWAY_FAILPOINT".into(), "catalog_after_change".into())];
+        gw.restart();
+        assert!(!send(gw), "the process should have died after the change");
+        assert!(gw.wait_exit(std::time::Duration::from_secs(10)));
+        gw.env.clear();
+        gw.restart();
+    };
+    let once = |gw: &TestGateway, kind: &str| {
+        let page: Value = ops_events(gw, &format!("?organization={org_id}&type={kind}"))
+            .json()
+            .unwrap();
+        assert_eq!(types(&page), [kind], "{page}");
+        page["events"][0].clone()
+    };
+
+    crash_during(&mut gw, &|gw| {
+        gw.req(Method::POST, "/org/admins")
+            .bearer_auth(&t)
+            .json(&json!({"email": "second@interrupted.example", "password": "password123"}))
+            .send()
+            .is_ok()
+    });
+    let added = once(&gw, "admin.created");
+    assert_eq!(added["details"]["email"], "second@interrupted.example");
+    let admins: Value = gw
+        .req(Method::GET, "/org/admins")
+        .bearer_auth(&t)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(admins["admins"].as_array().unwrap().len(), 2, "{admins}");
+
+    crash_during(&mut gw, &|gw| {
+        gw.client
+            .put(format!("{}/ops/orgs/Interrupted/limits", gw.ops))
+            .bearer_auth(OPS_TOKEN)
+            .json(&json!({"requests_per_minute": 70, "requests_per_hour": 700}))
+            .send()
+            .is_ok()
+    });
+    once(&gw, "limits.changed");
+
+    crash_during(&mut gw, &|gw| {
+        gw.req(Method::DELETE, "/org/delete?organization_name=Interrupted")
+            .bearer_auth(&t)
+            .send()
+            .is_ok()
+    });
+    let deleted = once(&gw, "organization.deleted");
+    assert!(
+        deleted["details"]["restorable_until"].is_string(),
+        "{deleted}"
+    );
+    // A second read copies nothing again.
+    once(&gw, "admin.created");
+}

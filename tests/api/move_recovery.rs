@@ -513,6 +513,24 @@ fn crash_and_resume(c: Crash) {
     }
     check_model(&gw, &token, &model);
     check_writes_accepted(&gw, &token);
+    // Its event was written once, with the switch, wherever the process died.
+    let (s, events) = ops(
+        &gw,
+        Method::GET,
+        &format!(
+            "/ops/events?type=tenant.moved&organization={}",
+            c.org.replace(' ', "%20")
+        ),
+        None,
+    );
+    assert_eq!(s, 200, "{events}");
+    let moved: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["details"]["move_id"] == id.as_str())
+        .collect();
+    assert_eq!(moved.len(), 1, "{}: {events}", c.failpoint);
     // The source is dropped after the grace period (a crash while the drop held the
     // collection's lease delays it until that lease expires: 60 s).
     let waited = Instant::now();
