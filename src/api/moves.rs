@@ -343,21 +343,20 @@ pub async fn drain(state: &AppState, req: &Request) -> ApiResult {
     }
     // Recorded first: from now no instance places a new organization there.
     let catalog = state.catalog();
-    let mut draining: Vec<ShardId> = match catalog
-        .get_setting(DRAINING_SETTING)
+    // Compare-and-set: two shards drained at once from two instances both stay drained.
+    let stored =
+        crate::catalog::update_setting(catalog.as_ref(), DRAINING_SETTING, &[], |current| {
+            let mut draining: Vec<ShardId> =
+                crate::catalog::decode_setting(DRAINING_SETTING, current)?;
+            if !draining.contains(&shard) {
+                draining.push(shard.clone());
+            }
+            Ok(json!(draining))
+        })
         .await
-        .map_err(catalog_err)?
-    {
-        Some(v) => serde_json::from_value(v).unwrap_or_default(),
-        None => Vec::new(),
-    };
-    if !draining.contains(&shard) {
-        draining.push(shard.clone());
-        catalog
-            .put_setting(DRAINING_SETTING, &json!(draining), &[])
-            .await
-            .map_err(catalog_err)?;
-    }
+        .map_err(catalog_err)?;
+    let draining: Vec<ShardId> =
+        crate::catalog::decode_setting(DRAINING_SETTING, Some(&stored)).map_err(catalog_err)?;
     state.shards.set_draining(draining);
     let orgs = catalog.list_orgs().await.map_err(catalog_err)?;
     let plan = plan_drain(

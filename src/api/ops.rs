@@ -11,7 +11,7 @@ use crate::domain::OrgId;
 use crate::domain::OrgName;
 use crate::error::ApiError;
 use crate::limits::RateOverride;
-use crate::placement::open::{open_store, persisted_shards, SHARDS_SETTING};
+use crate::placement::open::{open_store, SHARDS_SETTING};
 use crate::placement::{capacity_state, Shard};
 use crate::telemetry::metrics;
 use http::StatusCode;
@@ -227,19 +227,6 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
             ));
         }
     }
-    let catalog = state.catalog();
-    let mut all: HashMap<OrgId, RateOverride> = match catalog
-        .get_setting(RATE_OVERRIDES_SETTING)
-        .await
-        .map_err(|e| internal("catalog", e))?
-    {
-        Some(v) => serde_json::from_value(v).unwrap_or_default(),
-        None => HashMap::new(),
-    };
-    match body {
-        Some(l) => all.insert(org.id, l),
-        None => all.remove(&org.id),
-    };
     let changed = super::events::event(
         req,
         crate::catalog::EventType::LimitsChanged,
@@ -247,14 +234,24 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
         crate::catalog::Actor::Operator,
         json!({ "override": body }),
     );
-    catalog
-        .put_setting(
-            RATE_OVERRIDES_SETTING,
-            &serde_json::to_value(&all).expect("serializable"),
-            &[changed],
-        )
-        .await
-        .map_err(|e| internal("catalog", e))?;
+    // Every organization's override is one setting: changed by compare-and-set, so
+    // operators changing two organizations at once both keep theirs.
+    crate::catalog::update_setting(
+        state.catalog().as_ref(),
+        RATE_OVERRIDES_SETTING,
+        &[changed],
+        |current| {
+            let mut all: HashMap<OrgId, RateOverride> =
+                crate::catalog::decode_setting(RATE_OVERRIDES_SETTING, current)?;
+            match body {
+                Some(l) => all.insert(org.id, l),
+                None => all.remove(&org.id),
+            };
+            Ok(serde_json::to_value(&all).expect("serializable"))
+        },
+    )
+    .await
+    .map_err(|e| internal("catalog", e))?;
     state.rate_limits.set_override(org.id, body);
     let effective = state.rate_limits.limits_of(org.id);
     Ok(Reply::json(
@@ -509,20 +506,16 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
             5,
         ));
     }
-    let mut persisted = persisted_shards(state.catalog().as_ref())
-        .await
-        .map_err(|e| internal("catalog", e))?;
-    persisted.retain(|s| s.id != cfg.id);
-    persisted.push(cfg.clone());
-    state
-        .catalog()
-        .put_setting(
-            SHARDS_SETTING,
-            &serde_json::to_value(&persisted).expect("serializable"),
-            &[],
-        )
-        .await
-        .map_err(|e| internal("catalog", e))?;
+    // Compare-and-set: shards added at once from two instances are both kept.
+    crate::catalog::update_setting(state.catalog().as_ref(), SHARDS_SETTING, &[], |current| {
+        let mut persisted: Vec<ShardConfig> =
+            crate::catalog::decode_setting(SHARDS_SETTING, current)?;
+        persisted.retain(|s| s.id != cfg.id);
+        persisted.push(cfg.clone());
+        Ok(serde_json::to_value(&persisted).expect("serializable"))
+    })
+    .await
+    .map_err(|e| internal("catalog", e))?;
     let shard = Shard::new(cfg, store);
     let body = json!({"id": shard.id(), "kind": shard.config.kind, "uri": shard.display_uri(), "state": shard.config.state});
     tracing::info!(shard = %shard.id(), uri = %shard.display_uri(), "shard added");

@@ -1227,6 +1227,34 @@ impl Catalog for EmbeddedCatalog {
         Ok(())
     }
 
+    async fn put_setting_if(
+        &self,
+        key: &str,
+        expected: Option<&serde_json::Value>,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<bool> {
+        let (key, value) = (key.to_owned(), encode(value)?);
+        let expected = expected.cloned();
+        let written = events.to_vec();
+        let stored = self
+            .write(move |txn| {
+                let mut t = txn.open_table(SETTINGS).map_err(backend)?;
+                let current: Option<serde_json::Value> = get_json(&t, &key)?;
+                if current != expected {
+                    return Ok(false);
+                }
+                t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+                insert_events(txn, &written)?;
+                Ok(true)
+            })
+            .await?;
+        if stored {
+            count_events(events);
+        }
+        Ok(stored)
+    }
+
     async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
         let (key, value) = (drop.key(), encode(drop)?);
         self.write(move |txn| {

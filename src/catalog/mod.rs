@@ -632,6 +632,17 @@ pub trait Catalog: Send + Sync + 'static {
         events: &[AuditEvent],
     ) -> CatalogResult<()>;
 
+    /// Stores `value` under `key`, with `events`, only if the stored value is still
+    /// `expected` (`None`: no value). `Ok(false)`, writing nothing, when it changed meanwhile.
+    /// See [`update_setting`].
+    async fn put_setting_if(
+        &self,
+        key: &str,
+        expected: Option<&serde_json::Value>,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<bool>;
+
     /// The newest catalog revision allocated. Every write allocates a new one, so a revision
     /// read after a write has committed is greater than that write's.
     async fn current_revision(&self) -> CatalogResult<u64>;
@@ -836,5 +847,47 @@ impl<'a> OrgPages<'a> {
     /// The id of the last organization returned (where a later walk can resume).
     pub fn position(&self) -> Option<OrgId> {
         self.after
+    }
+}
+
+/// Reads setting `key`, applies `change` to it and stores the result with `events` unless
+/// someone changed the setting meanwhile, in which case it starts again from the new value:
+/// two instances changing different parts of one setting at once both keep their change.
+/// Returns the value stored; an error of `change` (a value it cannot read) writes nothing.
+pub async fn update_setting<F>(
+    catalog: &dyn Catalog,
+    key: &str,
+    events: &[AuditEvent],
+    mut change: F,
+) -> CatalogResult<serde_json::Value>
+where
+    F: FnMut(Option<&serde_json::Value>) -> CatalogResult<serde_json::Value> + Send,
+{
+    const ATTEMPTS: usize = 20;
+    for _ in 0..ATTEMPTS {
+        let current = catalog.get_setting(key).await?;
+        let next = change(current.as_ref())?;
+        if catalog
+            .put_setting_if(key, current.as_ref(), &next, events)
+            .await?
+        {
+            return Ok(next);
+        }
+    }
+    Err(CatalogError::Backend(format!(
+        "setting {key} kept changing; retry"
+    )))
+}
+
+/// Decodes a setting's value (`None`: the default), or fails naming the setting: an
+/// unreadable setting is never overwritten.
+pub fn decode_setting<T: serde::de::DeserializeOwned + Default>(
+    key: &str,
+    value: Option<&serde_json::Value>,
+) -> CatalogResult<T> {
+    match value {
+        None => Ok(T::default()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| CatalogError::Backend(format!("setting {key} is unreadable: {e}"))),
     }
 }

@@ -1921,6 +1921,45 @@ impl Catalog for MongoCatalog {
         Ok(())
     }
 
+    async fn put_setting_if(
+        &self,
+        key: &str,
+        expected: Option<&serde_json::Value>,
+        value: &serde_json::Value,
+        events: &[AuditEvent],
+    ) -> CatalogResult<bool> {
+        let text = |v: &serde_json::Value| {
+            serde_json::to_string(v).map_err(|e| backend_msg(e.to_string()))
+        };
+        // The stored text is this serialization of the value read (order-preserving maps,
+        // exact floats), so comparing texts compares values.
+        let filter = match expected {
+            Some(v) => doc! { "_id": key, "json": text(v)? },
+            None => doc! { "_id": key, "json": { "$exists": false } },
+        };
+        let mut update = doc! { "$set": { "json": text(value)? } };
+        push_outbox(&mut update, events)?;
+        match self
+            .settings
+            .update_one(filter, update)
+            .upsert(expected.is_none())
+            .await
+        {
+            Ok(r) if r.matched_count == 1 || r.upserted_id.is_some() => {
+                if !events.is_empty() {
+                    self.flush_one(&self.settings, key).await;
+                }
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            // An upsert that met a value stored meanwhile.
+            Err(e) => match self.classify(&e) {
+                Failure::Duplicate { .. } => Ok(false),
+                f => Err(backend_msg(f.message())),
+            },
+        }
+    }
+
     async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {
         let key = drop.key();
         self.pending

@@ -99,6 +99,7 @@ conformance!(
     a_rename_whose_data_may_have_moved_cannot_be_aborted,
     collection_counts,
     settings_round_trip,
+    settings_change_by_compare_and_set,
     orgs_page_in_id_order,
     admins_are_added_and_removed,
     concurrent_adds_never_pass_the_cap,
@@ -544,6 +545,78 @@ async fn every_change_writes_its_events_and_a_refused_one_none(c: Arc<dyn Catalo
     expected.sort();
     assert_eq!(logged(o.id).await, expected);
     assert_eq!(c.flush_events().await.unwrap(), 0, "nothing left to copy");
+}
+
+/// `put_setting_if` writes only over the value expected (and its events only then);
+/// `update_setting` from many tasks at once keeps every task's change.
+async fn settings_change_by_compare_and_set(c: Arc<dyn Catalog>) {
+    use org_gateway::catalog::{update_setting, Actor, AuditEvent, EventQuery, EventType};
+    let o = create(c.as_ref(), "Setter", "set@set.example").await;
+    let event = || {
+        AuditEvent::new(
+            EventType::LimitsChanged,
+            Some(o.id),
+            Actor::Operator,
+            None,
+            json!({}),
+        )
+    };
+    assert!(c
+        .put_setting_if("cas", None, &json!({"a": 1}), &[])
+        .await
+        .unwrap());
+    assert!(!c
+        .put_setting_if("cas", None, &json!({"b": 2}), &[event()])
+        .await
+        .unwrap());
+    assert!(!c
+        .put_setting_if("cas", Some(&json!({"a": 2})), &json!({"c": 3}), &[event()])
+        .await
+        .unwrap());
+    let kept = event();
+    assert!(c
+        .put_setting_if(
+            "cas",
+            Some(&json!({"a": 1})),
+            &json!({"a": 1, "d": 4.5}),
+            std::slice::from_ref(&kept),
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        c.get_setting("cas").await.unwrap(),
+        Some(json!({"a": 1, "d": 4.5}))
+    );
+    let page = c
+        .events(&EventQuery {
+            organization: Some(o.id),
+            kind: Some(EventType::LimitsChanged),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events, [kept]);
+    // Sixteen writers, each adding its own key to one map.
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move {
+                update_setting(c.as_ref(), "shared", &[], |current| {
+                    let mut map = current.cloned().unwrap_or_else(|| json!({}));
+                    map[format!("k{i}")] = json!(i);
+                    Ok(map)
+                })
+                .await
+                .unwrap();
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let shared = c.get_setting("shared").await.unwrap().unwrap();
+    assert_eq!(shared.as_object().unwrap().len(), 16, "{shared}");
 }
 
 async fn unique_keys_conflict(c: Arc<dyn Catalog>) {
