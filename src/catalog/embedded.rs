@@ -315,10 +315,11 @@ fn replace_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()>
     store_org(txn, org)
 }
 
-/// Writes an audit event and its by-organization key.
-/// Writes `events` in the transaction of the change they record.
+/// Writes `events` in the transaction of the change they record, stamped now.
 fn insert_events(txn: &WriteTransaction, events: &[AuditEvent]) -> CatalogResult<()> {
-    events.iter().try_for_each(|e| insert_event(txn, e))
+    events
+        .iter()
+        .try_for_each(|e| insert_event(txn, &e.stamped_now()))
 }
 
 /// Counts events once the transaction that wrote them committed.
@@ -331,6 +332,7 @@ fn count_events(events: &[AuditEvent]) {
     }
 }
 
+/// Writes an audit event and its by-organization key.
 fn insert_event(txn: &WriteTransaction, event: &AuditEvent) -> CatalogResult<()> {
     let mut events = txn.open_table(EVENTS).map_err(backend)?;
     events
@@ -367,10 +369,9 @@ struct LeaseRecord {
     expires_at: chrono::DateTime<Utc>,
 }
 
-/// Ends a rename: `commit` switches to the reserved name and collection and releases the old
-/// keys; otherwise the reserved keys are released and the org stays as it was.
-/// Ends a rename: commits it (writing its journaled events) or rolls it back. Returns the
-/// record and the events written.
+/// Ends a rename: `commit` switches to the reserved name and collection, releases the old
+/// keys and writes the events journaled with the rename; otherwise the reserved keys are
+/// released and the org stays as it was. Returns the record and the events written.
 fn end_rename(
     txn: &WriteTransaction,
     id: OrgId,
@@ -528,7 +529,7 @@ impl Catalog for EmbeddedCatalog {
         let stored = self
             .write(move |txn| {
                 replace_org(txn, &mut org)?;
-                insert_event(txn, &event)?;
+                insert_events(txn, std::slice::from_ref(&event))?;
                 Ok(org)
             })
             .await?;
@@ -773,7 +774,9 @@ impl Catalog for EmbeddedCatalog {
                     emails.remove(a.email.as_str()).map_err(backend)?;
                 }
                 bump_revision(txn)?;
-                insert_events(txn, &written)?;
+                if removed.is_some() {
+                    insert_events(txn, &written)?;
+                }
                 Ok(removed)
             })
             .await?;

@@ -156,6 +156,26 @@ impl AuditEvent {
     }
 }
 
+impl AuditEvent {
+    /// The same event with a new id and time, now: a catalog stamps an event when it writes
+    /// the change it records (a rename's event, made when it was asked for, is written when
+    /// it commits), so ids keep the order in which changes happened and a reader's cursor
+    /// never passes an event that is still to come.
+    pub fn stamped_now(&self) -> Self {
+        let fresh = Self::new(
+            self.kind,
+            self.organization_id,
+            self.actor,
+            self.request_id.as_deref(),
+            serde_json::Value::Null,
+        );
+        Self {
+            details: self.details.clone(),
+            ..fresh
+        }
+    }
+}
+
 /// Appends `event` after the change it records has committed (an ordered step: an event is
 /// never written for a change that did not happen). A failure is logged and counted
 /// (`org_gateway_audit_events_total{outcome="failed"}`), never turned into a failure of the

@@ -154,7 +154,7 @@ fn push_outbox(update: &mut Document, events: &[AuditEvent]) -> CatalogResult<()
     }
     let docs = events
         .iter()
-        .map(event_doc)
+        .map(|e| event_doc(&e.stamped_now()))
         .collect::<CatalogResult<Vec<_>>>()?;
     let push = doc! { "$each": docs };
     match update.get_mut("$push") {
@@ -171,6 +171,9 @@ fn push_outbox(update: &mut Document, events: &[AuditEvent]) -> CatalogResult<()
 /// The field of catalog documents holding the events written with their last changes until
 /// they are copied into the log.
 const OUTBOX: &str = "outbox";
+
+/// How long an event waiting in an outbox holds back reads of the log after it.
+const PENDING_EVENT_HORIZON: chrono::Duration = chrono::Duration::minutes(10);
 
 /// The MongoDB-backed [`Catalog`].
 pub struct MongoCatalog {
@@ -396,7 +399,6 @@ impl MongoCatalog {
         Ok(())
     }
 
-    /// Allocates the next catalog revision.
     /// The collections whose documents carry outboxes.
     fn outbox_holders(&self) -> [&Collection<Document>; 5] {
         [
@@ -419,31 +421,36 @@ impl MongoCatalog {
         filter.insert("outbox._id", doc! { "$exists": true });
         let holders: Vec<Document> = coll
             .find(filter)
-            .projection(doc! { OUTBOX: 1 })
+            .projection(doc! { OUTBOX: 1, "ids": 1 })
             .limit(1000)
             .await
             .map_err(|e| self.err(&e))?
             .try_collect()
             .await
             .map_err(|e| self.err(&e))?;
+        let rosters = std::ptr::eq(coll, &self.rosters);
         let mut written = 0;
         for holder in holders {
             let Ok(outbox) = holder.get_array(OUTBOX) else {
                 continue;
             };
+            let holder_id = holder.get("_id").cloned().unwrap_or(Bson::Null);
             for entry in outbox {
                 let Bson::Document(event) = entry else {
                     continue;
                 };
-                let kind = event
-                    .get_str("type")
-                    .ok()
-                    .and_then(EventType::parse)
-                    .unwrap_or(EventType::OrganizationUpdated);
+                let kind = event.get_str("type").ok().and_then(EventType::parse);
+                if rosters && kind == Some(EventType::AdminDeleted) {
+                    // A removal is decided by its seat: finish it (the admin's document
+                    // goes) before its event can be read.
+                    self.finish_unseated_removal(&holder, event).await?;
+                }
                 match self.events.insert_one(event.clone()).await {
                     Ok(_) => {
                         written += 1;
-                        events::count_written(kind, Ok(()));
+                        if let Some(kind) = kind {
+                            events::count_written(kind, Ok(()));
+                        }
                     }
                     Err(e) => match self.classify(&e) {
                         Failure::Duplicate { .. } => {}
@@ -451,14 +458,103 @@ impl MongoCatalog {
                     },
                 }
                 coll.update_one(
-                    doc! { "_id": holder.get("_id").cloned().unwrap_or(Bson::Null) },
+                    doc! { "_id": &holder_id },
                     doc! { "$pull": { OUTBOX: { "_id": event.get("_id").cloned().unwrap_or(Bson::Null) } } },
                 )
                 .await
                 .map_err(|e| self.err(&e))?;
             }
+            // An empty outbox goes, so the sparse index holds only documents with events.
+            coll.update_one(
+                doc! { "_id": &holder_id, OUTBOX: { "$size": 0 } },
+                doc! { "$unset": { OUTBOX: "" } },
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
         }
         Ok(written)
+    }
+
+    /// Deletes the document of the admin an `admin.deleted` event in roster `roster`'s outbox
+    /// names, if the roster no longer seats it (the removal was decided and may have been
+    /// interrupted before the document went).
+    async fn finish_unseated_removal(
+        &self,
+        roster: &Document,
+        event: &Document,
+    ) -> CatalogResult<()> {
+        let Ok(record) = event.get_document("record") else {
+            return Ok(());
+        };
+        let Ok(admin_id) = record
+            .get_document("details")
+            .and_then(|d| d.get_str("admin_id"))
+        else {
+            return Ok(());
+        };
+        let seated = roster
+            .get_array("ids")
+            .map(|ids| ids.iter().any(|i| i.as_str() == Some(admin_id)))
+            .unwrap_or(false);
+        if seated {
+            return Ok(());
+        }
+        let org = roster.get_str("_id").unwrap_or_default();
+        // Boxed: it copies the admin's own outbox, a flush of another collection.
+        Box::pin(self.delete_flushed(&self.admins, doc! { "_id": admin_id, "org_id": org })).await
+    }
+
+    /// Deletes the documents of `coll` matching `filter` once their outboxes are copied: a
+    /// document whose outbox filled meanwhile is copied and tried again, so no change's event
+    /// goes with its document.
+    async fn delete_flushed(
+        &self,
+        coll: &Collection<Document>,
+        filter: Document,
+    ) -> CatalogResult<()> {
+        for _ in 0..DELETE_ATTEMPTS {
+            self.flush_outbox(coll, filter.clone()).await?;
+            let mut empty = filter.clone();
+            empty.insert("outbox._id", doc! { "$exists": false });
+            coll.delete_many(empty).await.map_err(|e| self.err(&e))?;
+            let left = coll
+                .count_documents(filter.clone())
+                .await
+                .map_err(|e| self.err(&e))?;
+            if left == 0 {
+                return Ok(());
+            }
+        }
+        Err(backend_msg(
+            "documents kept changing while being removed; retry",
+        ))
+    }
+
+    /// The smallest id of an event waiting in an outbox, if any is younger than
+    /// [`PENDING_EVENT_HORIZON`] (an older one is stuck: it stops holding readers back).
+    async fn oldest_pending_event(&self) -> CatalogResult<Option<String>> {
+        let horizon = id_floor(Utc::now() - PENDING_EVENT_HORIZON);
+        let mut oldest: Option<String> = None;
+        for coll in self.outbox_holders() {
+            let found = coll
+                .find_one(doc! { "outbox._id": { "$gte": horizon.as_str() } })
+                .sort(doc! { "outbox._id": 1 })
+                .projection(doc! { OUTBOX: 1 })
+                .await
+                .map_err(|e| self.err(&e))?;
+            let ids = found
+                .as_ref()
+                .and_then(|d| d.get_array(OUTBOX).ok())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_document()?.get_str("_id").ok());
+            for id in ids {
+                if id >= horizon.as_str() && oldest.as_deref().is_none_or(|o| id < o) {
+                    oldest = Some(id.to_owned());
+                }
+            }
+        }
+        Ok(oldest)
     }
 
     /// [`Self::flush_outbox`] of one document, after the change that filled it: a failure
@@ -470,6 +566,7 @@ impl MongoCatalog {
         }
     }
 
+    /// Allocates the next catalog revision.
     async fn bump_revision(&self) -> CatalogResult<u64> {
         let d = self
             .counters
@@ -625,14 +722,11 @@ impl MongoCatalog {
     /// (revision mismatch) and is still there.
     async fn remove_org(&self, org: &OrgRecord, rev: Option<i64>) -> CatalogResult<bool> {
         let id = org.id.to_string();
-        self.admins
-            .delete_many(doc! { "org_id": &id })
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.rosters
-            .delete_one(doc! { "_id": &id })
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.delete_flushed(&self.admins, doc! { "org_id": &id })
+            .await?;
+        self.delete_flushed(&self.rosters, doc! { "_id": &id })
+            .await?;
+        self.flush_outbox(&self.orgs, doc! { "_id": &id }).await?;
         let mut filter = doc! { "_id": &id };
         if let Some(rev) = rev {
             filter.insert("rev", rev);
@@ -802,19 +896,42 @@ impl MongoCatalog {
             .await
             .map_err(|f| backend_msg(f.message()))
     }
-    /// Writes a tombstone (replacing the record of any of the same organization; its outbox
-    /// stays), with `events` in its outbox.
-    async fn put_tomb(&self, tomb: &Tombstone, events: &[AuditEvent]) -> CatalogResult<()> {
-        let id = tomb.org.id.to_string();
-        let mut update =
-            doc! { "$set": { "phase": phase_name(tomb.phase), "record": to_doc(tomb)? } };
-        push_outbox(&mut update, events)?;
-        self.tombs
-            .update_one(doc! { "_id": &id }, update)
-            .upsert(true)
+    /// Inserts a new tombstone with `events` in its outbox; [`CatalogError::Stale`] if the
+    /// organization already has one (a concurrent delete, or a restore not yet settled).
+    async fn insert_tomb(&self, tomb: &Tombstone, events: &[AuditEvent]) -> CatalogResult<()> {
+        let mut d = doc! {
+            "_id": tomb.org.id.to_string(),
+            "phase": phase_name(tomb.phase),
+            "record": to_doc(tomb)?,
+        };
+        if !events.is_empty() {
+            let docs = events
+                .iter()
+                .map(|e| event_doc(&e.stamped_now()))
+                .collect::<CatalogResult<Vec<_>>>()?;
+            d.insert(OUTBOX, docs);
+        }
+        match self.tombs.insert_one(d).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match self.classify(&e) {
+                Failure::Duplicate { .. } => CatalogError::Stale,
+                f => backend_msg(f.message()),
+            }),
+        }
+    }
+
+    /// Replaces the record of a tombstone still `deleting` (its outbox stays); `Ok(false)`
+    /// if it is not.
+    async fn refresh_deleting_tomb(&self, tomb: &Tombstone) -> CatalogResult<bool> {
+        let r = self
+            .tombs
+            .update_one(
+                doc! { "_id": tomb.org.id.to_string(), "phase": phase_name(TombstonePhase::Deleting) },
+                doc! { "$set": { "record": to_doc(tomb)? } },
+            )
             .await
             .map_err(|e| self.err(&e))?;
-        Ok(())
+        Ok(r.matched_count == 1)
     }
 
     async fn load_tomb(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
@@ -903,7 +1020,10 @@ impl MongoCatalog {
             if rev.is_none() {
                 tomb.org = org;
                 tomb.admins = self.admins_of_org(id).await?;
-                self.put_tomb(&tomb, &[]).await?;
+                if !self.refresh_deleting_tomb(&tomb).await? {
+                    // Finished or rolled back by someone else meanwhile.
+                    break;
+                }
             }
             // Events of changes already made go to the log before their documents go.
             self.flush_outbox(&self.orgs, doc! { "_id": id.to_string() })
@@ -923,21 +1043,20 @@ impl MongoCatalog {
             ));
         }
         let key = id.to_string();
-        self.flush_outbox(&self.admins, doc! { "org_id": &key })
+        self.delete_flushed(&self.admins, doc! { "org_id": &key })
             .await?;
-        self.flush_outbox(&self.rosters, doc! { "_id": &key })
+        self.delete_flushed(&self.rosters, doc! { "_id": &key })
             .await?;
-        self.admins
-            .delete_many(doc! { "org_id": &key })
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.rosters
-            .delete_one(doc! { "_id": &key })
-            .await
-            .map_err(|e| self.err(&e))?;
         self.bump_revision().await?;
-        self.set_phase(id, TombstonePhase::Deleting, TombstonePhase::Kept, &[])
-            .await?;
+        if self
+            .set_phase(id, TombstonePhase::Deleting, TombstonePhase::Kept, &[])
+            .await?
+            .is_none()
+        {
+            // Someone else finished it (kept), or it was rolled back (gone).
+            let kept = self.load_tomb(id).await?;
+            return Ok(kept.is_some_and(|t| t.phase != TombstonePhase::Deleting));
+        }
         Ok(true)
     }
 
@@ -959,7 +1078,7 @@ impl MongoCatalog {
         if !events.is_empty() {
             let docs = events
                 .iter()
-                .map(event_doc)
+                .map(|e| event_doc(&e.stamped_now()))
                 .collect::<CatalogResult<Vec<_>>>()?;
             admin_doc.insert(OUTBOX, docs);
         }
@@ -996,14 +1115,10 @@ impl MongoCatalog {
     /// while it is still the restore's), then the tombstone is kept again.
     async fn undo_restore(&self, tomb: &Tombstone) -> CatalogResult<()> {
         let key = tomb.org.id.to_string();
-        self.admins
-            .delete_many(doc! { "org_id": &key })
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.rosters
-            .delete_one(doc! { "_id": &key })
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.delete_flushed(&self.admins, doc! { "org_id": &key })
+            .await?;
+        self.delete_flushed(&self.rosters, doc! { "_id": &key })
+            .await?;
         self.orgs
             .delete_one(
                 doc! { "_id": &key, "collections": tomb.collection.as_str(), "active": false },
@@ -1430,10 +1545,11 @@ impl Catalog for MongoCatalog {
             // No seat: a removal of this admin ran (or was interrupted) past that step.
         }
         self.bump_revision().await?;
-        self.admins
-            .delete_one(doc! { "_id": &admin_id, "org_id": &org_key })
-            .await
-            .map_err(|e| self.err(&e))?;
+        // Decided: a crash here leaves the event in the roster's outbox, and whoever copies it
+        // removes the admin's document first.
+        crate::failpoints::failpoint("admin_removal_after_seat");
+        self.delete_flushed(&self.admins, doc! { "_id": &admin_id, "org_id": &org_key })
+            .await?;
         self.flush_one(&self.rosters, &org_key).await;
         Ok(Some(record))
     }
@@ -1586,7 +1702,7 @@ impl Catalog for MongoCatalog {
         };
         // Its events wait in the tombstone's outbox, copied once it is kept (a delete rolled
         // back takes them with it).
-        self.put_tomb(&tomb, events).await?;
+        self.insert_tomb(&tomb, events).await?;
         // Decided from here on: the stash names the org.
         let stash = tomb.stash();
         let key = stash.key();
@@ -2193,13 +2309,20 @@ impl Catalog for MongoCatalog {
 
     async fn events(&self, query: &EventQuery) -> CatalogResult<EventPage> {
         // Events of changes made but not yet copied (an instance died in between) first.
-        self.flush_events().await?;
+        if let Err(e) = self.flush_events().await {
+            tracing::warn!(error = %e, "audit events: outboxes not copied before a read");
+        }
         let mut id = doc! {};
         if let Some(since) = query.since {
             id.insert("$gte", id_floor(since));
         }
         if let Some(after) = &query.after {
             id.insert("$gt", after.as_str());
+        }
+        // Nothing at or after an event still waiting in an outbox (a delete not yet decided,
+        // a copy in flight): a reader's cursor never passes an event still to come.
+        if let Some(pending) = self.oldest_pending_event().await? {
+            id.insert("$lt", pending);
         }
         let mut filter = doc! {};
         if !id.is_empty() {

@@ -275,7 +275,8 @@ fn operators_read_every_organizations_events_also_after_a_delete() {
 
 /// A process killed right after a change committed, before anything else ran (on MongoDB:
 /// with its event still in the changed document's outbox), leaves the event in the log after
-/// the restart, once: an admin added, a limit changed, an organization deleted.
+/// the restart, once: an admin added, an admin removed, a limit changed, an organization
+/// deleted.
 #[test]
 fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
     let mut gw = gateway();
@@ -284,8 +285,8 @@ fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
         .as_str()
         .unwrap()
         .to_owned();
-    let crash_during = |gw: &mut TestGateway, send: &dyn Fn(&TestGateway) -> bool| {
-        gw.env = vec![("GATEWAY_FAILPOINT".into(), "catalog_after_change".into())];
+    let crash_at = |gw: &mut TestGateway, point: &str, send: &dyn Fn(&TestGateway) -> bool| {
+        gw.env = vec![("GATEWAY_FAILPOINT".into(), point.into())];
         gw.restart();
         assert!(!send(gw), "the process should have died after the change");
         assert!(gw.wait_exit(std::time::Duration::from_secs(10)));
@@ -300,7 +301,7 @@ fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
         page["events"][0].clone()
     };
 
-    crash_during(&mut gw, &|gw| {
+    crash_at(&mut gw, "catalog_after_change", &|gw| {
         gw.req(Method::POST, "/org/admins")
             .bearer_auth(&t)
             .json(&json!({"email": "second@interrupted.example", "password": "password123"}))
@@ -318,7 +319,37 @@ fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
         .unwrap();
     assert_eq!(admins["admins"].as_array().unwrap().len(), 2, "{admins}");
 
-    crash_during(&mut gw, &|gw| {
+    // A removal killed after its seat was given up, before the admin's document went (a
+    // MongoDB catalog's two steps; one transaction on the embedded one).
+    let second = added["details"]["admin_id"].as_str().unwrap().to_owned();
+    let point = if crate::gateway::on_mongodb() {
+        "admin_removal_after_seat"
+    } else {
+        "catalog_after_change"
+    };
+    crash_at(&mut gw, point, &|gw| {
+        gw.req(Method::DELETE, &format!("/org/admins/{second}"))
+            .bearer_auth(&t)
+            .send()
+            .is_ok()
+    });
+    let removed = once(&gw, "admin.deleted");
+    assert_eq!(removed["details"]["admin_id"], second.as_str());
+    let admins: Value = gw
+        .req(Method::GET, "/org/admins")
+        .bearer_auth(&t)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(admins["admins"].as_array().unwrap().len(), 1, "{admins}");
+    assert_eq!(
+        gw.login("second@interrupted.example", "password123")
+            .status(),
+        401
+    );
+
+    crash_at(&mut gw, "catalog_after_change", &|gw| {
         gw.client
             .put(format!("{}/ops/orgs/Interrupted/limits", gw.ops))
             .bearer_auth(OPS_TOKEN)
@@ -328,7 +359,7 @@ fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
     });
     once(&gw, "limits.changed");
 
-    crash_during(&mut gw, &|gw| {
+    crash_at(&mut gw, "catalog_after_change", &|gw| {
         gw.req(Method::DELETE, "/org/delete?organization_name=Interrupted")
             .bearer_auth(&t)
             .send()
