@@ -180,6 +180,29 @@ impl EmbeddedCatalog {
         self.write_with(redb::Durability::Immediate, f).await
     }
 
+    /// [`Self::write`] of a change and the `events` that record it, written in its
+    /// transaction when `f`'s result says the change happened (and counted once committed).
+    async fn write_audited<T, F>(&self, events: &[AuditEvent], f: F) -> CatalogResult<T>
+    where
+        T: Happened + Send + 'static,
+        F: FnOnce(&WriteTransaction) -> CatalogResult<T> + Send + 'static,
+    {
+        let written = events.to_vec();
+        let out = self
+            .write(move |txn| {
+                let out = f(txn)?;
+                if out.happened() {
+                    insert_events(txn, &written)?;
+                }
+                Ok(out)
+            })
+            .await?;
+        if out.happened() {
+            count_events(events);
+        }
+        Ok(out)
+    }
+
     /// [`Self::write`] with the given durability.
     async fn write_with<T, F>(&self, durability: redb::Durability, f: F) -> CatalogResult<T>
     where
@@ -313,6 +336,42 @@ fn replace_org(txn: &WriteTransaction, org: &mut OrgRecord) -> CatalogResult<()>
         return Err(CatalogError::Stale);
     }
     store_org(txn, org)
+}
+
+/// Whether a catalog call's result means its change happened: only then are its events
+/// written.
+trait Happened {
+    fn happened(&self) -> bool;
+}
+
+impl<T> Happened for Option<T> {
+    fn happened(&self) -> bool {
+        self.is_some()
+    }
+}
+
+impl Happened for bool {
+    fn happened(&self) -> bool {
+        *self
+    }
+}
+
+impl Happened for () {
+    fn happened(&self) -> bool {
+        true
+    }
+}
+
+impl Happened for OrgRecord {
+    fn happened(&self) -> bool {
+        true
+    }
+}
+
+impl Happened for AdminRecord {
+    fn happened(&self) -> bool {
+        true
+    }
 }
 
 /// Writes `events` in the transaction of the change they record, stamped now.
@@ -524,17 +583,11 @@ impl Catalog for EmbeddedCatalog {
         event: &AuditEvent,
     ) -> CatalogResult<OrgRecord> {
         let mut org = org.clone();
-        let event = event.clone();
-        let kind = event.kind;
-        let stored = self
-            .write(move |txn| {
-                replace_org(txn, &mut org)?;
-                insert_events(txn, std::slice::from_ref(&event))?;
-                Ok(org)
-            })
-            .await?;
-        super::events::count_written(kind, Ok(()));
-        Ok(stored)
+        self.write_audited(std::slice::from_ref(event), move |txn| {
+            replace_org(txn, &mut org)?;
+            Ok(org)
+        })
+        .await
     }
 
     async fn org_by_id(&self, id: OrgId) -> CatalogResult<Option<OrgRecord>> {
@@ -673,36 +726,31 @@ impl Catalog for EmbeddedCatalog {
         events: &[AuditEvent],
     ) -> CatalogResult<AdminRecord> {
         let mut admin = admin.clone();
-        let written = events.to_vec();
-        let stored = self
-            .write(move |txn| {
-                let id = admin.id.to_string();
-                let revision = bump_revision(txn)?;
-                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-                let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
-                if old.revision != admin.revision {
-                    return Err(CatalogError::Stale);
+        self.write_audited(events, move |txn| {
+            let id = admin.id.to_string();
+            let revision = bump_revision(txn)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            let old: AdminRecord = get_json(&admins, &id)?.ok_or(CatalogError::NotFound)?;
+            if old.revision != admin.revision {
+                return Err(CatalogError::Stale);
+            }
+            admin.revision = revision;
+            if old.email != admin.email {
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                    return Err(CatalogError::Conflict(Taken::Email));
                 }
-                admin.revision = revision;
-                if old.email != admin.email {
-                    let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-                    if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
-                        return Err(CatalogError::Conflict(Taken::Email));
-                    }
-                    emails.remove(old.email.as_str()).map_err(backend)?;
-                    emails
-                        .insert(admin.email.as_str(), id.as_str())
-                        .map_err(backend)?;
-                }
-                admins
-                    .insert(id.as_str(), encode(&admin)?.as_slice())
+                emails.remove(old.email.as_str()).map_err(backend)?;
+                emails
+                    .insert(admin.email.as_str(), id.as_str())
                     .map_err(backend)?;
-                insert_events(txn, &written)?;
-                Ok(admin)
-            })
-            .await?;
-        count_events(events);
-        Ok(stored)
+            }
+            admins
+                .insert(id.as_str(), encode(&admin)?.as_slice())
+                .map_err(backend)?;
+            Ok(admin)
+        })
+        .await
     }
 
     async fn add_admin(
@@ -712,39 +760,34 @@ impl Catalog for EmbeddedCatalog {
         events: &[AuditEvent],
     ) -> CatalogResult<AdminRecord> {
         let mut admin = admin.clone();
-        let written = events.to_vec();
         // One write transaction (redb has one writer at a time): the count, the email and
         // the insert are decided together.
-        let stored = self
-            .write(move |txn| {
-                load_org(txn, admin.org_id)?;
-                let org_key = admin.org_id.to_string();
-                let admin_id = admin.id.to_string();
-                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
-                if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
-                    return Err(CatalogError::AdminLimit);
-                }
-                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-                if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
-                    return Err(CatalogError::Conflict(Taken::Email));
-                }
-                emails
-                    .insert(admin.email.as_str(), admin_id.as_str())
-                    .map_err(backend)?;
-                by_org
-                    .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
-                    .map_err(backend)?;
-                admin.revision = bump_revision(txn)?;
-                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-                admins
-                    .insert(admin_id.as_str(), encode(&admin)?.as_slice())
-                    .map_err(backend)?;
-                insert_events(txn, &written)?;
-                Ok(admin)
-            })
-            .await?;
-        count_events(events);
-        Ok(stored)
+        self.write_audited(events, move |txn| {
+            load_org(txn, admin.org_id)?;
+            let org_key = admin.org_id.to_string();
+            let admin_id = admin.id.to_string();
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if count_prefix(&by_org, &format!("{org_key}/"))? >= max as usize {
+                return Err(CatalogError::AdminLimit);
+            }
+            let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+            if emails.get(admin.email.as_str()).map_err(backend)?.is_some() {
+                return Err(CatalogError::Conflict(Taken::Email));
+            }
+            emails
+                .insert(admin.email.as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            by_org
+                .insert(format!("{org_key}/{admin_id}").as_str(), admin_id.as_str())
+                .map_err(backend)?;
+            admin.revision = bump_revision(txn)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            admins
+                .insert(admin_id.as_str(), encode(&admin)?.as_slice())
+                .map_err(backend)?;
+            Ok(admin)
+        })
+        .await
     }
 
     async fn remove_admin(
@@ -753,37 +796,28 @@ impl Catalog for EmbeddedCatalog {
         admin: AdminId,
         events: &[AuditEvent],
     ) -> CatalogResult<Option<AdminRecord>> {
-        let written = events.to_vec();
-        let removed = self
-            .write(move |txn| {
-                let (org_key, admin_id) = (org.to_string(), admin.to_string());
-                let index_key = format!("{org_key}/{admin_id}");
-                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
-                if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
-                    return Ok(None);
-                }
-                if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
-                    return Err(CatalogError::LastAdmin);
-                }
-                by_org.remove(index_key.as_str()).map_err(backend)?;
-                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-                let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
-                admins.remove(admin_id.as_str()).map_err(backend)?;
-                if let Some(a) = &removed {
-                    let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-                    emails.remove(a.email.as_str()).map_err(backend)?;
-                }
-                bump_revision(txn)?;
-                if removed.is_some() {
-                    insert_events(txn, &written)?;
-                }
-                Ok(removed)
-            })
-            .await?;
-        if removed.is_some() {
-            count_events(events);
-        }
-        Ok(removed)
+        self.write_audited(events, move |txn| {
+            let (org_key, admin_id) = (org.to_string(), admin.to_string());
+            let index_key = format!("{org_key}/{admin_id}");
+            let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
+            if by_org.get(index_key.as_str()).map_err(backend)?.is_none() {
+                return Ok(None);
+            }
+            if count_prefix(&by_org, &format!("{org_key}/"))? <= 1 {
+                return Err(CatalogError::LastAdmin);
+            }
+            by_org.remove(index_key.as_str()).map_err(backend)?;
+            let mut admins = txn.open_table(ADMINS).map_err(backend)?;
+            let removed: Option<AdminRecord> = get_json(&admins, &admin_id)?;
+            admins.remove(admin_id.as_str()).map_err(backend)?;
+            if let Some(a) = &removed {
+                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
+                emails.remove(a.email.as_str()).map_err(backend)?;
+            }
+            bump_revision(txn)?;
+            Ok(removed)
+        })
+        .await
     }
 
     async fn begin_rename(
@@ -946,64 +980,57 @@ impl Catalog for EmbeddedCatalog {
         size_bytes: Option<u64>,
         events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>> {
-        let written = events.to_vec();
-        let tomb = self
-            .write(move |txn| {
-                let org = match load_org(txn, id) {
-                    Ok(o) => o,
-                    Err(CatalogError::NotFound) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                if org.moving.is_some() || org.state != OrgState::Active {
-                    return Err(CatalogError::Stale);
-                }
-                let key = id.to_string();
-                {
-                    let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
-                    let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
-                    names
-                        .remove(org.normalized_name().as_str())
-                        .map_err(backend)?;
-                    colls
-                        .remove(org.placement.collection.as_str())
-                        .map_err(backend)?;
-                }
-                let admins = take_admins(txn, id)?;
-                {
-                    let mut orgs = txn.open_table(ORGS).map_err(backend)?;
-                    orgs.remove(key.as_str()).map_err(backend)?;
-                    let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
-                    not_active.remove(key.as_str()).map_err(backend)?;
-                }
-                let tomb = Tombstone {
-                    collection: crate::domain::CollectionName::tombstone(id),
-                    org,
-                    admins,
-                    deleted_at,
-                    restorable_until,
-                    size_bytes,
-                    phase: TombstonePhase::Kept,
-                    phase_at: deleted_at,
-                };
-                let stash = tomb.stash();
-                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
-                pending
-                    .insert(stash.key().as_str(), encode(&stash)?.as_slice())
+        self.write_audited(events, move |txn| {
+            let org = match load_org(txn, id) {
+                Ok(o) => o,
+                Err(CatalogError::NotFound) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if org.moving.is_some() || org.state != OrgState::Active {
+                return Err(CatalogError::Stale);
+            }
+            let key = id.to_string();
+            {
+                let mut names = txn.open_table(ORG_NAMES).map_err(backend)?;
+                let mut colls = txn.open_table(COLLECTIONS).map_err(backend)?;
+                names
+                    .remove(org.normalized_name().as_str())
                     .map_err(backend)?;
-                let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
-                tombs
-                    .insert(key.as_str(), encode(&tomb)?.as_slice())
+                colls
+                    .remove(org.placement.collection.as_str())
                     .map_err(backend)?;
-                // The collection stays counted: the kept data occupies the database until purged.
-                bump_revision(txn)?;
-                insert_events(txn, &written)?;
-                Ok(Some(tomb))
-            })
-            .await?;
-        if tomb.is_some() {
-            count_events(events);
-        }
-        Ok(tomb)
+            }
+            let admins = take_admins(txn, id)?;
+            {
+                let mut orgs = txn.open_table(ORGS).map_err(backend)?;
+                orgs.remove(key.as_str()).map_err(backend)?;
+                let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;
+                not_active.remove(key.as_str()).map_err(backend)?;
+            }
+            let tomb = Tombstone {
+                collection: crate::domain::CollectionName::tombstone(id),
+                org,
+                admins,
+                deleted_at,
+                restorable_until,
+                size_bytes,
+                phase: TombstonePhase::Kept,
+                phase_at: deleted_at,
+            };
+            let stash = tomb.stash();
+            let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+            pending
+                .insert(stash.key().as_str(), encode(&stash)?.as_slice())
+                .map_err(backend)?;
+            let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+            tombs
+                .insert(key.as_str(), encode(&tomb)?.as_slice())
+                .map_err(backend)?;
+            // The collection stays counted: the kept data occupies the database until purged.
+            bump_revision(txn)?;
+            Ok(Some(tomb))
+        })
+        .await
     }
 
     async fn tombstone(&self, id: OrgId) -> CatalogResult<Option<Tombstone>> {
@@ -1115,43 +1142,36 @@ impl Catalog for EmbeddedCatalog {
         id: OrgId,
         events: &[AuditEvent],
     ) -> CatalogResult<Option<Tombstone>> {
-        let written = events.to_vec();
-        let purged = self
-            .write(move |txn| {
-                let key = id.to_string();
-                let tomb: Option<Tombstone> = {
-                    let t = txn.open_table(TOMBSTONES).map_err(backend)?;
-                    get_json(&t, &key)?
-                };
-                let Some(tomb) = tomb.filter(|t| t.phase == TombstonePhase::Kept) else {
-                    return Ok(None);
-                };
-                if stash_pending(txn, &tomb)? {
-                    return Err(CatalogError::Stale);
-                }
-                let drop = tomb.purge_drop();
-                {
-                    let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
-                    pending
-                        .insert(drop.key().as_str(), encode(&drop)?.as_slice())
-                        .map_err(backend)?;
-                    let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
-                    tombs.remove(key.as_str()).map_err(backend)?;
-                }
-                add_count(
-                    txn,
-                    &count_key(&tomb.org.placement.shard, &tomb.org.placement.database),
-                    -1,
-                )?;
-                bump_revision(txn)?;
-                insert_events(txn, &written)?;
-                Ok(Some(tomb))
-            })
-            .await?;
-        if purged.is_some() {
-            count_events(events);
-        }
-        Ok(purged)
+        self.write_audited(events, move |txn| {
+            let key = id.to_string();
+            let tomb: Option<Tombstone> = {
+                let t = txn.open_table(TOMBSTONES).map_err(backend)?;
+                get_json(&t, &key)?
+            };
+            let Some(tomb) = tomb.filter(|t| t.phase == TombstonePhase::Kept) else {
+                return Ok(None);
+            };
+            if stash_pending(txn, &tomb)? {
+                return Err(CatalogError::Stale);
+            }
+            let drop = tomb.purge_drop();
+            {
+                let mut pending = txn.open_table(PENDING_DROPS).map_err(backend)?;
+                pending
+                    .insert(drop.key().as_str(), encode(&drop)?.as_slice())
+                    .map_err(backend)?;
+                let mut tombs = txn.open_table(TOMBSTONES).map_err(backend)?;
+                tombs.remove(key.as_str()).map_err(backend)?;
+            }
+            add_count(
+                txn,
+                &count_key(&tomb.org.placement.shard, &tomb.org.placement.database),
+                -1,
+            )?;
+            bump_revision(txn)?;
+            Ok(Some(tomb))
+        })
+        .await
     }
 
     async fn settle_tombstones(&self, _min_age: std::time::Duration) -> CatalogResult<usize> {
@@ -1219,15 +1239,12 @@ impl Catalog for EmbeddedCatalog {
         events: &[AuditEvent],
     ) -> CatalogResult<()> {
         let (key, value) = (key.to_owned(), encode(value)?);
-        let written = events.to_vec();
-        self.write(move |txn| {
+        self.write_audited(events, move |txn| {
             let mut t = txn.open_table(SETTINGS).map_err(backend)?;
             t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
-            insert_events(txn, &written)
+            Ok(())
         })
-        .await?;
-        count_events(events);
-        Ok(())
+        .await
     }
 
     async fn put_setting_if(
@@ -1239,23 +1256,16 @@ impl Catalog for EmbeddedCatalog {
     ) -> CatalogResult<bool> {
         let (key, value) = (key.to_owned(), encode(value)?);
         let expected = expected.cloned();
-        let written = events.to_vec();
-        let stored = self
-            .write(move |txn| {
-                let mut t = txn.open_table(SETTINGS).map_err(backend)?;
-                let current: Option<serde_json::Value> = get_json(&t, &key)?;
-                if current != expected {
-                    return Ok(false);
-                }
-                t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
-                insert_events(txn, &written)?;
-                Ok(true)
-            })
-            .await?;
-        if stored {
-            count_events(events);
-        }
-        Ok(stored)
+        self.write_audited(events, move |txn| {
+            let mut t = txn.open_table(SETTINGS).map_err(backend)?;
+            let current: Option<serde_json::Value> = get_json(&t, &key)?;
+            if current != expected {
+                return Ok(false);
+            }
+            t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn add_pending_drop(&self, drop: &PendingDrop) -> CatalogResult<()> {

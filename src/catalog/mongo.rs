@@ -146,17 +146,18 @@ fn event_doc(event: &AuditEvent) -> CatalogResult<Document> {
     })
 }
 
+/// `events` as an outbox holds them, stamped now (the time their change is written).
+fn outbox_docs(events: &[AuditEvent]) -> CatalogResult<Vec<Document>> {
+    events.iter().map(|e| event_doc(&e.stamped_now())).collect()
+}
+
 /// Adds `$push` of `events` into the `outbox` of the document `update` changes: the events
 /// are then written in the same single-document write as their change.
 fn push_outbox(update: &mut Document, events: &[AuditEvent]) -> CatalogResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let docs = events
-        .iter()
-        .map(|e| event_doc(&e.stamped_now()))
-        .collect::<CatalogResult<Vec<_>>>()?;
-    let push = doc! { "$each": docs };
+    let push = doc! { "$each": outbox_docs(events)? };
     match update.get_mut("$push") {
         Some(Bson::Document(p)) => {
             p.insert(OUTBOX, push);
@@ -905,11 +906,7 @@ impl MongoCatalog {
             "record": to_doc(tomb)?,
         };
         if !events.is_empty() {
-            let docs = events
-                .iter()
-                .map(|e| event_doc(&e.stamped_now()))
-                .collect::<CatalogResult<Vec<_>>>()?;
-            d.insert(OUTBOX, docs);
+            d.insert(OUTBOX, outbox_docs(events)?);
         }
         match self.tombs.insert_one(d).await {
             Ok(_) => Ok(()),
@@ -1076,11 +1073,7 @@ impl MongoCatalog {
             "record": to_doc(admin)?,
         };
         if !events.is_empty() {
-            let docs = events
-                .iter()
-                .map(|e| event_doc(&e.stamped_now()))
-                .collect::<CatalogResult<Vec<_>>>()?;
-            admin_doc.insert(OUTBOX, docs);
+            admin_doc.insert(OUTBOX, outbox_docs(events)?);
         }
         self.admins
             .insert_one(admin_doc)
