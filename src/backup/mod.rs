@@ -551,11 +551,17 @@ impl Restorer<'_> {
         let indexes = files::read_metadata(&metadata)?;
         let mut reader = BsonReader::open(&data)?;
         let now = Utc::now();
+        // The same shard and database when that shard is configured (a database of another
+        // prefix becomes the shard's open one), else where a new organization would go.
         let (shard, database) = match self.shards.get(&backed_up.placement.shard) {
-            Some(_) => (
-                backed_up.placement.shard.clone(),
-                backed_up.placement.database.clone(),
-            ),
+            Some(same) => {
+                let database = &backed_up.placement.database;
+                let keep = database.number(&same.config.database_prefix).is_some();
+                let database = self
+                    .capacity
+                    .reserve_on(&same.config, keep.then(|| database.clone()));
+                (same.id().clone(), database)
+            }
             None => {
                 let choice = self
                     .capacity
@@ -599,11 +605,10 @@ impl Restorer<'_> {
             moving: None,
             ..backed_up.clone()
         };
-        let org = self
-            .catalog
-            .insert_org(&org, &first)
-            .await
-            .map_err(|e| taken(e, &backed_up))?;
+        let org = self.catalog.insert_org(&org, &first).await.map_err(|e| {
+            self.capacity.release(&shard, &ns.database);
+            taken(e, &backed_up)
+        })?;
         let loaded = async {
             store
                 .create_collection(&ns)
