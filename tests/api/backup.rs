@@ -529,6 +529,7 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
     assert!(!err.contains("Kept Co"), "{err}");
     assert!(text(&r.stdout).contains("restored 1 organizations"));
 
+    drop(gw);
     let gw = TestGateway::start_with(Options {
         config: target_cfg,
         data_dir: Some(target_dir),
