@@ -39,10 +39,12 @@ const BACKUP_HELP: &str = "\
 Write every organization's collection on every shard (embedded ones included) and the
 catalog's records of them into a new directory in mongodump's layout:
 <DIR>/<database>/<collection>.bson and .metadata.json (the indexes), the catalog in
-<DIR>/org_gateway_catalog/ (organizations, admins with their password hashes, rate-limit
+<DIR>/org_gateway_backup_catalog/ (organizations, admins with their password hashes, rate-limit
 overrides), and manifest.json last. It is built as <DIR>.partial and renamed once complete.
 
-The directory holds password hashes: keep it as secret as the catalog.
+The directory holds password hashes: keep it as secret as the catalog (it is created
+readable by its owner only). To load only tenant data with mongorestore, leave the catalog
+out: --nsExclude 'org_gateway_backup_catalog.*'.
 
 With an embedded catalog or embedded shards, stop the gateway first (the files are locked).
 With the catalog and shards on MongoDB it runs online; each collection is read in _id order

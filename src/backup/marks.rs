@@ -62,3 +62,33 @@ impl WriteMarks {
         self.recent.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::embedded::EmbeddedCatalog;
+
+    #[tokio::test]
+    async fn marks_once_per_interval_and_again_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = EmbeddedCatalog::open(&dir.path().join("catalog.redb")).unwrap();
+        let marks = WriteMarks::new(Duration::from_millis(300));
+        let org: OrgId = uuid::Uuid::now_v7().to_string().parse().unwrap();
+        let before = Utc::now();
+        marks.before_write(&catalog, org).await.unwrap();
+        let first = catalog.last_written(org).await.unwrap().unwrap();
+        assert!(first >= before - chrono::Duration::milliseconds(1));
+        // Within the interval: no new catalog write.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        marks.before_write(&catalog, org).await.unwrap();
+        assert_eq!(catalog.last_written(org).await.unwrap(), Some(first));
+        assert_eq!(marks.len(), 1);
+        // After it: a new mark, and eviction forgets idle organizations.
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        marks.evict_idle();
+        assert!(marks.is_empty());
+        marks.before_write(&catalog, org).await.unwrap();
+        let second = catalog.last_written(org).await.unwrap().unwrap();
+        assert!(second > first);
+    }
+}

@@ -41,8 +41,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The database directory holding the catalog's part of a backup.
-pub const CATALOG_DATABASE: &str = "org_gateway_catalog";
+/// The database directory holding the catalog's part of a backup. Not the MongoDB catalog's
+/// default database name (`org_gateway_catalog`), so a mongorestore of a whole backup never
+/// writes into a live catalog.
+pub const CATALOG_DATABASE: &str = "org_gateway_backup_catalog";
 /// Name of the manifest file.
 pub const MANIFEST: &str = "manifest.json";
 /// Format of the directory.
@@ -171,6 +173,7 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
         Some(name) => Some(find_org(catalog.as_ref(), name).await?),
         None => None,
     };
+    create_private_dir(&partial)?;
     std::fs::create_dir_all(partial.join(CATALOG_DATABASE))
         .with_context(|| format!("cannot create {}", partial.display()))?;
     let slack =
@@ -256,6 +259,21 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
         files::sync_dir(parent)?;
     }
     Ok(summary)
+}
+
+/// Creates the backup's directory readable by its owner only: it holds password hashes.
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(false);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    builder
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Where a backup is built before it is complete.
@@ -614,8 +632,16 @@ impl Restorer<'_> {
                 .create_collection(&ns)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot create the collection {ns}: {e}"))?;
-            let (org, documents) = self.load(org.clone(), &ns, &mut reader).await?;
-            self.build_indexes(store.as_ref(), &ns, &indexes).await?;
+            let mut pending = Pending {
+                org: org.clone(),
+                refreshed: Instant::now(),
+            };
+            let documents = self
+                .load(&mut pending, store.as_ref(), &ns, &mut reader)
+                .await?;
+            self.build_indexes(&mut pending, store.as_ref(), &ns, &indexes)
+                .await?;
+            let org = pending.org;
             for admin in &admins[1..] {
                 self.catalog
                     .add_admin(admin, u32::MAX)
@@ -692,17 +718,12 @@ impl Restorer<'_> {
     /// Loads the documents in batches, refreshing the `creating` record now and then.
     async fn load(
         &self,
-        mut org: OrgRecord,
+        pending: &mut Pending,
+        store: &dyn crate::store::TenantStore,
         ns: &Namespace,
         reader: &mut BsonReader,
-    ) -> anyhow::Result<(OrgRecord, u64)> {
-        let store = &self
-            .shards
-            .get(&org.placement.shard)
-            .context("shard")?
-            .store;
+    ) -> anyhow::Result<u64> {
         let mut total = 0u64;
-        let mut refreshed = Instant::now();
         loop {
             let mut batch: Vec<Document> = Vec::with_capacity(BATCH);
             let mut bytes = 0;
@@ -718,29 +739,21 @@ impl Restorer<'_> {
                 batch.push(doc);
             }
             if batch.is_empty() {
-                return Ok((org, total));
+                return Ok(total);
             }
             total += batch.len() as u64;
             store
                 .insert_many(ns, batch)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot load documents into {ns}: {e}"))?;
-            if refreshed.elapsed() > KEEPALIVE {
-                org.updated_at = Utc::now();
-                org = self.catalog.put_org(&org).await.map_err(|e| match e {
-                    CatalogError::Stale => anyhow::anyhow!(
-                        "a running gateway rolled the restore back (it looked like an abandoned create)"
-                    ),
-                    e => e.into(),
-                })?;
-                refreshed = Instant::now();
-            }
+            pending.keep_alive(self.catalog).await?;
         }
     }
 
     /// Re-creates the indexes (besides `_id`) and waits until they are ready.
     async fn build_indexes(
         &self,
+        pending: &mut Pending,
         store: &dyn crate::store::TenantStore,
         ns: &Namespace,
         indexes: &[IndexDefinition],
@@ -782,6 +795,7 @@ impl Restorer<'_> {
             if ready {
                 return Ok(());
             }
+            pending.keep_alive(self.catalog).await?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -816,6 +830,33 @@ impl Restorer<'_> {
         self.catalog
             .put_setting(RATE_OVERRIDES_SETTING, &Value::Object(all))
             .await?;
+        Ok(())
+    }
+}
+
+/// An organization being restored, still `creating`.
+struct Pending {
+    org: OrgRecord,
+    refreshed: Instant,
+}
+
+impl Pending {
+    /// Refreshes the record's `updated_at` every [`KEEPALIVE`], so a running gateway's
+    /// recovery (which rolls back creates untouched for its grace period) leaves it alone;
+    /// fails if one has claimed it meanwhile.
+    async fn keep_alive(&mut self, catalog: &dyn Catalog) -> anyhow::Result<()> {
+        if self.refreshed.elapsed() < KEEPALIVE {
+            return Ok(());
+        }
+        let mut org = self.org.clone();
+        org.updated_at = Utc::now();
+        self.org = catalog.put_org(&org).await.map_err(|e| match e {
+            CatalogError::Stale => anyhow::anyhow!(
+                "a running gateway rolled the restore back (it looked like an abandoned create)"
+            ),
+            e => e.into(),
+        })?;
+        self.refreshed = Instant::now();
         Ok(())
     }
 }

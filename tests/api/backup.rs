@@ -295,6 +295,11 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
     assert!(b.status.success(), "backup: {}", text(&b.stderr));
     assert!(text(&b.stdout).contains("backed up 3 organizations (75 documents)"));
     assert!(!work.path().join("backup.partial").exists());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "a backup holds password hashes");
+    }
     let m = manifest(&out);
     assert_eq!(m["organizations"], 3);
     assert_eq!(m["documents"], 75);
@@ -337,7 +342,7 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
             "_id_ has no unique option"
         );
     }
-    let catalog = out.join("org_gateway_catalog");
+    let catalog = out.join("org_gateway_backup_catalog");
     let orgs_file = bson_file(&catalog.join("organizations.bson"));
     let mut ids: Vec<&str> = orgs_file
         .iter()
@@ -442,14 +447,14 @@ fn backup_of_one_organization_and_of_those_written_since() {
     let m = manifest(&out);
     assert_eq!(m["organizations"], 1, "only Two Co was written since: {m}");
     assert_eq!(m["documents"], 2);
-    let orgs = bson_file(&out.join("org_gateway_catalog/organizations.bson"));
+    let orgs = bson_file(&out.join("org_gateway_backup_catalog/organizations.bson"));
     assert_eq!(orgs.len(), 1);
     assert_eq!(orgs[0]["name"], "Two Co");
 
     let out = work.path().join("one");
     let b = backup(&gw, &out, &["--organization", "three co"]);
     assert!(b.status.success(), "backup: {}", text(&b.stderr));
-    let orgs = bson_file(&out.join("org_gateway_catalog/organizations.bson"));
+    let orgs = bson_file(&out.join("org_gateway_backup_catalog/organizations.bson"));
     assert_eq!(orgs.len(), 1);
     assert_eq!(orgs[0]["name"], "Three Co");
     let db = orgs[0]["placement"]["database"].as_str().unwrap();
