@@ -52,8 +52,9 @@ while writes go on, so a backup is consistent per collection, not a point in tim
 organizations.
 
 --since T (RFC 3339) keeps only organizations written at or after T, as recorded by the
-gateways' write marks (lifecycle.write_mark_interval_seconds of slack); pass the started_at
-of the previous backup's manifest.";
+gateways' write marks (reaching back lifecycle.write_mark_interval_seconds plus
+request_timeout_ms, so writes in flight at T are covered); pass the started_at of the
+previous backup's manifest.";
 
 const RESTORE_HELP: &str = "\
 Load a backup written by `org-gateway backup` into the catalog and shards of the gateway

@@ -176,8 +176,12 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
     create_private_dir(&partial)?;
     std::fs::create_dir_all(partial.join(CATALOG_DATABASE))
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    let slack =
-        chrono::Duration::from_std(config.lifecycle.write_mark_interval()).unwrap_or_default();
+    // A write that began at `w` left a mark at or after `w - interval`; one still running at
+    // `since` began at most a request timeout before it.
+    let slack = chrono::Duration::from_std(
+        config.lifecycle.write_mark_interval() + Duration::from_millis(config.request_timeout_ms),
+    )
+    .unwrap_or_default();
     let mut out = CatalogFiles::create(&partial.join(CATALOG_DATABASE))?;
     let mut summary = BackupSummary::default();
     let overrides = rate_overrides(catalog.as_ref()).await?;

@@ -67,7 +67,7 @@ impl Drop for Shards {
 
 fn config(shards: &Shards, extra: &str) -> String {
     format!(
-        "[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 10000000\n{extra}\n{}",
+        "{extra}\n[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 10000000\n{}",
         shards.toml
     )
 }
@@ -420,7 +420,11 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
 #[test]
 fn backup_of_one_organization_and_of_those_written_since() {
     let shards = Shards::new();
-    let cfg = config(&shards, "[lifecycle]\nwrite_mark_interval_seconds = 0.2\n");
+    // `--since T` reaches back one mark interval plus the request timeout.
+    let cfg = config(
+        &shards,
+        "request_timeout_ms = 1000\n[lifecycle]\nwrite_mark_interval_seconds = 0.2\n",
+    );
     let mut gw = TestGateway::start_with(Options {
         config: cfg,
         ..Default::default()
@@ -433,7 +437,7 @@ fn backup_of_one_organization_and_of_those_written_since() {
         insert(&gw, &t, json!([{"_id": format!("first-{i}"), "i": i}]));
         tokens.push(t);
     }
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(Duration::from_millis(2_000));
     let since = chrono::Utc::now();
     std::thread::sleep(Duration::from_millis(100));
     insert(&gw, &tokens[1], json!([{"_id": "later", "i": 9}]));
