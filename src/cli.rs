@@ -64,7 +64,11 @@ database when that shard is configured, else where the placement policy puts a n
 
 An organization whose name, id, admin id or admin email is taken in the target catalog, or
 whose collection exists on the target shard, is refused with a message naming it and nothing
-of it is written; the others are restored, and the exit status is non-zero.";
+of it is written; the others are restored, and the exit status is non-zero.
+
+Incremental backups (--since) hold complete copies of the organizations written since: to
+rebuild from a full backup and incrementals, restore the newest first, then each older one
+with --skip-existing (organizations already restored are skipped, not refused).";
 
 /// Flags of `backup`.
 #[derive(Debug, clap::Args)]
@@ -101,6 +105,10 @@ pub struct RestoreArgs {
     /// Restore only this organization.
     #[arg(long, value_name = "NAME")]
     pub organization: Option<String>,
+    /// Skip organizations whose id the target already has, instead of refusing them (restore
+    /// the newest incremental backup first, then older ones and the full one).
+    #[arg(long)]
+    pub skip_existing: bool,
 }
 
 fn parse_timestamp(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             let opts = org_gateway::backup::RestoreOptions {
                 from: args.from.clone(),
                 organization: args.organization.clone(),
+                skip_existing: args.skip_existing,
             };
             let s = rt.block_on(org_gateway::backup::restore(&config, &opts))?;
             println!(
@@ -91,6 +92,12 @@ fn main() -> ExitCode {
                 s.documents,
                 args.from.display()
             );
+            if !s.skipped.is_empty() {
+                println!(
+                    "skipped {} organizations the target already has",
+                    s.skipped.len()
+                );
+            }
             for (name, why) in &s.failed {
                 eprintln!("org-gateway restore: organization {name:?} not restored: {why}");
             }

@@ -91,6 +91,10 @@ pub struct RestoreOptions {
     pub from: PathBuf,
     /// Only this organization.
     pub organization: Option<String>,
+    /// Skip (rather than refuse) organizations whose id the target already has: restoring
+    /// the newest backup first and older ones after it then restores each organization from
+    /// the newest backup holding it.
+    pub skip_existing: bool,
 }
 
 /// What a restore did.
@@ -102,6 +106,8 @@ pub struct RestoreSummary {
     pub documents: u64,
     /// Organizations refused or failed, with why (nothing of them is left written).
     pub failed: Vec<(String, String)>,
+    /// Organizations skipped because the target has their id (`skip_existing`).
+    pub skipped: Vec<String>,
 }
 
 /// Opens the catalog and the shards as the server does, turning a locked embedded file into
@@ -169,11 +175,31 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
     let started = Utc::now();
     let (catalog, shards) = open(config).await?;
     // Resolve the one organization before creating anything.
+    if let Some(name) = &opts.organization {
+        find_org(catalog.as_ref(), name).await?;
+    }
+    create_private_dir(&partial)?;
+    let written = write_backup(config, opts, &partial, started, catalog.as_ref(), &shards).await;
+    if written.is_err() {
+        // This run created it: a failed backup leaves nothing that could pass for one.
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    written
+}
+
+/// Writes the backup into `partial` and renames it to `opts.out` once complete.
+async fn write_backup(
+    config: &Config,
+    opts: &BackupOptions,
+    partial: &Path,
+    started: DateTime<Utc>,
+    catalog: &dyn Catalog,
+    shards: &ShardSet,
+) -> anyhow::Result<BackupSummary> {
     let only = match &opts.organization {
-        Some(name) => Some(find_org(catalog.as_ref(), name).await?),
+        Some(name) => Some(find_org(catalog, name).await?),
         None => None,
     };
-    create_private_dir(&partial)?;
     std::fs::create_dir_all(partial.join(CATALOG_DATABASE))
         .with_context(|| format!("cannot create {}", partial.display()))?;
     // A write that began at `w` left a mark at or after `w - interval`; one still running at
@@ -184,9 +210,9 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
     .unwrap_or_default();
     let mut out = CatalogFiles::create(&partial.join(CATALOG_DATABASE))?;
     let mut summary = BackupSummary::default();
-    let overrides = rate_overrides(catalog.as_ref()).await?;
+    let overrides = rate_overrides(catalog).await?;
     let mut one = only.map(|o| vec![o]);
-    let mut pages = OrgPages::new(catalog.as_ref(), None);
+    let mut pages = OrgPages::new(catalog, None);
     loop {
         let page = match one.take() {
             Some(page) => page,
@@ -210,7 +236,7 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
                     }
                 }
             }
-            let documents = backup_tenant(&shards, &partial, &org).await?;
+            let documents = backup_tenant(shards, partial, &org).await?;
             let admins = catalog.admins_of_org(org.id).await?;
             out.organizations.write(&{
                 let mut d = record_document(org.id.to_string(), &org)?;
@@ -251,8 +277,8 @@ pub async fn backup(config: &Config, opts: &BackupOptions) -> anyhow::Result<Bac
         "catalog_database": CATALOG_DATABASE,
     });
     files::write_json(&partial.join(MANIFEST), &manifest)?;
-    files::sync_dir(&partial)?;
-    std::fs::rename(&partial, &opts.out).with_context(|| {
+    files::sync_dir(partial)?;
+    std::fs::rename(partial, &opts.out).with_context(|| {
         format!(
             "cannot rename {} to {}",
             partial.display(),
@@ -489,6 +515,10 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
         }
         found = true;
         let name = org.name.to_string();
+        if opts.skip_existing && catalog.org_by_id(org.id).await?.is_some() {
+            summary.skipped.push(name);
+            continue;
+        }
         match ctx.restore_org(org, its_admins).await {
             Ok((restored, documents)) => {
                 if let Some(o) = overrides.get(&restored.id.to_string()) {

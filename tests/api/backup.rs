@@ -214,6 +214,26 @@ fn stop_if_embedded(gw: &mut TestGateway) {
     }
 }
 
+/// The config of a fresh deployment on the same shards: on MongoDB with a catalog database
+/// of its own (the test's gateway config names its catalog first).
+fn fresh_target(config_toml: &str) -> String {
+    if !on_mongodb() {
+        return config_toml.to_owned();
+    }
+    let uri = std::env::var("MONGODB_URI").unwrap();
+    let start = config_toml.find("[catalog]").expect("a catalog section");
+    let end = config_toml[start..]
+        .find("recovery_grace_seconds = 0\n")
+        .map(|i| start + i + "recovery_grace_seconds = 0\n".len())
+        .expect("the test catalog section");
+    format!(
+        "{}{}[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{}\"\nrecovery_grace_seconds = 0\n",
+        &config_toml[..start],
+        &config_toml[end..],
+        crate::mongo_env::unique_db("bkcat")
+    )
+}
+
 struct Org {
     name: &'static str,
     id: String,
@@ -438,19 +458,28 @@ fn backup_of_one_organization_and_of_those_written_since() {
         tokens.push(t);
     }
     std::thread::sleep(Duration::from_millis(2_000));
-    let since = chrono::Utc::now();
-    std::thread::sleep(Duration::from_millis(100));
+    // A full backup; the incremental one after it passes its `started_at` as `--since`.
+    stop_if_embedded(&mut gw);
+    let work = tempfile::tempdir().unwrap();
+    let full = work.path().join("full");
+    let b = backup(&gw, &full, &[]);
+    assert!(b.status.success(), "backup: {}", text(&b.stderr));
+    assert_eq!(manifest(&full)["organizations"], 3);
+    if !on_mongodb() {
+        gw.restart();
+    }
     insert(&gw, &tokens[1], json!([{"_id": "later", "i": 9}]));
     stop_if_embedded(&mut gw);
 
-    let work = tempfile::tempdir().unwrap();
-    let since_arg = since.to_rfc3339();
-    let out = work.path().join("incremental");
+    let since_arg = manifest(&full)["started_at"].as_str().unwrap().to_owned();
+    let incremental = work.path().join("incremental");
+    let out = incremental.clone();
     let b = backup(&gw, &out, &["--since", &since_arg]);
     assert!(b.status.success(), "backup: {}", text(&b.stderr));
     let m = manifest(&out);
     assert_eq!(m["organizations"], 1, "only Two Co was written since: {m}");
     assert_eq!(m["documents"], 2);
+    assert_eq!(m["since"], since_arg.as_str());
     let orgs = bson_file(&out.join("org_gateway_backup_catalog/organizations.bson"));
     assert_eq!(orgs.len(), 1);
     assert_eq!(orgs[0]["name"], "Two Co");
@@ -479,6 +508,48 @@ fn backup_of_one_organization_and_of_those_written_since() {
     let b = backup(&gw, &work.path().join("bad"), &["--since", "yesterday"]);
     assert!(!b.status.success());
     assert!(text(&b.stderr).contains("RFC 3339"), "{}", text(&b.stderr));
+
+    // The chain: the incremental backup first, then the full one skipping what is restored.
+    shards.lose_data();
+    let target = tempfile::tempdir().unwrap();
+    let target_cfg = fresh_target(&gw.config_toml);
+    let r = restore(&target_cfg, target.path(), &incremental, &[]);
+    assert!(r.status.success(), "restore: {}", text(&r.stderr));
+    assert!(text(&r.stdout).contains("restored 1 organizations (2 documents)"));
+    let r = restore(&target_cfg, target.path(), &full, &["--skip-existing"]);
+    assert!(r.status.success(), "restore: {}", text(&r.stderr));
+    assert!(
+        text(&r.stdout).contains("restored 2 organizations"),
+        "{}",
+        text(&r.stdout)
+    );
+    assert!(
+        text(&r.stdout).contains("skipped 1 organizations"),
+        "{}",
+        text(&r.stdout)
+    );
+    let r = restore(&target_cfg, target.path(), &full, &[]);
+    assert!(
+        !r.status.success(),
+        "without --skip-existing they are refused"
+    );
+    assert!(text(&r.stderr).contains("\"Two Co\" not restored"));
+    let restored = TestGateway::start_with(Options {
+        config: target_cfg,
+        data_dir: Some(target.path().to_path_buf()),
+        ..Default::default()
+    });
+    for (i, want) in [vec!["first-0"], vec!["first-1", "later"], vec!["first-2"]]
+        .into_iter()
+        .enumerate()
+    {
+        let t = token(&restored, &format!("o{i}@since.test"));
+        assert_eq!(
+            documents(&restored, &t).into_keys().collect::<Vec<_>>(),
+            want
+        );
+    }
+    drop(restored);
 }
 
 #[test]
