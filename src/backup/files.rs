@@ -135,7 +135,8 @@ pub struct IndexDefinition {
     pub unique: bool,
 }
 
-/// Writes `<collection>.metadata.json` as mongodump does (index version 2, no options).
+/// Writes `<collection>.metadata.json` as mongodump does (no collection options, index
+/// version 2, an empty `uuid`, which mongorestore uses only with `--preserveUUID`).
 pub fn write_metadata(
     path: &Path,
     collection: &str,
@@ -152,6 +153,7 @@ pub fn write_metadata(
         })
         .collect();
     let body = json!({
+        "options": {},
         "indexes": indexes,
         "uuid": "",
         "collectionName": collection,

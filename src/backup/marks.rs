@@ -8,16 +8,21 @@
 //! organization per interval per instance. Guarantee: a write that began at time `w` belongs
 //! to an organization whose mark is at least `w - interval`.
 
-use crate::catalog::{Catalog, CatalogResult};
+use crate::catalog::{Catalog, CatalogError, CatalogResult};
 use crate::domain::OrgId;
 use chrono::Utc;
-use dashmap::DashMap;
+use moka::future::Cache;
 use std::time::{Duration, Instant};
+
+/// Organizations remembered at most (those written within one interval; beyond it the least
+/// recently used are marked again on their next write, which is only an extra catalog write).
+const MAX_REMEMBERED: u64 = 1_000_000;
 
 /// The marks this instance recorded recently, per organization.
 pub struct WriteMarks {
     interval: Duration,
-    recent: DashMap<OrgId, Instant>,
+    /// When this instance decided to record each organization's last mark.
+    recent: Cache<OrgId, Instant>,
 }
 
 impl WriteMarks {
@@ -25,41 +30,46 @@ impl WriteMarks {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            recent: DashMap::new(),
+            recent: Cache::builder()
+                .max_capacity(MAX_REMEMBERED)
+                .time_to_live(interval)
+                .build(),
         }
     }
 
     /// Called before each data write of `org`: records a mark in the catalog unless this
-    /// instance recorded one less than `interval` ago. An error means no mark was recorded,
-    /// and the write must not go on.
+    /// instance recorded one less than `interval` ago. Concurrent writes of one organization
+    /// share one catalog write, and wait for it. An error means no mark was recorded, and the
+    /// write must not go on.
     pub async fn before_write(&self, catalog: &dyn Catalog, org: OrgId) -> CatalogResult<()> {
-        if let Some(at) = self.recent.get(&org) {
-            if at.elapsed() < self.interval {
+        // A remembered mark can outlive the interval by the catalog write's latency (its
+        // entry's time to live starts when it is stored): such a mark is recorded again.
+        for _ in 0..3 {
+            let decided = self
+                .recent
+                .try_get_with(org, async {
+                    // Taken before the mark's time, so the next mark is due no later than
+                    // `interval` after the time recorded.
+                    let decided = Instant::now();
+                    catalog
+                        .mark_written(org, Utc::now())
+                        .await
+                        .map(|()| decided)
+                })
+                .await
+                .map_err(|e: std::sync::Arc<CatalogError>| CatalogError::Backend(e.to_string()))?;
+            if decided.elapsed() < self.interval {
                 return Ok(());
             }
+            self.recent.invalidate(&org).await;
         }
-        // Taken before the mark's time, so the next mark is due no later than `interval`
-        // after the time recorded.
-        let decided = Instant::now();
-        catalog.mark_written(org, Utc::now()).await?;
-        self.recent.insert(org, decided);
-        Ok(())
+        // Never stale three times in a row in practice; if so, mark without the cache.
+        catalog.mark_written(org, Utc::now()).await
     }
 
-    /// Forgets marks older than the interval (they would be recorded again anyway), so the
-    /// map holds only organizations written recently.
-    pub fn evict_idle(&self) {
-        self.recent.retain(|_, at| at.elapsed() < self.interval);
-    }
-
-    /// Organizations remembered (for tests and gauges).
-    pub fn len(&self) -> usize {
-        self.recent.len()
-    }
-
-    /// Whether none is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.recent.is_empty()
+    /// Drops expired entries now (the cache also does it as it goes).
+    pub async fn evict_idle(&self) {
+        self.recent.run_pending_tasks().await;
     }
 }
 
@@ -82,11 +92,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         marks.before_write(&catalog, org).await.unwrap();
         assert_eq!(catalog.last_written(org).await.unwrap(), Some(first));
-        assert_eq!(marks.len(), 1);
-        // After it: a new mark, and eviction forgets idle organizations.
+        // After it: a new mark.
         tokio::time::sleep(Duration::from_millis(320)).await;
-        marks.evict_idle();
-        assert!(marks.is_empty());
+        marks.evict_idle().await;
         marks.before_write(&catalog, org).await.unwrap();
         let second = catalog.last_written(org).await.unwrap().unwrap();
         assert!(second > first);
