@@ -673,6 +673,7 @@ impl Restorer<'_> {
             let documents = self
                 .load(&mut pending, store.as_ref(), &ns, &mut reader)
                 .await?;
+            crate::movers::failpoint("restore_after_documents");
             self.build_indexes(&mut pending, store.as_ref(), &ns, &indexes)
                 .await?;
             let org = pending.org;

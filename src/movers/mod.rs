@@ -83,7 +83,7 @@ fn namespace(org: &OrgRecord) -> Namespace {
 /// Crash-test hook: when the environment variable `GATEWAY_FAILPOINT` names this point, the
 /// process aborts here, as if killed. Used by the tests that prove interrupted moves are
 /// finished at the next start; costs one env lookup on the rare paths that call it.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var("GATEWAY_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: aborting");
         crate::telemetry::log_writer::flush();

@@ -81,6 +81,24 @@ fn run(args: &[&str]) -> Output {
         .expect("run org-gateway")
 }
 
+/// `restore` with extra environment (a failpoint).
+fn restore_with_env(config_toml: &str, data_dir: &Path, from: &Path, env: (&str, &str)) -> Output {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let config = data_dir.join("test-gateway.toml");
+    std::fs::write(&config, config_toml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_org-gateway"))
+        .args(["restore", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--from")
+        .arg(from)
+        .env("RUST_LOG", "warn")
+        .env(env.0, env.1)
+        .output()
+        .expect("run org-gateway")
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -560,7 +578,7 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
         config: cfg.clone(),
         ..Default::default()
     });
-    for (i, name) in ["Kept Co", "Clash Co"].into_iter().enumerate() {
+    for (i, name) in ["Kept Co", "Clash Co", "Mail Co"].into_iter().enumerate() {
         let email = format!("k{i}@clash.test");
         create_in(&gw, name, &email, "ra");
         let t = token(&gw, &email);
@@ -592,6 +610,8 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
         ..Default::default()
     });
     create_in(&gw, "CLASH CO", "other@clash.test", "rb");
+    // ... and an admin with the email of Mail Co's.
+    create_in(&gw, "Unrelated Co", "k2@clash.test", "rb");
     let t = token(&gw, "other@clash.test");
     insert(&gw, &t, json!([{"_id": "target-own"}]));
     stop_if_embedded(&mut gw);
@@ -604,6 +624,12 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
     let err = text(&r.stderr);
     assert!(
         err.contains("organization \"Clash Co\" not restored") && err.contains("taken"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "organization \"Mail Co\" not restored: the admin email k2@clash.test is taken"
+        ),
         "{err}"
     );
     assert!(!err.contains("Kept Co"), "{err}");
@@ -628,6 +654,13 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
         documents(&gw, &t).into_keys().collect::<Vec<_>>(),
         vec!["from-backup".to_owned()]
     );
+    let r = gw
+        .client
+        .get(format!("{}/org/get", gw.base))
+        .query(&[("organization_name", "Mail Co")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "nothing of Mail Co was written");
 }
 
 #[test]
@@ -654,4 +687,72 @@ fn backup_refuses_a_data_dir_in_use_by_a_running_gateway() {
     assert!(!out.exists() && !work.path().join("backup.partial").exists());
     // The gateway was not disturbed.
     assert_eq!(gw.login("busy@use.test", PASSWORD).status(), 200);
+}
+
+#[test]
+fn a_restore_killed_midway_is_rolled_back_at_the_next_start() {
+    let shards = Shards::new();
+    let cfg = config(&shards, "");
+    let mut gw = TestGateway::start_with(Options {
+        config: cfg,
+        ..Default::default()
+    });
+    create_in(&gw, "Crash Co", "crash@restore.test", "ra");
+    let t = token(&gw, "crash@restore.test");
+    insert(&gw, &t, json!([{"_id": "a", "n": 1}, {"_id": "b", "n": 2}]));
+    call(
+        &gw,
+        &t,
+        Method::POST,
+        "/data/indexes",
+        Some(json!({"keys": {"n": 1}, "unique": true})),
+    );
+    let want = documents(&gw, &t);
+    stop_if_embedded(&mut gw);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("backup");
+    let b = backup(&gw, &out, &[]);
+    assert!(b.status.success(), "backup: {}", text(&b.stderr));
+    let target_cfg = fresh_target(&gw.config_toml);
+    drop(gw);
+    shards.lose_data();
+
+    let target = tempfile::tempdir().unwrap();
+    let r = restore_with_env(
+        &target_cfg,
+        target.path(),
+        &out,
+        ("GATEWAY_FAILPOINT", "restore_after_documents"),
+    );
+    assert!(!r.status.success(), "the failpoint aborts the restore");
+    // The next start rolls the organization back: nothing of it is left.
+    let mut restarted = TestGateway::start_with(Options {
+        config: target_cfg.clone(),
+        data_dir: Some(target.path().to_path_buf()),
+        ..Default::default()
+    });
+    assert_eq!(
+        restarted.login("crash@restore.test", PASSWORD).status(),
+        401
+    );
+    let r = restarted
+        .client
+        .get(format!("{}/org/get", restarted.base))
+        .query(&[("organization_name", "Crash Co")])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // ... and the restore can run again, whole.
+    stop_if_embedded(&mut restarted);
+    let r = restore(&target_cfg, target.path(), &out, &[]);
+    assert!(r.status.success(), "restore: {}", text(&r.stderr));
+    drop(restarted);
+    let gw = TestGateway::start_with(Options {
+        config: target_cfg,
+        data_dir: Some(target.path().to_path_buf()),
+        ..Default::default()
+    });
+    let t = token(&gw, "crash@restore.test");
+    assert_eq!(documents(&gw, &t), want);
+    assert_eq!(indexes(&gw, &t).len(), 2);
 }
