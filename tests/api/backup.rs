@@ -13,6 +13,19 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 const PASSWORD: &str = "password123";
+const OPS_TOKEN: &str = "backup-ops-token-0123456789abcdef";
+
+/// The `ratelimit-policy` header of a data request.
+fn rate_policy(gw: &TestGateway, t: &str) -> String {
+    let r = gw
+        .req(Method::POST, "/data/count")
+        .bearer_auth(t)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["ratelimit-policy"].to_str().unwrap().to_owned()
+}
 
 /// Two shards in regions `ra` and `rb` (embedded, or MongoDB with their own prefixes).
 struct Shards {
@@ -264,7 +277,7 @@ struct Org {
 #[test]
 fn backup_round_trip_keeps_documents_indexes_and_logins() {
     let shards = Shards::new();
-    let cfg = config(&shards, "");
+    let cfg = config(&shards, &format!("[ops]\ntoken = \"{OPS_TOKEN}\"\n"));
     let mut gw = TestGateway::start_with(Options {
         config: cfg.clone(),
         ..Default::default()
@@ -322,6 +335,16 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
             placement: created["placement"].clone(),
         });
     }
+    // A rate-limit override goes with its organization.
+    let r = gw
+        .client
+        .put(format!("{}/ops/orgs/Beta%20Co/limits", gw.ops))
+        .bearer_auth(OPS_TOKEN)
+        .json(&json!({"requests_per_minute": 777, "requests_per_hour": 7777}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(rate_policy(&gw, &token(&gw, &orgs[1].emails[0])).contains("777"));
     assert_eq!(orgs[0].placement["shard"], "a");
     assert_eq!(orgs[1].placement["shard"], "b");
     assert_eq!(orgs[0].docs.len(), 25);
@@ -450,6 +473,12 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
             .json()
             .unwrap();
         assert_eq!(got["placement"]["shard"], org.placement["shard"]);
+        assert_eq!(
+            rate_policy(&gw, &t).contains("777"),
+            org.name == "Beta Co",
+            "{}",
+            org.name
+        );
         assert_eq!(got["collection_name"], org.placement["collection"]);
     }
     let _keep = work;
