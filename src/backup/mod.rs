@@ -197,7 +197,15 @@ async fn write_backup(
     shards: &ShardSet,
 ) -> anyhow::Result<BackupSummary> {
     let only = match &opts.organization {
-        Some(name) => Some(find_org(catalog, name).await?),
+        Some(name) => {
+            let org = find_org(catalog, name).await?;
+            if org.state != OrgState::Active {
+                anyhow::bail!(
+                    "organization {name:?} is being created or renamed: try again in a moment"
+                );
+            }
+            Some(org)
+        }
         None => None,
     };
     std::fs::create_dir_all(partial.join(CATALOG_DATABASE))
