@@ -504,6 +504,13 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
         }
     }
     let (catalog, shards) = open(config).await?;
+    // Shards an operator is draining take no restored organizations either.
+    let draining: Vec<crate::domain::ShardId> = catalog
+        .get_setting(crate::placement::DRAINING_SETTING)
+        .await?
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    shards.set_draining(draining);
     let capacity = CapacityCounts::default();
     capacity.replace(catalog.collection_counts().await?);
     let ctx = Restorer {
@@ -611,9 +618,14 @@ impl Restorer<'_> {
         let indexes = files::read_metadata(&metadata)?;
         let mut reader = BsonReader::open(&data)?;
         let now = Utc::now();
-        // The same shard and database when that shard is configured (a database of another
-        // prefix becomes the shard's open one), else where a new organization would go.
-        let (shard, database) = match self.shards.get(&backed_up.placement.shard) {
+        // The same shard and database when that shard is configured and takes tenants (a
+        // database of another prefix becomes the shard's open one), else where a new
+        // organization would go.
+        let same = self
+            .shards
+            .get(&backed_up.placement.shard)
+            .filter(|s| self.shards.accepts_tenants(s.id()));
+        let (shard, database) = match same {
             Some(same) => {
                 let database = &backed_up.placement.database;
                 let keep = database.number(&same.config.database_prefix).is_some();

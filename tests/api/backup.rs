@@ -246,13 +246,18 @@ fn stop_if_embedded(gw: &mut TestGateway) {
 }
 
 /// The config of a fresh deployment on the same shards: on MongoDB with a catalog database
-/// of its own (the test's gateway config names its catalog first).
+/// of its own (replacing the one the test's gateway config names, if any).
 fn fresh_target(config_toml: &str) -> String {
     if !on_mongodb() {
         return config_toml.to_owned();
     }
     let uri = std::env::var("MONGODB_URI").unwrap();
-    let start = config_toml.find("[catalog]").expect("a catalog section");
+    let Some(start) = config_toml.find("[catalog]") else {
+        return format!(
+            "{config_toml}\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{}\"\nrecovery_grace_seconds = 0\n",
+            crate::mongo_env::unique_db("bkcat")
+        );
+    };
     let end = config_toml[start..]
         .find("recovery_grace_seconds = 0\n")
         .map(|i| start + i + "recovery_grace_seconds = 0\n".len())
@@ -784,4 +789,70 @@ fn a_restore_killed_midway_is_rolled_back_at_the_next_start() {
     let t = token(&gw, "crash@restore.test");
     assert_eq!(documents(&gw, &t), want);
     assert_eq!(indexes(&gw, &t).len(), 2);
+}
+
+#[test]
+fn restore_places_organizations_whose_shard_the_target_lacks_by_the_usual_policy() {
+    let shards = Shards::new();
+    let mut gw = TestGateway::start_with(Options {
+        config: config(&shards, ""),
+        ..Default::default()
+    });
+    create_in(&gw, "Mover Co", "mover@place.test", "rb");
+    let t = token(&gw, "mover@place.test");
+    insert(&gw, &t, json!([{"_id": "x", "v": [1, 2, {"w": "z"}]}]));
+    let want = documents(&gw, &t);
+    stop_if_embedded(&mut gw);
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("backup");
+    let b = backup(&gw, &out, &[]);
+    assert!(b.status.success(), "backup: {}", text(&b.stderr));
+    drop(gw);
+
+    // The target has one shard, `c`, that the backup never heard of.
+    let (shard_c, _drop) = if on_mongodb() {
+        let uri = std::env::var("MONGODB_URI").unwrap();
+        let prefix = crate::mongo_env::unique_db("bkc");
+        (
+            format!(
+                "[[shards]]\nid = \"c\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{prefix}\"\n"
+            ),
+            Some(Shards {
+                toml: String::new(),
+                mongo: Some((uri, vec![format!("{prefix}_1")])),
+            }),
+        )
+    } else {
+        (
+            "[[shards]]\nid = \"c\"\nkind = \"embedded\"\npath = \"shards/c.redb\"\n".to_owned(),
+            None,
+        )
+    };
+    let target_cfg = fresh_target(&config(
+        &Shards {
+            toml: shard_c,
+            mongo: None,
+        },
+        "",
+    ));
+    let target = tempfile::tempdir().unwrap();
+    let r = restore(&target_cfg, target.path(), &out, &[]);
+    assert!(r.status.success(), "restore: {}", text(&r.stderr));
+    let gw = TestGateway::start_with(Options {
+        config: target_cfg,
+        data_dir: Some(target.path().to_path_buf()),
+        ..Default::default()
+    });
+    let t = token(&gw, "mover@place.test");
+    assert_eq!(documents(&gw, &t), want);
+    let got: Value = gw
+        .client
+        .get(format!("{}/org/get", gw.base))
+        .query(&[("organization_name", "Mover Co")])
+        .bearer_auth(&t)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got["placement"]["shard"], "c");
 }
