@@ -45,6 +45,8 @@ pub struct AppState {
     pub top_tenants: crate::telemetry::top::TopTenants,
     /// This instance in the fleet: change feed, registry, fences, request gate.
     pub fleet: Arc<Fleet>,
+    /// Recent write marks per organization (`backup --since`).
+    pub write_marks: Arc<crate::backup::WriteMarks>,
     /// Process start, for uptime.
     pub started: Instant,
 }
@@ -60,19 +62,7 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
         })?;
-        let catalog: Arc<dyn Catalog> = match config.catalog.kind {
-            StoreKind::Embedded => Arc::new(
-                EmbeddedCatalog::open(&config.data_dir.join("catalog.redb"))
-                    .map_err(|e| anyhow::anyhow!("cannot open catalog: {e}"))?,
-            ),
-            StoreKind::Mongodb => open_mongo_catalog(&config).await?,
-        };
-        let shards = ShardSet::default();
-        for shard in config.effective_shards() {
-            let store = open_store(&config, &shard).await?;
-            shards.insert(Shard::new(shard, store));
-        }
-        open_new_persisted(&config, catalog.as_ref(), &shards).await?;
+        let (catalog, shards) = open_catalog_and_shards(&config).await?;
         let (secret, source) =
             JwtKeys::load_secret(config.auth.jwt_secret.expose(), &config.data_dir)
                 .map_err(|e| anyhow::anyhow!(e))?;
@@ -182,6 +172,9 @@ impl AppState {
             ),
             top_tenants: Default::default(),
             fleet,
+            write_marks: Arc::new(crate::backup::WriteMarks::new(
+                config.lifecycle.write_mark_interval(),
+            )),
             started: Instant::now(),
         });
         state.load_rate_overrides().await;
@@ -272,6 +265,26 @@ impl AppState {
             tracing::warn!(error = %e, "cannot open runtime-added shards");
         }
     }
+}
+
+/// Opens the catalog and every shard (configured, and added at runtime), as the server does.
+pub async fn open_catalog_and_shards(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Catalog>, ShardSet)> {
+    let catalog: Arc<dyn Catalog> = match config.catalog.kind {
+        StoreKind::Embedded => Arc::new(
+            EmbeddedCatalog::open(&config.data_dir.join("catalog.redb"))
+                .map_err(|e| anyhow::anyhow!("cannot open catalog: {e}"))?,
+        ),
+        StoreKind::Mongodb => open_mongo_catalog(config).await?,
+    };
+    let shards = ShardSet::default();
+    for shard in config.effective_shards() {
+        let store = open_store(config, &shard).await?;
+        shards.insert(Shard::new(shard, store));
+    }
+    open_new_persisted(config, catalog.as_ref(), &shards).await?;
+    Ok((catalog, shards))
 }
 
 /// Connects to the MongoDB catalog; unlike a shard it must answer at startup.

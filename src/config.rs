@@ -360,6 +360,11 @@ pub struct LifecycleConfig {
     /// Seconds between two runs of the sweeper that purges deleted organizations past their
     /// retention.
     pub purge_interval_seconds: f64,
+    /// Seconds between two write marks of one organization by one instance (what
+    /// `backup --since` reads): each instance records at most one catalog write per
+    /// organization per interval, and `--since T` includes organizations marked at or after
+    /// `T` minus this interval.
+    pub write_mark_interval_seconds: f64,
 }
 
 impl Default for LifecycleConfig {
@@ -368,6 +373,7 @@ impl Default for LifecycleConfig {
             event_retention_days: 90,
             retention_days: 30.0,
             purge_interval_seconds: 60.0,
+            write_mark_interval_seconds: 60.0,
         }
     }
 }
@@ -381,6 +387,11 @@ impl LifecycleConfig {
     /// How often the purge sweeper runs.
     pub fn purge_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.purge_interval_seconds)
+    }
+
+    /// Time between two write marks of one organization by one instance.
+    pub fn write_mark_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.write_mark_interval_seconds)
     }
 }
 
@@ -650,6 +661,11 @@ impl Config {
             && (0.05..=86_400.0).contains(&lc.purge_interval_seconds))
         {
             return Err("lifecycle.purge_interval_seconds must be 0.05 to 86400".into());
+        }
+        if !(lc.write_mark_interval_seconds.is_finite()
+            && (0.05..=3_600.0).contains(&lc.write_mark_interval_seconds))
+        {
+            return Err("lifecycle.write_mark_interval_seconds must be 0.05 to 3600".into());
         }
         self.moves.validate()?;
         let d = &self.data;

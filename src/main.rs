@@ -1,5 +1,5 @@
 use clap::Parser;
-use org_gateway::cli::{Cli, Command, KeysCommand};
+use org_gateway::cli::{tool_config, Cli, Command, KeysCommand};
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc's malloc: a large body (hundreds of thousands of JSON values) is
@@ -49,6 +49,60 @@ fn main() -> ExitCode {
             println!("{}", org_gateway::auth::jwt::generate_secret().expose());
             ExitCode::SUCCESS
         }
+        Command::Backup(args) => run_tool("backup", |rt| {
+            let config = tool_config(args.config.as_deref(), args.data_dir.clone())
+                .map_err(anyhow::Error::msg)?;
+            let opts = org_gateway::backup::BackupOptions {
+                out: args.out.clone(),
+                organization: args.organization.clone(),
+                since: args.since,
+            };
+            let s = rt.block_on(org_gateway::backup::backup(&config, &opts))?;
+            println!(
+                "backed up {} organizations ({} documents) into {}",
+                s.organizations,
+                s.documents,
+                args.out.display()
+            );
+            if s.unchanged > 0 {
+                println!(
+                    "left out {} organizations not written since then",
+                    s.unchanged
+                );
+            }
+            for name in &s.skipped {
+                eprintln!(
+                    "org-gateway backup: organization {name:?} left out: a create or rename of it is in progress"
+                );
+            }
+            Ok(true)
+        }),
+        Command::Restore(args) => run_tool("restore", |rt| {
+            let config = tool_config(args.config.as_deref(), args.data_dir.clone())
+                .map_err(anyhow::Error::msg)?;
+            let opts = org_gateway::backup::RestoreOptions {
+                from: args.from.clone(),
+                organization: args.organization.clone(),
+                skip_existing: args.skip_existing,
+            };
+            let s = rt.block_on(org_gateway::backup::restore(&config, &opts))?;
+            println!(
+                "restored {} organizations ({} documents) from {}",
+                s.restored.len(),
+                s.documents,
+                args.from.display()
+            );
+            if !s.skipped.is_empty() {
+                println!(
+                    "skipped {} organizations the target already has",
+                    s.skipped.len()
+                );
+            }
+            for (name, why) in &s.failed {
+                eprintln!("org-gateway restore: organization {name:?} not restored: {why}");
+            }
+            Ok(s.failed.is_empty())
+        }),
         Command::Bench(args) => match org_gateway::bench::run(args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
@@ -56,5 +110,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Runs an offline command on its own runtime: messages on stderr, exit status 1 on failure.
+fn run_tool(
+    name: &str,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> anyhow::Result<bool>,
+) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| f(&rt));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("org-gateway {name}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

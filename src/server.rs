@@ -162,6 +162,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 state.rate_limits.evict_idle();
                 state.login_throttle.evict_expired();
                 state.address_limits.evict_idle();
+                state.write_marks.evict_idle().await;
                 state.load_rate_overrides().await;
                 state.refresh_capacity().await;
                 metrics::QUOTA_ALERTS.set(state.quotas.over_alert().len() as i64);

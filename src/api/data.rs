@@ -40,6 +40,11 @@ pub(super) struct Tenant {
     /// The catalog, and the move whose change log this tenant's writes append to (while a
     /// move of the tenant captures changes).
     capture: Option<(Arc<dyn crate::catalog::Catalog>, String)>,
+    /// The catalog and this instance's write marks (`backup --since`).
+    marks: (
+        Arc<dyn crate::catalog::Catalog>,
+        Arc<crate::backup::WriteMarks>,
+    ),
 }
 
 impl Tenant {
@@ -67,6 +72,18 @@ impl Tenant {
         F: FnOnce(Arc<Shard>, Namespace) -> Fut,
         Fut: Future<Output = StoreResult<T>> + Send + 'static,
     {
+        let (catalog, marks) = &self.marks;
+        if let Err(e) = marks.before_write(catalog.as_ref(), self.org).await {
+            tracing::warn!(error = %e, "cannot record a write mark; write refused");
+            return Err(with_headers(
+                ApiError::unavailable(
+                    "catalog_unavailable",
+                    "the catalog did not answer; retry",
+                    1,
+                ),
+                &self.headers,
+            ));
+        }
         if let Some((catalog, move_id)) = &self.capture {
             if let Err(e) = catalog.log_move_changes(move_id, &ids).await {
                 tracing::warn!(error = %e, "cannot log a write for a move; write refused");
@@ -335,6 +352,7 @@ async fn place(
             }
             _ => None,
         },
+        marks: (state.catalog().clone(), state.write_marks.clone()),
     })
 }
 

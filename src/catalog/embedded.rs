@@ -50,6 +50,8 @@ const MOVE_CHANGE_SEQ: &str = "move_change_seq";
 const EVENTS: Json = TableDefinition::new("events");
 /// `<org id>/<event id>` -> event id: one organization's events in order.
 const EVENTS_BY_ORG: Index = TableDefinition::new("events_by_org");
+/// Organization id -> the latest mark of a data write (milliseconds since the epoch).
+const WRITE_MARKS: TableDefinition<&str, i64> = TableDefinition::new("write_marks");
 /// Rows one events query reads at most: a rare type in a long log answers a short (or empty)
 /// page with a cursor to go on, instead of a scan of the whole log.
 const EVENT_SCAN_BUDGET: usize = 10_000;
@@ -92,7 +94,7 @@ impl EmbeddedCatalog {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(path)
-            .map_err(backend)?;
+            .map_err(|e| backend(crate::store::embedded::open_error(e)))?;
         let txn = db.begin_write().map_err(backend)?;
         {
             for t in [
@@ -121,6 +123,7 @@ impl EmbeddedCatalog {
             }
             txn.open_table(COUNTS).map_err(backend)?;
             txn.open_table(META).map_err(backend)?;
+            txn.open_table(WRITE_MARKS).map_err(backend)?;
             // Only this process can hold a lease on this file (the file lock keeps others
             // out): every lease found at open belongs to a process that is gone.
             txn.delete_table(LEASES).map_err(backend)?;
@@ -1550,6 +1553,29 @@ impl Catalog for EmbeddedCatalog {
                 }
             }
             Ok(doomed.len() as u64)
+        })
+        .await
+    }
+
+    async fn mark_written(&self, org: OrgId, at: chrono::DateTime<Utc>) -> CatalogResult<()> {
+        let (key, at) = (org.to_string(), at.timestamp_millis());
+        self.write(move |txn| {
+            let mut t = txn.open_table(WRITE_MARKS).map_err(backend)?;
+            let old = t.get(key.as_str()).map_err(backend)?.map(|v| v.value());
+            if old.is_none_or(|old| old < at) {
+                t.insert(key.as_str(), at).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn last_written(&self, org: OrgId) -> CatalogResult<Option<chrono::DateTime<Utc>>> {
+        let key = org.to_string();
+        self.read(move |txn| {
+            let t = txn.open_table(WRITE_MARKS).map_err(backend)?;
+            let ms = t.get(key.as_str()).map_err(backend)?.map(|v| v.value());
+            Ok(ms.and_then(chrono::DateTime::from_timestamp_millis))
         })
         .await
     }

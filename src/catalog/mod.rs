@@ -725,6 +725,15 @@ pub trait Catalog: Send + Sync + 'static {
     /// Removes the events from before `before`; returns how many.
     async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64>;
 
+    /// Records that `org`'s data is being written at `at`, keeping the latest of all marks
+    /// (a `$max`): `backup --since` reads it. It lives in its own table or collection, never
+    /// in the organization record (whose revision drives cache invalidation), and is written
+    /// before the data write it announces, so a crash after that write still leaves the mark.
+    async fn mark_written(&self, org: OrgId, at: DateTime<Utc>) -> CatalogResult<()>;
+
+    /// The latest mark [`Catalog::mark_written`] recorded for `org`.
+    async fn last_written(&self, org: OrgId) -> CatalogResult<Option<DateTime<Utc>>>;
+
     /// Follows the catalog's changes from `resume` (or from now). `Ok(None)` when this catalog
     /// has no change feed (the embedded catalog belongs to one process, which makes every
     /// change itself).

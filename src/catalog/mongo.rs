@@ -192,6 +192,8 @@ pub struct MongoCatalog {
     move_changes: Collection<Document>,
     events: Collection<Document>,
     tombs: Collection<Document>,
+    /// `{_id: org id, at}`: the latest mark of a data write per organization.
+    write_marks: Collection<Document>,
     db: mongodb::Database,
     _client: LazyClient,
 }
@@ -229,6 +231,7 @@ impl MongoCatalog {
             move_changes: db.collection("move_changes"),
             events: db.collection("events"),
             tombs: db.collection("tombstones"),
+            write_marks: db.collection("write_marks"),
             db,
             secrets,
             _client: lazy,
@@ -2360,6 +2363,29 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         Ok(r.deleted_count)
+    }
+
+    async fn mark_written(&self, org: OrgId, at: chrono::DateTime<Utc>) -> CatalogResult<()> {
+        self.write_marks
+            .update_one(
+                doc! { "_id": org.to_string() },
+                doc! { "$max": { "at": bson::DateTime::from_chrono(at) } },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    async fn last_written(&self, org: OrgId) -> CatalogResult<Option<chrono::DateTime<Utc>>> {
+        let found = self
+            .write_marks
+            .find_one(doc! { "_id": org.to_string() })
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(found
+            .and_then(|d| d.get_datetime("at").ok().copied())
+            .map(|at| at.to_chrono()))
     }
 
     async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {

@@ -480,13 +480,24 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
 }
 
+/// Said of a redb file another process holds open (its file lock): a running gateway.
+pub const IN_USE: &str = "the file is in use by another process";
+
+/// An open failure; a file locked by another process says [`IN_USE`].
+pub fn open_error(e: redb::DatabaseError) -> String {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => IN_USE.to_owned(),
+        e => e.to_string(),
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store file.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(backend)?;
         }
-        let db = Database::create(path).map_err(backend)?;
+        let db = Database::create(path).map_err(|e| backend(open_error(e)))?;
         let txn = db.begin_write().map_err(backend)?;
         {
             let mut meta = txn.open_table(STORE_META).map_err(backend)?;

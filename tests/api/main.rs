@@ -9,6 +9,7 @@ mod secantus;
 
 mod admins;
 mod auth;
+mod backup;
 mod data;
 mod deleted;
 mod events;

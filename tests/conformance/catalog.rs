@@ -100,6 +100,7 @@ conformance!(
     collection_counts,
     settings_round_trip,
     settings_change_by_compare_and_set,
+    write_marks_keep_the_latest,
     orgs_page_in_id_order,
     admins_are_added_and_removed,
     concurrent_adds_never_pass_the_cap,
@@ -1218,6 +1219,24 @@ async fn settings_round_trip(c: Arc<dyn Catalog>) {
     c.put_setting("shards", &json!([]), &[]).await.unwrap();
     assert_eq!(c.get_setting("shards").await.unwrap(), Some(json!([])));
     assert_eq!(c.get_setting("other").await.unwrap(), None);
+}
+
+/// Write marks (`backup --since`) keep the latest time per organization, whatever order they
+/// arrive in, and do not touch the organization record (its revision drives caches).
+async fn write_marks_keep_the_latest(c: Arc<dyn Catalog>) {
+    let o = create(c.as_ref(), "Marked Co", "marks@x.io").await;
+    let other = create(c.as_ref(), "Unmarked Co", "nomarks@x.io").await;
+    assert_eq!(c.last_written(o.id).await.unwrap(), None);
+    let t0 = chrono::DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+    let later = t0 + chrono::Duration::seconds(90);
+    c.mark_written(o.id, t0).await.unwrap();
+    assert_eq!(c.last_written(o.id).await.unwrap(), Some(t0));
+    c.mark_written(o.id, later).await.unwrap();
+    c.mark_written(o.id, t0).await.unwrap();
+    assert_eq!(c.last_written(o.id).await.unwrap(), Some(later));
+    assert_eq!(c.last_written(other.id).await.unwrap(), None);
+    let stored = c.org_by_id(o.id).await.unwrap().unwrap();
+    assert_eq!(stored.revision, o.revision, "the org record is untouched");
 }
 
 // ---- MongoDB-only: recovery of an interrupted delete -------------------------------------------
