@@ -39,8 +39,8 @@ impl Shards {
         if on_mongodb() {
             let uri = std::env::var("MONGODB_URI").expect("TEST_ON_MONGODB needs MONGODB_URI");
             let (a, b) = (
-                crate::mongo_env::unique_db("bka"),
-                crate::mongo_env::unique_db("bkb"),
+                crate::mongo_env::unique_prefix("bka"),
+                crate::mongo_env::unique_prefix("bkb"),
             );
             let toml = format!(
                 "[[shards]]\nid = \"a\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{a}\"\nregion = \"ra\"\n\
@@ -812,7 +812,7 @@ fn restore_places_organizations_whose_shard_the_target_lacks_by_the_usual_policy
     // The target has one shard, `c`, that the backup never heard of.
     let (shard_c, _drop) = if on_mongodb() {
         let uri = std::env::var("MONGODB_URI").unwrap();
-        let prefix = crate::mongo_env::unique_db("bkc");
+        let prefix = crate::mongo_env::unique_prefix("bkc");
         (
             format!(
                 "[[shards]]\nid = \"c\"\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase_prefix = \"{prefix}\"\n"

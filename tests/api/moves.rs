@@ -2,6 +2,7 @@
 //! acknowledged write is on the target afterwards, exactly once.
 
 use crate::gateway::{assert_problem, Options, TestGateway};
+use crate::mongo_env::unique_prefix;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -432,15 +433,6 @@ fn database_to_database_on_one_shard_under_writes() {
 
 // ---------------------------------------------------------------------------------------
 // Every direction, validation, cancel, rename/delete during a move, drain, rebalance.
-
-/// A database prefix no other test (or concurrent run) uses.
-fn unique_prefix(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{tag}{:x}{:x}", std::process::id() % 4096, nanos % 0xffffff)
-}
 
 /// One embedded shard.
 fn embedded(id: &str) -> String {

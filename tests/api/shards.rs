@@ -3,6 +3,7 @@
 
 use crate::gateway::{Options, TestGateway};
 use crate::mongo_env;
+use crate::mongo_env::unique_prefix;
 use crate::secantus::OwnServer;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -10,14 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const OPS_TOKEN: &str = "ops-token-for-tests-0123456789";
-
-fn unique_prefix(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{tag}{:x}{:x}", std::process::id() % 4096, nanos % 0xffffff)
-}
 
 fn ops_get(gw: &TestGateway, path: &str) -> Value {
     let r = gw

@@ -48,6 +48,22 @@ pub fn unique_db(prefix: &str) -> String {
     format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
 }
 
+/// A shard database prefix no other test or concurrent run uses, short enough for the
+/// prefix rule (at most 20 characters with a tag of up to 4).
+pub fn unique_prefix(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 256;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{tag}{:x}{n:02x}{:x}",
+        std::process::id() % 4096,
+        nanos % 0xffffff
+    )
+}
+
 /// Drops a test database (best effort).
 pub async fn drop_db(uri: &str, db: &str) {
     if let Ok(client) = mongodb::Client::with_uri_str(uri).await {
