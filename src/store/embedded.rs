@@ -822,6 +822,75 @@ struct IndexReader {
 }
 
 impl IndexReader {
+    /// Whether the log holds no row in `[lo, hi)` (then the entries alone answer).
+    fn log_quiet(&self, lo: &[u8], hi: Option<&[u8]>) -> StoreResult<bool> {
+        let Some(log) = &self.log else {
+            return Ok(true);
+        };
+        let mut rows = match hi {
+            Some(h) => log.range::<&[u8]>(lo..h),
+            None => log.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?;
+        Ok(rows.next().is_none())
+    }
+
+    /// The `_id`s of the entries in `[lo, hi)`, in key order or reversed (see `range`).
+    fn ids<'a>(
+        &'a self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        reverse: bool,
+    ) -> StoreResult<Box<dyn Iterator<Item = StoreResult<String>> + 'a>> {
+        let id = |k: &[u8]| {
+            entry_id(k)
+                .map(str::to_owned)
+                .ok_or_else(|| StoreError::Backend("malformed index entry".into()))
+        };
+        if !self.log_quiet(lo, hi)? {
+            return Ok(Box::new(self.range(lo, hi, reverse)?.map(move |k| id(&k?))));
+        }
+        let rows = match hi {
+            Some(h) => self.entries.range::<&[u8]>(lo..h),
+            None => self.entries.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?
+        .map(move |row| id(row.map_err(backend)?.0.value()));
+        Ok(if reverse {
+            Box::new(rows.rev())
+        } else {
+            Box::new(rows)
+        })
+    }
+
+    /// How many entries `[lo, hi)` holds: the index's, corrected by each log row there.
+    fn count(&self, lo: &[u8], hi: Option<&[u8]>) -> StoreResult<u64> {
+        let mut n = match hi {
+            Some(h) => self.entries.range::<&[u8]>(lo..h),
+            None => self.entries.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?
+        .try_fold(0u64, |n, row| row.map(|_| n + 1))
+        .map_err(backend)?;
+        if let Some(log) = &self.log {
+            let rows = match hi {
+                Some(h) => log.range::<&[u8]>(lo..h),
+                None => log.range::<&[u8]>(lo..),
+            }
+            .map_err(backend)?;
+            for row in rows {
+                let (k, op) = row.map_err(backend)?;
+                let indexed = self.entries.get(k.value()).map_err(backend)?.is_some();
+                match (op.value() == 1, indexed) {
+                    (true, false) => n += 1,
+                    (false, true) => n -= 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// The entry keys in `[lo, hi)` (`hi` `None`: to the end), in key order or reversed:
     /// the entries merged with the log, where a log row replaces the entry of its key (1:
     /// there, 0: not there).
@@ -984,17 +1053,10 @@ fn scan_ids<'a>(
         plan.ranges.iter().collect()
     };
     ranges.into_iter().flat_map(move |(lo, hi)| {
-        let rows: Box<dyn Iterator<Item = StoreResult<String>> + 'a> =
-            match entries.range(lo, hi.as_deref(), plan.reverse) {
-                Ok(r) => Box::new(r.map(|k| {
-                    let k = k?;
-                    entry_id(&k)
-                        .map(str::to_owned)
-                        .ok_or_else(|| StoreError::Backend("malformed index entry".into()))
-                })),
-                Err(e) => Box::new(std::iter::once(Err(e))),
-            };
-        rows
+        match entries.ids(lo, hi.as_deref(), plan.reverse) {
+            Ok(rows) => rows,
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     })
 }
 
@@ -1129,10 +1191,7 @@ fn count_snapshot(snap: &Snapshot, name: &str, filter: &Filter) -> StoreResult<u
     if plan.exact {
         // Each matching document has exactly one entry in the ranges.
         for (lo, hi) in &plan.ranges {
-            for row in entries.range(lo, hi.as_deref(), false)? {
-                row?;
-                n += 1;
-            }
+            n += entries.count(lo, hi.as_deref())?;
         }
         return Ok(n);
     }
