@@ -25,8 +25,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn embedded() -> Self {
+        Self::embedded_with_log_bound(org_gateway::store::embedded::INDEX_LOG_BOUND)
+    }
+
+    /// An embedded store whose index logs merge once they hold more than `bound` changes.
+    pub fn embedded_with_log_bound(bound: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("shard.redb")).expect("open store");
+        let store = EmbeddedStore::open(&dir.path().join("shard.redb"))
+            .expect("open store")
+            .with_index_log_bound(bound);
         Self {
             store: Arc::new(store),
             prefix: "db".into(),
@@ -1239,11 +1246,15 @@ mod planner_equivalence {
         #[test]
         fn indexed_answers_equal_scans(
             docs in prop::collection::vec(document(), 0..40),
+            changes in prop::collection::vec((0usize..45, document()), 0..12),
+            deletes in prop::collection::vec(0usize..45, 0..6),
+            bound in prop::sample::select(vec![0u64, 3, u64::MAX]),
             queries in prop::collection::vec((filter(), sort(), 0u64..3, 1u64..6), 1..8),
         ) {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let f = Fixture::embedded();
+                // Index logs merged at every write, every few changes, or never.
+                let f = Fixture::embedded_with_log_bound(bound);
                 let (plain, indexed) = (f.ns(1, "plain"), f.ns(1, "indexed"));
                 let docs: Vec<Document> = docs
                     .into_iter()
@@ -1269,6 +1280,20 @@ mod planner_equivalence {
                         let spec = index(name, serde_json::from_str(keys).unwrap(), false);
                         ready_index(&f, &indexed, &spec).await;
                     }
+                }
+                // Then documents replaced, added and deleted (entries removed and added).
+                let changed: Vec<Document> = changes
+                    .into_iter()
+                    .map(|(i, d)| {
+                        let mut d = d.as_object().unwrap().clone();
+                        d.insert("_id".into(), json!(format!("p{i:02}")));
+                        d
+                    })
+                    .collect();
+                let gone: Vec<String> = deletes.iter().map(|i| format!("p{i:02}")).collect();
+                for ns in [&plain, &indexed] {
+                    f.store.upsert_many(ns, changed.clone()).await.unwrap();
+                    f.store.delete_many_ids(ns, &gone).await.unwrap();
                 }
                 for (filter, sort, skip, limit) in &queries {
                     let q = FindQuery {
