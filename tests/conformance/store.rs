@@ -1700,3 +1700,122 @@ async fn embedded_index_logs_answer_like_scans_before_and_after_merges() {
         "stored bytes depend on the log bound: {bytes_by_bound:?}"
     );
 }
+
+/// A process killed while it writes through index logs (some writes merging them) leaves a
+/// file whose index answers as its documents: every count by `qty` and the whole `qty` order
+/// match a scan after the file is opened again. The test runs itself as the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_index_logs_survive_a_kill_mid_write() {
+    const TEST: &str = "store::embedded_index_logs_survive_a_kill_mid_write";
+    let ns = Namespace {
+        database: DatabaseName::numbered("db", 1),
+        collection: coll("crash"),
+    };
+    if let Ok(path) = std::env::var("INDEX_LOG_CRASH_WRITER") {
+        let store = EmbeddedStore::open(std::path::Path::new(&path))
+            .unwrap()
+            .with_index_log_bound(3_000);
+        for round in 0usize.. {
+            let docs = (0..500)
+                .map(|j| {
+                    let i = (round * 500 + j * 7) % 4_000;
+                    doc(json!({"_id": format!("k{i:04}"), "qty": (round * 7 + j * 13) % 20}))
+                })
+                .collect();
+            store.upsert_many(&ns, docs).await.unwrap();
+            let gone: Vec<String> = (0..50)
+                .map(|j| format!("k{:04}", (round * 131 + j * 17) % 4_000))
+                .collect();
+            store.delete_many_ids(&ns, &gone).await.unwrap();
+            eprintln!("round {round}");
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shard.redb");
+    let open = || async {
+        // A killed writer's file, or a build's thread holding it a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EmbeddedStore::open(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("open: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+    };
+    {
+        let store = open().await;
+        store.create_collection(&ns).await.unwrap();
+        let f = Fixture {
+            store: Arc::new(store),
+            prefix: "db".into(),
+            _dir: None,
+            mongo_uri: None,
+        };
+        ready_index(&f, &ns, &index("qty_1", json!({"qty": 1}), false)).await;
+    }
+    for (kill, after) in [(1, 900u64), (2, 1_700)] {
+        let mut writer = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env("INDEX_LOG_CRASH_WRITER", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        writer.kill().unwrap();
+        let out = writer.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let rounds = log.lines().filter(|l| l.starts_with("round ")).count();
+        eprintln!("kill {kill}: the writer finished {rounds} rounds");
+        assert!(!log.contains("panicked"), "writer failed: {log}");
+
+        let store = open().await;
+        let all = store.scan_after(&ns, None, 100_000).await.unwrap();
+        let qty = |d: &Document| d["qty"].as_u64().unwrap();
+        for q in 0..20u64 {
+            let filter = org_gateway::store::query::Filter::parse(
+                &json!({ "qty": q }),
+                &QueryLimits::default(),
+            )
+            .unwrap();
+            let want = all.iter().filter(|d| qty(d) == q).count() as u64;
+            assert_eq!(
+                store.count(&ns, &filter).await.unwrap(),
+                want,
+                "kill {kill}, qty {q}"
+            );
+        }
+        let mut want: Vec<(u64, String)> = all
+            .iter()
+            .map(|d| (qty(d), d["_id"].as_str().unwrap().to_owned()))
+            .collect();
+        want.sort();
+        let q = FindQuery {
+            filter: org_gateway::store::query::Filter::parse(&json!({}), &QueryLimits::default())
+                .unwrap(),
+            sort: org_gateway::store::query::Sort::parse(&json!({"qty": 1})).unwrap(),
+            projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+            skip: 0,
+            limit: 100_000,
+            after: None,
+        };
+        let (found, explain) = store.explain_find(&ns, &q).await.unwrap();
+        assert_eq!(explain.index.as_deref(), Some("qty_1"));
+        assert_eq!(explain.keys_examined, all.len() as u64, "kill {kill}");
+        let got: Vec<(u64, String)> = found
+            .iter()
+            .map(|x| {
+                (
+                    qty(&x.document),
+                    x.document["_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "kill {kill}: index order");
+    }
+}
