@@ -58,8 +58,9 @@ fn log_table(table: &str, index: &str) -> String {
 }
 
 /// Changes an index's log holds before a write merges it into the index: the log's pages
-/// (about 150 changes a page) are dirtied by every scattered batch, the whole index by each
-/// merge.
+/// (about 120 changes a page) are dirtied by every scattered batch, the whole index by each
+/// merge. 4,096 and 32,768 wrote more pages a batch than 8,192 and 16,384 did on 100,000
+/// documents (benches/RESULTS.md).
 pub const INDEX_LOG_BOUND: u64 = 8_192;
 
 /// An index declaration as stored.
