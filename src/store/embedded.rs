@@ -43,6 +43,26 @@ fn entry_table(table: &str, index: &str) -> String {
     format!("__idx:{table}:{index}")
 }
 
+/// An index's log: changes of its entries not yet applied to its entry table, keyed like the
+/// entries, valued 1 (the entry is there) or 0 (it is not). A ready non-unique index is
+/// changed through its log, written in the same transaction as the documents, so a crash
+/// never leaves it behind them; every read of the index reads both, the log winning. The log
+/// is small, so a batch of entries scattered over the whole index dirties only its few
+/// pages, and a merge (once it holds more than a bound) changes each page of the index once
+/// for many batches instead of once a batch.
+type LogTable<'a> = TableDefinition<'a, &'static [u8], u8>;
+
+/// The table holding an index's log.
+fn log_table(table: &str, index: &str) -> String {
+    format!("__ilog:{table}:{index}")
+}
+
+/// Changes an index's log holds before a write merges it into the index: the log's pages
+/// (about 120 changes a page) are dirtied by every scattered batch, the whole index by each
+/// merge. 4,096 and 32,768 wrote more pages a batch than 8,192 and 16,384 did on 100,000
+/// documents (benches/RESULTS.md).
+pub const INDEX_LOG_BOUND: u64 = 8_192;
+
 /// An index declaration as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredIndex {
@@ -144,41 +164,66 @@ fn describe_key(def: &IndexDef, doc: &Document) -> String {
     super::query::clip(&Value::Object(m).to_string()).into_owned()
 }
 
-/// An index being maintained: its declaration, definition and entry table.
-type Maintained<'t> = (Declared, IndexDef, redb::Table<'t, &'static [u8], ()>);
+/// An index being maintained in one write transaction.
+struct Maintained<'t> {
+    decl: Declared,
+    def: IndexDef,
+    entries: redb::Table<'t, &'static [u8], ()>,
+    /// The index's log, for a ready non-unique index: its changes go there (see
+    /// [`LogTable`]); `None`: changed in place (a unique index, whose duplicate check must see
+    /// every entry, or one still building, whose writes race the build's).
+    log: Option<redb::Table<'t, &'static [u8], u8>>,
+    /// Entry changes, applied in key order by `finish`: a batch's entries scattered over an
+    /// index then reach each leaf page once, in order, rather than in document order. Per
+    /// entry: whether it was there before this transaction (its first change tells: an
+    /// insert means it was not), and whether it is there after (the last change wins, as it
+    /// would applied in order). (A unique index is changed at once: its duplicate check
+    /// must see this batch's entries.)
+    pending: std::collections::BTreeMap<Vec<u8>, (bool, bool)>,
+}
 
 /// Keeps a collection's indexes in step with its documents inside one write transaction:
 /// every write path hands it each document's old and new version.
 struct Maintainer<'t> {
     indexes: Vec<Maintained<'t>>,
-    /// Entry changes of each non-unique index, applied in key order by `finish`: a batch's
-    /// entries scattered over an index then reach each leaf page once, in order, rather than
-    /// in document order. The last change of a key wins, as it would applied in order. (A
-    /// unique index is changed at once: its duplicate check must see this batch's entries.)
-    pending: Vec<std::collections::BTreeMap<Vec<u8>, bool>>,
     /// Index entry bytes added minus removed.
     added: u64,
     removed: u64,
     /// Indexes that became multikey in this transaction.
     turned_multikey: Vec<usize>,
+    /// Merge an index's log into its entries once it holds more changes than this.
+    log_bound: u64,
 }
 
 impl<'t> Maintainer<'t> {
-    fn open(txn: &'t redb::WriteTransaction, table: &str) -> StoreResult<Self> {
+    fn open(txn: &'t redb::WriteTransaction, table: &str, log_bound: u64) -> StoreResult<Self> {
         let mut indexes = Vec::new();
         for d in declared_in_write(txn, table)? {
             let name = entry_table(table, &d.name);
             let def_t: EntryTable<'_> = TableDefinition::new(&name);
-            let t = txn.open_table(def_t).map_err(backend)?;
+            let entries = txn.open_table(def_t).map_err(backend)?;
+            let log = if !d.meta.unique && d.meta.state == IndexState::Ready {
+                let lname = log_table(table, &d.name);
+                let def_l: LogTable<'_> = TableDefinition::new(&lname);
+                Some(txn.open_table(def_l).map_err(backend)?)
+            } else {
+                None
+            };
             let def = d.def();
-            indexes.push((d, def, t));
+            indexes.push(Maintained {
+                decl: d,
+                def,
+                entries,
+                log,
+                pending: Default::default(),
+            });
         }
         Ok(Maintainer {
-            pending: vec![Default::default(); indexes.len()],
             indexes,
             added: 0,
             removed: 0,
             turned_multikey: Vec::new(),
+            log_bound,
         })
     }
 
@@ -194,7 +239,14 @@ impl<'t> Maintainer<'t> {
         old: Option<&Document>,
         new: Option<&Document>,
     ) -> StoreResult<()> {
-        for (i, (decl, def, table)) in self.indexes.iter_mut().enumerate() {
+        for (i, m) in self.indexes.iter_mut().enumerate() {
+            let Maintained {
+                decl,
+                def,
+                entries: table,
+                pending,
+                ..
+            } = m;
             // A stored document's keys were accepted once; an index built later refuses
             // documents it cannot index, so an error here only means "no entries".
             let old_keys = match old {
@@ -214,12 +266,17 @@ impl<'t> Maintainer<'t> {
                 None => Vec::new(),
             };
             if !def.unique {
-                let pending = &mut self.pending[i];
                 for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
-                    pending.insert(entry_key(k, id), false);
+                    pending
+                        .entry(entry_key(k, id))
+                        .and_modify(|(_, after)| *after = false)
+                        .or_insert((true, false));
                 }
                 for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
-                    pending.insert(entry_key(k, id), true);
+                    pending
+                        .entry(entry_key(k, id))
+                        .and_modify(|(_, after)| *after = true)
+                        .or_insert((false, true));
                 }
                 continue;
             }
@@ -255,36 +312,100 @@ impl<'t> Maintainer<'t> {
         Ok(())
     }
 
-    /// Records indexes that became multikey; returns (bytes added, bytes removed).
+    /// Writes the pending changes, merges logs grown past their bound and records indexes
+    /// that became multikey; returns (bytes added, bytes removed).
     fn finish(self, txn: &redb::WriteTransaction, table: &str) -> StoreResult<(u64, u64)> {
         let Maintainer {
-            mut indexes,
-            pending,
+            indexes,
             mut added,
             mut removed,
             turned_multikey,
+            log_bound,
         } = self;
-        for ((_, _, entries), changes) in indexes.iter_mut().zip(pending) {
-            for (e, insert) in changes {
-                if insert {
-                    if entries.insert(e.as_slice(), ()).map_err(backend)?.is_none() {
-                        added += e.len() as u64;
+        let mut metas: Vec<(String, StoredIndex)> = turned_multikey
+            .iter()
+            .map(|&i| (indexes[i].decl.name.clone(), indexes[i].decl.meta.clone()))
+            .collect();
+        let mut to_merge = Vec::new();
+        for m in indexes {
+            let Maintained {
+                decl,
+                mut entries,
+                log,
+                pending,
+                ..
+            } = m;
+            match log {
+                // The index is in step before this transaction (it is ready), so an entry's
+                // first change says whether it was there: only real changes are logged, and
+                // they count exactly.
+                Some(mut log) => {
+                    for (e, (before, after)) in pending {
+                        if before == after {
+                            continue;
+                        }
+                        log.insert(e.as_slice(), u8::from(after)).map_err(backend)?;
+                        if after {
+                            added += e.len() as u64;
+                        } else {
+                            removed += e.len() as u64;
+                        }
                     }
-                } else if entries.remove(e.as_slice()).map_err(backend)?.is_some() {
-                    removed += e.len() as u64;
+                    if log.len().map_err(backend)? > log_bound {
+                        to_merge.push(decl.name.clone());
+                    }
+                }
+                // Writes racing a build may find their entries there already or not yet.
+                None => {
+                    for (e, (_, insert)) in pending {
+                        if insert {
+                            if entries.insert(e.as_slice(), ()).map_err(backend)?.is_none() {
+                                added += e.len() as u64;
+                            }
+                        } else if entries.remove(e.as_slice()).map_err(backend)?.is_some() {
+                            removed += e.len() as u64;
+                        }
+                    }
                 }
             }
         }
-        let metas: Vec<(String, StoredIndex)> = turned_multikey
-            .iter()
-            .map(|&i| (indexes[i].0.name.clone(), indexes[i].0.meta.clone()))
-            .collect();
-        drop(indexes);
-        for (name, meta) in metas {
+        for name in to_merge {
+            merge_log(txn, table, &name)?;
+        }
+        for (name, meta) in metas.drain(..) {
             store_meta(txn, table, &name, &meta)?;
         }
         Ok((added, removed))
     }
+}
+
+/// Applies an index's log to its entries and empties it, in `txn`.
+fn merge_log(txn: &redb::WriteTransaction, table: &str, index: &str) -> StoreResult<()> {
+    let lname = log_table(table, index);
+    let def_l: LogTable<'_> = TableDefinition::new(&lname);
+    {
+        let log = txn.open_table(def_l).map_err(backend)?;
+        if log.is_empty().map_err(backend)? {
+            drop(log);
+            txn.delete_table(def_l).map_err(backend)?;
+            return Ok(());
+        }
+        let ename = entry_table(table, index);
+        let def_e: EntryTable<'_> = TableDefinition::new(&ename);
+        let mut entries = txn.open_table(def_e).map_err(backend)?;
+        for row in log.iter().map_err(backend)? {
+            let (k, op) = row.map_err(backend)?;
+            if op.value() == 1 {
+                entries.insert(k.value(), ()).map_err(backend)?;
+            } else {
+                entries.remove(k.value()).map_err(backend)?;
+            }
+        }
+        crate::telemetry::metrics::INDEX_LOG_MERGES.inc();
+    }
+    // Deleting the table frees its pages at once; the next write opens it again, empty.
+    txn.delete_table(def_l).map_err(backend)?;
+    Ok(())
 }
 
 /// Deletes every index of `table` (declarations and entries).
@@ -293,6 +414,9 @@ fn drop_indexes(txn: &redb::WriteTransaction, table: &str) -> StoreResult<()> {
         let name = entry_table(table, &d.name);
         let def: EntryTable<'_> = TableDefinition::new(&name);
         txn.delete_table(def).map_err(backend)?;
+        let lname = log_table(table, &d.name);
+        let def_l: LogTable<'_> = TableDefinition::new(&lname);
+        txn.delete_table(def_l).map_err(backend)?;
         txn.open_table(INDEXES)
             .map_err(backend)?
             .remove((table, d.name.as_str()))
@@ -316,6 +440,13 @@ fn rename_indexes(txn: &redb::WriteTransaction, from: &str, to: &str) -> StoreRe
         let old_def: EntryTable<'_> = TableDefinition::new(&old);
         let new_def: EntryTable<'_> = TableDefinition::new(&new);
         txn.rename_table(old_def, new_def).map_err(backend)?;
+        // The log goes with its index (opening it first creates it if there is none).
+        let (old_log, new_log) = (log_table(from, &d.name), log_table(to, &d.name));
+        let old_log_def: LogTable<'_> = TableDefinition::new(&old_log);
+        let new_log_def: LogTable<'_> = TableDefinition::new(&new_log);
+        drop(txn.open_table(old_log_def).map_err(backend)?);
+        txn.rename_table(old_log_def, new_log_def)
+            .map_err(backend)?;
         let mut indexes = txn.open_table(INDEXES).map_err(backend)?;
         indexes.remove((from, d.name.as_str())).map_err(backend)?;
         let bytes = serde_json::to_vec(&d.meta).map_err(backend)?;
@@ -378,9 +509,8 @@ fn build_index(db: &Database, table: &str, name: &str) -> StoreResult<()> {
             return Ok(());
         }
         let result = (|| {
-            let mut m = Maintainer::open(&txn, table)?;
-            m.indexes.retain(|(d, _, _)| d.name == name);
-            m.pending.truncate(m.indexes.len());
+            let mut m = Maintainer::open(&txn, table, INDEX_LOG_BOUND)?;
+            m.indexes.retain(|m| m.decl.name == name);
             for (id, doc) in &docs {
                 // Re-adding what a write already added changes nothing.
                 m.apply(id, None, Some(doc))?;
@@ -415,6 +545,8 @@ fn remove_index(txn: &redb::WriteTransaction, table: &str, name: &str) -> StoreR
         .remove((table, name))
         .map_err(backend)?
         .is_some();
+    // The entries' bytes are counted after the log is applied; the log table goes with it.
+    merge_log(txn, table, name)?;
     let tname = entry_table(table, name);
     let def: EntryTable<'_> = TableDefinition::new(&tname);
     let mut bytes = 0u64;
@@ -478,6 +610,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// See [`INDEX_LOG_BOUND`].
+    log_bound: u64,
 }
 
 /// Said of a redb file another process holds open (its file lock): a running gateway.
@@ -535,7 +669,17 @@ impl EmbeddedStore {
         for (table, name) in unfinished {
             drop(spawn_build(db.clone(), table, name));
         }
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            log_bound: INDEX_LOG_BOUND,
+        })
+    }
+
+    /// The same store with another bound on index logs ([`INDEX_LOG_BOUND`]): 0 merges every
+    /// write's changes at once, `u64::MAX` never merges (tests of both paths).
+    pub fn with_index_log_bound(mut self, bound: u64) -> Self {
+        self.log_bound = bound;
+        self
     }
 
     /// Runs `f` on the collection's table in a read transaction, off the event loop; `None`
@@ -681,6 +825,176 @@ const MAX_PLANNED_WINDOW: u64 = 10_000;
 
 type DocTable = ReadOnlyTable<&'static str, &'static [u8]>;
 type EntryReader = ReadOnlyTable<&'static [u8], ()>;
+type LogReader = ReadOnlyTable<&'static [u8], u8>;
+
+/// An index as a read sees it: its entries and its log (`None`: no log).
+struct IndexReader {
+    entries: EntryReader,
+    log: Option<LogReader>,
+}
+
+impl IndexReader {
+    /// Whether the log holds no row in `[lo, hi)` (then the entries alone answer).
+    fn log_quiet(&self, lo: &[u8], hi: Option<&[u8]>) -> StoreResult<bool> {
+        let Some(log) = &self.log else {
+            return Ok(true);
+        };
+        let mut rows = match hi {
+            Some(h) => log.range::<&[u8]>(lo..h),
+            None => log.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?;
+        Ok(rows.next().is_none())
+    }
+
+    /// The `_id`s of the entries in `[lo, hi)`, in key order or reversed (see `range`).
+    fn ids<'a>(
+        &'a self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        reverse: bool,
+    ) -> StoreResult<Box<dyn Iterator<Item = StoreResult<String>> + 'a>> {
+        let id = |k: &[u8]| {
+            entry_id(k)
+                .map(str::to_owned)
+                .ok_or_else(|| StoreError::Backend("malformed index entry".into()))
+        };
+        if !self.log_quiet(lo, hi)? {
+            return Ok(Box::new(self.range(lo, hi, reverse)?.map(move |k| id(&k?))));
+        }
+        let rows = match hi {
+            Some(h) => self.entries.range::<&[u8]>(lo..h),
+            None => self.entries.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?
+        .map(move |row| id(row.map_err(backend)?.0.value()));
+        Ok(if reverse {
+            Box::new(rows.rev())
+        } else {
+            Box::new(rows)
+        })
+    }
+
+    /// How many entries `[lo, hi)` holds: the index's, corrected by each log row there.
+    fn count(&self, lo: &[u8], hi: Option<&[u8]>) -> StoreResult<u64> {
+        let mut n = match hi {
+            Some(h) => self.entries.range::<&[u8]>(lo..h),
+            None => self.entries.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?
+        .try_fold(0u64, |n, row| row.map(|_| n + 1))
+        .map_err(backend)?;
+        if let Some(log) = &self.log {
+            let rows = match hi {
+                Some(h) => log.range::<&[u8]>(lo..h),
+                None => log.range::<&[u8]>(lo..),
+            }
+            .map_err(backend)?;
+            for row in rows {
+                let (k, op) = row.map_err(backend)?;
+                let indexed = self.entries.get(k.value()).map_err(backend)?.is_some();
+                match (op.value() == 1, indexed) {
+                    (true, false) => n += 1,
+                    (false, true) => n -= 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The entry keys in `[lo, hi)` (`hi` `None`: to the end), in key order or reversed:
+    /// the entries merged with the log, where a log row replaces the entry of its key (1:
+    /// there, 0: not there).
+    fn range<'a>(
+        &'a self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        reverse: bool,
+    ) -> StoreResult<impl Iterator<Item = StoreResult<Vec<u8>>> + 'a> {
+        let entries = match hi {
+            Some(h) => self.entries.range::<&[u8]>(lo..h),
+            None => self.entries.range::<&[u8]>(lo..),
+        }
+        .map_err(backend)?
+        .map(|row| row.map(|(k, _)| k.value().to_vec()).map_err(backend));
+        let entries: Box<dyn Iterator<Item = StoreResult<Vec<u8>>> + 'a> = if reverse {
+            Box::new(entries.rev())
+        } else {
+            Box::new(entries)
+        };
+        let log: Box<dyn Iterator<Item = StoreResult<(Vec<u8>, bool)>> + 'a> = match &self.log {
+            None => Box::new(std::iter::empty()),
+            Some(log) => {
+                let rows = match hi {
+                    Some(h) => log.range::<&[u8]>(lo..h),
+                    None => log.range::<&[u8]>(lo..),
+                }
+                .map_err(backend)?
+                .map(|row| {
+                    row.map(|(k, v)| (k.value().to_vec(), v.value() == 1))
+                        .map_err(backend)
+                });
+                if reverse {
+                    Box::new(rows.rev())
+                } else {
+                    Box::new(rows)
+                }
+            }
+        };
+        Ok(Merged {
+            entries: entries.peekable(),
+            log: log.peekable(),
+            reverse,
+        })
+    }
+}
+
+/// Entry keys merged with log rows, both in the same order (see [`IndexReader::range`]).
+struct Merged<E: Iterator, L: Iterator> {
+    entries: std::iter::Peekable<E>,
+    log: std::iter::Peekable<L>,
+    reverse: bool,
+}
+
+impl<E, L> Iterator for Merged<E, L>
+where
+    E: Iterator<Item = StoreResult<Vec<u8>>>,
+    L: Iterator<Item = StoreResult<(Vec<u8>, bool)>>,
+{
+    type Item = StoreResult<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.entries.peek(), self.log.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => return self.entries.next(),
+                (_, Some(Err(_))) | (None, Some(Ok(_))) => std::cmp::Ordering::Greater,
+                (Some(Ok(e)), Some(Ok((l, _)))) => {
+                    let o = e.cmp(l);
+                    if self.reverse {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            match order {
+                std::cmp::Ordering::Less => return self.entries.next(),
+                std::cmp::Ordering::Equal => {
+                    // The log row stands for this entry.
+                    self.entries.next();
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+            match self.log.next()? {
+                Err(e) => return Some(Err(e)),
+                Ok((key, true)) => return Some(Ok(key)),
+                Ok((_, false)) => continue,
+            }
+        }
+    }
+}
 
 /// The collection's ready indexes and its tables in one read transaction, or `None` when
 /// the collection does not exist.
@@ -714,10 +1028,19 @@ impl Snapshot {
         plan(&defs, filter, sort)
     }
 
-    fn entries(&self, name: &str, plan: &Plan) -> StoreResult<EntryReader> {
-        let tname = entry_table(name, &self.ready[plan.index].name);
+    fn entries(&self, name: &str, plan: &Plan) -> StoreResult<IndexReader> {
+        let index = &self.ready[plan.index].name;
+        let tname = entry_table(name, index);
         let def: EntryTable<'_> = TableDefinition::new(&tname);
-        self.txn.open_table(def).map_err(backend)
+        let entries = self.txn.open_table(def).map_err(backend)?;
+        let lname = log_table(name, index);
+        let def_l: LogTable<'_> = TableDefinition::new(&lname);
+        let log = match self.txn.open_table(def_l) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(backend(e)),
+        };
+        Ok(IndexReader { entries, log })
     }
 
     fn doc(&self, id: &str) -> StoreResult<Document> {
@@ -733,7 +1056,7 @@ impl Snapshot {
 
 /// The `_id`s of a plan's entries, in scan order.
 fn scan_ids<'a>(
-    entries: &'a EntryReader,
+    entries: &'a IndexReader,
     plan: &'a Plan,
 ) -> impl Iterator<Item = StoreResult<String>> + 'a {
     let ranges: Vec<&(Vec<u8>, Option<Vec<u8>>)> = if plan.reverse {
@@ -742,27 +1065,10 @@ fn scan_ids<'a>(
         plan.ranges.iter().collect()
     };
     ranges.into_iter().flat_map(move |(lo, hi)| {
-        let range = match hi {
-            Some(h) => entries.range::<&[u8]>(lo.as_slice()..h.as_slice()),
-            None => entries.range::<&[u8]>(lo.as_slice()..),
-        };
-        let rows: Box<dyn Iterator<Item = StoreResult<String>> + 'a> = match range {
-            Ok(r) => {
-                let rows = r.map(|row| {
-                    let (k, _) = row.map_err(backend)?;
-                    entry_id(k.value())
-                        .map(str::to_owned)
-                        .ok_or_else(|| StoreError::Backend("malformed index entry".into()))
-                });
-                if plan.reverse {
-                    Box::new(rows.rev())
-                } else {
-                    Box::new(rows)
-                }
-            }
-            Err(e) => Box::new(std::iter::once(Err(backend(e)))),
-        };
-        rows
+        match entries.ids(lo, hi.as_deref(), plan.reverse) {
+            Ok(rows) => rows,
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
     })
 }
 
@@ -897,15 +1203,7 @@ fn count_snapshot(snap: &Snapshot, name: &str, filter: &Filter) -> StoreResult<u
     if plan.exact {
         // Each matching document has exactly one entry in the ranges.
         for (lo, hi) in &plan.ranges {
-            let range = match hi {
-                Some(h) => entries.range::<&[u8]>(lo.as_slice()..h.as_slice()),
-                None => entries.range::<&[u8]>(lo.as_slice()..),
-            }
-            .map_err(backend)?;
-            for row in range {
-                row.map_err(backend)?;
-                n += 1;
-            }
+            n += entries.count(lo, hi.as_deref())?;
         }
         return Ok(n);
     }
@@ -1085,6 +1383,7 @@ impl TenantStore for EmbeddedStore {
 
     async fn insert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
         let name = table_name(ns);
+        let log_bound = self.log_bound;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             if !exists_in(&txn, &name)? {
@@ -1094,7 +1393,7 @@ impl TenantStore for EmbeddedStore {
             let (index_added, _) = {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = txn.open_table(def).map_err(backend)?;
-                let mut indexes = Maintainer::open(&txn, &name)?;
+                let mut indexes = Maintainer::open(&txn, &name, log_bound)?;
                 for doc in &docs {
                     let id = string_id(doc)?;
                     let bytes = serde_json::to_vec(doc).map_err(backend)?;
@@ -1248,6 +1547,9 @@ impl TenantStore for EmbeddedStore {
                 let tname = entry_table(&table, spec.name.as_str());
                 let def: EntryTable<'_> = TableDefinition::new(&tname);
                 txn.open_table(def).map_err(backend)?;
+                let lname = log_table(&table, spec.name.as_str());
+                let def_l: LogTable<'_> = TableDefinition::new(&lname);
+                txn.delete_table(def_l).map_err(backend)?;
                 txn.commit().map_err(backend)?;
                 Ok(None)
             })
@@ -1316,6 +1618,7 @@ impl TenantStore for EmbeddedStore {
         max_document_bytes: usize,
     ) -> StoreResult<Option<Document>> {
         let (name, id, update) = (table_name(ns), id.to_owned(), update.clone());
+        let log_bound = self.log_bound;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             if !exists_in(&txn, &name)? {
@@ -1337,7 +1640,7 @@ impl TenantStore for EmbeddedStore {
                 table
                     .insert(id.as_str(), bytes.as_slice())
                     .map_err(backend)?;
-                let mut indexes = Maintainer::open(&txn, &name)?;
+                let mut indexes = Maintainer::open(&txn, &name, log_bound)?;
                 indexes.apply(&id, Some(&old), Some(&doc))?;
                 let (ia, ir) = indexes.finish(&txn, &name)?;
                 adjust_bytes(
@@ -1356,6 +1659,7 @@ impl TenantStore for EmbeddedStore {
 
     async fn delete_by_id(&self, ns: &Namespace, id: &str) -> StoreResult<bool> {
         let (name, id) = (table_name(ns), id.to_owned());
+        let log_bound = self.log_bound;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             if !exists_in(&txn, &name)? {
@@ -1372,7 +1676,7 @@ impl TenantStore for EmbeddedStore {
                     .map_err(backend)?
                     .map(|g| g.value().to_vec());
                 if let Some(old) = &removed {
-                    let mut indexes = Maintainer::open(&txn, &name)?;
+                    let mut indexes = Maintainer::open(&txn, &name, log_bound)?;
                     let mut ir = 0;
                     if !indexes.is_empty() {
                         indexes.apply(&id, Some(&decode(old)?), None)?;
@@ -1418,6 +1722,7 @@ impl TenantStore for EmbeddedStore {
 
     async fn upsert_many(&self, ns: &Namespace, docs: Vec<Document>) -> StoreResult<()> {
         let name = table_name(ns);
+        let log_bound = self.log_bound;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             if !exists_in(&txn, &name)? {
@@ -1427,7 +1732,7 @@ impl TenantStore for EmbeddedStore {
             {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = txn.open_table(def).map_err(backend)?;
-                let mut indexes = Maintainer::open(&txn, &name)?;
+                let mut indexes = Maintainer::open(&txn, &name, log_bound)?;
                 let mut bytes = Vec::new();
                 for doc in &docs {
                     let id = string_id(doc)?;
@@ -1457,6 +1762,7 @@ impl TenantStore for EmbeddedStore {
 
     async fn delete_many_ids(&self, ns: &Namespace, ids: &[String]) -> StoreResult<u64> {
         let (name, ids) = (table_name(ns), ids.to_vec());
+        let log_bound = self.log_bound;
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(backend)?;
             if !exists_in(&txn, &name)? {
@@ -1466,7 +1772,7 @@ impl TenantStore for EmbeddedStore {
             {
                 let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
                 let mut table = txn.open_table(def).map_err(backend)?;
-                let mut indexes = Maintainer::open(&txn, &name)?;
+                let mut indexes = Maintainer::open(&txn, &name, log_bound)?;
                 for id in &ids {
                     if let Some(old) = table.remove(id.as_str()).map_err(backend)? {
                         deleted += 1;

@@ -470,6 +470,15 @@ pub static INDEX_BUILDS_RUNNING: Lazy<IntGauge> = Lazy::new(|| {
     .unwrap())
 });
 
+/// Index logs merged into their indexes (embedded store).
+pub static INDEX_LOG_MERGES: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "org_gateway_index_log_merges_total",
+        "Tenant index logs merged into their indexes on this instance",
+    )
+    .unwrap())
+});
+
 /// Writes that waited for a cutover, and how long.
 pub static MOVE_HELD_WRITES: Lazy<Histogram> = Lazy::new(|| {
     reg(Histogram::with_opts(
@@ -577,6 +586,7 @@ pub fn init() {
     Lazy::force(&MOVE_HELD_WRITES);
     Lazy::force(&INDEX_BUILD_SECONDS);
     Lazy::force(&INDEX_BUILDS_RUNNING);
+    Lazy::force(&INDEX_LOG_MERGES);
     for change in ["created", "dropped", "failed"] {
         INDEX_CHANGES.with_label_values(&[change]);
     }

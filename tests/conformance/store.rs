@@ -25,8 +25,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn embedded() -> Self {
+        Self::embedded_with_log_bound(org_gateway::store::embedded::INDEX_LOG_BOUND)
+    }
+
+    /// An embedded store whose index logs merge once they hold more than `bound` changes.
+    pub fn embedded_with_log_bound(bound: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("shard.redb")).expect("open store");
+        let store = EmbeddedStore::open(&dir.path().join("shard.redb"))
+            .expect("open store")
+            .with_index_log_bound(bound);
         Self {
             store: Arc::new(store),
             prefix: "db".into(),
@@ -178,6 +185,7 @@ conformance!(
     rename_keeps_indexes,
     indexed_queries_answer_like_scans,
     one_batch_changing_a_document_twice_leaves_only_its_last_entries,
+    indexes_follow_every_write,
 );
 
 async fn ping_answers(f: &Fixture) {
@@ -1238,11 +1246,15 @@ mod planner_equivalence {
         #[test]
         fn indexed_answers_equal_scans(
             docs in prop::collection::vec(document(), 0..40),
+            changes in prop::collection::vec((0usize..45, document()), 0..12),
+            deletes in prop::collection::vec(0usize..45, 0..6),
+            bound in prop::sample::select(vec![0u64, 3, u64::MAX]),
             queries in prop::collection::vec((filter(), sort(), 0u64..3, 1u64..6), 1..8),
         ) {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let f = Fixture::embedded();
+                // Index logs merged at every write, every few changes, or never.
+                let f = Fixture::embedded_with_log_bound(bound);
                 let (plain, indexed) = (f.ns(1, "plain"), f.ns(1, "indexed"));
                 let docs: Vec<Document> = docs
                     .into_iter()
@@ -1268,6 +1280,20 @@ mod planner_equivalence {
                         let spec = index(name, serde_json::from_str(keys).unwrap(), false);
                         ready_index(&f, &indexed, &spec).await;
                     }
+                }
+                // Then documents replaced, added and deleted (entries removed and added).
+                let changed: Vec<Document> = changes
+                    .into_iter()
+                    .map(|(i, d)| {
+                        let mut d = d.as_object().unwrap().clone();
+                        d.insert("_id".into(), json!(format!("p{i:02}")));
+                        d
+                    })
+                    .collect();
+                let gone: Vec<String> = deletes.iter().map(|i| format!("p{i:02}")).collect();
+                for ns in [&plain, &indexed] {
+                    f.store.upsert_many(ns, changed.clone()).await.unwrap();
+                    f.store.delete_many_ids(ns, &gone).await.unwrap();
                 }
                 for (filter, sort, skip, limit) in &queries {
                     let q = FindQuery {
@@ -1374,4 +1400,422 @@ async fn embedded_redeclaring_during_a_build_gives_a_complete_index() {
     .unwrap();
     // An exact plan counts index keys: every document has exactly one.
     assert_eq!(f.store.count(&ns, &filter).await.unwrap(), 40_000);
+}
+
+/// The answers of indexed queries that read an index forwards, backwards, by equality, by
+/// range and by count (ids of each page, counts), to compare with the same queries on a
+/// collection without indexes.
+async fn index_answers(
+    store: &dyn TenantStore,
+    ns: &Namespace,
+) -> Vec<(Vec<String>, u64, Option<String>)> {
+    let queries = [
+        (json!({"qty": 7}), json!(null)),
+        (json!({"qty": {"$gte": 3, "$lt": 9}}), json!({"qty": 1})),
+        (json!({}), json!({"qty": 1})),
+        (json!({}), json!({"qty": -1})),
+        (json!({}), json!({"qty": -1, "_id": -1})),
+        (json!({"qty": {"$gt": 15}}), json!({"qty": -1})),
+        (json!({"qty": {"$in": [0, 4, 19, null]}}), json!(null)),
+        (json!({"sku": {"$gte": "S-0100"}}), json!({"sku": -1})),
+        (json!({"sku": "S-0042"}), json!(null)),
+        (json!({"cat": "c3", "qty": {"$lte": 10}}), json!({"qty": 1})),
+    ];
+    let mut out = Vec::new();
+    for (filter, sort) in &queries {
+        for (skip, limit) in [(0, 1000), (3, 5)] {
+            let q = FindQuery {
+                filter: org_gateway::store::query::Filter::parse(filter, &QueryLimits::default())
+                    .unwrap(),
+                sort: org_gateway::store::query::Sort::parse(sort).unwrap(),
+                projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+                skip,
+                limit,
+                after: None,
+            };
+            let (found, explain) = store.explain_find(ns, &q).await.unwrap();
+            let found: Vec<Document> = found.into_iter().map(|x| x.document).collect();
+            out.push((
+                ids(&found),
+                store.count(ns, &q.filter).await.unwrap(),
+                explain.index,
+            ));
+        }
+    }
+    out
+}
+
+/// Applies one step of [`index_workload`] to a collection.
+/// `unique`: the collection has the unique index on `sku` (else the refused batch is
+/// skipped).
+async fn index_step(
+    store: &dyn TenantStore,
+    ns: &Namespace,
+    step: usize,
+    unique: bool,
+) -> Result<(), StoreError> {
+    let item = |i: usize, qty: usize| {
+        doc(json!({
+            "_id": format!("w{i:04}"),
+            "sku": format!("S-{i:04}"),
+            "qty": qty,
+            "cat": format!("c{}", i % 5),
+        }))
+    };
+    match step {
+        // Inserts scattered over the `qty` index.
+        0 => {
+            store
+                .insert_many(ns, (0..150).map(|i| item(i, (i * 7) % 20)).collect())
+                .await
+        }
+        // Updates of the indexed field (entries removed and added), one to a missing field.
+        1 => {
+            for i in (0..150).step_by(4) {
+                let u = update(json!({"$set": {"qty": (i * 3) % 20}}));
+                assert!(store
+                    .update_by_id(ns, &format!("w{i:04}"), &u, 1 << 20)
+                    .await?
+                    .is_some());
+            }
+            let u = update(json!({"$unset": {"qty": ""}}));
+            store
+                .update_by_id(ns, "w0001", &u, 1 << 20)
+                .await
+                .map(|_| ())
+        }
+        // Deletes, one by one and many at once.
+        2 => {
+            for i in (0..150).step_by(9) {
+                assert!(store.delete_by_id(ns, &format!("w{i:04}")).await?);
+            }
+            let many: Vec<String> = (100..120).map(|i| format!("w{i:04}")).collect();
+            store.delete_many_ids(ns, &many).await.map(|_| ())
+        }
+        // Replacements and re-inserts of deleted documents, some twice in one batch.
+        3 => {
+            let mut docs: Vec<Document> = (90..130).map(|i| item(i, (i * 11) % 20)).collect();
+            docs.push(item(95, 19));
+            docs.push(item(9, 4));
+            store.upsert_many(ns, docs).await
+        }
+        // A duplicate of a unique key (when the collection has the unique index): the whole
+        // batch is refused, its other entries with it.
+        4 if !unique => Ok(()),
+        4 => {
+            let docs = vec![item(500, 1), item(501, 2), {
+                let mut d = item(502, 3);
+                d.insert("sku".into(), json!("S-0042"));
+                d
+            }];
+            match store.insert_many(ns, docs).await {
+                Err(StoreError::DuplicateKey { .. }) => Ok(()),
+                Ok(()) => panic!("a duplicate unique key was accepted"),
+                other => other,
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+const INDEX_STEPS: usize = 5;
+
+/// A collection changed while its indexes exist answers every query as the same collection
+/// without indexes, after each kind of write: inserts, updates and deletes of indexed
+/// values, replacements, a refused batch. On the embedded store these changes go through
+/// the indexes' logs.
+async fn indexes_follow_every_write(f: &Fixture) {
+    let (plain, indexed) = (f.ns(1, "wplain"), f.ns(1, "windexed"));
+    for ns in [&plain, &indexed] {
+        f.store.create_collection(ns).await.unwrap();
+    }
+    ready_index(f, &indexed, &index("qty_1", json!({"qty": 1}), false)).await;
+    ready_index(f, &indexed, &index("sku_1", json!({"sku": 1}), true)).await;
+    ready_index(
+        f,
+        &indexed,
+        &index("cat_qty", json!({"cat": 1, "qty": -1}), false),
+    )
+    .await;
+    for step in 0..INDEX_STEPS {
+        index_step(f.store.as_ref(), &plain, step, false)
+            .await
+            .unwrap();
+        index_step(f.store.as_ref(), &indexed, step, true)
+            .await
+            .unwrap();
+        let (want, got) = (
+            index_answers(f.store.as_ref(), &plain).await,
+            index_answers(f.store.as_ref(), &indexed).await,
+        );
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                (&w.0, w.1),
+                (&g.0, g.1),
+                "step {step} query {i} via {:?}",
+                g.2
+            );
+        }
+        if f.prefix == "db" {
+            assert!(
+                got.iter().all(|g| g.2.is_some()),
+                "every query planned: {got:?}"
+            );
+        }
+    }
+    let refused = f.store.get(&indexed, "w0500").await.unwrap();
+    assert!(refused.is_none(), "a refused batch left a document");
+}
+
+/// The embedded store's index logs: with every bound (merged at each write, every few
+/// writes, never), indexed answers equal scans after each step, and the stored bytes are
+/// the same whatever the bound (entries count once, logged or merged). Then the file is
+/// opened again with changes still in the logs (as after a crash: logs are written in the
+/// documents' transactions) and answers the same; a rename carries the logs; dropping an
+/// index with a pending log gives back exactly its entries' bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_index_logs_answer_like_scans_before_and_after_merges() {
+    let mut bytes_by_bound = Vec::new();
+    for bound in [0u64, 3, u64::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.redb");
+        let store = EmbeddedStore::open(&path)
+            .unwrap()
+            .with_index_log_bound(bound);
+        let f = Fixture {
+            store: Arc::new(store),
+            prefix: "db".into(),
+            _dir: None,
+            mongo_uri: None,
+        };
+        let (plain, indexed) = (f.ns(1, "lplain"), f.ns(1, "lindexed"));
+        for ns in [&plain, &indexed] {
+            f.store.create_collection(ns).await.unwrap();
+        }
+        // Entries before the index is ready go to the index itself (the build), later ones
+        // through its log.
+        index_step(f.store.as_ref(), &plain, 0, false)
+            .await
+            .unwrap();
+        index_step(f.store.as_ref(), &indexed, 0, false)
+            .await
+            .unwrap();
+        ready_index(&f, &indexed, &index("qty_1", json!({"qty": 1}), false)).await;
+        ready_index(&f, &indexed, &index("sku_1", json!({"sku": 1}), true)).await;
+        ready_index(
+            &f,
+            &indexed,
+            &index("cat_qty", json!({"cat": 1, "qty": -1}), false),
+        )
+        .await;
+        for step in 1..INDEX_STEPS {
+            index_step(f.store.as_ref(), &plain, step, false)
+                .await
+                .unwrap();
+            index_step(f.store.as_ref(), &indexed, step, true)
+                .await
+                .unwrap();
+            let (want, got) = (
+                index_answers(f.store.as_ref(), &plain).await,
+                index_answers(f.store.as_ref(), &indexed).await,
+            );
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    (&w.0, w.1),
+                    (&g.0, g.1),
+                    "bound {bound} step {step} query {i}"
+                );
+                assert!(g.2.is_some(), "bound {bound} query {i} planned");
+            }
+        }
+        let plain_bytes = f.store.collection_bytes(&plain).await.unwrap();
+        let indexed_bytes = f.store.collection_bytes(&indexed).await.unwrap();
+        assert!(indexed_bytes > plain_bytes);
+        bytes_by_bound.push(indexed_bytes);
+        let want = index_answers(f.store.as_ref(), &plain).await;
+        drop(f);
+
+        // Opened again: the logs are there, read as before. (A build's thread may hold the
+        // file a moment longer.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match EmbeddedStore::open(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("reopen: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let got = index_answers(&store, &indexed).await;
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                (&w.0, w.1),
+                (&g.0, g.1),
+                "reopened, bound {bound} query {i}"
+            );
+        }
+        // A rename carries indexes and logs.
+        let renamed = Namespace {
+            database: indexed.database.clone(),
+            collection: coll("lrenamed"),
+        };
+        store.rename_collection(&indexed, &renamed).await.unwrap();
+        let got = index_answers(&store, &renamed).await;
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!((&w.0, w.1), (&g.0, g.1), "renamed, bound {bound} query {i}");
+            assert!(g.2.is_some());
+        }
+        // Writes after the reopen merge (bound 0) and still answer the same.
+        let store = store.with_index_log_bound(0);
+        let u = update(json!({"$set": {"qty": 12}}));
+        for ns in [&plain, &renamed] {
+            store.update_by_id(ns, "w0002", &u, 1 << 20).await.unwrap();
+        }
+        let (want, got) = (
+            index_answers(&store, &plain).await,
+            index_answers(&store, &renamed).await,
+        );
+        assert_eq!(
+            want.iter().map(|w| (&w.0, w.1)).collect::<Vec<_>>(),
+            got.iter().map(|g| (&g.0, g.1)).collect::<Vec<_>>(),
+            "merged after the reopen, bound {bound}"
+        );
+        // Dropping every index gives back exactly their entries' bytes.
+        for name in ["qty_1", "sku_1", "cat_qty"] {
+            store
+                .drop_index(&renamed, &IndexName::parse(name).unwrap())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.collection_bytes(&renamed).await.unwrap(),
+            store.collection_bytes(&plain).await.unwrap(),
+            "bound {bound}: index bytes left after the drops"
+        );
+    }
+    assert!(
+        bytes_by_bound.windows(2).all(|w| w[0] == w[1]),
+        "stored bytes depend on the log bound: {bytes_by_bound:?}"
+    );
+}
+
+/// A process killed while it writes through index logs (some writes merging them) leaves a
+/// file whose index answers as its documents: every count by `qty` and the whole `qty` order
+/// match a scan after the file is opened again. The test runs itself as the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_index_logs_survive_a_kill_mid_write() {
+    const TEST: &str = "store::embedded_index_logs_survive_a_kill_mid_write";
+    let ns = Namespace {
+        database: DatabaseName::numbered("db", 1),
+        collection: coll("crash"),
+    };
+    if let Ok(path) = std::env::var("INDEX_LOG_CRASH_WRITER") {
+        let store = EmbeddedStore::open(std::path::Path::new(&path))
+            .unwrap()
+            .with_index_log_bound(3_000);
+        for round in 0usize.. {
+            let docs = (0..500)
+                .map(|j| {
+                    let i = (round * 500 + j * 7) % 4_000;
+                    doc(json!({"_id": format!("k{i:04}"), "qty": (round * 7 + j * 13) % 20}))
+                })
+                .collect();
+            store.upsert_many(&ns, docs).await.unwrap();
+            let gone: Vec<String> = (0..50)
+                .map(|j| format!("k{:04}", (round * 131 + j * 17) % 4_000))
+                .collect();
+            store.delete_many_ids(&ns, &gone).await.unwrap();
+            eprintln!("round {round}");
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shard.redb");
+    let open = || async {
+        // A killed writer's file, or a build's thread holding it a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match EmbeddedStore::open(&path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("open: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        }
+    };
+    {
+        let store = open().await;
+        store.create_collection(&ns).await.unwrap();
+        let f = Fixture {
+            store: Arc::new(store),
+            prefix: "db".into(),
+            _dir: None,
+            mongo_uri: None,
+        };
+        ready_index(&f, &ns, &index("qty_1", json!({"qty": 1}), false)).await;
+    }
+    for (kill, after) in [(1, 900u64), (2, 1_700)] {
+        let mut writer = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env("INDEX_LOG_CRASH_WRITER", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        writer.kill().unwrap();
+        let out = writer.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let rounds = log.lines().filter(|l| l.starts_with("round ")).count();
+        eprintln!("kill {kill}: the writer finished {rounds} rounds");
+        assert!(!log.contains("panicked"), "writer failed: {log}");
+
+        let store = open().await;
+        let all = store.scan_after(&ns, None, 100_000).await.unwrap();
+        let qty = |d: &Document| d["qty"].as_u64().unwrap();
+        for q in 0..20u64 {
+            let filter = org_gateway::store::query::Filter::parse(
+                &json!({ "qty": q }),
+                &QueryLimits::default(),
+            )
+            .unwrap();
+            let want = all.iter().filter(|d| qty(d) == q).count() as u64;
+            assert_eq!(
+                store.count(&ns, &filter).await.unwrap(),
+                want,
+                "kill {kill}, qty {q}"
+            );
+        }
+        let mut want: Vec<(u64, String)> = all
+            .iter()
+            .map(|d| (qty(d), d["_id"].as_str().unwrap().to_owned()))
+            .collect();
+        want.sort();
+        let q = FindQuery {
+            filter: org_gateway::store::query::Filter::parse(&json!({}), &QueryLimits::default())
+                .unwrap(),
+            sort: org_gateway::store::query::Sort::parse(&json!({"qty": 1})).unwrap(),
+            projection: org_gateway::store::query::Projection::parse(&json!(null)).unwrap(),
+            skip: 0,
+            limit: 100_000,
+            after: None,
+        };
+        let (found, explain) = store.explain_find(&ns, &q).await.unwrap();
+        assert_eq!(explain.index.as_deref(), Some("qty_1"));
+        assert_eq!(explain.keys_examined, all.len() as u64, "kill {kill}");
+        let got: Vec<(u64, String)> = found
+            .iter()
+            .map(|x| {
+                (
+                    qty(&x.document),
+                    x.document["_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "kill {kill}: index order");
+    }
 }
