@@ -118,11 +118,11 @@ async fn open(config: &Config) -> anyhow::Result<(Arc<dyn Catalog>, ShardSet)> {
         Err(e) if format!("{e:#}").contains(IN_USE) => {
             let online = match config.catalog.kind {
                 StoreKind::Embedded => {
-                    "stop it, or keep the catalog and shards on MongoDB to back up online"
+                    "stop it, or keep the catalog and shards on MongoDB to back up and restore online"
                 }
                 StoreKind::Mongodb => {
                     "an embedded shard belongs to a running gateway: stop it, or move its \
-                     tenants to a MongoDB shard to back up online"
+                     tenants to a MongoDB shard to back up and restore online"
                 }
             };
             anyhow::bail!(
