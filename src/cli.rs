@@ -40,7 +40,7 @@ Write every organization's collection on every shard (embedded ones included) an
 catalog's records of them into a new directory in mongodump's layout:
 <DIR>/<database>/<collection>.bson and .metadata.json (the indexes), the catalog in
 <DIR>/org_gateway_backup_catalog/ (organizations, admins with their password hashes, rate-limit
-overrides), and manifest.json last. It is built as <DIR>.partial and renamed once complete.
+overrides, audit events), and manifest.json last. It is built as <DIR>.partial and renamed once complete.
 
 The directory holds password hashes: keep it as secret as the catalog (it is created
 readable by its owner only). To load only tenant data with mongorestore, leave the catalog

@@ -4,7 +4,7 @@
 //! documents, converted to BSON as the MongoDB store writes them: string `_id`s) and
 //! `<collection>.metadata.json` (its indexes) for every organization's collection on every
 //! shard, embedded ones included; the catalog's part (organizations, admins with their
-//! password hashes, rate-limit overrides) in the database [`CATALOG_DATABASE`]; and
+//! password hashes, rate-limit overrides, audit events) in the database [`CATALOG_DATABASE`]; and
 //! `manifest.json`, written last. It is built under `<out>.partial` and renamed to `<out>` once
 //! complete, so an interrupted backup never looks like one. Documents stream a page at a time.
 //!
@@ -255,6 +255,7 @@ async fn write_backup(
                 out.admins
                     .write(&record_document(admin.id.to_string(), admin)?)?;
             }
+            out.write_events(catalog, &org).await?;
             if let Some(o) = overrides.get(&org.id.to_string()) {
                 out.overrides.write(
                     &json_to_document(
@@ -345,12 +346,14 @@ struct CatalogFiles {
     organizations: BsonWriter,
     admins: BsonWriter,
     overrides: BsonWriter,
+    events: BsonWriter,
 }
 
 impl CatalogFiles {
     const ORGANIZATIONS: &'static str = "organizations";
     const ADMINS: &'static str = "admins";
     const OVERRIDES: &'static str = "rate_limit_overrides";
+    const EVENTS: &'static str = "audit_events";
 
     fn create(dir: &Path) -> anyhow::Result<Self> {
         let file = |name: &str| BsonWriter::create(&dir.join(format!("{name}.bson")));
@@ -359,19 +362,48 @@ impl CatalogFiles {
             organizations: file(Self::ORGANIZATIONS)?,
             admins: file(Self::ADMINS)?,
             overrides: file(Self::OVERRIDES)?,
+            events: file(Self::EVENTS)?,
         })
+    }
+
+    /// Writes `org`'s audit events, oldest first, a page at a time.
+    async fn write_events(&mut self, catalog: &dyn Catalog, org: &OrgRecord) -> anyhow::Result<()> {
+        let mut after = None;
+        loop {
+            let page = catalog
+                .events(&crate::catalog::EventQuery {
+                    organization: Some(org.id),
+                    after: after.take(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            for e in &page.events {
+                self.events.write(&record_document(e.id.clone(), e)?)?;
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
     }
 
     fn finish(self) -> anyhow::Result<()> {
         self.organizations.finish()?;
         self.admins.finish()?;
         self.overrides.finish()?;
+        self.events.finish()?;
         let id_index = [IndexDefinition {
             name: "_id_".into(),
             key: json!({"_id": 1}),
             unique: false,
         }];
-        for name in [Self::ORGANIZATIONS, Self::ADMINS, Self::OVERRIDES] {
+        for name in [
+            Self::ORGANIZATIONS,
+            Self::ADMINS,
+            Self::OVERRIDES,
+            Self::EVENTS,
+        ] {
             files::write_metadata(
                 &self.dir.join(format!("{name}.metadata.json")),
                 name,
@@ -490,10 +522,16 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
     };
     let mut orgs =
         BsonReader::open(&catalog_dir.join(format!("{}.bson", CatalogFiles::ORGANIZATIONS)))?;
-    let mut admins = AdminReader {
-        reader: BsonReader::open(&catalog_dir.join(format!("{}.bson", CatalogFiles::ADMINS)))?,
-        next: None,
-    };
+    let mut admins = ByOrg::<AdminRecord>::open(
+        &catalog_dir.join(format!("{}.bson", CatalogFiles::ADMINS)),
+        |a| Some(a.org_id),
+        "admin record",
+    )?;
+    let mut events = ByOrg::<AuditEvent>::open(
+        &catalog_dir.join(format!("{}.bson", CatalogFiles::EVENTS)),
+        |e| e.organization_id,
+        "audit event",
+    )?;
     let mut overrides = HashMap::new();
     let mut reader =
         BsonReader::open(&catalog_dir.join(format!("{}.bson", CatalogFiles::OVERRIDES)))?;
@@ -525,6 +563,7 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
     while let Some(doc) = orgs.next_document()? {
         let org: OrgRecord = record_from(doc).context("a malformed organization record")?;
         let its_admins = admins.of(&org)?;
+        let its_events = events.of(&org)?;
         if wanted.as_ref().is_some_and(|w| *w != org.normalized_name()) {
             continue;
         }
@@ -539,6 +578,12 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
                 if let Some(o) = overrides.get(&restored.id.to_string()) {
                     ctx.restore_override(&restored, o).await.with_context(|| {
                         format!("organization {name:?} restored, but not its rate-limit override")
+                    })?;
+                }
+                // Its audit trail, as it was (the restore's own event comes after it).
+                for e in &its_events {
+                    catalog.append_event(e).await.with_context(|| {
+                        format!("organization {name:?} restored, but not all its audit events")
                     })?;
                 }
                 summary.restored.push(name);
@@ -557,26 +602,51 @@ pub async fn restore(config: &Config, opts: &RestoreOptions) -> anyhow::Result<R
 }
 
 /// Reads admins grouped by organization, in the order the backup wrote them.
-struct AdminReader {
-    reader: BsonReader,
-    next: Option<AdminRecord>,
+struct ByOrg<T> {
+    /// `None` for a file the backup does not have (written by an older version).
+    reader: Option<BsonReader>,
+    next: Option<T>,
+    org_of: fn(&T) -> Option<crate::domain::OrgId>,
+    what: &'static str,
 }
 
-impl AdminReader {
-    /// The admins of `org` (written right after the previous organization's).
-    fn of(&mut self, org: &OrgRecord) -> anyhow::Result<Vec<AdminRecord>> {
+impl<T: serde::de::DeserializeOwned> ByOrg<T> {
+    fn open(
+        path: &Path,
+        org_of: fn(&T) -> Option<crate::domain::OrgId>,
+        what: &'static str,
+    ) -> anyhow::Result<Self> {
+        let reader = match path.exists() {
+            true => Some(BsonReader::open(path)?),
+            false => None,
+        };
+        Ok(Self {
+            reader,
+            next: None,
+            org_of,
+            what,
+        })
+    }
+
+    /// The records of `org` (written right after the previous organization's).
+    fn of(&mut self, org: &OrgRecord) -> anyhow::Result<Vec<T>> {
         let mut out = Vec::new();
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(out);
+        };
         loop {
             if self.next.is_none() {
-                match self.reader.next_document()? {
+                match reader.next_document()? {
                     Some(d) => {
-                        self.next = Some(record_from(d).context("a malformed admin record")?)
+                        let record =
+                            record_from(d).with_context(|| format!("a malformed {}", self.what))?;
+                        self.next = Some(record);
                     }
                     None => return Ok(out),
                 }
             }
             match self.next.take() {
-                Some(a) if a.org_id == org.id => out.push(a),
+                Some(r) if (self.org_of)(&r) == Some(org.id) => out.push(r),
                 other => {
                     self.next = other;
                     return Ok(out);

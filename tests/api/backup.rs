@@ -458,6 +458,27 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
         let t = token(&gw, &org.emails[0]);
         assert_eq!(documents(&gw, &t), org.docs, "{}", org.name);
         assert_eq!(indexes(&gw, &t), org.indexes, "{}", org.name);
+        // Its audit trail came back, the restore's own event after it.
+        let events: Value = gw
+            .req(Method::GET, "/org/events?limit=1000")
+            .bearer_auth(&t)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let types: Vec<&str> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types.first(), Some(&"organization.created"), "{types:?}");
+        let restored = types.iter().position(|t| *t == "organization.restored");
+        assert!(
+            restored
+                .is_some_and(|i| types[..i].contains(&"admin.created") || org.emails.len() == 1),
+            "{types:?}"
+        );
         // The unique index is in force again.
         let dup = gw
             .req(Method::POST, "/data")
