@@ -933,26 +933,7 @@ impl Catalog for EmbeddedCatalog {
                         ..drops[0].clone()
                     });
                 }
-                let mut by_org = txn.open_table(ADMINS_BY_ORG).map_err(backend)?;
-                let prefix = format!("{key}/");
-                let mut admin_ids = Vec::new();
-                for row in by_org.range(prefix.as_str()..).map_err(backend)? {
-                    let (k, v) = row.map_err(backend)?;
-                    if !k.value().starts_with(&prefix) {
-                        break;
-                    }
-                    admin_ids.push((k.value().to_owned(), v.value().to_owned()));
-                }
-                let mut admins = txn.open_table(ADMINS).map_err(backend)?;
-                let mut emails = txn.open_table(ADMIN_EMAILS).map_err(backend)?;
-                for (index_key, admin_id) in admin_ids {
-                    by_org.remove(index_key.as_str()).map_err(backend)?;
-                    let admin: Option<AdminRecord> = get_json(&admins, &admin_id)?;
-                    if let Some(a) = admin {
-                        emails.remove(a.email.as_str()).map_err(backend)?;
-                    }
-                    admins.remove(admin_id.as_str()).map_err(backend)?;
-                }
+                take_admins(txn, id)?;
                 let mut orgs = txn.open_table(ORGS).map_err(backend)?;
                 orgs.remove(key.as_str()).map_err(backend)?;
                 let mut not_active = txn.open_table(NOT_ACTIVE).map_err(backend)?;

@@ -630,7 +630,20 @@ impl MongoCatalog {
         filter: Document,
         limit: Option<usize>,
     ) -> CatalogResult<Vec<OrgRecord>> {
-        let mut find = self.orgs.find(filter).sort(doc! { "_id": 1 });
+        self.records(&self.orgs, filter, doc! { "_id": 1 }, limit)
+            .await
+    }
+
+    /// The `record`s of the documents of `coll` matching `filter`, in `sort` order, at most
+    /// `limit` of them.
+    async fn records<T: DeserializeOwned>(
+        &self,
+        coll: &Collection<Document>,
+        filter: Document,
+        sort: Document,
+        limit: Option<usize>,
+    ) -> CatalogResult<Vec<T>> {
+        let mut find = coll.find(filter).sort(sort);
         if let Some(n) = limit {
             find = find.limit(i64::try_from(n).unwrap_or(i64::MAX));
         }
@@ -1354,17 +1367,8 @@ impl Catalog for MongoCatalog {
         if let Some(after) = after {
             filter = doc! { "$and": [ filter, { "name": { "$gt": after.as_str() } } ] };
         }
-        let docs: Vec<Document> = self
-            .orgs
-            .find(filter)
-            .sort(doc! { "name": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        self.records(&self.orgs, filter, doc! { "name": 1 }, Some(limit))
             .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
-        docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
     async fn orgs_not_active(&self) -> CatalogResult<Vec<OrgRecord>> {
@@ -1390,16 +1394,9 @@ impl Catalog for MongoCatalog {
     }
 
     async fn admins_of_org(&self, org: OrgId) -> CatalogResult<Vec<AdminRecord>> {
-        let docs: Vec<Document> = self
-            .admins
-            .find(doc! { "org_id": org.to_string() })
-            .sort(doc! { "_id": 1 })
+        let filter = doc! { "org_id": org.to_string() };
+        self.records(&self.admins, filter, doc! { "_id": 1 }, None)
             .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
-        docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
     async fn update_admin(
@@ -1733,17 +1730,8 @@ impl Catalog for MongoCatalog {
         if let Some(after) = after {
             filter.insert("_id", doc! { "$gt": after.to_string() });
         }
-        let docs: Vec<Document> = self
-            .tombs
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        self.records(&self.tombs, filter, doc! { "_id": 1 }, Some(limit))
             .await
-            .map_err(|e| self.err(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(&e))?;
-        docs.iter().map(|d| from_field(d, "record")).collect()
     }
 
     async fn restore_org(
