@@ -418,6 +418,14 @@ fn crash_and_resume(c: Crash) {
     let token = gw.org_with_token(c.org, &email);
     let model: Model = Arc::default();
     let seeded = seed(&gw, &token, c.docs, &model);
+    // An index of the tenant's, which the move re-creates on the target whatever it crashed.
+    let r = gw
+        .req(Method::POST, "/data/indexes")
+        .bearer_auth(&token)
+        .json(&json!({"keys": {"v": 1}, "name": "by_v"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let (from_shard, _) = placement(&gw, c.org);
     let to_shard = if from_shard == "a" { "b" } else { "a" };
     let writer = CrashWriter::start(&gw, &token, &seeded, model.clone());
@@ -513,6 +521,22 @@ fn crash_and_resume(c: Crash) {
     }
     check_model(&gw, &token, &model);
     check_writes_accepted(&gw, &token);
+    let indexes: Value = gw
+        .req(Method::GET, "/data/indexes")
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        indexes["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "by_v" && i["state"] == "ready"),
+        "{}: {indexes}",
+        c.failpoint
+    );
     // Its event was written once, with the switch, wherever the process died.
     let (s, events) = ops(
         &gw,
