@@ -243,6 +243,24 @@ impl MongoCatalog {
         Ok(catalog)
     }
 
+    /// Creates a non-unique index `name` on `keys` of `coll` (nothing if it exists).
+    async fn plain_index(
+        &self,
+        coll: &Collection<Document>,
+        keys: Document,
+        name: &str,
+    ) -> CatalogResult<()> {
+        coll.create_index(
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build(),
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
     async fn create_indexes(&self) -> CatalogResult<()> {
         let unique = |name: &str| {
             IndexOptions::builder()
@@ -276,51 +294,16 @@ impl MongoCatalog {
             ])
             .await
             .map_err(|e| self.err(&e))?;
-        self.pending
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "org_id": 1 })
-                    .options(IndexOptions::builder().name("org_id".to_owned()).build())
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.tombs
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "phase": 1, "_id": 1 })
-                    .options(IndexOptions::builder().name("phase".to_owned()).build())
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.move_changes
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "move": 1, "_id": 1 })
-                    .options(IndexOptions::builder().name("move".to_owned()).build())
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.orgs
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "active": 1 })
-                    .options(IndexOptions::builder().name("active".to_owned()).build())
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
-        self.orgs
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "name": 1 })
-                    .options(IndexOptions::builder().name("name".to_owned()).build())
-                    .build(),
-            )
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.plain_index(&self.pending, doc! { "org_id": 1 }, "org_id")
+            .await?;
+        self.plain_index(&self.tombs, doc! { "phase": 1, "_id": 1 }, "phase")
+            .await?;
+        self.plain_index(&self.move_changes, doc! { "move": 1, "_id": 1 }, "move")
+            .await?;
+        self.plain_index(&self.orgs, doc! { "active": 1 }, "active")
+            .await?;
+        self.plain_index(&self.orgs, doc! { "name": 1 }, "name")
+            .await?;
         self.events
             .create_indexes([
                 IndexModel::builder()

@@ -470,29 +470,46 @@ fn a_delete_interrupted_before_its_data_is_set_aside_loses_nothing() {
     assert_eq!(count(&gw, &fresh), 0);
 }
 
-/// Killed right after a restore's catalog step: the restart finishes it (the data moves back).
-#[test]
-fn a_restore_interrupted_after_its_catalog_step_is_finished_at_restart() {
-    let mut gw = TestGateway::start_with(Options {
+/// A gateway armed with `failpoint`, where organization `name` (admin
+/// `<first word>@example.com`, `docs` documents) was just soft-deleted; and its id.
+fn deleted_with_failpoint(failpoint: &str, name: &str, docs: usize) -> (TestGateway, String) {
+    let gw = TestGateway::start_with(Options {
         config: format!("[ops]\ntoken = \"{TOKEN}\"\n"),
-        env: vec![("GATEWAY_FAILPOINT".into(), "restore_after_catalog".into())],
+        env: vec![("GATEWAY_FAILPOINT".into(), failpoint.into())],
         ..Default::default()
     });
-    let t = gw.org_with_token("Phoenix", "phoenix@example.com");
-    insert(&gw, &t, 100, "x");
-    let id = delete(&gw, "Phoenix", &t)["organization_id"]
+    let email = format!(
+        "{}@example.com",
+        name.split(' ').next().unwrap().to_lowercase()
+    );
+    let t = gw.org_with_token(name, &email);
+    insert(&gw, &t, docs, "x");
+    let id = delete(&gw, name, &t)["organization_id"]
         .as_str()
         .unwrap()
         .to_owned();
+    (gw, id)
+}
+
+/// Sends an operator request the armed failpoint must kill the process in, then restarts it
+/// without the failpoint.
+fn crash_on(gw: &mut TestGateway, method: Method, path: &str) {
     let sent = gw
         .client
-        .post(format!("{}/ops/deleted/{id}/restore", gw.ops))
+        .request(method, format!("{}{path}", gw.ops))
         .bearer_auth(TOKEN)
         .send();
-    assert!(sent.is_err(), "the process should have died mid-restore");
+    assert!(sent.is_err(), "the process should have died at {path}");
     assert!(gw.wait_exit(Duration::from_secs(10)));
     gw.env.clear();
     gw.restart();
+}
+
+/// Killed right after a restore's catalog step: the restart finishes it (the data moves back).
+#[test]
+fn a_restore_interrupted_after_its_catalog_step_is_finished_at_restart() {
+    let (mut gw, id) = deleted_with_failpoint("restore_after_catalog", "Phoenix", 100);
+    crash_on(&mut gw, Method::POST, &format!("/ops/deleted/{id}/restore"));
     let started = Instant::now();
     loop {
         let r = ops(&gw, Method::GET, "/ops/orgs?prefix=phoenix", None);
@@ -545,26 +562,8 @@ fn event_types(gw: &TestGateway, id: &str) -> Vec<String> {
 /// data, and nothing counts it any more.
 #[test]
 fn a_purge_interrupted_before_its_drop_is_finished_at_restart() {
-    let mut gw = TestGateway::start_with(Options {
-        config: format!("[ops]\ntoken = \"{TOKEN}\"\n"),
-        env: vec![("GATEWAY_FAILPOINT".into(), "purge_after_catalog".into())],
-        ..Default::default()
-    });
-    let t = gw.org_with_token("Half Purged", "half@example.com");
-    insert(&gw, &t, 20, "h");
-    let id = delete(&gw, "Half Purged", &t)["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let sent = gw
-        .client
-        .delete(format!("{}/ops/deleted/{id}", gw.ops))
-        .bearer_auth(TOKEN)
-        .send();
-    assert!(sent.is_err(), "the process should have died mid-purge");
-    assert!(gw.wait_exit(Duration::from_secs(10)));
-    gw.env.clear();
-    gw.restart();
+    let (mut gw, id) = deleted_with_failpoint("purge_after_catalog", "Half Purged", 20);
+    crash_on(&mut gw, Method::DELETE, &format!("/ops/deleted/{id}"));
     assert!(deleted(&gw).is_empty());
     assert_problem(
         restore(&gw, &id, None),
