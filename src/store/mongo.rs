@@ -364,17 +364,20 @@ fn apply_tuning(o: &mut ClientOptions, t: &ClientTuning) {
         o.max_idle_time = t.max_idle_time;
     }
     match t.server_selection_timeout {
-        Some(d) => {
-            o.server_selection_timeout = Some(d);
-            o.connect_timeout = Some(d);
-        }
+        Some(d) => o.server_selection_timeout = Some(d),
         None => {
             o.server_selection_timeout
                 .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
-            o.connect_timeout
-                .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
         }
     }
+    // The connect timeout is also how long the driver's monitor waits for a server's answer
+    // before it declares the server down, clears the pool and interrupts the operations in
+    // flight (which then fail or are retried): a URI's own `connectTimeoutMS` is kept, for
+    // deployments that stall for longer than the selection timeout under load.
+    let selection = o
+        .server_selection_timeout
+        .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT);
+    o.connect_timeout.get_or_insert(selection);
     if let Some(rp) = &t.read_preference {
         o.selection_criteria = Some(SelectionCriteria::ReadPreference(rp.clone()));
     }
@@ -1541,6 +1544,29 @@ mod tests {
         assert!(!is_sort_memory_limit(&other(Some(2))));
         assert!(!is_sort_memory_limit(&other(None)));
         assert!(!is_sort_memory_limit(&Failure::Unavailable("x".into())));
+    }
+
+    #[tokio::test]
+    async fn a_uris_connect_timeout_outlasts_the_selection_timeout() {
+        let tuning = ClientTuning {
+            server_selection_timeout: Some(Duration::from_millis(2_000)),
+            ..ClientTuning::default()
+        };
+        let mut derived = ClientOptions::parse("mongodb://127.0.0.1:1/")
+            .await
+            .unwrap();
+        apply_tuning(&mut derived, &tuning);
+        assert_eq!(
+            derived.server_selection_timeout,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(derived.connect_timeout, Some(Duration::from_secs(2)));
+        let mut kept = ClientOptions::parse("mongodb://127.0.0.1:1/?connectTimeoutMS=30000")
+            .await
+            .unwrap();
+        apply_tuning(&mut kept, &tuning);
+        assert_eq!(kept.server_selection_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(kept.connect_timeout, Some(Duration::from_secs(30)));
     }
 
     #[test]

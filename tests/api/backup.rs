@@ -37,7 +37,7 @@ struct Shards {
 impl Shards {
     fn new() -> Self {
         if on_mongodb() {
-            let uri = std::env::var("MONGODB_URI").expect("TEST_ON_MONGODB needs MONGODB_URI");
+            let uri = crate::mongo_env::uri().expect("TEST_ON_MONGODB needs MONGODB_URI");
             let (a, b) = (
                 crate::mongo_env::unique_prefix("bka"),
                 crate::mongo_env::unique_prefix("bkb"),
@@ -251,7 +251,7 @@ fn fresh_target(config_toml: &str) -> String {
     if !on_mongodb() {
         return config_toml.to_owned();
     }
-    let uri = std::env::var("MONGODB_URI").unwrap();
+    let uri = crate::mongo_env::uri().unwrap();
     let Some(start) = config_toml.find("[catalog]") else {
         return format!(
             "{config_toml}\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{}\"\nrecovery_grace_seconds = 0\n",
@@ -431,7 +431,7 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
     let target_dir = target.path().to_path_buf();
     // On MongoDB the fresh deployment gets a catalog database of its own.
     let target_cfg = if on_mongodb() {
-        let uri = std::env::var("MONGODB_URI").unwrap();
+        let uri = crate::mongo_env::uri().unwrap();
         format!(
             "{cfg}\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{}\"\nrecovery_grace_seconds = 0\n",
             crate::mongo_env::unique_db("bkcat")
@@ -651,7 +651,7 @@ fn restore_refuses_an_organization_whose_name_is_taken_and_writes_nothing_of_it(
     let target = tempfile::tempdir().unwrap();
     let target_dir: PathBuf = target.path().to_path_buf();
     let target_cfg = if on_mongodb() {
-        let uri = std::env::var("MONGODB_URI").unwrap();
+        let uri = crate::mongo_env::uri().unwrap();
         format!(
             "{cfg}\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{}\"\nrecovery_grace_seconds = 0\n",
             crate::mongo_env::unique_db("bkcat")
@@ -832,7 +832,7 @@ fn restore_places_organizations_whose_shard_the_target_lacks_by_the_usual_policy
 
     // The target has one shard, `c`, that the backup never heard of.
     let (shard_c, _drop) = if on_mongodb() {
-        let uri = std::env::var("MONGODB_URI").unwrap();
+        let uri = crate::mongo_env::uri().unwrap();
         let prefix = crate::mongo_env::unique_prefix("bkc");
         (
             format!(

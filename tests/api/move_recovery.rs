@@ -585,26 +585,15 @@ fn crash_and_resume(c: Crash) {
 }
 
 /// With `TEST_ON_MONGODB=1`, puts the catalog on the test MongoDB server (as the harness
-/// would), in a fresh database, with a client that waits long for a stalled server and never
-/// retries a write: a client that gives up after 5 s interrupts the operations in flight and
-/// retries them, and a server without retryable-write deduplication (SecantusDB, which
-/// `scripts/test` runs) then applies a catalog write twice. Returns the URI and database.
+/// would, with its patient client), in a fresh database. Returns the URI and database.
 fn mongo_catalog(config: &mut String) -> Option<(String, String)> {
     if !crate::gateway::on_mongodb() {
         return None;
     }
-    let uri = std::env::var("MONGODB_URI").expect("TEST_ON_MONGODB needs MONGODB_URI");
+    let uri = crate::mongo_env::uri().expect("TEST_ON_MONGODB needs MONGODB_URI");
     let db = crate::mongo_env::unique_db("mrcat");
-    let base = uri.trim_end_matches('/');
-    let patient = if base.contains('?') {
-        format!("{base}&retryWrites=false&connectTimeoutMS=30000")
-    } else if base.matches('/').count() > 2 {
-        format!("{base}?retryWrites=false&connectTimeoutMS=30000")
-    } else {
-        format!("{base}/?retryWrites=false&connectTimeoutMS=30000")
-    };
     config.push_str(&format!(
-        "\n[catalog]\nkind = \"mongodb\"\nuri = \"{patient}\"\ndatabase = \"{db}\"\n\
+        "\n[catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{db}\"\n\
          recovery_grace_seconds = 0\n"
     ));
     Some((uri, db))

@@ -58,7 +58,7 @@ fn shards_added_at_runtime_take_tenants_and_persist() {
         let embedded = json!({"id": "extra", "kind": "embedded", "path": "shards/extra.redb"});
         let r = ops(&gw, Method::POST, "/ops/shards", Some(embedded));
         assert_problem(r, 400, "invalid_shard");
-        let uri = std::env::var("MONGODB_URI").unwrap();
+        let uri = crate::mongo_env::uri().unwrap();
         json!({"id": "extra", "kind": "mongodb", "uri": uri, "database_prefix": "rtx", "weight": 1000.0})
     } else {
         json!({"id": "extra", "kind": "embedded", "path": "shards/extra.redb", "weight": 1000.0})

@@ -80,7 +80,7 @@ impl TestGateway {
         // `scripts/test` runs the HTTP suite a second time with the catalog and the tenant
         // shard on MongoDB (tests that configure their own do not get these).
         if on_mongodb() {
-            let uri = std::env::var("MONGODB_URI").expect("TEST_ON_MONGODB needs MONGODB_URI");
+            let uri = crate::mongo_env::uri().expect("TEST_ON_MONGODB needs MONGODB_URI");
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let nanos = std::time::SystemTime::now()

@@ -16,11 +16,31 @@ fn from_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The test server's URI; `None` (after printing a notice) when the test should skip.
-/// Panics when no server is configured but one is required.
+/// How long the tests' MongoDB clients wait for a server's answer before giving up on it.
+pub const PATIENT_MS: u64 = 30_000;
+
+/// `uri` with retryable writes off and a long connect timeout. The test servers may stall for
+/// seconds on a loaded machine. A MongoDB client that gives up on a server (after its connect
+/// timeout) interrupts the operations in flight and retries them, and a server without
+/// retryable-write deduplication under concurrency (SecantusDB, which `scripts/test` runs)
+/// then applies a write twice: an insert answers 409, a delete 404, a change-log entry a
+/// duplicate key. With these options the client waits, and never retries a write.
+pub fn patient(uri: &str) -> String {
+    let trimmed = uri.trim_end_matches('/');
+    if uri.contains('?') {
+        format!("{uri}&retryWrites=false&connectTimeoutMS={PATIENT_MS}")
+    } else if trimmed.matches('/').count() > 2 {
+        format!("{trimmed}?retryWrites=false&connectTimeoutMS={PATIENT_MS}")
+    } else {
+        format!("{trimmed}/?retryWrites=false&connectTimeoutMS={PATIENT_MS}")
+    }
+}
+
+/// The test server's URI, made [`patient`]; `None` (after printing a notice) when the test
+/// should skip. Panics when no server is configured but one is required.
 pub fn uri() -> Option<String> {
     match from_env("MONGODB_URI") {
-        Some(uri) => Some(uri),
+        Some(uri) => Some(patient(&uri)),
         None if required() => {
             panic!("MONGODB_URI is not set but REQUIRE_FULL_SUITE=1 requires MongoDB")
         }
@@ -34,7 +54,7 @@ pub fn uri() -> Option<String> {
 /// A second test deployment (`MONGODB_URI_2`), or the first one when only that is set.
 pub fn uri_2() -> Option<String> {
     let first = uri()?;
-    Some(from_env("MONGODB_URI_2").unwrap_or(first))
+    Some(from_env("MONGODB_URI_2").map_or(first, |u| patient(&u)))
 }
 
 /// A database name no other test (in this or a concurrent run) uses.

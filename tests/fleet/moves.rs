@@ -6,7 +6,7 @@
 
 use crate::cluster::{authed, ops_get, Cluster, OPS_TOKEN};
 use crate::gateway::TestGateway;
-use crate::mongo_env;
+use crate::mongo_env::{self, PATIENT_MS};
 use reqwest::blocking::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -61,56 +61,21 @@ impl TwoShards {
              database_prefix = \"{prefix_2}\"\nserver_selection_timeout_ms = {PATIENT_MS}\n"
         );
         let mut cluster = Cluster::new(&extra)?;
-        // The test servers may stall for seconds on a loaded machine. A MongoDB client that
-        // gives up on a server (2 s for a shard, 5 s for the catalog) interrupts the
-        // operations in flight and retries them, and a server without retryable-write
-        // deduplication (SecantusDB, which `scripts/test` runs) then applies a write twice:
-        // a delete answers 404, an insert 409, a change-log entry a duplicate key. Here the
-        // clients wait longer and never retry a write, so an interrupted one surfaces as an
-        // error (a shard's 503 `shard_unavailable`, which the writer retries).
-        cluster.config = cluster
-            .config
-            .replace(
-                &format!("database_prefix = \"{}\"\n", cluster.prefix),
-                &format!(
-                    "database_prefix = \"{}\"\nserver_selection_timeout_ms = {PATIENT_MS}\n",
-                    cluster.prefix
-                ),
-            )
-            .replace(
-                &format!("uri = \"{}\"", cluster.uri),
-                &format!("uri = \"{}\"", patient(&cluster.uri)),
-            )
-            .replace(
-                &format!("uri = \"{uri_2}\""),
-                &format!("uri = \"{}\"", patient(&uri_2)),
-            );
+        // The URIs are patient (see `mongo_env::patient`); the shards' selection timeout
+        // matches, so a stalled test server delays a request rather than failing it.
+        cluster.config = cluster.config.replace(
+            &format!("database_prefix = \"{}\"\n", cluster.prefix),
+            &format!(
+                "database_prefix = \"{}\"\nserver_selection_timeout_ms = {PATIENT_MS}\n",
+                cluster.prefix
+            ),
+        );
         Some(Self {
             cluster,
             uri_2,
             prefix_2,
         })
     }
-}
-
-/// How long the test's MongoDB clients wait for a server before giving up on it.
-const PATIENT_MS: u64 = 30_000;
-
-/// `uri` with retryable writes off and a long connect timeout (see [`TwoShards::new`]).
-fn patient(uri: &str) -> String {
-    let sep = if uri.contains('?') {
-        "&"
-    } else if uri.trim_end_matches('/').matches('/').count() > 2 {
-        "?"
-    } else {
-        "/?"
-    };
-    let base = if sep == "/?" {
-        uri.trim_end_matches('/')
-    } else {
-        uri
-    };
-    format!("{base}{sep}retryWrites=false&connectTimeoutMS={PATIENT_MS}")
 }
 
 fn ops_post(gw: &TestGateway, path: &str, body: &Value) -> (u16, Value) {
