@@ -335,7 +335,6 @@ pub(crate) struct ClientTuning {
     pub(crate) max_pool_size: Option<u32>,
     pub(crate) min_pool_size: Option<u32>,
     pub(crate) max_idle_time: Option<Duration>,
-    /// Also used as the connect timeout.
     pub(crate) server_selection_timeout: Option<Duration>,
     pub(crate) read_preference: Option<ReadPreference>,
     pub(crate) write_concern: Option<WriteConcern>,
@@ -370,14 +369,12 @@ fn apply_tuning(o: &mut ClientOptions, t: &ClientTuning) {
                 .get_or_insert(DEFAULT_SERVER_SELECTION_TIMEOUT);
         }
     }
-    // The connect timeout is also how long the driver's monitor waits for a server's answer
-    // before it declares the server down, clears the pool and interrupts the operations in
-    // flight (which then fail or are retried): a URI's own `connectTimeoutMS` is kept, for
-    // deployments that stall for longer than the selection timeout under load.
-    let selection = o
-        .server_selection_timeout
-        .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT);
-    o.connect_timeout.get_or_insert(selection);
+    // The connect timeout stays the URI's (or the driver's 10 s): it is also how long the
+    // driver's monitor waits beyond its heartbeat for a server's answer before it declares
+    // the server down, clears the pool and interrupts the operations in flight. Tied to the
+    // selection timeout (2 s for a shard), a server that answered its heartbeat 2 s late
+    // under load had every in-flight operation fail or be retried; requests still give up on
+    // an unreachable server after the selection timeout.
     if let Some(rp) = &t.read_preference {
         o.selection_criteria = Some(SelectionCriteria::ReadPreference(rp.clone()));
     }
@@ -1547,7 +1544,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_uris_connect_timeout_outlasts_the_selection_timeout() {
+    async fn the_connect_timeout_is_not_the_selection_timeout() {
         let tuning = ClientTuning {
             server_selection_timeout: Some(Duration::from_millis(2_000)),
             ..ClientTuning::default()
@@ -1560,7 +1557,7 @@ mod tests {
             derived.server_selection_timeout,
             Some(Duration::from_secs(2))
         );
-        assert_eq!(derived.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(derived.connect_timeout, None, "the driver's default (10 s)");
         let mut kept = ClientOptions::parse("mongodb://127.0.0.1:1/?connectTimeoutMS=30000")
             .await
             .unwrap();
