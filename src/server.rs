@@ -129,6 +129,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(EVENT_PURGE_INTERVAL);
             let keep =
                 chrono::Duration::days(i64::from(state.config.lifecycle.event_retention_days));
+            if let Err(e) = state
+                .catalog()
+                .expire_events_after(keep.to_std().unwrap_or_default())
+                .await
+            {
+                tracing::warn!(error = %e, "no TTL index for audit events; the purge removes them");
+            }
             loop {
                 tick.tick().await;
                 match state

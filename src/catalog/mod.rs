@@ -725,6 +725,12 @@ pub trait Catalog: Send + Sync + 'static {
     /// Removes the events from before `before`; returns how many.
     async fn purge_events(&self, before: chrono::DateTime<Utc>) -> CatalogResult<u64>;
 
+    /// Lets the store itself remove events older than `retention` where it can (a TTL index
+    /// on MongoDB); [`Self::purge_events`] runs as well, so this is only a head start.
+    async fn expire_events_after(&self, _retention: std::time::Duration) -> CatalogResult<()> {
+        Ok(())
+    }
+
     /// Records that `org`'s data is being written at `at`, keeping the latest of all marks
     /// (a `$max`): `backup --since` reads it. It lives in its own table or collection, never
     /// in the organization record (whose revision drives cache invalidation), and is written

@@ -173,6 +173,9 @@ fn push_outbox(update: &mut Document, events: &[AuditEvent]) -> CatalogResult<()
 /// they are copied into the log.
 const OUTBOX: &str = "outbox";
 
+/// The TTL index that removes events past `lifecycle.event_retention_days`.
+const EVENT_TTL_INDEX: &str = "retention";
+
 /// How long an event waiting in an outbox holds back reads of the log after it.
 const PENDING_EVENT_HORIZON: chrono::Duration = chrono::Duration::minutes(10);
 
@@ -2258,6 +2261,33 @@ impl Catalog for MongoCatalog {
             .await
             .map_err(|e| self.err(&e))?;
         Ok(())
+    }
+
+    async fn expire_events_after(&self, retention: std::time::Duration) -> CatalogResult<()> {
+        let seconds = retention.as_secs();
+        let ttl = IndexModel::builder()
+            .keys(doc! { "at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name(EVENT_TTL_INDEX.to_owned())
+                    .expire_after(retention)
+                    .build(),
+            )
+            .build();
+        match self.events.create_index(ttl).await {
+            Ok(_) => Ok(()),
+            // It exists with another retention: change it in place.
+            Err(_) => {
+                self.db
+                    .run_command(doc! {
+                        "collMod": self.events.name(),
+                        "index": { "name": EVENT_TTL_INDEX, "expireAfterSeconds": seconds as i64 },
+                    })
+                    .await
+                    .map_err(|e| self.err(&e))?;
+                Ok(())
+            }
+        }
     }
 
     async fn flush_events(&self) -> CatalogResult<usize> {

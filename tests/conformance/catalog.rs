@@ -1676,6 +1676,36 @@ async fn mongo_orgs_from_before_the_name_field_are_searchable() {
     mongo_env::drop_db(&uri, &db).await;
 }
 
+/// The events' TTL index follows the retention setting: created, then changed in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_event_retention_is_a_ttl_index_that_follows_the_setting() {
+    let Some(uri) = mongo_env::uri() else { return };
+    let db = mongo_env::unique_db("catttl");
+    let catalog = MongoCatalog::open(&uri, &db).await.expect("open");
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let events = client.database(&db).collection::<bson::Document>("events");
+    let ttl = || async {
+        use futures_util::TryStreamExt;
+        let indexes: Vec<mongodb::IndexModel> = events
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        indexes
+            .into_iter()
+            .find(|i| i.keys == bson::doc! { "at": 1 })
+            .and_then(|i| i.options?.expire_after)
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    catalog.expire_events_after(day * 90).await.unwrap();
+    assert_eq!(ttl().await, Some(day * 90));
+    catalog.expire_events_after(day * 30).await.unwrap();
+    assert_eq!(ttl().await, Some(day * 30));
+    mongo_env::drop_db(&uri, &db).await;
+}
+
 // ---- Tombstones (soft delete) ------------------------------------------------------------------
 
 fn days(n: i64) -> chrono::DateTime<Utc> {
