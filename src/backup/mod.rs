@@ -672,6 +672,16 @@ impl Restorer<'_> {
         backed_up: OrgRecord,
         admins: Vec<AdminRecord>,
     ) -> anyhow::Result<(OrgRecord, u64)> {
+        // Tokens issued before the restore (before the backup, or after it until the loss)
+        // must not come back to life with the organization: a new credential version voids
+        // them, as restoring a deleted organization does. Passwords are kept.
+        let admins: Vec<AdminRecord> = admins
+            .into_iter()
+            .map(|mut a| {
+                a.credential_version = a.credential_version.wrapping_add(1);
+                a
+            })
+            .collect();
         let Some(first) = admins.first().cloned() else {
             anyhow::bail!("the backup has no admin for it");
         };

@@ -277,12 +277,21 @@ struct Org {
     docs: BTreeMap<String, Value>,
     indexes: Vec<(String, Value, bool)>,
     placement: Value,
+    /// A token issued before the backup.
+    old_token: String,
 }
 
 #[test]
 fn backup_round_trip_keeps_documents_indexes_and_logins() {
     let shards = Shards::new();
-    let cfg = config(&shards, &format!("[ops]\ntoken = \"{OPS_TOKEN}\"\n"));
+    // One signing secret on both sides, so a token from before the backup would verify.
+    let cfg = config(
+        &shards,
+        &format!(
+            "[ops]\ntoken = \"{OPS_TOKEN}\"\n[auth]\njwt_secret = \"{}\"\n",
+            "restore-round-trip-signing-secret-0123456789"
+        ),
+    );
     let mut gw = TestGateway::start_with(Options {
         config: cfg.clone(),
         ..Default::default()
@@ -338,6 +347,7 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
             docs: documents(&gw, &t),
             indexes: indexes(&gw, &t),
             placement: created["placement"].clone(),
+            old_token: t.clone(),
         });
     }
     // A rate-limit override goes with its organization.
@@ -449,6 +459,14 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
         ..Default::default()
     });
     for org in &orgs {
+        // A token from before the backup does not come back with the organization.
+        let stale = gw
+            .req(Method::POST, "/data/count")
+            .bearer_auth(&org.old_token)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(stale.status(), 401, "{}", org.name);
         for email in &org.emails {
             let r = gw.login(email, PASSWORD);
             assert_eq!(r.status(), 200, "{email} logs in with the old password");
