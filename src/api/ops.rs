@@ -285,13 +285,7 @@ pub async fn top_tenants(state: &AppState, req: &Request) -> ApiResult {
     let (top, seconds) = state.top_tenants.top(n);
     let mut orgs = Vec::with_capacity(top.len());
     for (id, requests) in top {
-        let name = state
-            .router
-            .org(id)
-            .await
-            .ok()
-            .flatten()
-            .map(|o| o.name.to_string());
+        let name = org_name(state, id).await;
         orgs.push(json!({
             "organization_id": id.to_string(),
             "organization_name": name,
@@ -423,13 +417,7 @@ pub async fn search_orgs(state: &AppState, req: &Request) -> ApiResult {
 pub async fn quotas(state: &AppState) -> ApiResult {
     let mut orgs = Vec::new();
     for (id, used) in state.quotas.over_alert() {
-        let name = state
-            .router
-            .org(id)
-            .await
-            .ok()
-            .flatten()
-            .map(|o| o.name.to_string());
+        let name = org_name(state, id).await;
         orgs.push(json!({
             "organization_id": id.to_string(),
             "organization_name": name,
@@ -574,4 +562,15 @@ pub async fn instances(state: &AppState) -> ApiResult {
         })
         .collect();
     Ok(Reply::json(StatusCode::OK, &json!({ "instances": list })))
+}
+
+/// An organization's current name for an operator's listing, if it still exists.
+async fn org_name(state: &AppState, id: OrgId) -> Option<String> {
+    state
+        .router
+        .org(id)
+        .await
+        .ok()
+        .flatten()
+        .map(|o| o.name.to_string())
 }
