@@ -2390,7 +2390,18 @@ impl Catalog for MongoCatalog {
     }
 
     async fn watch(&self, resume: Option<FeedToken>) -> CatalogResult<Option<ChangeStream>> {
-        let mut watch = self.db.watch();
+        // Only what [`change_of`] maps to a cache change crosses the wire: every instance
+        // follows this stream, and the rest (audit events, write marks, a move's change log:
+        // two entries per tenant write while it moves) is most of the catalog's writes. Other
+        // kinds of events (drops, invalidations) still pass.
+        let uncached = doc! {
+            "operationType": { "$in": ["insert", "update", "replace", "delete"] },
+            "ns.coll": { "$nin": FOLLOWED_COLLECTIONS.to_vec() },
+        };
+        let mut watch = self
+            .db
+            .watch()
+            .pipeline([doc! { "$match": { "$nor": [uncached] } }]);
         if let Some(FeedToken(token)) = resume {
             let token: mongodb::change_stream::event::ResumeToken =
                 bson::from_bson(token).map_err(|e| backend_msg(e.to_string()))?;
@@ -2437,6 +2448,9 @@ impl ChangeFeed for MongoFeed {
             .map(FeedToken)
     }
 }
+
+/// The collections whose changes [`change_of`] maps to a cache change.
+const FOLLOWED_COLLECTIONS: [&str; 4] = ["organizations", "admins", "settings", "counters"];
 
 /// What a change-stream event means for the gateway's caches.
 fn change_of(event: &mongodb::change_stream::event::ChangeStreamEvent<Document>) -> CatalogChange {

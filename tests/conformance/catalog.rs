@@ -1676,6 +1676,47 @@ async fn mongo_orgs_from_before_the_name_field_are_searchable() {
     mongo_env::drop_db(&uri, &db).await;
 }
 
+/// The change feed carries what the caches follow and nothing else: audit events, write marks
+/// and a move's change log written before a setting do not reach the feed, the setting does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_change_feed_carries_only_followed_collections() {
+    use org_gateway::catalog::{Actor, AuditEvent, CatalogChange, EventType};
+    let Some(uri) = mongo_env::uri() else { return };
+    let db = mongo_env::unique_db("catfeed");
+    let catalog = MongoCatalog::open(&uri, &db).await.expect("open");
+    let mut feed = catalog.watch(None).await.unwrap().expect("a change stream");
+    let org_id = OrgId::generate();
+    for i in 0..5 {
+        let event = AuditEvent::new(
+            EventType::AdminLoginFailed,
+            Some(org_id),
+            Actor::System,
+            None,
+            json!({ "i": i }),
+        );
+        catalog.append_event(&event).await.unwrap();
+        catalog.mark_written(org_id, Utc::now()).await.unwrap();
+        catalog
+            .log_move_changes("0123456789abcdef0123456789abcdef", &[format!("doc-{i}")])
+            .await
+            .unwrap();
+    }
+    catalog
+        .put_setting("feed_probe", &json!({"on": true}), &[])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), feed.next_change())
+        .await
+        .expect("the setting arrives")
+        .unwrap()
+        .expect("the stream is open");
+    assert!(
+        matches!(&first, CatalogChange::Setting(k) if k == "feed_probe"),
+        "{first:?}"
+    );
+    mongo_env::drop_db(&uri, &db).await;
+}
+
 /// The events' TTL index follows the retention setting: created, then changed in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_event_retention_is_a_ttl_index_that_follows_the_setting() {
