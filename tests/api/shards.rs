@@ -406,3 +406,169 @@ fn collection_counts_are_reconciled_with_the_shard_at_startup() {
     );
     rt.block_on(mongo_env::drop_db(&uri, &format!("{prefix}_1")));
 }
+
+/// Invariant 2 through a primary step-down of a MongoDB shard (SecantusDB answers
+/// `replSetStepDown` as a single-node replica set does: a secondary for the window, writes
+/// refused with "not primary", reads served). Every acknowledged insert and increment is
+/// there afterwards, none is applied twice, a refused write is a 503 with Retry-After, reads
+/// go on during the window, and writes succeed again after it.
+#[test]
+fn a_shard_step_down_loses_no_acknowledged_write_and_applies_none_twice() {
+    let Some(server) = OwnServer::start() else {
+        return;
+    };
+    // The driver's defaults (retryable writes on: a write refused as "not primary" is retried
+    // once on the next primary), with two changes. SecantusDB ends the window without
+    // announcing a new topology (a real primary that wins its election does), so the driver
+    // learns it is writable at its next heartbeat: make that soon. And the patient connect
+    // timeout of the test servers (see `mongo_env::patient`).
+    let uri = format!(
+        "{}/?heartbeatFrequencyMS=500&connectTimeoutMS={}",
+        server.uri(),
+        mongo_env::PATIENT_MS
+    );
+    let gw = TestGateway::start_with(Options {
+        config: format!(
+            "[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 10000000\n\
+             [[shards]]\nid = \"stepping\"\nkind = \"mongodb\"\nuri = \"{uri}\"\n\
+             server_selection_timeout_ms = 1000\n"
+        ),
+        ..Default::default()
+    });
+    let token = gw.org_with_token("Failover Co", "failover@example.com");
+    let call = |method: Method, path: &str, body: Value| {
+        let r = gw
+            .req(method, path)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .unwrap();
+        let retry = r.headers().contains_key("retry-after");
+        (r.status().as_u16(), retry)
+    };
+    assert_eq!(
+        call(Method::POST, "/data", json!({"_id": "counter", "n": 0})).0,
+        201
+    );
+    let step_down = |seconds: i32| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+            // A real primary closes connections as it steps down: the answer may be lost.
+            let _ = client
+                .database("admin")
+                .run_command(bson::doc! { "replSetStepDown": seconds, "force": true })
+                .await;
+        });
+    };
+    let (mut acked, mut maybe) = (BTreeSet::new(), BTreeSet::new());
+    let (mut incs_acked, mut incs_maybe) = (0u64, 0u64);
+    let mut refused_during = 0;
+    let mut stepped = None;
+    let read_during = std::thread::scope(|scope| {
+        let mut reader = None;
+        let started = Instant::now();
+        let mut i = 0;
+        while started.elapsed() < Duration::from_secs(9) {
+            i += 1;
+            if stepped.is_none() && started.elapsed() > Duration::from_secs(1) {
+                step_down(3);
+                stepped = Some(Instant::now());
+                // Reads of a document written before, all through the window, beside the
+                // writes.
+                let (gw, token) = (&gw, &token);
+                let first = acked.iter().next().cloned().expect("a write before");
+                reader = Some(scope.spawn(move || {
+                    let mut served = false;
+                    let window = Instant::now();
+                    while window.elapsed() < Duration::from_millis(2_500) {
+                        let r = gw
+                            .req(Method::GET, &format!("/data/{first}"))
+                            .bearer_auth(token)
+                            .send()
+                            .unwrap();
+                        let s = r.status().as_u16();
+                        assert!(s == 200 || s == 503, "read during the window: {s}");
+                        served |= s == 200;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    served
+                }));
+            }
+            let id = format!("d-{i:05}");
+            let (s, retry) = call(Method::POST, "/data", json!({"_id": id, "i": i}));
+            match s {
+                201 => {
+                    acked.insert(id);
+                }
+                503 => {
+                    assert!(retry, "a refused write says when to retry");
+                    refused_during += 1;
+                    maybe.insert(id);
+                }
+                other => panic!("insert {id}: {other}\n{}", gw.log()),
+            }
+            let (s, retry) = call(Method::PATCH, "/data/counter", json!({"$inc": {"n": 1}}));
+            match s {
+                200 => incs_acked += 1,
+                503 => {
+                    assert!(retry, "a refused write says when to retry");
+                    incs_maybe += 1;
+                }
+                other => panic!("increment: {other}\n{}", gw.log()),
+            }
+        }
+        reader.map(|r| r.join().unwrap()).unwrap_or(false)
+    });
+    assert!(stepped.is_some());
+    assert!(
+        read_during,
+        "reads are served while the shard has no primary"
+    );
+    // Writes go through again once the window is over.
+    let after = Instant::now();
+    while call(Method::POST, "/data", json!({"_id": "after", "ok": true})).0 != 201 {
+        assert!(
+            after.elapsed() < Duration::from_secs(20),
+            "writes never resumed\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every acknowledged insert is there; a refused one may or may not be, nothing else is.
+    let r = gw
+        .req(Method::POST, "/data/query")
+        .bearer_auth(&token)
+        .json(&json!({"filter": {"i": {"$exists": true}}, "limit": 1000}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let found: BTreeSet<String> = r.json::<Value>().unwrap()["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap().to_owned())
+        .collect();
+    let missing: Vec<_> = acked.difference(&found).collect();
+    assert!(missing.is_empty(), "acknowledged inserts lost: {missing:?}");
+    let unknown: Vec<_> = found
+        .iter()
+        .filter(|id| !acked.contains(*id) && !maybe.contains(*id))
+        .collect();
+    assert!(unknown.is_empty(), "documents nobody wrote: {unknown:?}");
+    // Each acknowledged increment counted once; a refused one at most once.
+    let r = gw
+        .req(Method::GET, "/data/counter")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let n = r.json::<Value>().unwrap()["n"].as_u64().unwrap();
+    assert!(
+        (incs_acked..=incs_acked + incs_maybe).contains(&n),
+        "counter {n}: {incs_acked} increments acknowledged, {incs_maybe} refused"
+    );
+    eprintln!(
+        "step-down: {} inserts acknowledged, {refused_during} refused; {incs_acked} increments acknowledged, {incs_maybe} refused; counter {n}",
+        acked.len()
+    );
+}
