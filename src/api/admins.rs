@@ -3,7 +3,7 @@
 //! "never the last admin" are decided by the catalog atomically; checks here only spare a
 //! password hash that the catalog would refuse anyway.
 
-use super::auth::{authenticate, internal, Authenticated};
+use super::auth::{authenticate, Authenticated};
 use super::orgs::catalog_error;
 use super::{json_body, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
@@ -115,7 +115,7 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     if catalog
         .admin_by_email(&email)
         .await
-        .map_err(|e| internal("admin lookup", e))?
+        .map_err(|e| super::orgs::catalog_failure("admin lookup", e))?
         .is_some()
     {
         return Err(catalog_error(crate::catalog::CatalogError::Conflict(
@@ -125,7 +125,7 @@ pub async fn create(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     let current = catalog
         .admins_of_org(caller.org.id)
         .await
-        .map_err(|e| internal("admin list", e))?;
+        .map_err(|e| super::orgs::catalog_failure("admin list", e))?;
     if current.len() >= max as usize {
         return Err(catalog_error(crate::catalog::CatalogError::AdminLimit));
     }
@@ -181,7 +181,7 @@ pub async fn list(state: &AppState, req: &Request, log: &mut RequestLog) -> ApiR
         .catalog()
         .admins_of_org(caller.org.id)
         .await
-        .map_err(|e| internal("admin list", e))?;
+        .map_err(|e| super::orgs::catalog_failure("admin list", e))?;
     admins.sort_by_key(|a| (a.created_at, a.id));
     let mut reply = Reply::json(
         StatusCode::OK,
@@ -222,7 +222,7 @@ pub async fn delete(state: &AppState, req: &Request, log: &mut RequestLog) -> Ap
     let target = catalog
         .admin_by_id(id)
         .await
-        .map_err(|e| internal("admin lookup", e))?
+        .map_err(|e| super::orgs::catalog_failure("admin lookup", e))?
         .filter(|a| a.org_id == caller.org.id)
         .ok_or_else(admin_not_found)?;
     let deleted = super::events::event(

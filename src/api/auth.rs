@@ -132,7 +132,7 @@ async fn verify_login(
             .catalog()
             .admin_by_email(email)
             .await
-            .map_err(|e| internal("admin lookup", e))?,
+            .map_err(|e| super::orgs::catalog_failure("admin lookup", e))?,
         None => None,
     };
     // Longer than any valid password: refuse without spending a hash on it.
@@ -193,7 +193,7 @@ pub async fn authenticate_opt(
         .router
         .admin(claims.sub)
         .await
-        .map_err(|e| internal("admin lookup", e))?
+        .map_err(|e| super::orgs::catalog_failure("admin lookup", e))?
         .ok_or_else(|| reject(VerifyError::Revoked))?;
     if admin.org_id != claims.org || admin.credential_version != claims.cv {
         return Err(reject(VerifyError::Revoked));
@@ -202,7 +202,7 @@ pub async fn authenticate_opt(
         .router
         .org(claims.org)
         .await
-        .map_err(|e| internal("org lookup", e))?
+        .map_err(|e| super::orgs::catalog_failure("org lookup", e))?
         .ok_or_else(|| reject(VerifyError::Revoked))?;
     Ok(Some(Authenticated { claims, admin, org }))
 }

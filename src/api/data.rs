@@ -274,7 +274,7 @@ pub(super) async fn tenant_again(
         .router
         .org(org)
         .await
-        .map_err(|e| internal("catalog", e))?
+        .map_err(|e| super::orgs::catalog_failure("catalog", e))?
         .ok_or_else(ApiError::unauthorized)?;
     place(state, gate, record, headers, access).await
 }
@@ -316,7 +316,7 @@ async fn place(
                 .router
                 .org(org.id)
                 .await
-                .map_err(|e| internal("catalog", e))?
+                .map_err(|e| super::orgs::catalog_failure("catalog", e))?
                 .ok_or_else(ApiError::unauthorized)?;
         }
         metrics::MOVE_HELD_WRITES.observe(started.elapsed().as_secs_f64());

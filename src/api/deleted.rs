@@ -127,7 +127,7 @@ pub async fn list(state: &AppState, req: &Request) -> ApiResult {
         .catalog()
         .tombstones(after, limit + 1)
         .await
-        .map_err(|e| internal("deleted organizations", e))?;
+        .map_err(|e| super::orgs::catalog_failure("deleted organizations", e))?;
     let next_cursor = if page.len() > limit {
         page.truncate(limit);
         page.last().map(|t| t.org.id.to_string())

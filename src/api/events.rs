@@ -3,7 +3,7 @@
 //! ([`record`]). Read by an organization's admins (`GET /org/events`) and by operators
 //! (`GET /ops/events`), oldest first, a page at a time.
 
-use super::auth::{authenticate, internal};
+use super::auth::authenticate;
 use super::{query_param, ApiResult, Reply, Request, RequestLog};
 use crate::app::AppState;
 use crate::catalog::{Actor, AuditEvent, EventQuery, EventType};
@@ -100,7 +100,7 @@ async fn page(state: &AppState, query: EventQuery) -> ApiResult {
         .catalog()
         .events(&query)
         .await
-        .map_err(|e| internal("audit events", e))?;
+        .map_err(|e| super::orgs::catalog_failure("audit events", e))?;
     Ok(Reply::json(
         StatusCode::OK,
         &EventList {

@@ -398,7 +398,7 @@ pub async fn org_named(
         .router
         .org_by_name(&name.normalized())
         .await
-        .map_err(|e| auth::internal("org lookup", e))?
+        .map_err(|e| orgs::catalog_failure("org lookup", e))?
         .ok_or_else(ApiError::org_not_found)
 }
 

@@ -57,7 +57,7 @@ fn yes() -> bool {
 }
 
 fn catalog_err(e: crate::catalog::CatalogError) -> ApiError {
-    internal("catalog", e)
+    super::orgs::catalog_failure("catalog", e)
 }
 
 fn move_not_found() -> ApiError {

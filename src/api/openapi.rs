@@ -194,6 +194,7 @@ const FIELD_NAME: &str = "^[^$.\\u0000][^.\\u0000]*$";
 /// (they depend on the configuration, or span several fields) filled in from `live`.
 pub fn document_json(listener: Listener, live: &Live) -> Value {
     let mut doc = serde_json::to_value(document(listener)).expect("OpenAPI document serializes");
+    catalog_may_be_unavailable(&mut doc);
     match listener {
         Listener::Public => {
             let schemas = &mut doc["components"]["schemas"];
@@ -260,6 +261,37 @@ pub fn document_json(listener: Listener, live: &Live) -> Value {
         }
     }
     doc
+}
+
+/// Every route that reads or writes the catalog answers 503 `catalog_unavailable` with
+/// Retry-After while the catalog cannot be reached or has no primary; those that do not say
+/// 503 already get it here. Liveness, metrics and this document do not touch the catalog.
+fn catalog_may_be_unavailable(doc: &mut Value) {
+    const WITHOUT_CATALOG: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths {
+        if WITHOUT_CATALOG.contains(&path.as_str()) {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            responses.entry("503").or_insert_with(|| {
+                json!({
+                    "description": "Catalog unavailable (`catalog_unavailable`, Retry-After)",
+                    "content": {"application/problem+json": {
+                        "schema": {"$ref": "#/components/schemas/ProblemBody"}
+                    }},
+                })
+            });
+        }
+    }
 }
 
 /// The body of `POST /ops/shards`: a `[[shards]]` table of the configuration. Rules between

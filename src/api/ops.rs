@@ -1,7 +1,6 @@
 //! Operator routes on the ops listener, behind `ops.token` (Bearer, compared in constant
 //! time). An org admin's JWT is never accepted here.
 
-use super::auth::internal;
 use super::orgs::PlacementView;
 use super::routes::Route;
 use super::{json_body, ApiResult, Reply, Request};
@@ -90,7 +89,7 @@ pub async fn capacity_report(state: &AppState, probe: bool) -> Result<Vec<Value>
         .catalog()
         .collection_counts()
         .await
-        .map_err(|e| internal("catalog", e))?;
+        .map_err(|e| super::orgs::catalog_failure("catalog", e))?;
     let mut per_shard: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
     let mut organizations = 0u64;
     for (shard, db, n) in counts {
@@ -114,7 +113,7 @@ pub async fn capacity_report(state: &AppState, probe: bool) -> Result<Vec<Value>
         .catalog()
         .list_moves()
         .await
-        .map_err(|e| internal("catalog", e))?
+        .map_err(|e| super::orgs::catalog_failure("catalog", e))?
     {
         if !m.state.is_final() {
             *moving_off.entry(m.from.shard.clone()).or_insert(0) += 1;
@@ -251,7 +250,7 @@ pub async fn set_limits(state: &AppState, req: &Request) -> ApiResult {
         },
     )
     .await
-    .map_err(|e| internal("catalog", e))?;
+    .map_err(|e| super::orgs::catalog_failure("catalog", e))?;
     state.rate_limits.set_override(org.id, body);
     let effective = state.rate_limits.limits_of(org.id);
     Ok(Reply::json(
@@ -391,7 +390,7 @@ pub async fn search_orgs(state: &AppState, req: &Request) -> ApiResult {
         .catalog()
         .orgs_by_name(prefix.as_str(), after.as_ref(), limit + 1)
         .await
-        .map_err(|e| internal("organization search", e))?;
+        .map_err(|e| super::orgs::catalog_failure("organization search", e))?;
     let next_cursor = if orgs.len() > limit {
         orgs.truncate(limit);
         orgs.last().map(|o| encode_org_cursor(&o.normalized_name()))
@@ -503,7 +502,7 @@ pub async fn add_shard(state: &AppState, req: &Request) -> ApiResult {
         Ok(serde_json::to_value(&persisted).expect("serializable"))
     })
     .await
-    .map_err(|e| internal("catalog", e))?;
+    .map_err(|e| super::orgs::catalog_failure("catalog", e))?;
     let shard = Shard::new(cfg, store);
     let body = json!({"id": shard.id(), "kind": shard.config.kind, "uri": shard.display_uri(), "state": shard.config.state});
     tracing::info!(shard = %shard.id(), uri = %shard.display_uri(), "shard added");
@@ -546,13 +545,13 @@ pub async fn instances(state: &AppState) -> ApiResult {
         .catalog()
         .now()
         .await
-        .map_err(|e| internal("catalog", e))?;
+        .map_err(|e| super::orgs::catalog_failure("catalog", e))?;
     let me = state.fleet.instance_id();
     let list: Vec<_> = state
         .catalog()
         .instances()
         .await
-        .map_err(|e| internal("catalog", e))?
+        .map_err(|e| super::orgs::catalog_failure("catalog", e))?
         .into_iter()
         .map(|i| {
             let mut v = serde_json::to_value(&i).expect("serializable");

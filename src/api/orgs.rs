@@ -108,7 +108,25 @@ pub fn catalog_error(e: CatalogError) -> ApiError {
             "last_admin",
             "the organization's last admin cannot be deleted",
         ),
-        CatalogError::Backend(e) => internal("catalog", e),
+        e @ (CatalogError::Unavailable(_) | CatalogError::Backend(_)) => {
+            catalog_failure("catalog", e)
+        }
+    }
+}
+
+/// A catalog call that failed: 503 with Retry-After while the catalog is unreachable or has
+/// no primary (the caller retries, as for a shard), else a logged 500.
+pub fn catalog_failure(what: &str, e: CatalogError) -> ApiError {
+    match e {
+        CatalogError::Unavailable(detail) => {
+            tracing::warn!(%detail, "{what}: catalog unavailable");
+            ApiError::unavailable(
+                "catalog_unavailable",
+                "the catalog is unavailable; retry",
+                1,
+            )
+        }
+        e => internal(what, e),
     }
 }
 
@@ -218,7 +236,7 @@ pub async fn create(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         .router
         .org_by_name(&name.normalized())
         .await
-        .map_err(|e| internal("org lookup", e))?
+        .map_err(|e| catalog_failure("org lookup", e))?
         .is_some()
     {
         return Err(conflict(Taken::OrgName));
@@ -531,7 +549,7 @@ pub async fn update(state: &Arc<AppState>, req: &Request, log: &mut RequestLog) 
         .catalog()
         .admin_by_id(caller.admin.id)
         .await
-        .map_err(|e| internal("admin lookup", e))?
+        .map_err(|e| catalog_failure("admin lookup", e))?
         .filter(|a| a.credential_version == caller.claims.cv && a.org_id == org.id)
         .ok_or_else(ApiError::unauthorized)?;
     let change = if email.is_some() || password.is_some() {

@@ -427,6 +427,10 @@ pub enum CatalogError {
     /// The admin to remove is the organization's last one.
     #[error("last admin")]
     LastAdmin,
+    /// The catalog store cannot be reached or cannot take writes for now (no primary during
+    /// a failover, a network error, a timeout): the caller may retry.
+    #[error("catalog unavailable: {0}")]
+    Unavailable(String),
     /// The catalog store failed.
     #[error("catalog store error: {0}")]
     Backend(String),

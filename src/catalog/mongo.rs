@@ -577,7 +577,10 @@ impl MongoCatalog {
     }
 
     fn err(&self, e: &mongodb::error::Error) -> CatalogError {
-        CatalogError::Backend(self.classify(e).message().to_owned())
+        match self.classify(e) {
+            Failure::Unavailable(m) => CatalogError::Unavailable(m),
+            f => CatalogError::Backend(f.message().to_owned()),
+        }
     }
 
     /// The organization document and its revision.

@@ -188,12 +188,12 @@ async fn apply_credentials(
         Ok(stored) => stored,
         // A conflict, or a write whose outcome is unknown (the reply was lost): only what is
         // stored decides.
-        Err(e @ (CatalogError::Stale | CatalogError::Backend(_))) => {
-            match credentials_in_place(lc, admin).await? {
-                Some(stored) => stored,
-                None => return Err(e.into()),
-            }
-        }
+        Err(
+            e @ (CatalogError::Stale | CatalogError::Unavailable(_) | CatalogError::Backend(_)),
+        ) => match credentials_in_place(lc, admin).await? {
+            Some(stored) => stored,
+            None => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     lc.router.invalidate_admin(admin.id).await;

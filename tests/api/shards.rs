@@ -450,17 +450,6 @@ fn a_shard_step_down_loses_no_acknowledged_write_and_applies_none_twice() {
         call(Method::POST, "/data", json!({"_id": "counter", "n": 0})).0,
         201
     );
-    let step_down = |seconds: i32| {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
-            // A real primary closes connections as it steps down: the answer may be lost.
-            let _ = client
-                .database("admin")
-                .run_command(bson::doc! { "replSetStepDown": seconds, "force": true })
-                .await;
-        });
-    };
     let (mut acked, mut maybe) = (BTreeSet::new(), BTreeSet::new());
     let (mut incs_acked, mut incs_maybe) = (0u64, 0u64);
     let mut refused_during = 0;
@@ -472,7 +461,7 @@ fn a_shard_step_down_loses_no_acknowledged_write_and_applies_none_twice() {
         while started.elapsed() < Duration::from_secs(9) {
             i += 1;
             if stepped.is_none() && started.elapsed() > Duration::from_secs(1) {
-                step_down(3);
+                step_down(&uri, 3);
                 stepped = Some(Instant::now());
                 // Reads of a document written before, all through the window, beside the
                 // writes.
@@ -536,19 +525,33 @@ fn a_shard_step_down_loses_no_acknowledged_write_and_applies_none_twice() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Every acknowledged insert is there; a refused one may or may not be, nothing else is.
-    let r = gw
-        .req(Method::POST, "/data/query")
-        .bearer_auth(&token)
-        .json(&json!({"filter": {"i": {"$exists": true}}, "limit": 1000}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let found: BTreeSet<String> = r.json::<Value>().unwrap()["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["_id"].as_str().unwrap().to_owned())
-        .collect();
+    let mut found = BTreeSet::new();
+    let mut cursor = Value::Null;
+    loop {
+        let mut body = json!({"filter": {"i": {"$exists": true}}, "limit": 1000});
+        if !cursor.is_null() {
+            body["cursor"] = cursor;
+        }
+        let r = gw
+            .req(Method::POST, "/data/query")
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().unwrap();
+        found.extend(
+            page["documents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["_id"].as_str().unwrap().to_owned()),
+        );
+        cursor = page["next_cursor"].clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
     let missing: Vec<_> = acked.difference(&found).collect();
     assert!(missing.is_empty(), "acknowledged inserts lost: {missing:?}");
     let unknown: Vec<_> = found
@@ -571,4 +574,164 @@ fn a_shard_step_down_loses_no_acknowledged_write_and_applies_none_twice() {
         "step-down: {} inserts acknowledged, {refused_during} refused; {incs_acked} increments acknowledged, {incs_maybe} refused; counter {n}",
         acked.len()
     );
+}
+
+/// Asks a SecantusDB to step down for `seconds` and checks that it did (it then answers
+/// `hello` as a secondary).
+fn step_down(uri: &str, seconds: i32) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+        // A real primary closes connections as it steps down: the answer may be lost.
+        let _ = client
+            .database("admin")
+            .run_command(bson::doc! { "replSetStepDown": seconds, "force": true })
+            .await;
+        let direct = mongodb::Client::with_uri_str(format!("{uri}&directConnection=true"))
+            .await
+            .unwrap();
+        let hello = direct
+            .database("admin")
+            .run_command(bson::doc! { "hello": 1 })
+            .await
+            .unwrap();
+        assert_eq!(
+            hello.get_bool("isWritablePrimary").ok(),
+            Some(false),
+            "{hello}"
+        );
+    });
+}
+
+/// The catalog's primary steps down (a MongoDB catalog on a private SecantusDB) while
+/// organizations are created, admins log in and a tenant writes: every answer is a success or
+/// a 503 with Retry-After (`catalog_unavailable` when the catalog refused), never a 500, and
+/// creates succeed again after the window.
+#[test]
+fn a_catalog_step_down_is_503_with_retry_after_never_500() {
+    let Some(server) = OwnServer::start() else {
+        return;
+    };
+    let uri = format!(
+        "{}/?connectTimeoutMS={}&heartbeatFrequencyMS=500",
+        server.uri(),
+        mongo_env::PATIENT_MS
+    );
+    let gw = TestGateway::start_with(Options {
+        config: format!(
+            "[limits]\nrequests_per_minute = 1000000\nrequests_per_hour = 10000000\n\
+             creates_per_minute_per_address = 100000\n\
+             [catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"stepcat\"\n\
+             recovery_grace_seconds = 0\n"
+        ),
+        ..Default::default()
+    });
+    let token = gw.org_with_token("Catalog Step", "catstep@example.com");
+    let check = |what: &str, r: reqwest::blocking::Response, ok: u16| -> bool {
+        let status = r.status().as_u16();
+        if status == ok {
+            return true;
+        }
+        assert_eq!(status, 503, "{what}: {status}\n{}", gw.log());
+        assert!(
+            r.headers().contains_key("retry-after"),
+            "{what}: no Retry-After"
+        );
+        let body: Value = r.json().unwrap();
+        assert!(
+            [
+                "catalog_unavailable",
+                "shard_unavailable",
+                "organization_busy"
+            ]
+            .contains(&body["code"].as_str().unwrap_or("")),
+            "{what}: {body}"
+        );
+        false
+    };
+    let started = Instant::now();
+    let (mut stepped, mut refused) = (false, 0);
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        i += 1;
+        if !stepped && started.elapsed() > Duration::from_secs(1) {
+            step_down(&uri, 3);
+            stepped = true;
+        }
+        let created = gw.create_org(
+            &format!("Step Org {i}"),
+            &format!("step{i}@example.com"),
+            "password123",
+        );
+        refused += usize::from(!check("create", created, 201));
+        refused += usize::from(!check(
+            "login",
+            gw.login("catstep@example.com", "password123"),
+            200,
+        ));
+        let insert = gw
+            .req(Method::POST, "/data")
+            .bearer_auth(&token)
+            .json(&json!({"_id": format!("c-{i}")}))
+            .send()
+            .unwrap();
+        refused += usize::from(!check("insert", insert, 201));
+    }
+    assert!(stepped);
+    let after = Instant::now();
+    while gw
+        .create_org("After Step", "after@example.com", "password123")
+        .status()
+        != 201
+    {
+        assert!(
+            after.elapsed() < Duration::from_secs(20),
+            "creates never resumed\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Deterministically: while every write of the gateway's clients is refused as "not
+    // primary" (the driver's one retry included), a create is a 503 `catalog_unavailable`.
+    fail_gateway_writes(&uri, true);
+    let r = gw.create_org("Refused Org", "refused@example.com", "password123");
+    fail_gateway_writes(&uri, false);
+    assert_eq!(r.status(), 503, "{}", gw.log());
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().unwrap()["code"], "catalog_unavailable");
+    assert_eq!(
+        gw.create_org("Refused Org", "refused@example.com", "password123")
+            .status(),
+        201
+    );
+    eprintln!("catalog step-down: {i} rounds, {refused} answers were 503");
+}
+
+/// Turns on (or off) a failpoint refusing every write command of the gateway's MongoDB
+/// clients (application name `org-gateway`) with 10107 "not primary".
+fn fail_gateway_writes(uri: &str, on: bool) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = mongodb::Client::with_uri_str(format!("{uri}&appName=test-runner"))
+            .await
+            .unwrap();
+        let mode = if on {
+            bson::bson!("alwaysOn")
+        } else {
+            bson::bson!("off")
+        };
+        client
+            .database("admin")
+            .run_command(bson::doc! {
+                "configureFailPoint": "failCommand",
+                "mode": mode,
+                "data": {
+                    "failCommands": ["insert", "update", "delete", "findAndModify"],
+                    "errorCode": 10107,
+                    "appName": "org-gateway",
+                },
+            })
+            .await
+            .unwrap();
+    });
 }

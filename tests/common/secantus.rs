@@ -53,6 +53,8 @@ impl OwnServer {
             .arg("--storage-path")
             .arg(self.dir.path().join("data"))
             .args(["--oplog-max-entries", "5000", "--log-level", "WARNING"])
+            // `configureFailPoint`, for tests that make the server refuse commands.
+            .arg("--enable-test-commands")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
