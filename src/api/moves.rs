@@ -2,7 +2,6 @@
 //! The moves themselves run in the background (`movers::moves`); these routes only queue
 //! them and read their journal.
 
-use super::auth::internal;
 use super::{json_body, query_param, ApiResult, Reply, Request};
 use crate::app::AppState;
 use crate::catalog::{Location, MoveRecord, MoveState};
@@ -180,7 +179,7 @@ pub async fn start(state: &AppState, req: &Request) -> ApiResult {
         // A mark whose move ended is cleared; a live one makes the queue below refuse.
         moves::clear_stale_mark(&state.lifecycle(), &org)
             .await
-            .map_err(|e| internal("move", e))?;
+            .map_err(super::orgs::move_error)?;
         org = lookup().await?;
     }
     let to = target(

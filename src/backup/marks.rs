@@ -57,7 +57,10 @@ impl WriteMarks {
                         .map(|()| decided)
                 })
                 .await
-                .map_err(|e: std::sync::Arc<CatalogError>| CatalogError::Backend(e.to_string()))?;
+                .map_err(|e: std::sync::Arc<CatalogError>| match e.as_ref() {
+                    CatalogError::Unavailable(m) => CatalogError::Unavailable(m.clone()),
+                    e => CatalogError::Backend(e.to_string()),
+                })?;
             if decided.elapsed() < self.interval {
                 return Ok(());
             }

@@ -812,6 +812,8 @@ pub enum CatalogChange {
     Revision(u64),
     /// Something the gateway does not cache.
     Other,
+    /// No change: a poll that found none (the feed's resume token may have moved on).
+    Idle,
 }
 
 /// A live change feed.

@@ -85,6 +85,16 @@ fn backend_msg(m: impl Into<String>) -> CatalogError {
     CatalogError::Backend(m.into())
 }
 
+/// A classified driver failure as a catalog error: the server unreachable or without a
+/// primary is [`CatalogError::Unavailable`] (the API answers 503), anything else a backend
+/// error.
+fn failure(f: Failure) -> CatalogError {
+    match f {
+        Failure::Unavailable(m) => CatalogError::Unavailable(m),
+        f => CatalogError::Backend(f.message().to_owned()),
+    }
+}
+
 /// JSON-encodes a value and converts it to a BSON document.
 fn to_doc<T: Serialize>(v: &T) -> CatalogResult<Document> {
     let json = serde_json::to_value(v).map_err(|e| backend_msg(e.to_string()))?;
@@ -383,7 +393,7 @@ impl MongoCatalog {
             Ok(_) => {}
             Err(e) => match self.classify(&e) {
                 Failure::Duplicate { .. } => {}
-                f => return Err(backend_msg(f.message())),
+                f => return Err(failure(f)),
             },
         }
         Ok(())
@@ -444,7 +454,7 @@ impl MongoCatalog {
                     }
                     Err(e) => match self.classify(&e) {
                         Failure::Duplicate { .. } => {}
-                        f => return Err(backend_msg(f.message())),
+                        f => return Err(failure(f)),
                     },
                 }
                 coll.update_one(
@@ -577,10 +587,7 @@ impl MongoCatalog {
     }
 
     fn err(&self, e: &mongodb::error::Error) -> CatalogError {
-        match self.classify(e) {
-            Failure::Unavailable(m) => CatalogError::Unavailable(m),
-            f => CatalogError::Backend(f.message().to_owned()),
-        }
+        failure(self.classify(e))
     }
 
     /// The organization document and its revision.
@@ -716,7 +723,7 @@ impl MongoCatalog {
                 Ok(_) => return Ok(()),
                 Err(e) => match self.classify(&e) {
                     Failure::Duplicate { .. } if attempt == 0 => continue,
-                    f => return Err(backend_msg(f.message())),
+                    f => return Err(failure(f)),
                 },
             }
         }
@@ -810,7 +817,7 @@ impl MongoCatalog {
             Ok(_) => Ok(()),
             Err(e) => match self.classify(&e) {
                 Failure::Duplicate { .. } => Ok(()),
-                f => Err(backend_msg(f.message())),
+                f => Err(failure(f)),
             },
         }
     }
@@ -836,9 +843,12 @@ impl MongoCatalog {
         mut update: Document,
         record: &mut OrgRecord,
     ) -> Result<bool, Failure> {
-        let other = |e: CatalogError| Failure::Other {
-            code: None,
-            message: e.to_string(),
+        let other = |e: CatalogError| match e {
+            CatalogError::Unavailable(m) => Failure::Unavailable(m),
+            e => Failure::Other {
+                code: None,
+                message: e.to_string(),
+            },
         };
         record.revision = self.bump_revision().await.map_err(other)?;
         let active = record.state == OrgState::Active;
@@ -900,7 +910,7 @@ impl MongoCatalog {
     ) -> CatalogResult<bool> {
         self.update_org(filter, update, record)
             .await
-            .map_err(|f| backend_msg(f.message()))
+            .map_err(failure)
     }
     /// Inserts a new tombstone with `events` in its outbox; [`CatalogError::Stale`] if the
     /// organization already has one (a concurrent delete, or a restore not yet settled).
@@ -917,7 +927,7 @@ impl MongoCatalog {
             Ok(_) => Ok(()),
             Err(e) => Err(match self.classify(&e) {
                 Failure::Duplicate { .. } => CatalogError::Stale,
-                f => backend_msg(f.message()),
+                f => failure(f),
             }),
         }
     }
@@ -1087,7 +1097,7 @@ impl MongoCatalog {
                 Failure::Duplicate { message, .. } if !message.contains("_id_") => {
                     CatalogError::Conflict(Taken::Email)
                 }
-                f => backend_msg(f.message()),
+                f => failure(f),
             })?;
         Ok(())
     }
@@ -1239,7 +1249,7 @@ impl Catalog for MongoCatalog {
                     )
                     .await?
                 }
-                f => backend_msg(f.message()),
+                f => failure(f),
             });
         }
         let placement = &org.placement;
@@ -1262,7 +1272,7 @@ impl Catalog for MongoCatalog {
                     Failure::Duplicate { message, .. } if !message.contains("_id_") => {
                         CatalogError::Conflict(Taken::Email)
                     }
-                    f => backend_msg(f.message()),
+                    f => failure(f),
                 }
             }),
             Err(e) => Err(e),
@@ -1425,7 +1435,7 @@ impl Catalog for MongoCatalog {
             }
             Err(e) => Err(match self.classify(&e) {
                 Failure::Duplicate { .. } => CatalogError::Conflict(Taken::Email),
-                f => backend_msg(f.message()),
+                f => failure(f),
             }),
         }
     }
@@ -1573,7 +1583,7 @@ impl Catalog for MongoCatalog {
             Err(Failure::Duplicate { message, .. }) => Err(self
                 .org_conflict(Some(id), &to_norm, to_coll.as_str(), &message)
                 .await?),
-            Err(f) => Err(backend_msg(f.message())),
+            Err(f) => Err(failure(f)),
         }
     }
 
@@ -1786,7 +1796,7 @@ impl Catalog for MongoCatalog {
                     self.org_conflict(Some(id), &norm, to_coll.as_str(), &message)
                         .await?
                 }
-                f => backend_msg(f.message()),
+                f => failure(f),
             };
             self.set_phase(id, TombstonePhase::Restoring, TombstonePhase::Kept, &[])
                 .await?;
@@ -2044,7 +2054,7 @@ impl Catalog for MongoCatalog {
             // An upsert that met a value stored meanwhile.
             Err(e) => match self.classify(&e) {
                 Failure::Duplicate { .. } => Ok(false),
-                f => Err(backend_msg(f.message())),
+                f => Err(failure(f)),
             },
         }
     }
@@ -2245,7 +2255,7 @@ impl Catalog for MongoCatalog {
                             .unwrap_or_default(),
                     ))
                 }
-                f => Err(backend_msg(f.message())),
+                f => Err(failure(f)),
             },
         }
     }
@@ -2425,6 +2435,9 @@ fn move_of(d: &Document) -> CatalogResult<MoveRecord> {
     serde_json::from_str(text).map_err(|e| backend_msg(e.to_string()))
 }
 
+/// The least time an empty poll of the change stream takes.
+const FEED_POLL_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A change stream on the catalog database.
 struct MongoFeed {
     stream: mongodb::change_stream::ChangeStream<
@@ -2436,12 +2449,22 @@ struct MongoFeed {
 #[async_trait]
 impl ChangeFeed for MongoFeed {
     async fn next_change(&mut self) -> CatalogResult<Option<CatalogChange>> {
-        use futures_util::StreamExt;
-        let Some(event) = self.stream.next().await else {
-            return Ok(None);
-        };
-        let event = event.map_err(|e| backend_msg(classify(&e, &self.secrets).message()))?;
-        Ok(Some(change_of(&event)))
+        // One poll at a time (the server holds each for up to a second), so the resume token
+        // follows the server's position even while nothing followed changes: a stale one
+        // could point past the oplog's history by the time the stream is reopened.
+        let started = std::time::Instant::now();
+        match self.stream.next_if_any().await {
+            Ok(Some(event)) => Ok(Some(change_of(&event))),
+            Ok(None) if !self.stream.is_alive() => Ok(None),
+            Ok(None) => {
+                // A server that answers an empty poll at once is not left to spin.
+                if let Some(rest) = FEED_POLL_FLOOR.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+                Ok(Some(CatalogChange::Idle))
+            }
+            Err(e) => Err(failure(classify(&e, &self.secrets))),
+        }
     }
 
     fn resume_token(&self) -> Option<FeedToken> {

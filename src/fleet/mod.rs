@@ -374,7 +374,7 @@ impl Fleet {
                 self.seen.fetch_max(r, Ordering::SeqCst);
                 self.seen_changed.notify_one();
             }
-            CatalogChange::Other => {}
+            CatalogChange::Other | CatalogChange::Idle => {}
         }
     }
 
@@ -453,6 +453,11 @@ impl Fleet {
             }
             self.set_mode(FeedMode::Polling);
             if !delivered {
+                if resuming {
+                    // Resumed, then failed before its first poll answered: the resume point
+                    // may be gone from the server's history. Start afresh (and resync).
+                    token = None;
+                }
                 // A stream that fails at once would otherwise spin: back off.
                 tokio::time::sleep(poll).await;
             }

@@ -1705,11 +1705,12 @@ async fn mongo_change_feed_carries_only_followed_collections() {
         .put_setting("feed_probe", &json!({"on": true}), &[])
         .await
         .unwrap();
-    let first = tokio::time::timeout(std::time::Duration::from_secs(20), feed.next_change())
-        .await
-        .expect("the setting arrives")
-        .unwrap()
-        .expect("the stream is open");
+    let first = loop {
+        match poll(&mut feed).await.expect("the stream is open") {
+            CatalogChange::Idle => continue,
+            change => break change,
+        }
+    };
     assert!(
         matches!(&first, CatalogChange::Setting(k) if k == "feed_probe"),
         "{first:?}"
@@ -1978,4 +1979,44 @@ async fn mongo_interrupted_tombstone_changes_are_settled() {
         .unwrap()
         .is_some());
     f.cleanup().await;
+}
+
+async fn poll(
+    feed: &mut org_gateway::catalog::ChangeStream,
+) -> Option<org_gateway::catalog::CatalogChange> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), feed.next_change())
+        .await
+        .expect("an idle feed answers")
+        .unwrap()
+}
+
+/// While nothing the caches follow changes, the feed still answers (a poll that found nothing)
+/// and its resume token moves past the changes it filtered out, so a stream reopened later
+/// resumes from a point the server's history still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_an_idle_feed_keeps_its_resume_point_current() {
+    use org_gateway::catalog::{Actor, AuditEvent, CatalogChange, EventType};
+    let Some(uri) = mongo_env::uri() else { return };
+    let db = mongo_env::unique_db("catidle");
+    let catalog = MongoCatalog::open(&uri, &db).await.expect("open");
+    let mut feed = catalog.watch(None).await.unwrap().expect("a change stream");
+    assert_eq!(poll(&mut feed).await, Some(CatalogChange::Idle));
+    let before = format!("{:?}", feed.resume_token().expect("a resume token"));
+    for i in 0..5 {
+        let event = AuditEvent::new(
+            EventType::AdminLoginFailed,
+            Some(OrgId::generate()),
+            Actor::System,
+            None,
+            json!({ "i": i }),
+        );
+        catalog.append_event(&event).await.unwrap();
+    }
+    let mut moved = false;
+    for _ in 0..5 {
+        assert_eq!(poll(&mut feed).await, Some(CatalogChange::Idle));
+        moved |= format!("{:?}", feed.resume_token().unwrap()) != before;
+    }
+    assert!(moved, "the resume token stayed at {before}");
+    mongo_env::drop_db(&uri, &db).await;
 }
