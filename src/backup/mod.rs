@@ -664,6 +664,19 @@ struct Restorer<'a> {
     from: &'a Path,
 }
 
+/// The credential version a restored admin gets: beyond every version the deployment the
+/// backup came from can have issued since (one per password change after the backup), and
+/// moving on with every second, so two restores of one backup differ. Versions grow by one
+/// per change, so the seconds since 2020 at the restore are far ahead of any a deployment
+/// reached by changes alone.
+fn restored_credential_version(backed_up: u32, now: DateTime<Utc>) -> u32 {
+    let epoch = chrono::DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")
+        .expect("a valid time")
+        .with_timezone(&Utc);
+    let seconds = u32::try_from((now - epoch).num_seconds().max(0)).unwrap_or(u32::MAX);
+    backed_up.saturating_add(1).max(seconds)
+}
+
 impl Restorer<'_> {
     /// Restores one organization, or refuses it before writing anything, or rolls back what
     /// it wrote. Returns the organization as stored and its documents.
@@ -675,10 +688,11 @@ impl Restorer<'_> {
         // Tokens issued before the restore (before the backup, or after it until the loss)
         // must not come back to life with the organization: a new credential version voids
         // them, as restoring a deleted organization does. Passwords are kept.
+        let now = Utc::now();
         let admins: Vec<AdminRecord> = admins
             .into_iter()
             .map(|mut a| {
-                a.credential_version = a.credential_version.wrapping_add(1);
+                a.credential_version = restored_credential_version(a.credential_version, now);
                 a
             })
             .collect();
@@ -1011,5 +1025,28 @@ fn taken(e: CatalogError, org: &OrgRecord) -> anyhow::Error {
         ),
         CatalogError::Conflict(Taken::Email) => anyhow::anyhow!("an admin email is taken"),
         e => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restored_credential_version;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn a_restored_credential_version_is_past_the_backup_and_moves_with_time() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap();
+        let first = restored_credential_version(3, at);
+        // Ahead of the backup's version and of any a deployment reaches by changes alone.
+        assert!(first > 3 + 1_000_000, "{first}");
+        // A later restore of the same backup gets a later version.
+        assert!(restored_credential_version(3, at + Duration::seconds(1)) > first);
+        // A version already past the clock still moves on.
+        assert_eq!(restored_credential_version(u32::MAX - 1, at), u32::MAX);
+        assert_eq!(
+            restored_credential_version(first + 5, at),
+            first + 6,
+            "a restore of a backup of a restored deployment"
+        );
     }
 }

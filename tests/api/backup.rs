@@ -379,6 +379,25 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
     let m = manifest(&out);
     assert_eq!(m["organizations"], 3);
     assert_eq!(m["documents"], 75);
+    // After the backup the first owner changes password: the deployment then issues tokens
+    // of a credential version the backup never saw.
+    if !on_mongodb() {
+        gw.restart();
+    }
+    let r = gw
+        .req(Method::PUT, "/org/update")
+        .bearer_auth(&orgs[0].old_token)
+        .json(&json!({"organization_name": orgs[0].name, "password": "changed-after-backup-1"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw.login(&orgs[0].emails[0], "changed-after-backup-1");
+    assert_eq!(r.status(), 200);
+    let token_after_backup = r.json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stop_if_embedded(&mut gw);
 
     // mongodump's layout: every collection parses back with the bson crate as the
     // documents the API serves (string `_id`s, integers and doubles kept apart).
@@ -458,6 +477,14 @@ fn backup_round_trip_keeps_documents_indexes_and_logins() {
         data_dir: Some(target_dir.clone()),
         ..Default::default()
     });
+    // Nor does one the lost deployment issued after the backup.
+    let stale = gw
+        .req(Method::POST, "/data/count")
+        .bearer_auth(&token_after_backup)
+        .json(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(stale.status(), 401);
     for org in &orgs {
         // A token from before the backup does not come back with the organization.
         let stale = gw
