@@ -264,8 +264,8 @@ pub fn document_json(listener: Listener, live: &Live) -> Value {
 }
 
 /// Every route that reads or writes the catalog answers 503 `catalog_unavailable` with
-/// Retry-After while the catalog cannot be reached or has no primary; those that do not say
-/// 503 already get it here. Liveness, metrics and this document do not touch the catalog.
+/// Retry-After while the catalog cannot be reached or has no primary: each gets that 503
+/// here, or a mention of it in the 503 it states already. Liveness, metrics and this document do not touch the catalog.
 fn catalog_may_be_unavailable(doc: &mut Value) {
     const WITHOUT_CATALOG: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
     let Some(paths) = doc["paths"].as_object_mut() else {
@@ -282,14 +282,24 @@ fn catalog_may_be_unavailable(doc: &mut Value) {
             let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                 continue;
             };
-            responses.entry("503").or_insert_with(|| {
-                json!({
-                    "description": "Catalog unavailable (`catalog_unavailable`, Retry-After)",
-                    "content": {"application/problem+json": {
-                        "schema": {"$ref": "#/components/schemas/ProblemBody"}
-                    }},
-                })
-            });
+            match responses.get_mut("503") {
+                Some(stated) => {
+                    if let Some(Value::String(d)) = stated.get_mut("description") {
+                        d.push_str("; or the catalog unavailable (`catalog_unavailable`)");
+                    }
+                }
+                None => {
+                    responses.insert(
+                        "503".into(),
+                        json!({
+                            "description": "Catalog unavailable (`catalog_unavailable`, Retry-After)",
+                            "content": {"application/problem+json": {
+                                "schema": {"$ref": "#/components/schemas/ProblemBody"}
+                            }},
+                        }),
+                    );
+                }
+            }
         }
     }
 }

@@ -25,7 +25,8 @@
 //! - `moves`: `{_id: move id, json}`; `move_changes`: `{_id: ObjectId, move, doc}`, indexed on
 //!   `(move, _id)`: the ids tenant writes touched while their organization was moving.
 //!
-//! Every instance follows these collections through a change stream ([`Catalog::watch`]).
+//! Every instance follows the changes of `organizations`, `admins`, `settings` and `counters`
+//! through a change stream filtered on the server ([`Catalog::watch`]).
 //!
 //! No multi-document transactions: every method orders its single-document writes so that a
 //! crash in between leaves only a state the startup recovery (`crate::movers`) handles:
@@ -2289,7 +2290,9 @@ impl Catalog for MongoCatalog {
             .build();
         match self.events.create_index(ttl).await {
             Ok(_) => Ok(()),
-            // It exists with another retention: change it in place.
+            // It exists with another retention (85 IndexOptionsConflict, 86
+            // IndexKeySpecsConflict): change it in place. Anything else is an error.
+            Err(e) if !matches!(self.classify(&e).code(), Some(85 | 86)) => Err(self.err(&e)),
             Err(_) => {
                 self.db
                     .run_command(doc! {
