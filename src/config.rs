@@ -365,6 +365,11 @@ pub struct LifecycleConfig {
     /// organization per interval, and `--since T` includes organizations marked at or after
     /// `T` minus this interval.
     pub write_mark_interval_seconds: f64,
+    /// On a MongoDB catalog, also keep a TTL index on the audit events' time, so the server
+    /// removes them past `event_retention_days` as well. Turn it off on servers whose TTL
+    /// monitor is costly (SecantusDB scans each collection with one in full under its global
+    /// lock every minute); the gateway's own purge removes them either way.
+    pub event_ttl_index: bool,
 }
 
 impl Default for LifecycleConfig {
@@ -374,6 +379,7 @@ impl Default for LifecycleConfig {
             retention_days: 30.0,
             purge_interval_seconds: 60.0,
             write_mark_interval_seconds: 60.0,
+            event_ttl_index: true,
         }
     }
 }

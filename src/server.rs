@@ -129,12 +129,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(EVENT_PURGE_INTERVAL);
             let keep =
                 chrono::Duration::days(i64::from(state.config.lifecycle.event_retention_days));
-            if let Err(e) = state
-                .catalog()
-                .expire_events_after(keep.to_std().unwrap_or_default())
-                .await
-            {
-                tracing::warn!(error = %e, "no TTL index for audit events; the purge removes them");
+            if state.config.lifecycle.event_ttl_index {
+                if let Err(e) = state
+                    .catalog()
+                    .expire_events_after(keep.to_std().unwrap_or_default())
+                    .await
+                {
+                    tracing::warn!(error = %e, "no TTL index for audit events; the purge removes them");
+                }
             }
             loop {
                 tick.tick().await;

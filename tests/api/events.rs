@@ -373,3 +373,76 @@ fn a_change_interrupted_right_after_its_commit_has_its_event_once() {
     // A second read copies nothing again.
     once(&gw, "admin.created");
 }
+
+/// The TTL indexes on a MongoDB catalog's `events` collection: (name, expireAfterSeconds).
+fn ttl_indexes(uri: &str, db: &str) -> Vec<(String, Option<u64>)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::TryStreamExt;
+        let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+        let indexes: Vec<mongodb::IndexModel> = client
+            .database(db)
+            .collection::<bson::Document>("events")
+            .list_indexes()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        client.shutdown().await;
+        indexes
+            .into_iter()
+            .filter_map(|i| {
+                let o = i.options?;
+                o.expire_after
+                    .map(|d| (o.name.unwrap_or_default(), Some(d.as_secs())))
+            })
+            .collect()
+    })
+}
+
+/// On a MongoDB catalog the server expires audit events too: a gateway keeps a TTL index on
+/// their time at `lifecycle.event_retention_days`, and none with `event_ttl_index = false`
+/// (which the other tests run with).
+#[test]
+fn a_mongodb_catalog_keeps_a_ttl_index_at_the_event_retention_unless_turned_off() {
+    let Some(uri) = crate::mongo_env::uri() else {
+        return;
+    };
+    for on in [true, false] {
+        let db = crate::mongo_env::unique_db("evttl");
+        let gw = TestGateway::start_with(Options {
+            config: format!(
+                "[lifecycle]\nevent_retention_days = 7\n\
+                 [catalog]\nkind = \"mongodb\"\nuri = \"{uri}\"\ndatabase = \"{db}\"\n\
+                 recovery_grace_seconds = 0\n"
+            ),
+            env: vec![(
+                "ORG_GATEWAY_LIFECYCLE__EVENT_TTL_INDEX".into(),
+                on.to_string(),
+            )],
+            ..Default::default()
+        });
+        gw.org_with_token("Ttl Co", "ttl@example.com");
+        let started = std::time::Instant::now();
+        let want = vec![("retention".to_owned(), Some(7 * 86_400))];
+        if on {
+            while ttl_indexes(&uri, &db) != want {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(20),
+                    "{:?}\n{}",
+                    ttl_indexes(&uri, &db),
+                    gw.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        } else {
+            // The start-up work that would have set it is done once the first event is.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            assert_eq!(ttl_indexes(&uri, &db), vec![]);
+        }
+        drop(gw);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(crate::mongo_env::drop_db(&uri, &db));
+    }
+}

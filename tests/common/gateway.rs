@@ -146,6 +146,11 @@ impl TestGateway {
                     "ORG_GATEWAY_LIMITS__PUBLIC_READS_PER_MINUTE_PER_ADDRESS",
                     "1000000",
                 )
+                // No TTL index on a MongoDB catalog's audit events: SecantusDB's TTL monitor
+                // scans each collection with one in full under its global lock every minute,
+                // and the suite's many catalogs stalled the test server for seconds
+                // (`events::*ttl*` turns it on).
+                .env("ORG_GATEWAY_LIFECYCLE__EVENT_TTL_INDEX", "false")
                 .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
