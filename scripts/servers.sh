@@ -69,6 +69,7 @@ start_gateway() { # $1 = name, $2 = data dir, $3/$4 = variables set to its API/o
     local name="$1" data="$2" api ops; shift 2
     local api_var="$1" ops_var="$2"; shift 2
     api="$(free_port)"; ops="$(free_port)"
+    while [ "$ops" = "$api" ]; do ops="$(free_port)"; done
     "$GATEWAY_BIN" serve --listen "127.0.0.1:$api" --ops-listen "127.0.0.1:$ops" \
         --data-dir "$data" "$@" >"$SERVERS_TMP/$name.log" 2>&1 &
     SERVER_PIDS+=("$!")

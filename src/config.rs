@@ -630,6 +630,17 @@ impl Config {
 
     /// Checks cross-field rules.
     pub fn validate(&self) -> Result<(), String> {
+        // Both listeners on one port (or one on every address of it) would each take a share
+        // of the connections: public requests would land on the operator routes and back.
+        let (l, o) = (self.listen, self.ops_listen);
+        if l.port() == o.port()
+            && l.port() != 0
+            && (l.ip() == o.ip() || l.ip().is_unspecified() || o.ip().is_unspecified())
+        {
+            return Err(format!(
+                "listen ({l}) and ops_listen ({o}) overlap: give the operator listener a port of its own"
+            ));
+        }
         if self.max_body_bytes == 0 || self.threads == 0 || self.auth.hash_concurrency == 0 {
             return Err("max_body_bytes, threads and auth.hash_concurrency must be > 0".into());
         }
@@ -735,6 +746,25 @@ mod tests {
             "mongodb://u:***@h:27017/db?x=1"
         );
         assert_eq!(redact_uri("mongodb://h:1"), "mongodb://h:1");
+    }
+
+    #[test]
+    fn listeners_on_one_port_are_refused() {
+        let on = |listen: &str, ops: &str| Config {
+            listen: listen.parse().unwrap(),
+            ops_listen: ops.parse().unwrap(),
+            ..Config::default()
+        };
+        for (listen, ops) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+        ] {
+            let e = on(listen, ops).validate().unwrap_err();
+            assert!(e.contains("overlap"), "{listen} {ops}: {e}");
+        }
+        on("127.0.0.1:8080", "127.0.0.1:9090").validate().unwrap();
+        on("127.0.0.1:8080", "127.0.0.2:8080").validate().unwrap();
     }
 
     #[test]

@@ -41,7 +41,11 @@ impl Gateway {
     /// A gateway with raised per-organization limits and these settings.
     fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, ops_port) = (free_port(), free_port());
+        let port = free_port();
+        // The kernel may hand the same free port out twice in a row.
+        let ops_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])

@@ -607,7 +607,10 @@ impl Gateway {
     fn start() -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let public = free_port();
-        let ops = free_port();
+        // The kernel may hand the same free port out twice in a row.
+        let ops = std::iter::repeat_with(free_port)
+            .find(|p| *p != public)
+            .unwrap();
         let data = dir.path().join("data");
         let log = fs::File::create(dir.path().join("gateway.log")).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_org-gateway"));

@@ -118,7 +118,11 @@ impl TestGateway {
 
     fn launch(&mut self) {
         for attempt in 0..3 {
-            let (port, ops_port) = (free_port(), free_port());
+            let port = free_port();
+            // The kernel may hand the same free port out twice in a row.
+            let ops_port = std::iter::repeat_with(free_port)
+                .find(|p| *p != port)
+                .unwrap();
             let config_path = self.data_dir.join("test-gateway.toml");
             std::fs::create_dir_all(&self.data_dir).unwrap();
             std::fs::write(&config_path, &self.config_toml).unwrap();
